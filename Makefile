@@ -1,0 +1,40 @@
+# The two commands a stranger runs: `make demo` and `make test`.  Each sets itself up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOME_DIR ?= $(CURDIR)/.edgenas
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint setup system-packages bench clean
+
+setup: $(STAMP)
+
+# Rebuild the venv only when the pins or setup.py change; otherwise this returns at once.
+$(STAMP): requirements.txt requirements-test.txt setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-test.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# Debian packages the test fleet needs (real sshd, adb, iproute2, nftables); only as root.
+system-packages:
+	@bash tests/fleet/install-system-packages.sh
+
+demo: setup
+	$(BIN)/edgenas --home $(HOME_DIR) quickstart
+
+test: setup system-packages
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/supernet.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

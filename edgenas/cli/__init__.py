@@ -1,0 +1,47 @@
+"""The ``edgenas`` command: a thin shell over the library (parse, call, print).
+
+Each verb group lives in its own module and is registered here; library errors
+(:class:`~edgenas.errors.EdgeNASError`) are printed as one clear line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgenas import __version__
+from edgenas.cli.arch import arch
+from edgenas.cli.common import Workspace
+from edgenas.cli.supernet import supernet
+from edgenas.errors import EdgeNASError
+from edgenas.paths import default_home
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except EdgeNASError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgenas")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="EDGENAS_HOME", show_envvar=True,
+              help="Workspace for devices, measurements and models [default: ~/.edgenas].")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None) -> None:
+    """edgenas: hardware-aware NAS for edge devices.
+
+    Train a once-for-all supernet once, measure its subnets on your devices, search per
+    device, and deploy int8 TFLite models to a fleet.
+    """
+    ctx.obj = Workspace(home or default_home())
+
+
+main.add_command(arch)
+main.add_command(supernet)
