@@ -4,12 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second Python environment standing in for a 32-bit Pi: tflite-runtime with numpy < 2.
+DEVICE_VENV := .venv-tflite
+DEVICE_STAMP := $(DEVICE_VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.edgenas
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint setup system-packages bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(DEVICE_STAMP)
 
 # Rebuild the venv only when the pins or setup.py change; otherwise this returns at once.
 $(STAMP): requirements.txt requirements-test.txt setup.py
@@ -18,6 +21,11 @@ $(STAMP): requirements.txt requirements-test.txt setup.py
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-test.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+$(DEVICE_STAMP): requirements-device-tflite.txt
+	@test -x $(DEVICE_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-device-tflite.txt
+	@touch $(DEVICE_STAMP)
 
 # Debian packages the test fleet needs (real sshd, adb, iproute2, nftables); only as root.
 system-packages:
@@ -37,4 +45,4 @@ bench: setup
 	$(BIN)/python benchmarks/supernet.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(DEVICE_VENV) .pytest_cache .ruff_cache *.egg-info
