@@ -25,3 +25,15 @@ class CheckpointError(EdgeNASError):
 
 class ImportOFAError(EdgeNASError):
     """A once-for-all state dict does not fit the requested space (lists the bad keys)."""
+
+
+class DeviceError(EdgeNASError):
+    """A device is unknown, misconfigured, or cannot do what was asked (the message says what to fix)."""
+
+
+class TransportError(EdgeNASError):
+    """Talking to a device failed: unreachable, timed out, host key refused, connection lost."""
+
+
+class HostKeyError(TransportError):
+    """A device's SSH host key is unknown (and trust-on-first-use was not asked for) or has changed."""
