@@ -1,0 +1,411 @@
+"""The device registry: which devices exist, how to reach them, and what a probe found on them.
+
+Devices are rows in the workspace database (:mod:`edgenas.store`), so every ``edgenas`` process sees
+the same fleet and two processes can add devices at once.  This module only records and looks up; it
+never connects (that is :mod:`edgenas.transports`) and never probes (:mod:`edgenas.devices`).
+
+Two ways to describe many devices at once are understood because users already have them: an Ansible
+YAML inventory (the usual way a Pi fleet is written down) and ``~/.ssh/config`` Host aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import yaml
+
+from edgenas.errors import DeviceError
+from edgenas.store import Store
+
+KINDS = ("ssh", "adb", "local")
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_ADB_WORKDIR = "/data/local/tmp/edgenas"
+# Relative to the login directory on SSH devices (both SFTP and the shell start there).
+DEFAULT_SSH_WORKDIR = "edgenas"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_COLUMNS = ("name", "kind", "host", "user", "port", "key_path", "serial", "ssh_alias", "workdir",
+            "python", "timeout_s", "host_key_fingerprint", "probe_json", "probed_at", "created_at",
+            "updated_at")
+
+
+@dataclass
+class Device:
+    """One registered device.  ``workdir`` is where the runner and models go on the device."""
+
+    name: str
+    kind: str
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+    key_path: str | None = None
+    serial: str | None = None
+    ssh_alias: str | None = None
+    workdir: str | None = None
+    python: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    host_key_fingerprint: str | None = None
+    groups: list[str] = field(default_factory=list)
+    probe: dict[str, Any] | None = None
+    probed_at: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+
+    @property
+    def address(self) -> str:
+        """How the device is reached, in the form a user would type it."""
+        if self.kind == "ssh":
+            user = f"{self.user}@" if self.user else ""
+            host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+            port = f":{self.port}" if self.port and self.port != 22 else ""
+            return f"{user}{host}{port}"
+        if self.kind == "adb":
+            return self.serial or ""
+        return "local"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["address"] = self.address
+        return data
+
+
+def validate_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise DeviceError(f"invalid device name {name!r}: use letters, digits, '.', '_' or '-' "
+                          "(at most 64, starting with a letter or digit)")
+    return name
+
+
+def make_device(name: str, kind: str, *, home: Path, host: str | None = None, user: str | None = None,
+                port: int | None = None, key_path: str | None = None, serial: str | None = None,
+                ssh_alias: str | None = None, workdir: str | None = None, python: str | None = None,
+                timeout_s: float | None = None, groups: Iterable[str] = ()) -> Device:
+    """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port)."""
+    validate_name(name)
+    if kind not in KINDS:
+        raise DeviceError(f"unknown device kind {kind!r} (one of {', '.join(KINDS)})")
+    if kind == "ssh":
+        if not host:
+            raise DeviceError(f"device {name}: an SSH device needs a host")
+        port = int(port or 22)
+        if not 0 < port < 65536:
+            raise DeviceError(f"device {name}: port {port} out of range")
+        workdir = workdir or DEFAULT_SSH_WORKDIR
+        python = python or "python3"
+        if key_path:
+            key_path = str(Path(os.path.expanduser(key_path)).resolve())
+    elif kind == "adb":
+        if not serial:
+            raise DeviceError(f"device {name}: an ADB device needs a serial or HOST:PORT")
+        workdir = workdir or DEFAULT_ADB_WORKDIR
+        python = python or "python3"
+    else:
+        workdir = workdir or str(Path(home).resolve() / "local-device" / name)
+        python = python or sys.executable
+    if timeout_s is not None and timeout_s <= 0:
+        raise DeviceError(f"device {name}: timeout must be positive")
+    group_list = sorted({validate_group(g) for g in groups})
+    return Device(name=name, kind=kind, host=host, user=user, port=port, key_path=key_path,
+                  serial=serial, ssh_alias=ssh_alias, workdir=workdir, python=python,
+                  timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S), groups=group_list)
+
+
+def validate_group(group: str) -> str:
+    if not _NAME_RE.match(group or ""):
+        raise DeviceError(f"invalid group name {group!r}")
+    return group
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+def add_device(store: Store, device: Device, *, replace_existing: bool = False) -> Device:
+    """Record ``device``.  An existing name is an error unless ``replace_existing`` (probe data kept)."""
+    now = time.time()
+    with store.transaction() as conn:
+        old = conn.execute("SELECT created_at, probe_json, probed_at FROM devices WHERE name = ?",
+                           (device.name,)).fetchone()
+        if old is not None and not replace_existing:
+            raise DeviceError(f"device {device.name} already exists (remove it first, or pick another name)")
+        created = old["created_at"] if old else now
+        probe_json = json.dumps(device.probe) if device.probe is not None else (old["probe_json"] if old
+                                                                                 else None)
+        probed_at = device.probed_at if device.probe is not None else (old["probed_at"] if old else None)
+        conn.execute("DELETE FROM devices WHERE name = ?", (device.name,))
+        conn.execute(
+            f"INSERT INTO devices ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            (device.name, device.kind, device.host, device.user, device.port, device.key_path,
+             device.serial, device.ssh_alias, device.workdir, device.python, device.timeout_s,
+             device.host_key_fingerprint, probe_json, probed_at, created, now))
+        conn.executemany("INSERT INTO device_groups (device, grp) VALUES (?, ?)",
+                         [(device.name, g) for g in sorted(set(device.groups))])
+    return get_device(store, device.name)
+
+
+def get_device(store: Store, name: str) -> Device:
+    rows = store.query("SELECT * FROM devices WHERE name = ?", (name,))
+    if not rows:
+        raise DeviceError(f"no device named {name!r} (see `edgenas device list`)")
+    return _from_row(rows[0], _groups(store, [name]).get(name, []))
+
+
+def list_devices(store: Store, group: str | None = None) -> list[Device]:
+    """All devices sorted by name, or only the members of ``group``."""
+    if group is None:
+        rows = store.query("SELECT * FROM devices ORDER BY name")
+    else:
+        rows = store.query("SELECT d.* FROM devices d JOIN device_groups g ON g.device = d.name "
+                           "WHERE g.grp = ? ORDER BY d.name", (group,))
+    groups = _groups(store, [r["name"] for r in rows])
+    return [_from_row(r, groups.get(r["name"], [])) for r in rows]
+
+
+def select_devices(store: Store, names_or_groups: Iterable[str]) -> list[Device]:
+    """Resolve command-line targets: each is a device name or a group name; nothing given = all."""
+    targets = list(names_or_groups)
+    if not targets:
+        return list_devices(store)
+    out: dict[str, Device] = {}
+    for target in targets:
+        members = list_devices(store, group=target)
+        if members:
+            out.update((d.name, d) for d in members)
+        else:
+            out[target] = get_device(store, target)
+    return [out[k] for k in sorted(out)]
+
+
+def remove_device(store: Store, name: str) -> None:
+    with store.transaction() as conn:
+        if conn.execute("DELETE FROM devices WHERE name = ?", (name,)).rowcount == 0:
+            raise DeviceError(f"no device named {name!r} (see `edgenas device list`)")
+
+
+def set_groups(store: Store, names: Iterable[str], group: str, member: bool) -> None:
+    """Add the named devices to ``group`` (``member=True``) or take them out of it."""
+    validate_group(group)
+    names = list(names)
+    with store.transaction() as conn:
+        for name in names:
+            if conn.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone() is None:
+                raise DeviceError(f"no device named {name!r} (see `edgenas device list`)")
+            if member:
+                conn.execute("INSERT OR IGNORE INTO device_groups (device, grp) VALUES (?, ?)", (name, group))
+            else:
+                conn.execute("DELETE FROM device_groups WHERE device = ? AND grp = ?", (name, group))
+
+
+def save_probe(store: Store, name: str, probe: Mapping[str, Any]) -> None:
+    now = time.time()
+    with store.transaction() as conn:
+        cur = conn.execute("UPDATE devices SET probe_json = ?, probed_at = ?, updated_at = ? WHERE name = ?",
+                           (json.dumps(dict(probe)), now, now, name))
+        if cur.rowcount == 0:
+            raise DeviceError(f"no device named {name!r}")
+
+
+def set_host_key_fingerprint(store: Store, name: str, fingerprint: str | None) -> None:
+    with store.transaction() as conn:
+        conn.execute("UPDATE devices SET host_key_fingerprint = ?, updated_at = ? WHERE name = ?",
+                     (fingerprint, time.time(), name))
+
+
+def _groups(store: Store, names: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if not names:
+        return out
+    marks = ", ".join("?" * len(names))
+    for row in store.query(f"SELECT device, grp FROM device_groups WHERE device IN ({marks}) "
+                           "ORDER BY grp", tuple(names)):
+        out.setdefault(row["device"], []).append(row["grp"])
+    return out
+
+
+def _from_row(row: Any, groups: list[str]) -> Device:
+    return Device(name=row["name"], kind=row["kind"], host=row["host"], user=row["user"], port=row["port"],
+                  key_path=row["key_path"], serial=row["serial"], ssh_alias=row["ssh_alias"],
+                  workdir=row["workdir"], python=row["python"], timeout_s=row["timeout_s"],
+                  host_key_fingerprint=row["host_key_fingerprint"],
+                  probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
+                  probed_at=row["probed_at"], groups=list(groups), created_at=row["created_at"],
+                  updated_at=row["updated_at"])
+
+
+# ------------------------------------------------------------------------------------ ssh targets
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    host: str
+    user: str | None
+    port: int
+    key_path: str | None
+    alias: str | None
+
+
+def default_ssh_config() -> Path:
+    return Path(os.path.expanduser("~/.ssh/config"))
+
+
+def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
+    """``USER@HOST[:PORT]``, ``[V6ADDR]:PORT`` or a ``~/.ssh/config`` Host alias, resolved.
+
+    Values written in ``spec`` win over the config file, as with ``ssh``; the config supplies HostName,
+    User, Port and the first IdentityFile.
+    """
+    user: str | None = None
+    rest = spec.strip()
+    if "@" in rest:
+        user, rest = rest.rsplit("@", 1)
+    port: int | None = None
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", rest)
+    if m:
+        host, port_s = m.group(1), m.group(2)
+    elif rest.count(":") == 1:
+        host, port_s = rest.split(":")
+    else:
+        host, port_s = rest, None
+    if port_s is not None:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise DeviceError(f"invalid port in {spec!r}")
+        port = int(port_s)
+    if not host or (user is not None and not user):
+        raise DeviceError(f"invalid SSH target {spec!r}: expected USER@HOST[:PORT] or a ~/.ssh/config alias")
+    config_path = ssh_config or default_ssh_config()
+    alias: str | None = None
+    key_path: str | None = None
+    if config_path.is_file():
+        try:
+            entry = paramiko.SSHConfig.from_path(str(config_path)).lookup(host)
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise DeviceError(f"cannot read ssh config {config_path}: {exc}") from exc
+        resolved = entry.get("hostname", host)
+        if resolved != host:
+            alias = host
+        host = resolved
+        user = user or entry.get("user")
+        if port is None and entry.get("port"):
+            port = int(entry["port"])
+        files = entry.get("identityfile") or []
+        if files:
+            key_path = os.path.expanduser(files[0])
+    return SSHTarget(host=host, user=user, port=port or 22, key_path=key_path, alias=alias)
+
+
+# --------------------------------------------------------------------------------- ansible inventory
+
+
+def load_inventory(path: Path, *, home: Path, ssh_config: Path | None = None) -> list[Device]:
+    """Devices described by an Ansible YAML inventory.
+
+    Understood: ``hosts`` (with numeric ranges such as ``pi[01:04]``), ``vars``, ``children`` at any
+    depth; ``ansible_host``, ``ansible_user``, ``ansible_port``, ``ansible_ssh_private_key_file``,
+    ``ansible_python_interpreter``, ``ansible_connection: local``; and edgenas' own ``edgenas_workdir``,
+    ``edgenas_python``, ``edgenas_kind`` (``adb`` with ``edgenas_serial``), ``edgenas_timeout``.  A
+    child group's vars override its parent's and host vars override all, as in Ansible.  Every group a
+    host is in (directly or through children), except ``all`` and ``ungrouped``, becomes an edgenas group.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DeviceError(f"cannot read inventory {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DeviceError(f"inventory {path}: expected a YAML mapping of groups (as `all:`)")
+    hosts: dict[str, dict[str, Any]] = {}
+    for group_name, group in data.items():
+        _walk_group(str(group_name), group, [], hosts, path)
+    devices = []
+    for name in sorted(hosts):
+        info = hosts[name]
+        merged: dict[str, Any] = {}
+        for _depth, _gname, gvars in sorted(info["layers"], key=lambda t: (t[0], t[1])):
+            merged.update(gvars)
+        merged.update(info["hostvars"])
+        devices.append(_inventory_device(name, merged, sorted(info["groups"]), home, ssh_config, path))
+    return devices
+
+
+def _walk_group(name: str, group: Any, parents: list[tuple[str, dict]], hosts: dict[str, dict[str, Any]],
+                path: Path) -> None:
+    if group is None:
+        group = {}
+    if not isinstance(group, dict):
+        raise DeviceError(f"inventory {path}: group {name!r} must be a mapping")
+    gvars = group.get("vars") or {}
+    if not isinstance(gvars, dict):
+        raise DeviceError(f"inventory {path}: vars of group {name!r} must be a mapping")
+    chain = parents + [(name, gvars)]
+    for pattern, hvars in (group.get("hosts") or {}).items():
+        if hvars is not None and not isinstance(hvars, dict):
+            raise DeviceError(f"inventory {path}: vars of host {pattern!r} must be a mapping")
+        for host in _expand_range(str(pattern)):
+            entry = hosts.setdefault(host, {"layers": [], "hostvars": {}, "groups": set()})
+            entry["layers"].extend((depth, g, v) for depth, (g, v) in enumerate(chain))
+            entry["hostvars"].update(hvars or {})
+            entry["groups"].update(g for g, _ in chain if g not in ("all", "ungrouped"))
+    for child, child_group in (group.get("children") or {}).items():
+        _walk_group(str(child), child_group, chain, hosts, path)
+
+
+def _expand_range(pattern: str) -> list[str]:
+    """``pi[01:03]`` → pi01, pi02, pi03 (Ansible's numeric host ranges; zero padding kept)."""
+    m = re.search(r"\[(\d+):(\d+)\]", pattern)
+    if not m:
+        return [pattern]
+    lo, hi = m.group(1), m.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out.extend(_expand_range(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():]))
+    return out
+
+
+def _inventory_device(name: str, v: dict[str, Any], groups: list[str], home: Path,
+                      ssh_config: Path | None, path: Path) -> Device:
+    def get(*keys: str) -> Any:
+        for key in keys:
+            if v.get(key) is not None:
+                return v[key]
+        return None
+
+    kind = str(get("edgenas_kind") or ("local" if get("ansible_connection") == "local" else "ssh"))
+    python = get("edgenas_python", "ansible_python_interpreter")
+    common = dict(workdir=get("edgenas_workdir"), python=str(python) if python else None,
+                  timeout_s=float(get("edgenas_timeout")) if get("edgenas_timeout") else None,
+                  groups=groups, home=home)
+    if kind == "local":
+        return make_device(name, "local", **common)
+    if kind == "adb":
+        return make_device(name, "adb", serial=str(get("edgenas_serial", "ansible_host") or name), **common)
+    if kind != "ssh":
+        raise DeviceError(f"inventory {path}: host {name}: unknown edgenas_kind {kind!r}")
+    target = parse_ssh_target(str(get("ansible_host", "ansible_ssh_host") or name), ssh_config)
+    port = get("ansible_port", "ansible_ssh_port")
+    return make_device(name, "ssh", host=target.host,
+                       user=str(get("ansible_user", "ansible_ssh_user") or target.user or "") or None,
+                       port=int(port) if port else target.port,
+                       key_path=str(get("ansible_ssh_private_key_file") or target.key_path or "") or None,
+                       ssh_alias=target.alias, **common)
+
+
+def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str], list[str]]:
+    """Record inventory devices; the inventory is the source of truth, so existing names are updated
+    (keeping their probe results and stored host-key fingerprint).  Returns (added, updated) names."""
+    added, updated = [], []
+    existing = {d.name: d for d in list_devices(store)}
+    for device in devices:
+        old = existing.get(device.name)
+        if old is not None and device.kind == old.kind and device.host == old.host \
+                and device.port == old.port:
+            device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
+        add_device(store, device, replace_existing=True)
+        (updated if old is not None else added).append(device.name)
+    return added, updated

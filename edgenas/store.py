@@ -1,0 +1,174 @@
+"""The workspace database: one SQLite file (``<home>/edgenas.db``) for devices, measurements, deployments.
+
+Why SQLite in WAL mode: several ``edgenas`` processes (a measurement batch, a ``device add`` in another
+terminal, a fleet push) share the workspace at once.  WAL lets readers run beside one writer, and
+``busy_timeout`` makes a writer wait for the lock instead of failing with "database is locked".  Every
+write goes through :meth:`Store.transaction`, which takes the write lock up front (``BEGIN
+IMMEDIATE``) so two read-then-write sequences never deadlock on lock upgrade.
+
+The schema is versioned with ``PRAGMA user_version``.  :data:`MIGRATIONS` is an append-only list: entry
+``i`` moves the schema from version ``i`` to ``i + 1``.  Later features add their tables by appending a
+migration here — never by editing an old one, since old ones have already run in users' workspaces.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edgenas.errors import EdgeNASError
+
+DB_NAME = "edgenas.db"
+BUSY_TIMEOUT_MS = 30_000
+
+# Append-only.  Each entry is one SQL script run inside the migration's transaction.
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the device registry.
+    """
+    CREATE TABLE devices (
+        name        TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('ssh', 'adb', 'local')),
+        host        TEXT,
+        user        TEXT,
+        port        INTEGER,
+        key_path    TEXT,
+        serial      TEXT,
+        ssh_alias   TEXT,
+        workdir     TEXT,
+        python      TEXT,
+        timeout_s   REAL NOT NULL DEFAULT 10,
+        host_key_fingerprint TEXT,
+        probe_json  TEXT,
+        probed_at   REAL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE device_groups (
+        device TEXT NOT NULL REFERENCES devices(name) ON DELETE CASCADE,
+        grp    TEXT NOT NULL,
+        PRIMARY KEY (device, grp)
+    );
+    CREATE INDEX device_groups_grp ON device_groups(grp);
+    """,
+)
+
+
+class StoreError(EdgeNASError):
+    """The workspace database cannot be opened or is newer than this edgenas."""
+
+
+class Store:
+    """An open workspace database.  Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the write lock from its start (``BEGIN IMMEDIATE``)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        """Run a read query and return all rows (``sqlite3.Row``: index by column name)."""
+        return self.conn.execute(sql, params).fetchall()
+
+    @property
+    def version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(home: Path, migrations: tuple[str, ...] = MIGRATIONS) -> Store:
+    """Open (creating if needed) the workspace database under ``home`` and bring its schema up to date.
+
+    Safe when several processes open a fresh workspace at the same moment: each migration runs under the
+    write lock and re-reads the version first, so it runs exactly once.
+    """
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / DB_NAME
+    try:
+        # isolation_level=None: no implicit transactions; we issue BEGIN/COMMIT ourselves.
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open workspace database {path}: {exc}") from exc
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _enable_wal(conn)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, and much faster
+        store = Store(conn, path)
+        _migrate(store, migrations)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"workspace database {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return store
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL.  The switch needs a moment of exclusive access, which busy_timeout does not cover
+    on every SQLite version, so retry briefly when a concurrent opener holds the file."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot switch the workspace database to WAL mode (got {mode!r})")
+        return
+
+
+def _migrate(store: Store, migrations: tuple[str, ...]) -> None:
+    if store.version > len(migrations):
+        raise StoreError(f"workspace database {store.path} has schema version {store.version}, newer than "
+                         f"this edgenas knows ({len(migrations)}); upgrade edgenas")
+    while store.version < len(migrations):
+        with store.transaction() as conn:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current >= len(migrations):
+                break
+            # executescript would COMMIT our transaction; run the statements one by one instead.
+            for statement in _statements(migrations[current]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {current + 1}")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (complete_statement knows about quoted semicolons)."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

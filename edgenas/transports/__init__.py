@@ -1,0 +1,46 @@
+"""Ways of reaching a device, behind one interface (:class:`Transport`).
+
+``open_transport(device, home)`` is the only constructor callers need: it picks the implementation from
+the device record and wires in the workspace's known_hosts file and the device's timeout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgenas.errors import DeviceError
+from edgenas.registry import Device
+from edgenas.transports.base import RunResult, Transport
+
+__all__ = ["RunResult", "Transport", "known_hosts_path", "open_transport"]
+
+
+def known_hosts_path(home: Path) -> Path:
+    """The workspace's own known_hosts (``<home>/known_hosts``), the one edgenas writes to."""
+    return Path(home) / "known_hosts"
+
+
+def open_transport(device: Device, home: Path, *, accept_new_host_key: bool = False) -> Transport:
+    """A transport for ``device``; connections are made lazily, on first use.
+
+    ``accept_new_host_key`` is trust-on-first-use for SSH and is only meant for ``device add``: an
+    unknown key is then recorded in the workspace known_hosts (a *changed* key is still refused).
+    """
+    if device.kind == "local":
+        from edgenas.transports.local import LocalTransport
+
+        return LocalTransport(device.name, workdir=device.workdir)
+    if device.kind == "ssh":
+        from edgenas.transports.ssh import SSHTransport
+
+        assert device.host is not None
+        return SSHTransport(device.name, device.host, device.port or 22, device.user, device.key_path,
+                            known_hosts=known_hosts_path(home), workdir=device.workdir,
+                            connect_timeout=device.timeout_s, accept_new_host_key=accept_new_host_key)
+    if device.kind == "adb":
+        from edgenas.transports.adb import AdbTransport
+
+        assert device.serial is not None
+        return AdbTransport(device.name, device.serial, workdir=device.workdir,
+                            connect_timeout=device.timeout_s)
+    raise DeviceError(f"device {device.name}: unknown kind {device.kind!r}")
