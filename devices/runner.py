@@ -594,6 +594,69 @@ def capture_native_stderr(sink: list[str]) -> Iterator[None]:
         sink.extend(text.splitlines())
 
 
+# Runtimes without a flatbuffer verifier on load: a truncated or corrupt file crashes them
+# (tflite-runtime 2.14 segfaults), so the model is first loaded in a child whose crash costs nothing.
+UNVERIFIED_RUNTIMES = ("tflite_runtime",)
+LOAD_CHECK = "_load-check"
+
+
+def check_load_in_child(rt: Runtime, model_path: str, threads: int | None, xnnpack: bool) -> None:
+    """Load the model in a child first when the runtime would crash on a corrupt file; turn a crash
+    into exit 3 naming the file, instead of a dead runner with no JSON."""
+    if rt.name not in UNVERIFIED_RUNTIMES:
+        return
+    cmd = [sys.executable] + (["-I"] if sys.flags.isolated else [])
+    cmd += [
+        os.path.abspath(__file__),
+        LOAD_CHECK,
+        model_path,
+        rt.name,
+        str(threads or 0),
+        str(int(xnnpack)),
+    ]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log("could not check the model in a child process (" + str(exc) + "); loading it directly")
+        return
+    if res.returncode == 0:
+        return
+    if res.returncode < 0 or res.returncode >= 128:
+        sig = -res.returncode if res.returncode < 0 else res.returncode - 128
+        raise RunnerError(
+            "runtime "
+            + rt.name
+            + " crashed (signal "
+            + str(sig)
+            + ") loading model "
+            + model_path
+            + ": the file is corrupt or truncated",
+            "model_corrupt",
+            EXIT_FILE,
+            path=model_path,
+        )
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    try:
+        err = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        err = {"error": "model check failed: " + res.stderr.strip()[-500:], "kind": "model_unloadable"}
+    code = res.returncode if res.returncode in (EXIT_USAGE, EXIT_FILE, EXIT_NO_RUNTIME) else EXIT_FILE
+    raise RunnerError(str(err.get("error")), str(err.get("kind")), code, path=model_path)
+
+
+def _load_check_main(argv: list[str]) -> int:
+    """The child side of check_load_in_child: load, allocate, report nothing but the exit code."""
+    _protect_stdout()
+    try:
+        model_path, name, threads, xnnpack = argv
+        rt = select_runtime(name)
+        make_interpreter(rt, model_path, int(threads) or None, xnnpack == "1")
+    except RunnerError as exc:
+        emit({"error": exc.message, "kind": exc.kind})
+        return exc.code
+    return EXIT_OK
+
+
 def make_interpreter(
     rt: Runtime, model_path: str, threads: int | None, xnnpack: bool
 ) -> tuple[Any, list[str]]:
@@ -840,6 +903,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     affinity = _set_affinity(args.cpu_affinity)
     state_before = device_state()
     rss_before = rss_kib()
+    check_load_in_child(rt, args.model, _threads_arg(args.threads), not args.no_xnnpack)
     t0 = time.perf_counter()
     interp, log_lines = make_interpreter(rt, args.model, _threads_arg(args.threads), not args.no_xnnpack)
     init_ms = (time.perf_counter() - t0) * 1000.0
@@ -1173,6 +1237,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     rt = select_runtime(args.runtime)
     import numpy as np
 
+    check_load_in_child(rt, args.model, _threads_arg(args.threads), True)
     interp, _ = make_interpreter(rt, args.model, _threads_arg(args.threads), True)
     in_details = interp.get_input_details()
     if len(in_details) != 1:
@@ -1324,7 +1389,10 @@ COMMANDS = {"info": cmd_info, "bench": cmd_bench, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:
-    pretty = "--pretty" in (argv if argv is not None else sys.argv[1:])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [LOAD_CHECK]:
+        return _load_check_main(argv[1:])
+    pretty = "--pretty" in argv
     try:
         # Parse before protecting stdout, so --help and --version print to the real stdout.
         args = build_parser().parse_args(argv)
