@@ -14,6 +14,7 @@ import click
 from edgenas import __version__
 from edgenas.cli.arch import arch
 from edgenas.cli.common import Workspace
+from edgenas.cli.device import device
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
 from edgenas.paths import default_home
@@ -45,3 +46,4 @@ def main(ctx: click.Context, home: Path | None) -> None:
 
 main.add_command(arch)
 main.add_command(supernet)
+main.add_command(device)
