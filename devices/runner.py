@@ -955,7 +955,10 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
         "init_ms": init_ms,
         "first_inference_ms": first_ms,
         "warmup": {"count": len(warmup), "mean_ms": float(np.mean(warmup)) if warmup else None},
-        "times_ms": times,
+        # A microsecond model runs 10^5 times a second: list at most --max-times-listed of them (the
+        # first ones, in order), while the statistics use every run.
+        "times_ms": times[: args.max_times_listed] if args.max_times_listed > 0 else times,
+        "times_listed_all": args.max_times_listed <= 0 or len(times) <= args.max_times_listed,
         **stats,
         "inputs": tensor_details(inputs),
         "outputs": tensor_details(interp.get_output_details()),
@@ -1375,6 +1378,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pb.add_argument("--seed", type=int, default=0, help="seed of the random input data")
     pb.add_argument("--cpu-affinity", default=None, help="pin to CPUs, e.g. 0-3 or 2,3")
+    pb.add_argument(
+        "--max-times-listed", type=int, default=2000, help="per-run times listed in the JSON (0: all)"
+    )
 
     pp = sub.add_parser("predict", parents=[common], help="classify an image or a .npy array")
     pp.add_argument("model")

@@ -179,7 +179,7 @@ def check_bench(res: Result, model: Path, runtime: str, precision: str) -> dict:
     assert d["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert d["model"]["size_bytes"] == model.stat().st_size
     assert d["runner"]["sha256"] == hashlib.sha256(RUNNER.read_bytes()).hexdigest()
-    assert d["count"] >= 5 and d["count"] == len(d["times_ms"])
+    assert d["count"] >= 5 and d["count"] == len(d["times_ms"]) and d["times_listed_all"] is True
     assert d["min_ms"] <= d["median_ms"] <= d["max_ms"]
     assert d["min_ms"] <= d["p90_ms"] <= d["max_ms"]
     assert d["min_ms"] <= d["mean_ms"] <= d["max_ms"]
@@ -337,6 +337,8 @@ def test_bench_protocol_min_secs_and_max_secs(models):
     )
     assert capped.rc == 0, capped
     assert 1 <= capped.data["count"] < 100000000
+    if capped.data["count"] > 2000:
+        assert len(capped.data["times_ms"]) == 2000 and capped.data["times_listed_all"] is False
 
 
 # ---------------------------------------------------------------------------------------------------
