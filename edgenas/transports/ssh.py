@@ -256,7 +256,7 @@ class SSHTransport(Transport):
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else float(timeout)
         line = shell_join(argv, self.remote_path(cwd) if cwd else None)
         deadline = time.monotonic() + timeout
-        chan = self._open_channel(deadline)
+        chan = self._open_channel(deadline, timeout, str(argv[0]))
         try:
             chan.exec_command(line)
             chan.shutdown_write()  # the command reads EOF on stdin instead of waiting for input
@@ -272,19 +272,23 @@ class SSHTransport(Transport):
             chan.close()
         return RunResult(rc, decode(out), decode(err))
 
-    def _open_channel(self, deadline: float) -> paramiko.Channel:
+    def _open_channel(self, deadline: float, timeout: float, what: str) -> paramiko.Channel:
         """A session channel on the shared connection.  A connection that died since its last use is
-        replaced once: nothing has run yet, so the retry is safe."""
+        replaced once: nothing has run yet, so the retry is safe.  A peer that does not answer at all
+        (hung, blackholed) is not retried: that would only double the wait."""
         for attempt in (0, 1):
             client = self.connect()
             transport = client.get_transport()
             try:
                 assert transport is not None
-                remaining = max(0.1, min(self.connect_timeout, deadline - time.monotonic()))
-                return transport.open_session(timeout=remaining)
+                return transport.open_session(timeout=max(0.1, deadline - time.monotonic()))
             except _NETWORK_ERRORS as exc:
                 self.close()
-                if attempt or time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or "Timeout" in str(exc):
+                    raise TransportError(f"{self.name}: command timed out after {timeout:g} s on "
+                                         f"{self.target}: {what} (no answer: device hung, unreachable "
+                                         "or blackholed?)") from exc
+                if attempt:
                     raise TransportError(f"{self.name}: cannot open a session on {self.target}: "
                                          f"{exc or type(exc).__name__}") from exc
         raise AssertionError("unreachable")

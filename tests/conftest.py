@@ -1,0 +1,70 @@
+"""Shared fixtures.  The device fleet (real sshd and adb devices) is one session fixture, built on first
+use by a ``@pytest.mark.fleet`` test and torn down at the end of the session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fleet import Fleet, FleetError
+
+REPO = Path(__file__).resolve().parent.parent
+LITERT_PYTHON = REPO / ".venv" / "bin" / "python"          # ai-edge-litert, numpy 2 (and TensorFlow)
+TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"   # tflite-runtime 2.14, numpy < 2
+# 15 % of one CPU: on this VM the CFS bandwidth limit overruns (25 % measured only ≈2.2× slower), so
+# the slow device is given less to land near the ≈4× a 25 % quota gives on bare metal.
+SLOW_QUOTA = 0.15
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[Fleet]:
+    """SSH devices ssh1 (LiteRT), ssh2 (tflite-runtime), slow (ssh2's Python under a CPU quota on one
+    core) and victim (for destructive faults); ADB devices adb1 and adb2 (adb2 for kill/restart)."""
+    for python in (LITERT_PYTHON, TFLITE_PYTHON):
+        if not python.exists():
+            pytest.fail(f"the fleet needs {python}: run `make setup` first", pytrace=False)
+    try:
+        fleet = Fleet()
+    except FleetError as exc:
+        pytest.fail(f"cannot stand up the test fleet: {exc}", pytrace=False)
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            fleet.add_ssh("ssh1", str(LITERT_PYTHON))
+            fleet.add_ssh("ssh2", str(TFLITE_PYTHON))
+            fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus="0")
+            fleet.add_ssh("victim", str(TFLITE_PYTHON))
+            fleet.add_adb("adb1", str(TFLITE_PYTHON))
+            fleet.add_adb("adb2", str(TFLITE_PYTHON))
+            assert fleet.adb_server is not None
+            # edgenas and the adb client find the fleet's private adb server through this variable.
+            mp.setenv("ANDROID_ADB_SERVER_PORT", str(fleet.adb_server.port))
+        except FleetError as exc:
+            fleet.teardown()
+            pytest.fail(f"cannot stand up the test fleet: {exc}", pytrace=False)
+        except BaseException:
+            fleet.teardown()
+            raise
+        try:
+            yield fleet
+        finally:
+            fleet.teardown()
+
+
+@pytest.fixture
+def user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty $HOME, so the real ~/.ssh/config and ~/.ssh/known_hosts never leak into a test."""
+    home = tmp_path / "userhome"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A fresh edgenas workspace (``--home``)."""
+    path = tmp_path / "ws"
+    path.mkdir()
+    return path
+
