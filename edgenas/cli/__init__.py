@@ -15,6 +15,7 @@ from edgenas import __version__
 from edgenas.cli.arch import arch
 from edgenas.cli.common import Workspace
 from edgenas.cli.device import device
+from edgenas.cli.export import export_cmd
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
 from edgenas.paths import default_home
@@ -47,3 +48,4 @@ def main(ctx: click.Context, home: Path | None) -> None:
 main.add_command(arch)
 main.add_command(supernet)
 main.add_command(device)
+main.add_command(export_cmd)

@@ -1,0 +1,49 @@
+"""``edgenas export``: one subnet → calibrated, parity-checked TFLite + manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgenas.cli.common import echo_json, human
+
+
+@click.command("export")
+@click.argument("ckpt", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--arch", "arch_id", default=None,
+              help="Arch id, 'min' or 'max' [default: max; a fine-tuned subnet fixes it].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "dynamic"]),
+              default="int8", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write model.tflite and manifest.json into.")
+@click.option("--data", default=None,
+              help="digits, an ImageFolder or CIFAR-10 folder [default: the training data].")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Real images used to calibrate int8 activation ranges.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_cmd(ckpt: Path, arch_id: str | None, precision: str, out_dir: Path, data: str | None,
+               calibration_samples: int, as_json: bool) -> None:
+    """Export a subnet of CKPT (a supernet or a fine-tuned subnet) to TFLite.
+
+    The Keras rebuild is checked against torch (max abs logit difference <= 1e-4) before
+    converting; int8 is full-integer with int8 input and output, calibrated on real images.
+    """
+    from edgenas.export import export
+
+    click.echo(f"exporting {arch_id or 'max'} of {ckpt} as {precision} ...", err=True)
+    result = export(ckpt, arch_id, precision, out_dir, data, calibration_samples)
+    m = result.manifest
+    if as_json:
+        echo_json(m)
+        return
+    acc = m.get("accuracy") or {}
+    click.echo(f"wrote {result.model_path} ({m['model']['bytes'] / 1024:.0f} KiB, {precision}) "
+               f"and {result.manifest_path.name}")
+    click.echo(f"arch       {m['arch']}  ({m['space']}, {human(m['macs'])} MACs, "
+               f"{human(m['params'])} params)")
+    click.echo(f"parity     max |keras - torch| = {m['parity']['max_abs_logit_diff']:.2e}")
+    if acc:
+        click.echo(f"accuracy   float {acc['float_top1']:.2%}  exported {acc['exported_top1']:.2%}"
+                   f"  ({acc['samples']} validation images)")
+    click.echo(f"sha256     {m['model']['sha256']}")

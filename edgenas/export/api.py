@@ -1,0 +1,108 @@
+"""``edgenas.export(...)``: from a checkpoint and an arch to ``DIR/model.tflite`` + manifest.
+
+It loads the source (a supernet checkpoint, a supernet object, or a fine-tuned subnet checkpoint),
+extracts the subnet, re-estimates its BN statistics on real training images (a supernet's running
+stats fit no single subnet), and hands real calibration and validation images to the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgenas.data import ImageData, load_data
+from edgenas.evaluate import recalibrate_bn
+from edgenas.export.convert import ExportError
+from edgenas.export.pipeline import ExportResult, export_model, sha256_file
+from edgenas.space import Arch, SearchSpace
+from edgenas.supernets.checkpoint import read_torch_file
+from edgenas.supernets.mbv3 import MobileNetV3Supernet
+from edgenas.supernets.static import MobileNetV3
+
+DEFAULT_CALIBRATION = 500
+BN_CALIBRATION = 2000
+
+
+@dataclass
+class _Source:
+    model: MobileNetV3
+    arch: Arch
+    space: SearchSpace
+    labels: list[str]
+    normalization: dict[str, list[float]]
+    data_source: str | None
+    provenance: dict[str, Any]
+    needs_bn_recalibration: bool
+
+
+def _from_supernet(net: MobileNetV3Supernet, arch: Arch | str, provenance: dict[str, Any]
+                   ) -> _Source:
+    arch = net.space.parse(arch) if isinstance(arch, str) else net.space.validate(arch)
+    data = (net.meta.get("data") or {}) if isinstance(net.meta, dict) else {}
+    source = data.get("source") if isinstance(data, dict) else None
+    return _Source(net.extract(arch).eval(), arch, net.space, list(net.labels),
+                   dict(net.normalization), source, provenance, True)
+
+
+def _load_source(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None) -> _Source:
+    if isinstance(source, MobileNetV3Supernet):
+        return _from_supernet(source, arch or "max", {"supernet": "in-memory"})
+    path = Path(source)
+    raw = read_torch_file(path)
+    kind = raw.get("format") if isinstance(raw, dict) else None
+    provenance = {"source": str(path), "source_sha256": sha256_file(path), "source_format": kind}
+    if kind == "edgenas-supernet":
+        from edgenas.supernets.checkpoint import load_supernet
+
+        return _from_supernet(load_supernet(path), arch or "max", provenance)
+    if kind == "edgenas-subnet":
+        from edgenas.supernets.subnet_ckpt import load_subnet
+
+        sub = load_subnet(path)
+        if arch is not None and str(arch) not in ("max", sub.arch.to_string()):
+            raise ExportError(f"{path} is a fine-tuned subnet of arch {sub.arch}; "
+                              f"it cannot be exported as {arch}")
+        return _Source(sub.model.eval(), sub.arch, sub.space, list(sub.labels),
+                       dict(sub.normalization), sub.data_source, provenance, False)
+    raise ExportError(f"{path}: not an edgenas supernet or subnet checkpoint")
+
+
+def _validation(data: ImageData, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*data.val_batches(resolution))
+    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+
+def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = None,
+           precision: str = "int8", out_dir: str | Path = "model",
+           data: str | Path | ImageData | None = None,
+           calibration_samples: int = DEFAULT_CALIBRATION) -> ExportResult:
+    """Export one subnet to ``out_dir`` as ``model.tflite`` + ``manifest.json``.
+
+    ``arch`` is an :class:`Arch`, an id, or ``min``/``max`` (default ``max``; a fine-tuned
+    subnet checkpoint already fixes it).  ``data`` defaults to the data set the checkpoint was
+    trained on; images from it calibrate BN and int8 and measure accuracy.
+    """
+    src = _load_source(source, arch)
+    if data is None:
+        data = src.data_source
+    if data is None:
+        raise ExportError("this checkpoint does not record its data set; pass --data "
+                          "(digits, an ImageFolder directory or a CIFAR-10 folder)")
+    if not isinstance(data, ImageData):
+        data = load_data(data, size=src.space.resolutions[-1])
+    if data.num_classes != len(src.labels):
+        raise ExportError(f"data set has {data.num_classes} classes but the model "
+                          f"{len(src.labels)}; export with the data it was trained on")
+    data.normalization = dict(src.normalization)  # the model's own normalisation wins
+    res = src.arch.resolution
+    if src.needs_bn_recalibration:
+        recalibrate_bn(src.model, data.calibration_images(BN_CALIBRATION, res))
+    calibration = data.calibration_images(calibration_samples, res).numpy()
+    provenance = {**src.provenance, "data": data.describe(), "bn_recalibrated":
+                  src.needs_bn_recalibration}
+    return export_model(src.model, src.arch, src.space, src.labels, src.normalization, precision,
+                        out_dir, calibration, _validation(data, res), provenance)

@@ -1,0 +1,162 @@
+"""Keras model → TFLite flatbuffer for each precision, and running a TFLite model on the host.
+
+Precisions: ``fp32``; ``fp16`` (weights stored as float16); ``dynamic`` (int8 weights, float
+activations); ``int8`` (full-integer: int8 weights and activations, int8 input and output,
+activation ranges calibrated on real images from the data set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from edgenas.errors import EdgeNASError
+
+PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
+
+
+class ExportError(EdgeNASError):
+    """Export failed: parity check, conversion, or an unusable model."""
+
+
+def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | None = None) -> bytes:
+    """Convert with ``TFLiteConverter.from_keras_model`` (it freezes the variables itself)."""
+    import tensorflow as tf
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        if calibration_nhwc is None or len(calibration_nhwc) == 0:
+            raise ExportError("int8 export needs calibration images from the data set")
+        samples = calibration_nhwc.astype(np.float32)
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for image in samples:
+                yield [image[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    with captured_output() as log:
+        try:
+            return bytes(converter.convert())
+        except Exception as exc:  # the converter raises many unrelated types
+            detail = log.read().strip()[-2000:]
+            raise ExportError(f"TFLite conversion ({precision}) failed: {exc}"
+                              + (f"\nconverter output:\n{detail}" if detail else "")) from exc
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Any]:
+    """Capture what the converter prints (Python and C++ alike, at the fd level).
+
+    Keras' exporter prints the traced signature and the MLIR quantiser logs to stderr; a CLI user
+    should see them only when conversion fails, so they are kept and attached to the error.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = tempfile.TemporaryFile(mode="w+")
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield _Rewinding(log)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        log.close()
+
+
+class _Rewinding:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def read(self) -> str:
+        self.handle.flush()
+        self.handle.seek(0)
+        return str(self.handle.read())
+
+
+def make_interpreter(model: bytes | str, threads: int = 1) -> Any:
+    """LiteRT's interpreter when installed, else TensorFlow's (never tflite_runtime beside TF)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on the environment
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    kwargs: dict[str, Any] = {"num_threads": threads}
+    if isinstance(model, bytes):
+        kwargs["model_content"] = model
+    else:
+        kwargs["model_path"] = model
+    return Interpreter(**kwargs)
+
+
+def io_details(interpreter: Any) -> dict[str, Any]:
+    """Input/output dtype, shape and quantisation in manifest form."""
+
+    def describe(detail: dict[str, Any]) -> dict[str, Any]:
+        scale, zero = detail["quantization"]
+        return {"shape": [int(v) for v in detail["shape"]],
+                "dtype": np.dtype(detail["dtype"]).name,
+                "quantization": {"scale": float(scale), "zero_point": int(zero)}}
+
+    return {"input": describe(interpreter.get_input_details()[0]),
+            "output": describe(interpreter.get_output_details()[0])}
+
+
+def run_tflite(model: bytes | str, images_nhwc: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Float logits of a TFLite model for normalised NHWC float images (quantising as needed)."""
+    interpreter = make_interpreter(model)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results = []
+    current = None
+    for start in range(0, len(images_nhwc), batch):
+        chunk = images_nhwc[start:start + batch].astype(np.float32)
+        if current != len(chunk):
+            interpreter.resize_tensor_input(inp["index"], [len(chunk), *chunk.shape[1:]])
+            interpreter.allocate_tensors()
+            current = len(chunk)
+        interpreter.set_tensor(inp["index"], quantize(chunk, inp))
+        interpreter.invoke()
+        results.append(dequantize(interpreter.get_tensor(out["index"]), out))
+    return np.concatenate(results)
+
+
+def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def dequantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if np.dtype(detail["dtype"]).kind == "f":
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    return (x.astype(np.float32) - zero) * scale

@@ -1,0 +1,165 @@
+"""The export pipeline: static subnet → parity-checked Keras model → TFLite + manifest.
+
+The float parity check runs *before* any quantisation: if the Keras rebuild does not compute the
+torch function (max abs logit difference ≤ 1e-4 on real images), no model is written and the error
+names the first block that diverged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgenas.export.convert import ExportError, convert, io_details, make_interpreter, run_tflite
+from edgenas.export.keras_model import build_keras_model, first_divergence
+from edgenas.space import Arch, SearchSpace
+from edgenas.supernets.static import MobileNetV3
+
+PARITY_TOLERANCE = 1e-4
+MANIFEST_FORMAT = "edgenas-model"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    model_path: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) -> float:
+    """Max abs logit difference Keras vs torch; raises naming the first diverging block."""
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(images_nchw)).numpy()
+    got = np.asarray(keras_model(images_nchw.transpose(0, 2, 3, 1), training=False))
+    diff = float(np.abs(got - want).max())
+    if not np.isfinite(diff) or diff > PARITY_TOLERANCE:
+        where = first_divergence(keras_model, model, images_nchw, PARITY_TOLERANCE)
+        block = f"; first divergence at {where[0]} (max abs diff {where[1]:.3g})" if where else ""
+        raise ExportError(
+            f"float parity check failed: Keras and torch logits differ by {diff:.3g} "
+            f"(limit {PARITY_TOLERANCE}){block}; nothing was written"
+        )
+    return diff
+
+
+def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: list[str],
+                 normalization: dict[str, list[float]], precision: str, out_dir: str | Path,
+                 calibration_nchw: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
+                 provenance: dict[str, Any] | None = None) -> ExportResult:
+    """Export ``model`` (the static subnet for ``arch``) and write ``model.tflite`` + manifest.
+
+    ``calibration_nchw`` are normalised real images at ``arch.resolution``: they drive the parity
+    check and int8 calibration.  ``validation`` (images, labels) gives float and exported top-1.
+    """
+    import keras
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    model = model.eval()
+    start = time.perf_counter()
+    keras_model = build_keras_model(model, arch.resolution)
+    parity = check_parity(keras_model, model, calibration_nchw[:16].astype(np.float32))
+    blob = convert(keras_model, precision, calibration_nchw.transpose(0, 2, 3, 1))
+
+    details = io_details(make_interpreter(blob))
+    accuracy: dict[str, Any] = {}
+    if validation is not None:
+        images, targets = validation
+        with torch.no_grad():
+            float_logits = torch.cat([model(torch.from_numpy(images[i:i + 256]))
+                                      for i in range(0, len(images), 256)]).numpy()
+        exported_logits = run_tflite(blob, images.transpose(0, 2, 3, 1))
+        accuracy = {"split": "validation", "samples": int(len(targets)),
+                    "float_top1": _top1(float_logits, targets),
+                    "exported_top1": _top1(exported_logits, targets)}
+
+    model_path = out_dir / "model.tflite"
+    _atomic_write(model_path, blob)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "arch": arch.to_string(),
+        "arch_json": arch.to_json(),
+        "space": space.name,
+        "precision": precision,
+        "labels": list(labels),
+        "input": {"size": arch.resolution, "layout": "NHWC", "channels": 3,
+                  "mean": [float(v) for v in normalization["mean"]],
+                  "std": [float(v) for v in normalization["std"]],
+                  "pixel_range": [0.0, 1.0], **details["input"]},
+        "output": details["output"],
+        "model": {"file": model_path.name, "sha256": sha256_file(model_path),
+                  "bytes": model_path.stat().st_size},
+        "macs": space.macs(arch, len(labels)),
+        "params": space.params(arch, len(labels)),
+        "accuracy": accuracy,
+        "parity": {"max_abs_logit_diff": parity, "limit": PARITY_TOLERANCE,
+                   "images": int(min(16, len(calibration_nchw)))},
+        "calibration": {"images": int(len(calibration_nchw))} if precision == "int8" else {},
+        "latency": {},
+        "provenance": dict(provenance or {}),
+        "tools": {"torch": torch.__version__, "tensorflow": tf.__version__,
+                  "keras": keras.__version__, "python": platform.python_version()},
+        "export_seconds": round(time.perf_counter() - start, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    manifest_path = out_dir / "manifest.json"
+    _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
+    return ExportResult(out_dir, model_path, manifest_path, manifest)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """Load ``DIR/manifest.json`` and check that ``model.tflite`` still has the recorded sha256."""
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{directory}: no manifest.json (not an exported model folder)") from None
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: corrupt manifest ({exc})") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{path}: not an edgenas model manifest")
+    model = directory / manifest["model"]["file"]
+    if not model.exists():
+        raise ExportError(f"{directory}: manifest names {model.name}, which is missing")
+    if sha256_file(model) != manifest["model"]["sha256"]:
+        raise ExportError(f"{model}: sha256 does not match the manifest (file changed or corrupt)")
+    return manifest
