@@ -343,6 +343,10 @@ def _walk_group(name: str, group: Any, parents: list[tuple[str, dict]], hosts: d
     if not isinstance(gvars, dict):
         raise DeviceError(f"inventory {path}: vars of group {name!r} must be a mapping")
     chain = parents + [(name, gvars)]
+    for section in ("hosts", "children"):
+        if not isinstance(group.get(section) or {}, dict):
+            raise DeviceError(f"inventory {path}: {section} of group {name!r} must be a mapping "
+                              f"(name: vars), not a {type(group[section]).__name__}")
     for pattern, hvars in (group.get("hosts") or {}).items():
         if hvars is not None and not isinstance(hvars, dict):
             raise DeviceError(f"inventory {path}: vars of host {pattern!r} must be a mapping")
