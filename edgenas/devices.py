@@ -11,7 +11,6 @@ lighter runtime works (the runner would never reach it otherwise; ``all_runtimes
 from __future__ import annotations
 
 import json
-import posixpath
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +64,8 @@ CHILD = {
  "tflite_runtime": "import tflite_runtime as m; from tflite_runtime import interpreter",
  "tensorflow": "import tensorflow as m; m.lite.Interpreter",
 }
-DIST = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "tensorflow": "tensorflow"}
+DIST = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+        "tensorflow": "tensorflow"}
 TAIL = "; import json; print(json.dumps(str(getattr(m, '__version__', ''))))"
 def dist_version(name):
     try:
@@ -95,10 +95,12 @@ def probe(names, deadline):
             out[n] = {"importable": False, "error": "import timed out"}
             continue
         if p.returncode == 0:
-            out[n] = {"importable": True, "version": json.loads(so.decode().strip().splitlines()[-1]) or None}
+            version = json.loads(so.decode().strip().splitlines()[-1]) or None
+            out[n] = {"importable": True, "version": version}
         else:
             lines = [l for l in se.decode("utf-8", "replace").strip().splitlines() if l.strip()]
-            out[n] = {"importable": False, "error": (lines[-1] if lines else "exit %d" % p.returncode)[:300]}
+            error = lines[-1] if lines else "exit %d" % p.returncode
+            out[n] = {"importable": False, "error": error[:300]}
     return out
 all_runtimes, timeout = sys.argv[1] == "1", float(sys.argv[2])
 deadline = time.time() + timeout
@@ -115,7 +117,8 @@ if not all_runtimes and res["tensorflow"]["installed"]:
 for n in CHILD:
     if not res[n]["installed"]:
         res[n].update(importable=False, error="not installed")
-print(json.dumps({"python_version": platform.python_version(), "python_bits": 64 if sys.maxsize > 2**32 else 32,
+bits = 64 if sys.maxsize > 2**32 else 32
+print(json.dumps({"python_version": platform.python_version(), "python_bits": bits,
                   "python_executable": sys.executable, "numpy": dist_version("numpy"), "runtimes": res}))
 """
 
@@ -128,8 +131,10 @@ def install_advice(python_version: str | None, arch: str | None, bits: int | Non
     """
     arch = (arch or "").lower()
     if not python_version:
-        return ("install Python 3 (3.10 or newer: `apt install python3 python3-pip`), then "
-                "`pip install ai-edge-litert`; or give the device's interpreter with --python")
+        return (
+            "install Python 3 (3.10 or newer: `apt install python3 python3-pip`), then "
+            "`pip install ai-edge-litert`; or give the device's interpreter with --python"
+        )
     major_minor = tuple(int(x) for x in python_version.split(".")[:2])
     is64 = arch in ("x86_64", "amd64", "aarch64", "arm64") and bits != 32
     if major_minor < (3, 8):
@@ -137,13 +142,16 @@ def install_advice(python_version: str | None, arch: str | None, bits: int | Non
     if major_minor >= (3, 10) and is64:
         return "pip install ai-edge-litert"
     if major_minor >= (3, 12):
-        return (f"no TFLite runtime wheel exists for Python {python_version} on {arch or 'this CPU'}: "
-                'install Python 3.11, then `pip install tflite-runtime "numpy<2"`')
+        return (
+            f"no TFLite runtime wheel exists for Python {python_version} on {arch or 'this CPU'}: "
+            'install Python 3.11, then `pip install tflite-runtime "numpy<2"`'
+        )
     return 'pip install tflite-runtime "numpy<2"'
 
 
-def probe(transport: Transport, device: Device, *, all_runtimes: bool = False,
-          timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+def probe(
+    transport: Transport, device: Device, *, all_runtimes: bool = False, timeout: float = PROBE_TIMEOUT_S
+) -> dict[str, Any]:
     """Facts about a device (see the module docstring); raises TransportError if it cannot be reached."""
     started = time.monotonic()
     python = device.python or "python3"
@@ -164,28 +172,40 @@ def probe(transport: Transport, device: Device, *, all_runtimes: bool = False,
         "governor": facts.get("governor") or None,
         "freq_mhz": _mhz(facts.get("freq_khz")),
         "freq_max_mhz": _mhz(facts.get("freq_max_khz")),
-        "temperature_c": round(int(facts["temp_millic"]) / 1000, 1) if _int(facts.get("temp_millic"))
-        is not None else None,
+        "temperature_c": round(int(facts["temp_millic"]) / 1000, 1)
+        if _int(facts.get("temp_millic")) is not None
+        else None,
         "python": None,
         "python_version": None,
         "numpy": None,
-        "runtimes": {name: {"installed": False, "importable": False, "error": "no Python"}
-                     for name in RUNTIMES},
+        "runtimes": {
+            name: {"installed": False, "importable": False, "error": "no Python"} for name in RUNTIMES
+        },
     }
     if facts.get("python_path"):
         left = max(5.0, timeout - (time.monotonic() - started))
-        rc, out, err = transport.run([python, "-c", _RUNTIME_SCRIPT, "1" if all_runtimes else "0",
-                                      str(max(1.0, left - 2.0))], timeout=left)
+        rc, out, err = transport.run(
+            [python, "-c", _RUNTIME_SCRIPT, "1" if all_runtimes else "0", str(max(1.0, left - 2.0))],
+            timeout=left,
+        )
         info = _last_json(out)
         if rc != 0 or info is None:
             result["python_error"] = (err.strip().splitlines() or [f"exit {rc}"])[-1][:300]
             result["python"] = facts["python_path"]
         else:
-            result.update(python=info["python_executable"], python_version=info["python_version"],
-                          python_bits=info["python_bits"], numpy=info["numpy"], runtimes=info["runtimes"])
+            result.update(
+                python=info["python_executable"],
+                python_version=info["python_version"],
+                python_bits=info["python_bits"],
+                numpy=info["numpy"],
+                runtimes=info["runtimes"],
+            )
     result["runtime"] = next((n for n in RUNTIMES if result["runtimes"][n].get("importable")), None)
-    result["install_hint"] = None if result["runtime"] else install_advice(
-        result["python_version"], result["arch"], result.get("python_bits"))
+    result["install_hint"] = (
+        None
+        if result["runtime"]
+        else install_advice(result["python_version"], result["arch"], result.get("python_bits"))
+    )
     result["rtt_ms"] = round(_round_trip_ms(transport), 2)
     result["probe_s"] = round(time.monotonic() - started, 2)
     return result
@@ -208,8 +228,9 @@ def runner_path() -> Path:
     return path
 
 
-def setup(transport: Transport, device: Device, *, runner: Path | None = None,
-          timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+def setup(
+    transport: Transport, device: Device, *, runner: Path | None = None, timeout: float = PROBE_TIMEOUT_S
+) -> dict[str, Any]:
     """Copy the runner into the device workdir and run ``runner.py info`` there.
 
     Returns the runner's info JSON.  Raises DeviceError saying exactly what to install when the device
@@ -220,24 +241,32 @@ def setup(transport: Transport, device: Device, *, runner: Path | None = None,
     rc, _, err = transport.run(["mkdir", "-p", "--", workdir], timeout=timeout)
     if rc != 0:
         raise DeviceError(f"{device.name}: cannot create the workdir {workdir}: {err.strip()}")
-    transport.put(runner, posixpath.join(workdir, "runner.py"), timeout=timeout)
+    # Relative remote paths and cwd resolve against the transport's workdir (the device's).
+    transport.put(runner, "runner.py", timeout=timeout)
     python = device.python or "python3"
-    rc, out, err = transport.run([python, "runner.py", "info", "--no-probe"], timeout=timeout, cwd=workdir)
+    rc, out, err = transport.run([python, "runner.py", "info", "--no-probe"], timeout=timeout, cwd=".")
     if rc == 127:
-        raise DeviceError(f"{device.name}: there is no Python at {python!r} on the device; "
-                          f"{install_advice(None, _arch(device))}")
+        raise DeviceError(
+            f"{device.name}: there is no Python at {python!r} on the device; "
+            f"{install_advice(None, _arch(device))}"
+        )
     info = _last_json(out)
     if info is None:
-        raise DeviceError(f"{device.name}: the runner did not start with {python} (exit {rc}): "
-                          f"{(err.strip().splitlines() or ['no output'])[-1][:300]}")
+        raise DeviceError(
+            f"{device.name}: the runner did not start with {python} (exit {rc}): "
+            f"{(err.strip().splitlines() or ['no output'])[-1][:300]}"
+        )
     if info.get("runtime") is None:
         error = (info.get("runtime_error") or {}).get("error") or info.get("error") or "no runtime"
         python_info = info.get("python") or {}
         hint = info.get("install_hint") or install_advice(
-            python_info.get("version"), (info.get("platform") or {}).get("machine"))
+            python_info.get("version"), (info.get("platform") or {}).get("machine")
+        )
         error = error.split("; install")[0]  # the runner appends its own hint; ours follows
-        raise DeviceError(f"{device.name}: the runner works but no TFLite runtime is usable ({error}). "
-                          f"Install one on the device for {python}: {hint}")
+        raise DeviceError(
+            f"{device.name}: the runner works but no TFLite runtime is usable ({error}). "
+            f"Install one on the device for {python}: {hint}"
+        )
     return info
 
 
@@ -257,9 +286,15 @@ class CheckResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def check(devices: Iterable[Device], home: Path, *, all_runtimes: bool = False, workers: int = 8,
-          timeout: float = PROBE_TIMEOUT_S,
-          opener: Callable[[Device, Path], Transport] = open_transport) -> list[CheckResult]:
+def check(
+    devices: Iterable[Device],
+    home: Path,
+    *,
+    all_runtimes: bool = False,
+    workers: int = 8,
+    timeout: float = PROBE_TIMEOUT_S,
+    opener: Callable[[Device, Path], Transport] = open_transport,
+) -> list[CheckResult]:
     """Probe every device in parallel; one unreachable device costs its own connect timeout, not the
     others' time.  Results come back in the order given."""
     devices = list(devices)

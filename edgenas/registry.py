@@ -32,9 +32,24 @@ DEFAULT_ADB_WORKDIR = "/data/local/tmp/edgenas"
 # Relative to the login directory on SSH devices (both SFTP and the shell start there).
 DEFAULT_SSH_WORKDIR = "edgenas"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_COLUMNS = ("name", "kind", "host", "user", "port", "key_path", "serial", "ssh_alias", "workdir",
-            "python", "timeout_s", "host_key_fingerprint", "probe_json", "probed_at", "created_at",
-            "updated_at")
+_COLUMNS = (
+    "name",
+    "kind",
+    "host",
+    "user",
+    "port",
+    "key_path",
+    "serial",
+    "ssh_alias",
+    "workdir",
+    "python",
+    "timeout_s",
+    "host_key_fingerprint",
+    "probe_json",
+    "probed_at",
+    "created_at",
+    "updated_at",
+)
 
 
 @dataclass
@@ -79,15 +94,29 @@ class Device:
 
 def validate_name(name: str) -> str:
     if not _NAME_RE.match(name or ""):
-        raise DeviceError(f"invalid device name {name!r}: use letters, digits, '.', '_' or '-' "
-                          "(at most 64, starting with a letter or digit)")
+        raise DeviceError(
+            f"invalid device name {name!r}: use letters, digits, '.', '_' or '-' "
+            "(at most 64, starting with a letter or digit)"
+        )
     return name
 
 
-def make_device(name: str, kind: str, *, home: Path, host: str | None = None, user: str | None = None,
-                port: int | None = None, key_path: str | None = None, serial: str | None = None,
-                ssh_alias: str | None = None, workdir: str | None = None, python: str | None = None,
-                timeout_s: float | None = None, groups: Iterable[str] = ()) -> Device:
+def make_device(
+    name: str,
+    kind: str,
+    *,
+    home: Path,
+    host: str | None = None,
+    user: str | None = None,
+    port: int | None = None,
+    key_path: str | None = None,
+    serial: str | None = None,
+    ssh_alias: str | None = None,
+    workdir: str | None = None,
+    python: str | None = None,
+    timeout_s: float | None = None,
+    groups: Iterable[str] = (),
+) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port)."""
     validate_name(name)
     if kind not in KINDS:
@@ -113,9 +142,20 @@ def make_device(name: str, kind: str, *, home: Path, host: str | None = None, us
     if timeout_s is not None and timeout_s <= 0:
         raise DeviceError(f"device {name}: timeout must be positive")
     group_list = sorted({validate_group(g) for g in groups})
-    return Device(name=name, kind=kind, host=host, user=user, port=port, key_path=key_path,
-                  serial=serial, ssh_alias=ssh_alias, workdir=workdir, python=python,
-                  timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S), groups=group_list)
+    return Device(
+        name=name,
+        kind=kind,
+        host=host,
+        user=user,
+        port=port,
+        key_path=key_path,
+        serial=serial,
+        ssh_alias=ssh_alias,
+        workdir=workdir,
+        python=python,
+        timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S),
+        groups=group_list,
+    )
 
 
 def validate_group(group: str) -> str:
@@ -131,22 +171,46 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
     """Record ``device``.  An existing name is an error unless ``replace_existing`` (probe data kept)."""
     now = time.time()
     with store.transaction() as conn:
-        old = conn.execute("SELECT created_at, probe_json, probed_at FROM devices WHERE name = ?",
-                           (device.name,)).fetchone()
+        old = conn.execute(
+            "SELECT created_at, probe_json, probed_at FROM devices WHERE name = ?", (device.name,)
+        ).fetchone()
         if old is not None and not replace_existing:
-            raise DeviceError(f"device {device.name} already exists (remove it first, or pick another name)")
+            raise DeviceError(
+                f"device {device.name} already exists (remove it first, or pick another name)"
+            )
         created = old["created_at"] if old else now
-        probe_json = json.dumps(device.probe) if device.probe is not None else (old["probe_json"] if old
-                                                                                 else None)
+        probe_json = (
+            json.dumps(device.probe)
+            if device.probe is not None
+            else (old["probe_json"] if old else None)
+        )
         probed_at = device.probed_at if device.probe is not None else (old["probed_at"] if old else None)
         conn.execute("DELETE FROM devices WHERE name = ?", (device.name,))
         conn.execute(
             f"INSERT INTO devices ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-            (device.name, device.kind, device.host, device.user, device.port, device.key_path,
-             device.serial, device.ssh_alias, device.workdir, device.python, device.timeout_s,
-             device.host_key_fingerprint, probe_json, probed_at, created, now))
-        conn.executemany("INSERT INTO device_groups (device, grp) VALUES (?, ?)",
-                         [(device.name, g) for g in sorted(set(device.groups))])
+            (
+                device.name,
+                device.kind,
+                device.host,
+                device.user,
+                device.port,
+                device.key_path,
+                device.serial,
+                device.ssh_alias,
+                device.workdir,
+                device.python,
+                device.timeout_s,
+                device.host_key_fingerprint,
+                probe_json,
+                probed_at,
+                created,
+                now,
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO device_groups (device, grp) VALUES (?, ?)",
+            [(device.name, g) for g in sorted(set(device.groups))],
+        )
     return get_device(store, device.name)
 
 
@@ -162,8 +226,11 @@ def list_devices(store: Store, group: str | None = None) -> list[Device]:
     if group is None:
         rows = store.query("SELECT * FROM devices ORDER BY name")
     else:
-        rows = store.query("SELECT d.* FROM devices d JOIN device_groups g ON g.device = d.name "
-                           "WHERE g.grp = ? ORDER BY d.name", (group,))
+        rows = store.query(
+            "SELECT d.* FROM devices d JOIN device_groups g ON g.device = d.name "
+            "WHERE g.grp = ? ORDER BY d.name",
+            (group,),
+        )
     groups = _groups(store, [r["name"] for r in rows])
     return [_from_row(r, groups.get(r["name"], [])) for r in rows]
 
@@ -198,7 +265,9 @@ def set_groups(store: Store, names: Iterable[str], group: str, member: bool) -> 
             if conn.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone() is None:
                 raise DeviceError(f"no device named {name!r} (see `edgenas device list`)")
             if member:
-                conn.execute("INSERT OR IGNORE INTO device_groups (device, grp) VALUES (?, ?)", (name, group))
+                conn.execute(
+                    "INSERT OR IGNORE INTO device_groups (device, grp) VALUES (?, ?)", (name, group)
+                )
             else:
                 conn.execute("DELETE FROM device_groups WHERE device = ? AND grp = ?", (name, group))
 
@@ -206,16 +275,20 @@ def set_groups(store: Store, names: Iterable[str], group: str, member: bool) -> 
 def save_probe(store: Store, name: str, probe: Mapping[str, Any]) -> None:
     now = time.time()
     with store.transaction() as conn:
-        cur = conn.execute("UPDATE devices SET probe_json = ?, probed_at = ?, updated_at = ? WHERE name = ?",
-                           (json.dumps(dict(probe)), now, now, name))
+        cur = conn.execute(
+            "UPDATE devices SET probe_json = ?, probed_at = ?, updated_at = ? WHERE name = ?",
+            (json.dumps(dict(probe)), now, now, name),
+        )
         if cur.rowcount == 0:
             raise DeviceError(f"no device named {name!r}")
 
 
 def set_host_key_fingerprint(store: Store, name: str, fingerprint: str | None) -> None:
     with store.transaction() as conn:
-        conn.execute("UPDATE devices SET host_key_fingerprint = ?, updated_at = ? WHERE name = ?",
-                     (fingerprint, time.time(), name))
+        conn.execute(
+            "UPDATE devices SET host_key_fingerprint = ?, updated_at = ? WHERE name = ?",
+            (fingerprint, time.time(), name),
+        )
 
 
 def _groups(store: Store, names: list[str]) -> dict[str, list[str]]:
@@ -223,20 +296,33 @@ def _groups(store: Store, names: list[str]) -> dict[str, list[str]]:
     if not names:
         return out
     marks = ", ".join("?" * len(names))
-    for row in store.query(f"SELECT device, grp FROM device_groups WHERE device IN ({marks}) "
-                           "ORDER BY grp", tuple(names)):
+    for row in store.query(
+        f"SELECT device, grp FROM device_groups WHERE device IN ({marks}) ORDER BY grp", tuple(names)
+    ):
         out.setdefault(row["device"], []).append(row["grp"])
     return out
 
 
 def _from_row(row: Any, groups: list[str]) -> Device:
-    return Device(name=row["name"], kind=row["kind"], host=row["host"], user=row["user"], port=row["port"],
-                  key_path=row["key_path"], serial=row["serial"], ssh_alias=row["ssh_alias"],
-                  workdir=row["workdir"], python=row["python"], timeout_s=row["timeout_s"],
-                  host_key_fingerprint=row["host_key_fingerprint"],
-                  probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
-                  probed_at=row["probed_at"], groups=list(groups), created_at=row["created_at"],
-                  updated_at=row["updated_at"])
+    return Device(
+        name=row["name"],
+        kind=row["kind"],
+        host=row["host"],
+        user=row["user"],
+        port=row["port"],
+        key_path=row["key_path"],
+        serial=row["serial"],
+        ssh_alias=row["ssh_alias"],
+        workdir=row["workdir"],
+        python=row["python"],
+        timeout_s=row["timeout_s"],
+        host_key_fingerprint=row["host_key_fingerprint"],
+        probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
+        probed_at=row["probed_at"],
+        groups=list(groups),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 # ------------------------------------------------------------------------------------ ssh targets
@@ -278,7 +364,9 @@ def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
             raise DeviceError(f"invalid port in {spec!r}")
         port = int(port_s)
     if not host or (user is not None and not user):
-        raise DeviceError(f"invalid SSH target {spec!r}: expected USER@HOST[:PORT] or a ~/.ssh/config alias")
+        raise DeviceError(
+            f"invalid SSH target {spec!r}: expected USER@HOST[:PORT] or a ~/.ssh/config alias"
+        )
     config_path = ssh_config or default_ssh_config()
     alias: str | None = None
     key_path: str | None = None
@@ -311,7 +399,8 @@ def load_inventory(path: Path, *, home: Path, ssh_config: Path | None = None) ->
     ``ansible_python_interpreter``, ``ansible_connection: local``; and edgenas' own ``edgenas_workdir``,
     ``edgenas_python``, ``edgenas_kind`` (``adb`` with ``edgenas_serial``), ``edgenas_timeout``.  A
     child group's vars override its parent's and host vars override all, as in Ansible.  Every group a
-    host is in (directly or through children), except ``all`` and ``ungrouped``, becomes an edgenas group.
+    host is in (directly or through children), except ``all`` and ``ungrouped``, becomes an edgenas
+    group.
     """
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -333,8 +422,9 @@ def load_inventory(path: Path, *, home: Path, ssh_config: Path | None = None) ->
     return devices
 
 
-def _walk_group(name: str, group: Any, parents: list[tuple[str, dict]], hosts: dict[str, dict[str, Any]],
-                path: Path) -> None:
+def _walk_group(
+    name: str, group: Any, parents: list[tuple[str, dict]], hosts: dict[str, dict[str, Any]], path: Path
+) -> None:
     if group is None:
         group = {}
     if not isinstance(group, dict):
@@ -345,8 +435,10 @@ def _walk_group(name: str, group: Any, parents: list[tuple[str, dict]], hosts: d
     chain = parents + [(name, gvars)]
     for section in ("hosts", "children"):
         if not isinstance(group.get(section) or {}, dict):
-            raise DeviceError(f"inventory {path}: {section} of group {name!r} must be a mapping "
-                              f"(name: vars), not a {type(group[section]).__name__}")
+            raise DeviceError(
+                f"inventory {path}: {section} of group {name!r} must be a mapping "
+                f"(name: vars), not a {type(group[section]).__name__}"
+            )
     for pattern, hvars in (group.get("hosts") or {}).items():
         if hvars is not None and not isinstance(hvars, dict):
             raise DeviceError(f"inventory {path}: vars of host {pattern!r} must be a mapping")
@@ -368,12 +460,13 @@ def _expand_range(pattern: str) -> list[str]:
     width = len(lo) if lo.startswith("0") else 0
     out = []
     for i in range(int(lo), int(hi) + 1):
-        out.extend(_expand_range(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():]))
+        out.extend(_expand_range(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end() :]))
     return out
 
 
-def _inventory_device(name: str, v: dict[str, Any], groups: list[str], home: Path,
-                      ssh_config: Path | None, path: Path) -> Device:
+def _inventory_device(
+    name: str, v: dict[str, Any], groups: list[str], home: Path, ssh_config: Path | None, path: Path
+) -> Device:
     def get(*keys: str) -> Any:
         for key in keys:
             if v.get(key) is not None:
@@ -382,22 +475,33 @@ def _inventory_device(name: str, v: dict[str, Any], groups: list[str], home: Pat
 
     kind = str(get("edgenas_kind") or ("local" if get("ansible_connection") == "local" else "ssh"))
     python = get("edgenas_python", "ansible_python_interpreter")
-    common = dict(workdir=get("edgenas_workdir"), python=str(python) if python else None,
-                  timeout_s=float(get("edgenas_timeout")) if get("edgenas_timeout") else None,
-                  groups=groups, home=home)
+    common = dict(
+        workdir=get("edgenas_workdir"),
+        python=str(python) if python else None,
+        timeout_s=float(get("edgenas_timeout")) if get("edgenas_timeout") else None,
+        groups=groups,
+        home=home,
+    )
     if kind == "local":
         return make_device(name, "local", **common)
     if kind == "adb":
-        return make_device(name, "adb", serial=str(get("edgenas_serial", "ansible_host") or name), **common)
+        return make_device(
+            name, "adb", serial=str(get("edgenas_serial", "ansible_host") or name), **common
+        )
     if kind != "ssh":
         raise DeviceError(f"inventory {path}: host {name}: unknown edgenas_kind {kind!r}")
     target = parse_ssh_target(str(get("ansible_host", "ansible_ssh_host") or name), ssh_config)
     port = get("ansible_port", "ansible_ssh_port")
-    return make_device(name, "ssh", host=target.host,
-                       user=str(get("ansible_user", "ansible_ssh_user") or target.user or "") or None,
-                       port=int(port) if port else target.port,
-                       key_path=str(get("ansible_ssh_private_key_file") or target.key_path or "") or None,
-                       ssh_alias=target.alias, **common)
+    return make_device(
+        name,
+        "ssh",
+        host=target.host,
+        user=str(get("ansible_user", "ansible_ssh_user") or target.user or "") or None,
+        port=int(port) if port else target.port,
+        key_path=str(get("ansible_ssh_private_key_file") or target.key_path or "") or None,
+        ssh_alias=target.alias,
+        **common,
+    )
 
 
 def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str], list[str]]:
@@ -407,8 +511,12 @@ def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str]
     existing = {d.name: d for d in list_devices(store)}
     for device in devices:
         old = existing.get(device.name)
-        if old is not None and device.kind == old.kind and device.host == old.host \
-                and device.port == old.port:
+        if (
+            old is not None
+            and device.kind == old.kind
+            and device.host == old.host
+            and device.port == old.port
+        ):
             device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
         add_device(store, device, replace_existing=True)
         (updated if old is not None else added).append(device.name)

@@ -1,4 +1,5 @@
-"""The workspace database: one SQLite file (``<home>/edgenas.db``) for devices, measurements, deployments.
+"""The workspace database: one SQLite file (``<home>/edgenas.db``) for devices, measurements and
+deployments.
 
 Why SQLite in WAL mode: several ``edgenas`` processes (a measurement batch, a ``device add`` in another
 terminal, a fleet push) share the workspace at once.  WAL lets readers run beside one writer, and
@@ -146,8 +147,10 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
 
 def _migrate(store: Store, migrations: tuple[str, ...]) -> None:
     if store.version > len(migrations):
-        raise StoreError(f"workspace database {store.path} has schema version {store.version}, newer than "
-                         f"this edgenas knows ({len(migrations)}); upgrade edgenas")
+        raise StoreError(
+            f"workspace database {store.path} has schema version {store.version}, newer than "
+            f"this edgenas knows ({len(migrations)}); upgrade edgenas"
+        )
     while store.version < len(migrations):
         with store.transaction() as conn:
             current = int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -11,8 +11,8 @@ import pytest
 from tests.fleet import Fleet, FleetError
 
 REPO = Path(__file__).resolve().parent.parent
-LITERT_PYTHON = REPO / ".venv" / "bin" / "python"          # ai-edge-litert, numpy 2 (and TensorFlow)
-TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"   # tflite-runtime 2.14, numpy < 2
+LITERT_PYTHON = REPO / ".venv" / "bin" / "python"  # ai-edge-litert, numpy 2 (and TensorFlow)
+TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"  # tflite-runtime 2.14, numpy < 2
 # 15 % of one CPU: on this VM the CFS bandwidth limit overruns (25 % measured only ≈2.2× slower), so
 # the slow device is given less to land near the ≈4× a 25 % quota gives on bare metal.
 SLOW_QUOTA = 0.15
@@ -67,4 +67,3 @@ def workspace(tmp_path: Path) -> Path:
     path = tmp_path / "ws"
     path.mkdir()
     return path
-

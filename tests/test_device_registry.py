@@ -47,7 +47,9 @@ def test_failed_transaction_rolls_back(workspace):
     with open_store(workspace) as store:
         dev = registry.make_device("a", "local", home=workspace)
         with pytest.raises(RuntimeError), store.transaction() as conn:
-            conn.execute("INSERT INTO devices (name, kind, created_at, updated_at) VALUES ('x', 'local', 0, 0)")
+            conn.execute(
+                "INSERT INTO devices (name, kind, created_at, updated_at) VALUES ('x', 'local', 0, 0)"
+            )
             raise RuntimeError
         registry.add_device(store, dev)
         assert [d.name for d in registry.list_devices(store)] == ["a"]
@@ -77,8 +79,12 @@ def test_concurrent_writers_from_processes_all_land(tmp_path):
 
 def test_registry_add_get_list_groups_remove(workspace):
     with open_store(workspace) as store:
-        registry.add_device(store, registry.make_device(
-            "pi1", "ssh", home=workspace, host="10.0.0.5", user="pi", groups=["pis"]))
+        registry.add_device(
+            store,
+            registry.make_device(
+                "pi1", "ssh", home=workspace, host="10.0.0.5", user="pi", groups=["pis"]
+            ),
+        )
         registry.add_device(store, registry.make_device("phone", "adb", home=workspace, serial="R58M1"))
         with pytest.raises(DeviceError, match="already exists"):
             registry.add_device(store, registry.make_device("phone", "adb", home=workspace, serial="X"))
@@ -107,13 +113,16 @@ def test_invalid_device_names_are_refused(bad, workspace):
         registry.make_device(bad, "local", home=workspace)
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("pi@10.0.0.5", ("10.0.0.5", "pi", 22)),
-    ("pi@10.0.0.5:2222", ("10.0.0.5", "pi", 2222)),
-    ("10.0.0.5", ("10.0.0.5", None, 22)),
-    ("root@[fe80::1]:2200", ("fe80::1", "root", 2200)),
-    ("[::1]", ("::1", None, 22)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("pi@10.0.0.5", ("10.0.0.5", "pi", 22)),
+        ("pi@10.0.0.5:2222", ("10.0.0.5", "pi", 2222)),
+        ("10.0.0.5", ("10.0.0.5", None, 22)),
+        ("root@[fe80::1]:2200", ("fe80::1", "root", 2200)),
+        ("[::1]", ("::1", None, 22)),
+    ],
+)
 def test_parse_ssh_target(spec, expected, tmp_path):
     t = registry.parse_ssh_target(spec, tmp_path / "no-config")
     assert (t.host, t.user, t.port) == expected
@@ -127,8 +136,10 @@ def test_parse_ssh_target_rejects_garbage(bad, tmp_path):
 
 def test_ssh_config_alias_is_resolved(tmp_path):
     cfg = tmp_path / "config"
-    cfg.write_text("Host kitchen-pi\n  HostName 192.168.1.40\n  User pi\n  Port 2022\n"
-                   "  IdentityFile ~/.ssh/id_pi\n\nHost *\n  User fallback\n")
+    cfg.write_text(
+        "Host kitchen-pi\n  HostName 192.168.1.40\n  User pi\n  Port 2022\n"
+        "  IdentityFile ~/.ssh/id_pi\n\nHost *\n  User fallback\n"
+    )
     t = registry.parse_ssh_target("kitchen-pi", cfg)
     assert (t.host, t.user, t.port, t.alias) == ("192.168.1.40", "pi", 2022, "kitchen-pi")
     assert t.key_path == os.path.expanduser("~/.ssh/id_pi")
@@ -174,7 +185,9 @@ all:
 def test_ansible_inventory_hosts_groups_children_and_vars(tmp_path, workspace):
     inv = tmp_path / "inventory.yml"
     inv.write_text(INVENTORY)
-    devs = {d.name: d for d in registry.load_inventory(inv, home=workspace, ssh_config=tmp_path / "none")}
+    devs = {
+        d.name: d for d in registry.load_inventory(inv, home=workspace, ssh_config=tmp_path / "none")
+    }
     assert sorted(devs) == ["laptop", "pi-special", "pi01", "pi02", "pi03", "pixel"]
     assert devs["laptop"].kind == "local"
     pi02 = devs["pi02"]
@@ -182,10 +195,17 @@ def test_ansible_inventory_hosts_groups_children_and_vars(tmp_path, workspace):
     assert pi02.groups == ["pi4", "pis"] and pi02.python == "/usr/bin/python3" and pi02.timeout_s == 7
     assert (devs["pi01"].host, devs["pi01"].groups) == ("pi01", ["pis"])
     special = devs["pi-special"]
-    assert (special.host, special.user, special.port, special.key_path) == ("10.9.9.9", "admin", 22,
-                                                                            "/keys/special")
-    assert (devs["pixel"].kind, devs["pixel"].serial, devs["pixel"].groups) == ("adb", "10.0.0.50:5555",
-                                                                                 ["phones"])
+    assert (special.host, special.user, special.port, special.key_path) == (
+        "10.9.9.9",
+        "admin",
+        22,
+        "/keys/special",
+    )
+    assert (devs["pixel"].kind, devs["pixel"].serial, devs["pixel"].groups) == (
+        "adb",
+        "10.0.0.50:5555",
+        ["phones"],
+    )
     with open_store(workspace) as store:
         added, updated = registry.import_inventory(store, devs.values())
         assert len(added) == 6 and updated == []
@@ -255,13 +275,21 @@ def test_cli_add_list_show_group_remove(workspace):
     assert "no device named 'pi'" in cli("show", "pi", code=1)
 
 
-@pytest.mark.skipif(shutil.which("edgenas", path=str(Path(sys.executable).parent)) is None,
-                    reason="needs the installed edgenas entry point")
+@pytest.mark.skipif(
+    shutil.which("edgenas", path=str(Path(sys.executable).parent)) is None,
+    reason="needs the installed edgenas entry point",
+)
 def test_concurrent_device_add_from_two_processes(workspace):
     exe = str(Path(sys.executable).parent / "edgenas")
-    procs = [subprocess.Popen([exe, "--home", str(workspace), "device", "add", name, "--local"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name in ("first", "second")]
+    procs = [
+        subprocess.Popen(
+            [exe, "--home", str(workspace), "device", "add", name, "--local"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     with open_store(workspace) as store:

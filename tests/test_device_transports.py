@@ -20,9 +20,17 @@ pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 
 
 def ssh(dev: SSHDevice, home: Path, *, accept: bool = True, timeout: float = 5.0) -> SSHTransport:
-    return SSHTransport(dev.name, dev.host, dev.port, dev.user, str(dev.client_key),
-                        known_hosts=home / "known_hosts", workdir="edgenas", connect_timeout=timeout,
-                        accept_new_host_key=accept)
+    return SSHTransport(
+        dev.name,
+        dev.host,
+        dev.port,
+        dev.user,
+        str(dev.client_key),
+        known_hosts=home / "known_hosts",
+        workdir="edgenas",
+        connect_timeout=timeout,
+        accept_new_host_key=accept,
+    )
 
 
 def leftovers(directory: Path) -> list[str]:

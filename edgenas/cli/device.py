@@ -27,53 +27,96 @@ def device() -> None:
 
 @device.command("add")
 @click.argument("name")
-@click.option("--ssh", "ssh_target", metavar="USER@HOST[:PORT]|ALIAS",
-              help="An SSH device (a ~/.ssh/config Host alias works: HostName, User, Port, IdentityFile).")
-@click.option("--adb", "adb_serial", metavar="SERIAL|HOST:PORT", help="An Android device via the adb server.")
+@click.option(
+    "--ssh",
+    "ssh_target",
+    metavar="USER@HOST[:PORT]|ALIAS",
+    help="An SSH device (a ~/.ssh/config Host alias works: HostName, User, Port, IdentityFile).",
+)
+@click.option(
+    "--adb", "adb_serial", metavar="SERIAL|HOST:PORT", help="An Android device via the adb server."
+)
 @click.option("--local", "is_local", is_flag=True, help="This machine.")
-@click.option("--key", "key_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="SSH private key (default: ssh config, ssh-agent, ~/.ssh keys).")
-@click.option("--accept-new-host-key", is_flag=True,
-              help="Connect now and trust the device's SSH host key if it is unknown (trust on first use).")
-@click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ssh config file for aliases [default: ~/.ssh/config].")
-@click.option("--group", "groups", multiple=True, metavar="GROUP", help="Put the device in GROUP (repeatable).")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SSH private key (default: ssh config, ssh-agent, ~/.ssh keys).",
+)
+@click.option(
+    "--accept-new-host-key",
+    is_flag=True,
+    help="Connect now and trust the device's SSH host key if it is unknown (trust on first use).",
+)
+@click.option(
+    "--ssh-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="ssh config file for aliases [default: ~/.ssh/config].",
+)
+@click.option(
+    "--group", "groups", multiple=True, metavar="GROUP", help="Put the device in GROUP (repeatable)."
+)
 @click.option("--workdir", help="Directory on the device for the runner and models.")
 @click.option("--python", "python", help="Python interpreter on the device [default: python3].")
 @click.option("--timeout", type=float, default=None, help="Connect timeout in seconds [default: 10].")
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
 @click.pass_obj
-def add(ws: Workspace, name: str, ssh_target: str | None, adb_serial: str | None, is_local: bool,
-        key_path: Path | None, accept_new_host_key: bool, ssh_config: Path | None, groups: tuple[str, ...],
-        workdir: str | None, python: str | None, timeout: float | None, replace: bool) -> None:
+def add(
+    ws: Workspace,
+    name: str,
+    ssh_target: str | None,
+    adb_serial: str | None,
+    is_local: bool,
+    key_path: Path | None,
+    accept_new_host_key: bool,
+    ssh_config: Path | None,
+    groups: tuple[str, ...],
+    workdir: str | None,
+    python: str | None,
+    timeout: float | None,
+    replace: bool,
+) -> None:
     """Register device NAME (exactly one of --ssh, --adb, --local)."""
     if sum(x is not None and x is not False for x in (ssh_target, adb_serial, is_local or None)) != 1:
         raise click.UsageError("give exactly one of --ssh, --adb, --local")
     if accept_new_host_key and not ssh_target:
         raise click.UsageError("--accept-new-host-key only applies to --ssh devices")
     home = ws.ensure()
-    common: dict[str, Any] = dict(home=home, workdir=workdir, python=python, timeout_s=timeout,
-                                  groups=groups)
+    common: dict[str, Any] = dict(
+        home=home, workdir=workdir, python=python, timeout_s=timeout, groups=groups
+    )
     if ssh_target:
         target = registry.parse_ssh_target(ssh_target, ssh_config)
-        dev = registry.make_device(name, "ssh", host=target.host, user=target.user, port=target.port,
-                                   key_path=str(key_path) if key_path else target.key_path,
-                                   ssh_alias=target.alias, **common)
+        dev = registry.make_device(
+            name,
+            "ssh",
+            host=target.host,
+            user=target.user,
+            port=target.port,
+            key_path=str(key_path) if key_path else target.key_path,
+            ssh_alias=target.alias,
+            **common,
+        )
     elif adb_serial:
         dev = registry.make_device(name, "adb", serial=adb_serial, **common)
     else:
         dev = registry.make_device(name, "local", **common)
     with _store(ws) as store:
         if not replace and any(d.name == name for d in registry.list_devices(store)):
-            raise DeviceError(f"device {name} already exists (use --replace, or `edgenas device remove`)")
+            raise DeviceError(
+                f"device {name} already exists (use --replace, or `edgenas device remove`)"
+            )
         note = ""
         if dev.kind == "ssh" and accept_new_host_key:
             dev.host_key_fingerprint, note = _trust_host_key(dev, home)
         registry.add_device(store, dev, replace_existing=replace)
     click.echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
     if dev.kind == "ssh" and not accept_new_host_key:
-        click.echo("  host key not checked yet: an unknown key will be refused on first use "
-                   "(add with --accept-new-host-key to trust it now)")
+        click.echo(
+            "  host key not checked yet: an unknown key will be refused on first use "
+            "(add with --accept-new-host-key to trust it now)"
+        )
 
 
 def _trust_host_key(dev: registry.Device, home: Path) -> tuple[str | None, str]:
@@ -101,8 +144,18 @@ def list_(ws: Workspace, group: str | None, as_json: bool) -> None:
     rows = []
     for d in devs:
         p = d.probe or {}
-        rows.append([d.name, d.kind, d.address, ",".join(d.groups), p.get("arch"),
-                     p.get("python_version"), p.get("runtime"), _age(d.probed_at)])
+        rows.append(
+            [
+                d.name,
+                d.kind,
+                d.address,
+                ",".join(d.groups),
+                p.get("arch"),
+                p.get("python_version"),
+                p.get("runtime"),
+                _age(d.probed_at),
+            ]
+        )
     click.echo(table(["name", "kind", "address", "groups", "arch", "python", "runtime", "probed"], rows))
 
 
@@ -127,21 +180,39 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
     if as_json:
         echo_json(d.to_dict())
         return
-    fields = [("name", d.name), ("kind", d.kind), ("address", d.address), ("ssh alias", d.ssh_alias),
-              ("key", d.key_path), ("host key", d.host_key_fingerprint), ("workdir", d.workdir),
-              ("python", d.python), ("timeout", f"{d.timeout_s:g} s"), ("groups", ", ".join(d.groups)),
-              ("probed", _age(d.probed_at))]
+    fields = [
+        ("name", d.name),
+        ("kind", d.kind),
+        ("address", d.address),
+        ("ssh alias", d.ssh_alias),
+        ("key", d.key_path),
+        ("host key", d.host_key_fingerprint),
+        ("workdir", d.workdir),
+        ("python", d.python),
+        ("timeout", f"{d.timeout_s:g} s"),
+        ("groups", ", ".join(d.groups)),
+        ("probed", _age(d.probed_at)),
+    ]
     p = d.probe or {}
     if p:
         rt = p.get("runtime")
-        fields += [("arch", p.get("arch")), ("cpu", p.get("cpu_model")), ("cores", p.get("cores")),
-                   ("memory", f"{p.get('mem_total_mib')} MiB"), ("os", p.get("os")),
-                   ("python version", p.get("python_version")), ("numpy", p.get("numpy")),
-                   ("runtime", f"{rt} {p['runtimes'][rt].get('version')}" if rt else
-                    f"none — {p.get('install_hint')}"),
-                   ("governor", p.get("governor")), ("freq", p.get("freq_mhz") and f"{p['freq_mhz']} MHz"),
-                   ("temperature", p.get("temperature_c") and f"{p['temperature_c']} °C"),
-                   ("round trip", p.get("rtt_ms") and f"{p['rtt_ms']} ms")]
+        fields += [
+            ("arch", p.get("arch")),
+            ("cpu", p.get("cpu_model")),
+            ("cores", p.get("cores")),
+            ("memory", f"{p.get('mem_total_mib')} MiB"),
+            ("os", p.get("os")),
+            ("python version", p.get("python_version")),
+            ("numpy", p.get("numpy")),
+            (
+                "runtime",
+                f"{rt} {p['runtimes'][rt].get('version')}" if rt else f"none — {p.get('install_hint')}",
+            ),
+            ("governor", p.get("governor")),
+            ("freq", p.get("freq_mhz") and f"{p['freq_mhz']} MHz"),
+            ("temperature", p.get("temperature_c") and f"{p['temperature_c']} °C"),
+            ("round trip", p.get("rtt_ms") and f"{p['rtt_ms']} ms"),
+        ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         if value not in (None, ""):
@@ -160,8 +231,11 @@ def remove(ws: Workspace, names: tuple[str, ...]) -> None:
         for name in names:
             d = registry.get_device(store, name)
             registry.remove_device(store, name)
-            others = [o for o in registry.list_devices(store) if o.kind == "ssh" and
-                      (o.host, o.port) == (d.host, d.port)]
+            others = [
+                o
+                for o in registry.list_devices(store)
+                if o.kind == "ssh" and (o.host, o.port) == (d.host, d.port)
+            ]
             if d.kind == "ssh" and d.host and not others:
                 forget_known_host(known_hosts_path(home), d.host, d.port or 22)
             click.echo(f"removed {name}")
@@ -197,7 +271,9 @@ def group_remove(ws: Workspace, group_name: str, names: tuple[str, ...]) -> None
 @device.command("import")
 @click.argument("inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--accept-new-host-key", is_flag=True, help="Connect to each SSH host and trust unknown keys.")
+@click.option(
+    "--accept-new-host-key", is_flag=True, help="Connect to each SSH host and trust unknown keys."
+)
 @click.pass_obj
 def import_(ws: Workspace, inventory: Path, ssh_config: Path | None, accept_new_host_key: bool) -> None:
     """Import devices from an Ansible YAML inventory (hosts, groups, children, ansible_* vars)."""
@@ -209,15 +285,20 @@ def import_(ws: Workspace, inventory: Path, ssh_config: Path | None, accept_new_
                 d.host_key_fingerprint, _ = _trust_host_key(d, home)
     with _store(ws) as store:
         added, updated = registry.import_inventory(store, devs)
-    click.echo(f"imported {len(devs)} devices from {inventory}: {len(added)} added, {len(updated)} updated")
+    click.echo(
+        f"imported {len(devs)} devices from {inventory}: {len(added)} added, {len(updated)} updated"
+    )
     for d in devs:
         click.echo(f"  {d.name:<16} {d.kind:<5} {d.address:<28} {','.join(d.groups)}")
 
 
 @device.command("probe")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--all-runtimes", is_flag=True,
-              help="Also import TensorFlow when a lighter runtime works (takes seconds).")
+@click.option(
+    "--all-runtimes",
+    is_flag=True,
+    help="Also import TensorFlow when a lighter runtime works (takes seconds).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def probe(ws: Workspace, names: tuple[str, ...], all_runtimes: bool, as_json: bool) -> None:
@@ -237,8 +318,10 @@ def probe(ws: Workspace, names: tuple[str, ...], all_runtimes: bool, as_json: bo
     for name, p in results.items():
         rt = p.get("runtime")
         runtime = f"{rt} {p['runtimes'][rt].get('version')}" if rt else f"none: {p.get('install_hint')}"
-        click.echo(f"{name}: {p.get('arch')}, {p.get('cores')} cores, {p.get('mem_total_mib')} MiB, "
-                   f"{p.get('os')}, Python {p.get('python_version') or '-'}, runtime {runtime}")
+        click.echo(
+            f"{name}: {p.get('arch')}, {p.get('cores')} cores, {p.get('mem_total_mib')} MiB, "
+            f"{p.get('os')}, Python {p.get('python_version') or '-'}, runtime {runtime}"
+        )
 
 
 @device.command("setup")
@@ -260,8 +343,10 @@ def setup(ws: Workspace, names: tuple[str, ...]) -> None:
                 failed.append(d.name)
                 continue
             rt = info["runtime"]
-            click.echo(f"{d.name}: runner ready in {d.workdir} (Python {info['python']['version']}, "
-                       f"{rt['name']} {rt['version']})")
+            click.echo(
+                f"{d.name}: runner ready in {d.workdir} (Python {info['python']['version']}, "
+                f"{rt['name']} {rt['version']})"
+            )
     if failed:
         raise DeviceError(f"setup failed on {', '.join(failed)}")
 
@@ -281,18 +366,43 @@ def check(ws: Workspace, targets: tuple[str, ...], as_json: bool, workers: int) 
             if r.ok and r.probe is not None:
                 registry.save_probe(store, r.device.name, r.probe)
     if as_json:
-        echo_json([{"name": r.device.name, "ok": r.ok, "seconds": round(r.seconds, 2), "error": r.error,
-                    "probe": r.probe} for r in results])
+        echo_json(
+            [
+                {
+                    "name": r.device.name,
+                    "ok": r.ok,
+                    "seconds": round(r.seconds, 2),
+                    "error": r.error,
+                    "probe": r.probe,
+                }
+                for r in results
+            ]
+        )
     else:
         rows = []
         for r in results:
             p = r.probe or {}
-            rows.append([r.device.name, r.device.kind, r.device.address, "ok" if r.ok else "FAIL",
-                         p.get("rtt_ms"), p.get("arch"), p.get("python_version"),
-                         p.get("runtime") or (f"none: {p.get('install_hint')}" if p else None),
-                         r.error or ""])
-        click.echo(table(["name", "kind", "address", "status", "rtt ms", "arch", "python", "runtime",
-                          "error"], rows) if rows else "no devices")
+            rows.append(
+                [
+                    r.device.name,
+                    r.device.kind,
+                    r.device.address,
+                    "ok" if r.ok else "FAIL",
+                    p.get("rtt_ms"),
+                    p.get("arch"),
+                    p.get("python_version"),
+                    p.get("runtime") or (f"none: {p.get('install_hint')}" if p else None),
+                    r.error or "",
+                ]
+            )
+        click.echo(
+            table(
+                ["name", "kind", "address", "status", "rtt ms", "arch", "python", "runtime", "error"],
+                rows,
+            )
+            if rows
+            else "no devices"
+        )
     bad = [r.device.name for r in results if not r.ok]
     if bad:
         raise DeviceError(f"{len(bad)} of {len(results)} devices failed: {', '.join(bad)}")

@@ -34,13 +34,22 @@ def open_transport(device: Device, home: Path, *, accept_new_host_key: bool = Fa
         from edgenas.transports.ssh import SSHTransport
 
         assert device.host is not None
-        return SSHTransport(device.name, device.host, device.port or 22, device.user, device.key_path,
-                            known_hosts=known_hosts_path(home), workdir=device.workdir,
-                            connect_timeout=device.timeout_s, accept_new_host_key=accept_new_host_key)
+        return SSHTransport(
+            device.name,
+            device.host,
+            device.port or 22,
+            device.user,
+            device.key_path,
+            known_hosts=known_hosts_path(home),
+            workdir=device.workdir,
+            connect_timeout=device.timeout_s,
+            accept_new_host_key=accept_new_host_key,
+        )
     if device.kind == "adb":
         from edgenas.transports.adb import AdbTransport
 
         assert device.serial is not None
-        return AdbTransport(device.name, device.serial, workdir=device.workdir,
-                            connect_timeout=device.timeout_s)
+        return AdbTransport(
+            device.name, device.serial, workdir=device.workdir, connect_timeout=device.timeout_s
+        )
     raise DeviceError(f"device {device.name}: unknown kind {device.kind!r}")

@@ -108,9 +108,16 @@ class AdbTransport(Transport):
 
     kind = "adb"
 
-    def __init__(self, name: str, serial: str, *, workdir: str | None = None,
-                 connect_timeout: float = 10.0, server: tuple[str, int] | None = None,
-                 adb_binary: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        serial: str,
+        *,
+        workdir: str | None = None,
+        connect_timeout: float = 10.0,
+        server: tuple[str, int] | None = None,
+        adb_binary: str | None = None,
+    ) -> None:
         super().__init__(name, workdir)
         self.serial = serial
         self.connect_timeout = float(connect_timeout)
@@ -128,21 +135,31 @@ class AdbTransport(Transport):
             try:
                 return _Conn(self.server, deadline)
             except OSError as exc:
-                raise TransportError(f"{self.name}: the adb server at {self.server[0]}:{self.server[1]} "
-                                     f"does not answer: {exc}") from exc
+                raise TransportError(
+                    f"{self.name}: the adb server at {self.server[0]}:{self.server[1]} "
+                    f"does not answer: {exc}"
+                ) from exc
         except (TimeoutError, OSError) as exc:
-            raise TransportError(f"{self.name}: cannot reach the adb server at "
-                                 f"{self.server[0]}:{self.server[1]}: {exc}") from exc
+            raise TransportError(
+                f"{self.name}: cannot reach the adb server at {self.server[0]}:{self.server[1]}: {exc}"
+            ) from exc
 
     def _start_server(self, deadline: float) -> None:
         adb = self.adb_binary or shutil.which("adb")
         if not adb:
-            raise TransportError("the adb server is not running and no `adb` binary was found; install "
-                                 "Android platform-tools (Debian/Ubuntu: apt install adb)")
+            raise TransportError(
+                "the adb server is not running and no `adb` binary was found; install "
+                "Android platform-tools (Debian/Ubuntu: apt install adb)"
+            )
         env = dict(os.environ, ANDROID_ADB_SERVER_PORT=str(self.server[1]))
         try:
-            subprocess.run([adb, "start-server"], env=env, capture_output=True,
-                           timeout=max(1.0, deadline - time.monotonic()), check=True)
+            subprocess.run(
+                [adb, "start-server"],
+                env=env,
+                capture_output=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=True,
+            )
         except (subprocess.SubprocessError, OSError) as exc:
             raise TransportError(f"cannot start the adb server with {adb}: {exc}") from exc
 
@@ -152,8 +169,9 @@ class AdbTransport(Transport):
             conn.request(service)
             return conn.read_string()
         except (TimeoutError, OSError, EOFError) as exc:
-            raise TransportError(f"{self.name}: adb server request {service!r} failed: "
-                                 f"{exc or type(exc).__name__}") from exc
+            raise TransportError(
+                f"{self.name}: adb server request {service!r} failed: {exc or type(exc).__name__}"
+            ) from exc
         finally:
             conn.close()
 
@@ -167,8 +185,10 @@ class AdbTransport(Transport):
     def reconnect(self, timeout: float | None = None) -> None:
         """Disconnect and connect again (TCP devices only) and wait until the device is usable."""
         if not _TCP_SERIAL.match(self.serial):
-            raise TransportError(f"{self.name}: adb device {self.serial} is {self.state()}; reconnect the "
-                                 "cable or restart adbd on the device")
+            raise TransportError(
+                f"{self.name}: adb device {self.serial} is {self.state()}; reconnect the "
+                "cable or restart adbd on the device"
+            )
         deadline = time.monotonic() + (timeout or self.connect_timeout)
         try:
             self._host_query(f"host:disconnect:{self.serial}", deadline)
@@ -186,8 +206,10 @@ class AdbTransport(Transport):
                     return
             last = reply or last
             time.sleep(0.1)  # the device is not back yet; connect has no blocking form to wait on
-        raise TransportError(f"{self.name}: adb device {self.serial} is unreachable "
-                             f"({last or self.state()}) after {timeout or self.connect_timeout:g} s")
+        raise TransportError(
+            f"{self.name}: adb device {self.serial} is unreachable "
+            f"({last or self.state()}) after {timeout or self.connect_timeout:g} s"
+        )
 
     def _wait_state(self, want: str, deadline: float) -> bool:
         while time.monotonic() < deadline:
@@ -212,8 +234,9 @@ class AdbTransport(Transport):
                 self.reconnect(max(0.5, min(self.connect_timeout, deadline - time.monotonic())))
             except (TimeoutError, OSError, EOFError) as exc:
                 conn.close()
-                raise TransportError(f"{self.name}: adb device {self.serial} did not answer: "
-                                     f"{exc or type(exc).__name__}") from exc
+                raise TransportError(
+                    f"{self.name}: adb device {self.serial} did not answer: {exc or type(exc).__name__}"
+                ) from exc
         raise AssertionError("unreachable")
 
     def features(self, deadline: float) -> set[str]:
@@ -230,7 +253,9 @@ class AdbTransport(Transport):
 
     # ---------------------------------------------------------------------------------- commands
 
-    def run(self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None) -> RunResult:
+    def run(
+        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+    ) -> RunResult:
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         line = shell_join(argv, self.remote_path(cwd) if cwd else None)
@@ -250,11 +275,15 @@ class AdbTransport(Transport):
                 elif kind == _SHELL_EXIT:
                     return RunResult(data[0], decode(out), decode(err))
         except TimeoutError as exc:
-            raise TransportError(f"{self.name}: command timed out after {timeout:g} s on adb device "
-                                 f"{self.serial}: {argv[0]}") from exc
+            raise TransportError(
+                f"{self.name}: command timed out after {timeout:g} s on adb device "
+                f"{self.serial}: {argv[0]}"
+            ) from exc
         except (EOFError, OSError) as exc:
-            raise TransportError(f"{self.name}: adb device {self.serial} went away while running "
-                                 f"{argv[0]} (no exit status came back)") from exc
+            raise TransportError(
+                f"{self.name}: adb device {self.serial} went away while running "
+                f"{argv[0]} (no exit status came back)"
+            ) from exc
         finally:
             conn.close()
 
@@ -272,8 +301,9 @@ class AdbTransport(Transport):
                     break
                 out += chunk
         except TimeoutError as exc:
-            raise TransportError(f"{self.name}: command timed out after {timeout:g} s: {argv[0]}") \
-                from exc
+            raise TransportError(
+                f"{self.name}: command timed out after {timeout:g} s: {argv[0]}"
+            ) from exc
         except OSError as exc:
             raise TransportError(f"{self.name}: adb device {self.serial} went away: {exc}") from exc
         finally:
@@ -281,8 +311,12 @@ class AdbTransport(Transport):
         text = decode(bytes(out)).replace("\r\n", "\n")
         head, sep, tail = text.rpartition(marker)
         if not sep:
-            raise TransportError(f"{self.name}: adb device {self.serial} went away while running {argv[0]}")
-        return RunResult(int(tail.strip() or 255), head.rstrip("\n") + ("\n" if head.strip() else ""), "")
+            raise TransportError(
+                f"{self.name}: adb device {self.serial} went away while running {argv[0]}"
+            )
+        return RunResult(
+            int(tail.strip() or 255), head.rstrip("\n") + ("\n" if head.strip() else ""), ""
+        )
 
     # ------------------------------------------------------------------------------------- files
 
@@ -311,11 +345,15 @@ class AdbTransport(Transport):
                 raise TransportError(f"{self.name}: adb device refused the upload to {final}: {msg}")
             conn.send(b"QUIT" + struct.pack("<I", 0))
         except TimeoutError as exc:
-            raise TransportError(f"{self.name}: upload of {local} to {self.serial}:{final} timed out after "
-                                 f"{timeout:g} s; nothing was written under the final name") from exc
+            raise TransportError(
+                f"{self.name}: upload of {local} to {self.serial}:{final} timed out after "
+                f"{timeout:g} s; nothing was written under the final name"
+            ) from exc
         except (EOFError, OSError) as exc:
-            raise TransportError(f"{self.name}: adb device {self.serial} went away during the upload of "
-                                 f"{local}; nothing was written under the final name") from exc
+            raise TransportError(
+                f"{self.name}: adb device {self.serial} went away during the upload of "
+                f"{local}; nothing was written under the final name"
+            ) from exc
         finally:
             conn.close()
         left = max(1.0, deadline - time.monotonic())
@@ -329,7 +367,9 @@ class AdbTransport(Transport):
                 raise TransportError(f"{self.name}: upload to {final} is truncated")
         rc, _, err = self.run(["mv", "-f", "--", tmp, final], timeout=left)
         if rc != 0:
-            raise TransportError(f"{self.name}: cannot move the upload into place at {final}: {err.strip()}")
+            raise TransportError(
+                f"{self.name}: cannot move the upload into place at {final}: {err.strip()}"
+            )
 
     def get(self, remote: str, local: Path | str, timeout: float | None = None) -> None:
         timeout = DEFAULT_TRANSFER_TIMEOUT_S if timeout is None else float(timeout)
@@ -349,17 +389,24 @@ class AdbTransport(Transport):
                     elif status == b"DONE":
                         break
                     elif status == b"FAIL":
-                        raise TransportError(f"{self.name}: cannot read {self.serial}:{src}: "
-                                             f"{decode(conn.recv_exact(length))}")
+                        raise TransportError(
+                            f"{self.name}: cannot read {self.serial}:{src}: "
+                            f"{decode(conn.recv_exact(length))}"
+                        )
                     else:
-                        raise TransportError(f"{self.name}: bad sync reply {status!r} from {self.serial}")
+                        raise TransportError(
+                            f"{self.name}: bad sync reply {status!r} from {self.serial}"
+                        )
             conn.send(b"QUIT" + struct.pack("<I", 0))
             os.replace(tmp, local)
         except TimeoutError as exc:
-            raise TransportError(f"{self.name}: download of {src} timed out after {timeout:g} s") from exc
+            raise TransportError(
+                f"{self.name}: download of {src} timed out after {timeout:g} s"
+            ) from exc
         except (EOFError, OSError) as exc:
-            raise TransportError(f"{self.name}: adb device {self.serial} went away during the download "
-                                 f"of {src}") from exc
+            raise TransportError(
+                f"{self.name}: adb device {self.serial} went away during the download of {src}"
+            ) from exc
         finally:
             conn.close()
             tmp.unlink(missing_ok=True)
@@ -371,6 +418,6 @@ class AdbTransport(Transport):
 def _recoverable(message: str) -> bool:
     """Server answers that a disconnect + connect can cure (a TCP device that died and came back)."""
     message = message.lower()
-    return "offline" in message or "not found" in message or "no devices" in message \
-        or "closed" in message
-
+    return (
+        "offline" in message or "not found" in message or "no devices" in message or "closed" in message
+    )

@@ -23,7 +23,7 @@ DEFAULT_TRANSFER_TIMEOUT_S = 300.0
 
 
 class RunResult(NamedTuple):
-    """What a command did: unpacks as ``rc, stdout, stderr`` (text, decoded as UTF-8 with replacement)."""
+    """What a command did: unpacks as ``rc, stdout, stderr`` (text; invalid UTF-8 is replaced)."""
 
     rc: int
     stdout: str
@@ -40,7 +40,9 @@ class Transport(ABC):
         self.workdir = workdir
 
     @abstractmethod
-    def run(self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None) -> RunResult:
+    def run(
+        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+    ) -> RunResult:
         """Run ``argv`` (no shell interpretation of its elements) on the device.
 
         ``cwd`` is a directory on the device (relative ones are under :attr:`workdir`); ``None`` runs

@@ -24,15 +24,24 @@ class LocalTransport(Transport):
 
     kind = "local"
 
-    def run(self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None) -> RunResult:
+    def run(
+        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+    ) -> RunResult:
         if not argv:
             raise TransportError(f"{self.name}: empty command")
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else timeout
         try:
-            proc = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout,
-                                  cwd=self.remote_path(cwd) if cwd else None, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                [str(a) for a in argv],
+                capture_output=True,
+                timeout=timeout,
+                cwd=self.remote_path(cwd) if cwd else None,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise TransportError(f"{self.name}: command timed out after {timeout:g} s: {argv[0]}") from exc
+            raise TransportError(
+                f"{self.name}: command timed out after {timeout:g} s: {argv[0]}"
+            ) from exc
         except FileNotFoundError as exc:
             # Same meaning as on a remote shell: "command not found" is exit status 127.
             return RunResult(127, "", f"{exc}\n")

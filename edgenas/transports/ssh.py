@@ -5,9 +5,10 @@ Facts this module is built on (measured on the test fleet, see design §5):
 * paramiko does not set TCP_NODELAY, and without it every command round trip waits ~40 ms for delayed
   ACKs.  We open the socket ourselves and set it; one connection is then reused for every command.
 * A blackholed peer blocks a socket forever, so connect, every command and every transfer has a deadline.
-* Host keys are checked against ``<home>/known_hosts`` (and, read-only, the user's ``~/.ssh/known_hosts``)
-  under ``RejectPolicy`` semantics.  An unknown key is accepted only when the caller asked for it
-  (``device add --accept-new-host-key``); a changed key is always refused, before anything runs.
+* Host keys are checked against ``<home>/known_hosts`` (and, read-only, the user's
+  ``~/.ssh/known_hosts``) under ``RejectPolicy`` semantics.  An unknown key is accepted only when
+  the caller asked for it (``device add --accept-new-host-key``); a changed key is always refused,
+  before anything runs.
 * Every argv element is ``shlex.quote``-d; the remote side runs a shell, so nothing is spliced unquoted.
 """
 
@@ -129,7 +130,8 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise HostKeyError(
                 f"unknown SSH host key for {hostname} ({fingerprint(key)}); refusing to connect. Check "
                 f"the fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add "
-                f"the device with --accept-new-host-key, or put the key into {self.known_hosts}")
+                f"the device with --accept-new-host-key, or put the key into {self.known_hosts}"
+            )
         self.accepted = key  # persisted by the transport only once the connection is fully up
 
 
@@ -138,15 +140,28 @@ class SSHTransport(Transport):
 
     kind = "ssh"
 
-    def __init__(self, name: str, host: str, port: int = 22, user: str | None = None,
-                 key_path: str | None = None, *, known_hosts: Path, workdir: str | None = None,
-                 connect_timeout: float = 10.0, accept_new_host_key: bool = False,
-                 user_known_hosts: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int = 22,
+        user: str | None = None,
+        key_path: str | None = None,
+        *,
+        known_hosts: Path,
+        workdir: str | None = None,
+        connect_timeout: float = 10.0,
+        accept_new_host_key: bool = False,
+        user_known_hosts: Path | None = None,
+    ) -> None:
         super().__init__(name, workdir)
         self.host, self.port, self.user, self.key_path = host, int(port), user, key_path
         self.known_hosts = Path(known_hosts)
-        self.user_known_hosts = user_known_hosts if user_known_hosts is not None else \
-            Path(os.path.expanduser("~/.ssh/known_hosts"))
+        self.user_known_hosts = (
+            user_known_hosts
+            if user_known_hosts is not None
+            else Path(os.path.expanduser("~/.ssh/known_hosts"))
+        )
         self.connect_timeout = float(connect_timeout)
         self.accept_new_host_key = accept_new_host_key
         self.accepted_fingerprint: str | None = None
@@ -177,14 +192,19 @@ class SSHTransport(Transport):
         try:
             sock = socket.create_connection((self.host, self.port), timeout=t)
         except TimeoutError as exc:
-            raise TransportError(f"{self.name}: cannot connect to {self.target}: no answer within {t:g} s "
-                                 "(device off, unreachable or blackholed?)") from exc
+            raise TransportError(
+                f"{self.name}: cannot connect to {self.target}: no answer within {t:g} s "
+                "(device off, unreachable or blackholed?)"
+            ) from exc
         except ConnectionRefusedError as exc:
-            raise TransportError(f"{self.name}: cannot connect to {self.target}: connection refused "
-                                 "(is sshd running on that port?)") from exc
+            raise TransportError(
+                f"{self.name}: cannot connect to {self.target}: connection refused "
+                "(is sshd running on that port?)"
+            ) from exc
         except OSError as exc:
-            raise TransportError(f"{self.name}: cannot connect to {self.target}: {exc.strerror or exc}") \
-                from exc
+            raise TransportError(
+                f"{self.name}: cannot connect to {self.target}: {exc.strerror or exc}"
+            ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = paramiko.SSHClient()
         if self.user_known_hosts.is_file():
@@ -196,33 +216,52 @@ class SSHTransport(Transport):
             client.load_host_keys(str(self.known_hosts))
         policy = _HostKeyPolicy(self.accept_new_host_key, self.known_hosts)
         client.set_missing_host_key_policy(policy)
-        keys = {"key_filename": [self.key_path], "look_for_keys": False, "allow_agent": False} \
-            if self.key_path else {}
+        keys = (
+            {"key_filename": [self.key_path], "look_for_keys": False, "allow_agent": False}
+            if self.key_path
+            else {}
+        )
         try:
-            client.connect(self.host, port=self.port, username=self.user, sock=sock, timeout=t,
-                           banner_timeout=t, auth_timeout=t, channel_timeout=t, **keys)
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.user,
+                sock=sock,
+                timeout=t,
+                banner_timeout=t,
+                auth_timeout=t,
+                channel_timeout=t,
+                **keys,
+            )
         except HostKeyError:
             sock.close()
             raise
         except paramiko.BadHostKeyException as exc:
             sock.close()
             raise HostKeyError(
-                f"{self.name}: the SSH host key of {known_hosts_name(self.host, self.port)} has CHANGED: "
+                f"{self.name}: the SSH host key of {known_hosts_name(self.host, self.port)} has "
+                f"CHANGED: "
                 f"known {fingerprint(exc.expected_key)}, offered {fingerprint(exc.key)}. Refusing to "
                 f"connect; nothing was run. If the device was reinstalled, verify the new key, then "
-                f"`edgenas device remove {self.name}` and add it again with --accept-new-host-key") from exc
+                f"`edgenas device remove {self.name}` and add it again with --accept-new-host-key"
+            ) from exc
         except paramiko.PasswordRequiredException as exc:
             sock.close()
-            raise TransportError(f"{self.name}: the key {self.key_path} is encrypted; give an unencrypted "
-                                 "key or load it into ssh-agent") from exc
+            raise TransportError(
+                f"{self.name}: the key {self.key_path} is encrypted; give an unencrypted "
+                "key or load it into ssh-agent"
+            ) from exc
         except paramiko.AuthenticationException as exc:
             sock.close()
             how = f"key {self.key_path}" if self.key_path else "ssh-agent and ~/.ssh keys"
-            raise TransportError(f"{self.name}: authentication to {self.target} failed with {how}") from exc
+            raise TransportError(
+                f"{self.name}: authentication to {self.target} failed with {how}"
+            ) from exc
         except TimeoutError as exc:
             sock.close()
-            raise TransportError(f"{self.name}: {self.target} did not complete the SSH handshake "
-                                 f"within {t:g} s") from exc
+            raise TransportError(
+                f"{self.name}: {self.target} did not complete the SSH handshake within {t:g} s"
+            ) from exc
         except _NETWORK_ERRORS as exc:
             sock.close()
             raise TransportError(f"{self.name}: SSH connection to {self.target} failed: {exc}") from exc
@@ -252,7 +291,9 @@ class SSHTransport(Transport):
 
     # ----------------------------------------------------------------------------------- commands
 
-    def run(self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None) -> RunResult:
+    def run(
+        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+    ) -> RunResult:
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else float(timeout)
         line = shell_join(argv, self.remote_path(cwd) if cwd else None)
         deadline = time.monotonic() + timeout
@@ -266,8 +307,10 @@ class SSHTransport(Transport):
             raise
         except _NETWORK_ERRORS as exc:
             self.close()
-            raise TransportError(f"{self.name}: connection to {self.target} lost while running "
-                                 f"{argv[0]}: {exc or type(exc).__name__}") from exc
+            raise TransportError(
+                f"{self.name}: connection to {self.target} lost while running "
+                f"{argv[0]}: {exc or type(exc).__name__}"
+            ) from exc
         finally:
             chan.close()
         return RunResult(rc, decode(out), decode(err))
@@ -285,16 +328,21 @@ class SSHTransport(Transport):
             except _NETWORK_ERRORS as exc:
                 self.close()
                 if time.monotonic() >= deadline or "Timeout" in str(exc):
-                    raise TransportError(f"{self.name}: command timed out after {timeout:g} s on "
-                                         f"{self.target}: {what} (no answer: device hung, unreachable "
-                                         "or blackholed?)") from exc
+                    raise TransportError(
+                        f"{self.name}: command timed out after {timeout:g} s on "
+                        f"{self.target}: {what} (no answer: device hung, unreachable "
+                        "or blackholed?)"
+                    ) from exc
                 if attempt:
-                    raise TransportError(f"{self.name}: cannot open a session on {self.target}: "
-                                         f"{exc or type(exc).__name__}") from exc
+                    raise TransportError(
+                        f"{self.name}: cannot open a session on {self.target}: "
+                        f"{exc or type(exc).__name__}"
+                    ) from exc
         raise AssertionError("unreachable")
 
-    def _collect(self, chan: paramiko.Channel, deadline: float, timeout: float,
-                 argv: Sequence[str]) -> tuple[bytes, bytes]:
+    def _collect(
+        self, chan: paramiko.Channel, deadline: float, timeout: float, argv: Sequence[str]
+    ) -> tuple[bytes, bytes]:
         out, err = bytearray(), bytearray()
         while True:
             while chan.recv_ready():
@@ -305,15 +353,18 @@ class SSHTransport(Transport):
                 transport = chan.get_transport()
                 if chan.exit_status == -1 and (transport is None or not transport.is_active()):
                     self.close()
-                    raise TransportError(f"{self.name}: connection to {self.target} lost while running "
-                                         f"{argv[0]} (device crashed or network down?)")
+                    raise TransportError(
+                        f"{self.name}: connection to {self.target} lost while running "
+                        f"{argv[0]} (device crashed or network down?)"
+                    )
                 return bytes(out), bytes(err)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 # A frozen or blackholed device: this connection cannot be trusted any more.
                 self.close()
-                raise TransportError(f"{self.name}: command timed out after {timeout:g} s on "
-                                     f"{self.target}: {argv[0]}")
+                raise TransportError(
+                    f"{self.name}: command timed out after {timeout:g} s on {self.target}: {argv[0]}"
+                )
             select.select([chan], [], [], min(remaining, 1.0))
 
     # ------------------------------------------------------------------------------------- files
@@ -326,7 +377,9 @@ class SSHTransport(Transport):
                     self._sftp = client.open_sftp()
                 except _NETWORK_ERRORS as exc:
                     self.close()
-                    raise TransportError(f"{self.name}: cannot start SFTP on {self.target}: {exc}") from exc
+                    raise TransportError(
+                        f"{self.name}: cannot start SFTP on {self.target}: {exc}"
+                    ) from exc
             self._sftp.get_channel().settimeout(max(0.1, timeout))
             return self._sftp
 
@@ -355,37 +408,48 @@ class SSHTransport(Transport):
             raise
         except TimeoutError as exc:
             self.close()
-            raise TransportError(f"{self.name}: upload of {local} to {self.target}:{final} timed out after "
-                                 f"{timeout:g} s; nothing was written under the final name") from exc
+            raise TransportError(
+                f"{self.name}: upload of {local} to {self.target}:{final} timed out after "
+                f"{timeout:g} s; nothing was written under the final name"
+            ) from exc
         except _NETWORK_ERRORS as exc:
             self.close()
             self._discard(tmp)
-            raise TransportError(f"{self.name}: upload of {local} to {self.target}:{final} failed: "
-                                 f"{exc or type(exc).__name__}; nothing was written under the final name") \
-                from exc
+            raise TransportError(
+                f"{self.name}: upload of {local} to {self.target}:{final} failed: "
+                f"{exc or type(exc).__name__}; nothing was written under the final name"
+            ) from exc
 
-    def _verify(self, tmp: str, size: int, digest: str, deadline: float, sftp: paramiko.SFTPClient) -> None:
+    def _verify(
+        self, tmp: str, size: int, digest: str, deadline: float, sftp: paramiko.SFTPClient
+    ) -> None:
         remaining = max(1.0, deadline - time.monotonic())
         rc, out, _ = self.run(["sha256sum", "--", tmp], timeout=remaining)
         if rc == 0 and out.split():
             if out.split()[0] != digest:
-                raise TransportError(f"{self.name}: upload to {self.target}:{tmp} is corrupt (sha256 "
-                                     "differs); nothing was written under the final name")
+                raise TransportError(
+                    f"{self.name}: upload to {self.target}:{tmp} is corrupt (sha256 "
+                    "differs); nothing was written under the final name"
+                )
             return
         remote_size = sftp.stat(tmp).st_size  # no sha256sum on the device: the size must do
         if remote_size != size:
-            raise TransportError(f"{self.name}: upload to {self.target} is truncated ({remote_size} of "
-                                 f"{size} bytes); nothing was written under the final name")
+            raise TransportError(
+                f"{self.name}: upload to {self.target} is truncated ({remote_size} of "
+                f"{size} bytes); nothing was written under the final name"
+            )
 
     def _rename(self, sftp: paramiko.SFTPClient, tmp: str, final: str, deadline: float) -> None:
         try:
             sftp.posix_rename(tmp, final)  # atomic replace; an OpenSSH extension
         except OSError:
-            rc, _, err = self.run(["mv", "-f", "--", tmp, final],
-                                  timeout=max(1.0, deadline - time.monotonic()))
+            rc, _, err = self.run(
+                ["mv", "-f", "--", tmp, final], timeout=max(1.0, deadline - time.monotonic())
+            )
             if rc != 0:
-                raise TransportError(f"{self.name}: cannot move the upload into place at {final}: "
-                                     f"{err.strip()}") from None
+                raise TransportError(
+                    f"{self.name}: cannot move the upload into place at {final}: {err.strip()}"
+                ) from None
 
     def _discard(self, tmp: str) -> None:
         """Best effort: remove a partial upload (the device may be gone, which is fine)."""
@@ -420,8 +484,9 @@ class SSHTransport(Transport):
             raise
         except TimeoutError as exc:
             self.close()
-            raise TransportError(f"{self.name}: download of {src_path} timed out after {timeout:g} s") \
-                from exc
+            raise TransportError(
+                f"{self.name}: download of {src_path} timed out after {timeout:g} s"
+            ) from exc
         except _NETWORK_ERRORS as exc:
             self.close()
             raise TransportError(f"{self.name}: download of {src_path} failed: {exc}") from exc

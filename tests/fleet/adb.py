@@ -30,14 +30,21 @@ class AdbServer:
         self.env = dict(os.environ, ANDROID_ADB_SERVER_PORT=str(self.port))
         log = run_dir / "adb-server.log"
         with open(log, "ab") as fh:
-            self.proc = subprocess.Popen(["adb", "-P", str(self.port), "server", "nodaemon"], stdout=fh,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["adb", "-P", str(self.port), "server", "nodaemon"],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
         record(run_dir, "pid", str(self.proc.pid))
         wait_port("127.0.0.1", self.port, 20, self.proc, log)
 
     def adb(self, *args: str, check: bool = True, timeout: float = 20) -> str:
-        return sh(["adb", "-P", str(self.port), *args], check=check, timeout=timeout, env=self.env).stdout
+        return sh(
+            ["adb", "-P", str(self.port), *args], check=check, timeout=timeout, env=self.env
+        ).stdout
 
     def state(self, serial: str) -> str:
         out = sh(["adb", "-P", str(self.port), "-s", serial, "get-state"], check=False, env=self.env)
@@ -70,10 +77,22 @@ class AdbDevice:
         self.root.mkdir(parents=True, exist_ok=True)
         log = self.root.parent / f"{self.name}-emulator.log"
         with open(log, "ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, str(EMULATOR), "--root", str(self.root), "--port",
-                                          str(self.port), "--serialno", self.name],
-                                         stdout=subprocess.PIPE, stderr=fh, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(EMULATOR),
+                    "--root",
+                    str(self.root),
+                    "--port",
+                    str(self.port),
+                    "--serialno",
+                    self.name,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=fh,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         record(self.root.parent, "pid", str(self.proc.pid))
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)

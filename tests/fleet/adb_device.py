@@ -50,7 +50,7 @@ class Stream:
                 if self.closed:
                     raise BrokenPipeError
                 self.may_send.clear()
-                self.dev.send(A_WRTE, self.local_id, self.remote_id, data[i:i + self.dev.max_payload])
+                self.dev.send(A_WRTE, self.local_id, self.remote_id, data[i : i + self.dev.max_payload])
 
     def read_exact(self, n: int) -> bytes:
         while len(self.buf) < n:
@@ -113,8 +113,10 @@ class Connection:
     def dispatch(self, cmd: int, arg0: int, arg1: int, data: bytes) -> None:
         if cmd == A_CNXN:
             self.max_payload = min(MAX_PAYLOAD, arg1 or MAX_PAYLOAD)
-            banner = (f"device::ro.product.name=edgenas_fake;ro.product.model={self.serialno};"
-                      f"ro.product.device=edgenas_fake;features={FEATURES}")
+            banner = (
+                f"device::ro.product.name=edgenas_fake;ro.product.model={self.serialno};"
+                f"ro.product.device=edgenas_fake;features={FEATURES}"
+            )
             self.send(A_CNXN, min(arg0, A_VERSION), MAX_PAYLOAD, banner.encode())
         elif cmd == A_OPEN:
             service = data.rstrip(b"\0").decode("utf-8", "replace")
@@ -126,7 +128,9 @@ class Connection:
             self.next_id += 1
             self.streams[stream.local_id] = stream
             self.send(A_OKAY, stream.local_id, arg0)
-            threading.Thread(target=self.run_handler, args=(handler, stream, service), daemon=True).start()
+            threading.Thread(
+                target=self.run_handler, args=(handler, stream, service), daemon=True
+            ).start()
         elif cmd == A_WRTE:
             stream = self.streams.get(arg1)
             if stream is not None:
@@ -165,8 +169,13 @@ class Connection:
 
 
 def _spawn(dev: Connection, command: str, stderr: int) -> subprocess.Popen:
-    return subprocess.Popen(["/bin/sh", "-c", command], cwd=dev.root, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=stderr)
+    return subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        cwd=dev.root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
 
 
 def _pump(src, emit) -> None:
@@ -198,8 +207,10 @@ def shell_service(dev: Connection, stream: Stream, service: str) -> None:
                 proc.kill()  # the host went away: like adbd, do not leave the command running
 
     threading.Thread(target=stdin_pump, daemon=True).start()
-    readers = [threading.Thread(target=_pump, args=(proc.stdout, packet(1)), daemon=True),
-               threading.Thread(target=_pump, args=(proc.stderr, packet(2)), daemon=True)]
+    readers = [
+        threading.Thread(target=_pump, args=(proc.stdout, packet(1)), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, packet(2)), daemon=True),
+    ]
     for t in readers:
         t.start()
     for t in readers:
@@ -230,8 +241,9 @@ def sync_service(dev: Connection, stream: Stream, service: str) -> None:
         if cmd == b"STAT":
             try:
                 st = os.stat(_path(dev, arg))
-                stream.write(b"STAT" + struct.pack("<III", st.st_mode, st.st_size & 0xFFFFFFFF,
-                                                   int(st.st_mtime)))
+                stream.write(
+                    b"STAT" + struct.pack("<III", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime))
+                )
             except OSError:
                 stream.write(b"STAT" + struct.pack("<III", 0, 0, 0))
         elif cmd == b"LIST":
@@ -239,8 +251,13 @@ def sync_service(dev: Connection, stream: Stream, service: str) -> None:
             for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
                 st = os.lstat(os.path.join(base, name))
                 raw = name.encode()
-                stream.write(b"DENT" + struct.pack("<IIII", st.st_mode, st.st_size & 0xFFFFFFFF,
-                                                   int(st.st_mtime), len(raw)) + raw)
+                stream.write(
+                    b"DENT"
+                    + struct.pack(
+                        "<IIII", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime), len(raw)
+                    )
+                    + raw
+                )
             stream.write(b"DONE" + bytes(16))
         elif cmd == b"SEND":
             path, _, mode = arg.rpartition(b",")

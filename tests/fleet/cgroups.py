@@ -26,8 +26,14 @@ def cgroup_version(root: Path = CGROUP_ROOT) -> int:
 class CGroup:
     """One device's cgroup(s).  ``cpu_quota`` is the fraction of one CPU (None: unlimited)."""
 
-    def __init__(self, name: str, run_dir: Path, cpu_quota: float | None = None, cpus: str | None = None,
-                 root: Path = CGROUP_ROOT) -> None:
+    def __init__(
+        self,
+        name: str,
+        run_dir: Path,
+        cpu_quota: float | None = None,
+        cpus: str | None = None,
+        root: Path = CGROUP_ROOT,
+    ) -> None:
         self.version = cgroup_version(root)
         self.dirs: list[Path] = []
         try:
@@ -42,7 +48,9 @@ class CGroup:
                     self._mkdir(cpuset, run_dir)
                     # A v1 cpuset accepts no task until both of these are set.
                     (cpuset / "cpuset.cpus").write_text(cpus)
-                    (cpuset / "cpuset.mems").write_text((root / "cpuset" / "cpuset.mems").read_text().strip())
+                    (cpuset / "cpuset.mems").write_text(
+                        (root / "cpuset" / "cpuset.mems").read_text().strip()
+                    )
             else:
                 controllers = (root / "cgroup.subtree_control").read_text().split()
                 wanted = [c for c in ("cpu", "cpuset") if c not in controllers]

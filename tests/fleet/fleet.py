@@ -107,8 +107,9 @@ class Fleet:
 
     # --------------------------------------------------------------------------------- devices
 
-    def add_ssh(self, name: str, python: str, cpu_quota: float | None = None,
-                cpus: str | None = None) -> SSHDevice:
+    def add_ssh(
+        self, name: str, python: str, cpu_quota: float | None = None, cpus: str | None = None
+    ) -> SSHDevice:
         """An SSH device with its own user, host key, home and (netns mode) namespace and address.
         ``cpu_quota`` (fraction of one CPU) and ``cpus`` (a cpuset) make it a slow device."""
         ddir = self.dir / name
@@ -131,9 +132,21 @@ class Fleet:
             port = 22
         else:
             netns, veth, host, port = None, None, "127.0.0.1", free_port()
-        dev = SSHDevice(name=name, dir=ddir, user=user, home=home, python=python, host=host, port=port,
-                        client_key=self.client_key, host_key=host_key, run_dir=self.dir, netns=netns,
-                        veth_host=veth, cgroup=cgroup)
+        dev = SSHDevice(
+            name=name,
+            dir=ddir,
+            user=user,
+            home=home,
+            python=python,
+            host=host,
+            port=port,
+            client_key=self.client_key,
+            host_key=host_key,
+            run_dir=self.dir,
+            netns=netns,
+            veth_host=veth,
+            cgroup=cgroup,
+        )
         self.ssh[name] = dev
         dev.start()
         return dev
@@ -168,10 +181,15 @@ class Fleet:
         """Drop ``percent`` % of the packets of the device's SSH port, in both directions (nftables)."""
         match = f"numgen random mod 100 < {percent}" if percent < 100 else ""
         table = f"edgenas_fault_{dev.name}"
-        undo = self._nft(dev, f"""table inet {table} {{
-  chain input {{ type filter hook input priority -10; policy accept; tcp dport {dev.port} {match} drop; }}
-  chain output {{ type filter hook output priority -10; policy accept; tcp sport {dev.port} {match} drop; }}
-}}""")
+        undo = self._nft(
+            dev,
+            f"""table inet {table} {{
+  chain input {{ type filter hook input priority -10; policy accept;
+    tcp dport {dev.port} {match} drop; }}
+  chain output {{ type filter hook output priority -10; policy accept;
+    tcp sport {dev.port} {match} drop; }}
+}}""",
+        )
         try:
             yield
         finally:
@@ -189,12 +207,15 @@ class Fleet:
             yield
         finally:
             sh(["tc", "qdisc", "del", "dev", dev.veth_host, "root"], check=False)
-            sh(["ip", "netns", "exec", dev.netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+            sh(
+                ["ip", "netns", "exec", dev.netns, "tc", "qdisc", "del", "dev", "eth0", "root"],
+                check=False,
+            )
 
     # -------------------------------------------------------------------------------- teardown
 
     def teardown(self) -> None:
-        """Daemons first, then veth, namespaces, bridge, users and cgroups (see system.cleanup_resources)."""
+        """Daemons first, then veth, namespaces, bridge, users, cgroups (system.cleanup_resources)."""
         for dev in self.ssh.values():
             dev.kill()
         for adev in self.adb.values():

@@ -53,10 +53,16 @@ def unhide_script(paths: list[str], stage: Path) -> str:
     for i, (top, children) in enumerate(sorted(blocked.items())):
         staged = [(stage / f"{i}-{j}", child) for j, child in enumerate(sorted(children))]
         for s, child in staged:
-            lines += [f"mkdir -p {shlex.quote(str(s))}", f"mount --bind {shlex.quote(child)} {shlex.quote(str(s))}"]
+            lines += [
+                f"mkdir -p {shlex.quote(str(s))}",
+                f"mount --bind {shlex.quote(child)} {shlex.quote(str(s))}",
+            ]
         lines.append(f"mount -t tmpfs -o mode=0755,size=1m edgenas-unhide {shlex.quote(top)}")
         for s, child in staged:
-            lines += [f"mkdir -p {shlex.quote(child)}", f"mount --move {shlex.quote(str(s))} {shlex.quote(child)}"]
+            lines += [
+                f"mkdir -p {shlex.quote(child)}",
+                f"mount --move {shlex.quote(str(s))} {shlex.quote(child)}",
+            ]
     return " && ".join(lines)
 
 
@@ -95,29 +101,33 @@ class SSHDevice:
 
     def write_config(self) -> Path:
         cfg = self.dir / "sshd_config"
-        cfg.write_text("\n".join([
-            f"Port {self.port}",
-            f"ListenAddress {self.host}",
-            f"HostKey {self.host_key}",
-            "PidFile none",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "PermitRootLogin no",
-            f"AllowUsers {self.user}",
-            "StrictModes yes",
-            "Subsystem sftp internal-sftp",
-            "UseDNS no",
-            "LogLevel ERROR",
-            "MaxStartups 100:30:200",
-            "MaxSessions 100",
-            "X11Forwarding no",
-            "AllowTcpForwarding no",
-            "PrintMotd no",
-            "",
-        ]))
+        cfg.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    f"ListenAddress {self.host}",
+                    f"HostKey {self.host_key}",
+                    "PidFile none",
+                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "PermitRootLogin no",
+                    f"AllowUsers {self.user}",
+                    "StrictModes yes",
+                    "Subsystem sftp internal-sftp",
+                    "UseDNS no",
+                    "LogLevel ERROR",
+                    "MaxStartups 100:30:200",
+                    "MaxSessions 100",
+                    "X11Forwarding no",
+                    "AllowTcpForwarding no",
+                    "PrintMotd no",
+                    "",
+                ]
+            )
+        )
         return cfg
 
     def start(self, timeout: float = 15.0) -> None:
@@ -126,17 +136,40 @@ class SSHDevice:
             raise FleetError(f"{self.name}: sshd already running")
         cfg = self.write_config()
         unhide = unhide_script([self.python, *self.extra_paths], self.dir / "stage")
-        inner = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                 (unhide + " && " if unhide else "") + 'exec "$@"', "sh", SSHD, "-D", "-e", "-f", str(cfg)]
+        inner = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            (unhide + " && " if unhide else "") + 'exec "$@"',
+            "sh",
+            SSHD,
+            "-D",
+            "-e",
+            "-f",
+            str(cfg),
+        ]
         if self.netns:
             inner = ["ip", "netns", "exec", self.netns, *inner]
         join = 'for f in $EDGENAS_FLEET_CGROUP_PROCS; do echo $$ > "$f" || exit 99; done; exec "$@"'
-        env = dict(os.environ, EDGENAS_FLEET_CGROUP_PROCS=" ".join(
-            str(p) for p in (self.cgroup.procs_files if self.cgroup else [])))
+        env = dict(
+            os.environ,
+            EDGENAS_FLEET_CGROUP_PROCS=" ".join(
+                str(p) for p in (self.cgroup.procs_files if self.cgroup else [])
+            ),
+        )
         log = self.dir / "sshd.log"
         with open(log, "ab") as fh:
-            self.proc = subprocess.Popen(["sh", "-c", join, "sh", *inner], stdout=fh, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                ["sh", "-c", join, "sh", *inner],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         record(self.run_dir, "pid", str(self.proc.pid))
         wait_port(self.host, self.port, timeout, self.proc, log)
 

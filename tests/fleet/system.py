@@ -28,8 +28,9 @@ class FleetError(RuntimeError):
     """The fleet cannot be stood up here; the message says why and what to do."""
 
 
-def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 30,
-       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def sh(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a system command; failures raise FleetError with the command and its stderr."""
     try:
         proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env)
@@ -44,23 +45,30 @@ def sh(argv: Sequence[str], *, check: bool = True, timeout: float = 30,
 
 def require_root_and_tools(tools: Sequence[str]) -> None:
     if os.geteuid() != 0:
-        raise FleetError("the test fleet needs root (network namespaces, users, cgroups, sshd); "
-                         "run the fleet tests as root, or deselect them with -m 'not fleet'")
+        raise FleetError(
+            "the test fleet needs root (network namespaces, users, cgroups, sshd); "
+            "run the fleet tests as root, or deselect them with -m 'not fleet'"
+        )
     missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
     if missing:
-        raise FleetError(f"the test fleet needs {', '.join(missing)}: run `make system-packages` as root "
-                         "(Debian packages openssh-server, adb, iproute2, nftables)")
+        raise FleetError(
+            f"the test fleet needs {', '.join(missing)}: run `make system-packages` as root "
+            "(Debian packages openssh-server, adb, iproute2, nftables)"
+        )
 
 
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None,
-              log: Path | None = None) -> None:
+def wait_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Poll until something accepts on host:port; a daemon that exits meanwhile fails at once."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
             detail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise FleetError(f"daemon exited with {proc.returncode} before listening on {host}:{port}: "
-                             f"{detail.strip()}")
+            raise FleetError(
+                f"daemon exited with {proc.returncode} before listening on {host}:{port}: "
+                f"{detail.strip()}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -130,7 +138,7 @@ def purge_stale(state_root: Path = STATE_ROOT) -> list[str]:
 
 
 def cleanup_resources(run_dir: Path) -> None:
-    """Undo recorded resources in teardown order: processes, veth, namespaces, bridges, users, cgroups."""
+    """Undo recorded resources in teardown order: processes, veth, netns, bridges, users, cgroups."""
     entries: list[dict[str, str]] = []
     path = run_dir / "resources.jsonl"
     if path.exists():
