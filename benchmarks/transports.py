@@ -78,7 +78,9 @@ def main() -> None:
     payload.write_bytes(os.urandom(UPLOAD_BYTES))
     (work / "local").mkdir()
     results: dict[str, dict] = {}
-    results["local"] = measure(lambda: LocalTransport("local", workdir=str(work / "local")), payload, args.runs)
+    results["local"] = measure(
+        lambda: LocalTransport("local", workdir=str(work / "local")), payload, args.runs
+    )
     fleet = None
     if os.geteuid() == 0:
         from tests.fleet import Fleet
@@ -95,15 +97,27 @@ def main() -> None:
             os.environ["ANDROID_ADB_SERVER_PORT"] = str(fleet.adb_server.port)
 
             def make_ssh() -> SSHTransport:
-                return SSHTransport("bench", dev.host, dev.port, dev.user, str(dev.client_key),
-                                    known_hosts=work / "known_hosts", workdir="edgenas",
-                                    accept_new_host_key=True)
+                return SSHTransport(
+                    "bench",
+                    dev.host,
+                    dev.port,
+                    dev.user,
+                    str(dev.client_key),
+                    known_hosts=work / "known_hosts",
+                    workdir="edgenas",
+                    accept_new_host_key=True,
+                )
 
             results["ssh"] = measure(make_ssh, payload, args.runs)
-            results["ssh_without_tcp_nodelay"] = measure(make_ssh, payload, min(args.runs, 20), nodelay=False)
+            results["ssh_without_tcp_nodelay"] = measure(
+                make_ssh, payload, min(args.runs, 20), nodelay=False
+            )
             (adev.root / "w").mkdir(exist_ok=True)
-            results["adb"] = measure(lambda: AdbTransport("bench", adev.serial, workdir=str(adev.root / "w")),
-                                     payload, args.runs)
+            results["adb"] = measure(
+                lambda: AdbTransport("bench", adev.serial, workdir=str(adev.root / "w")),
+                payload,
+                args.runs,
+            )
     finally:
         if fleet is not None:
             fleet.teardown()
@@ -111,11 +125,23 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:<26}{r['connect_ms']:>12}{r['rtt_ms_median']:>10}{r['rtt_ms_p90']:>10}"
-              f"{r['upload_mb_s']:>13}")
+        print(
+            f"{name:<26}{r['connect_ms']:>12}{r['rtt_ms_median']:>10}{r['rtt_ms_p90']:>10}"
+            f"{r['upload_mb_s']:>13}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "time": time.time(),
-                                    "upload_bytes": UPLOAD_BYTES, "results": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "host": platform.node(),
+                "cpus": os.cpu_count(),
+                "time": time.time(),
+                "upload_bytes": UPLOAD_BYTES,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
 
 

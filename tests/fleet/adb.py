@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fleet.system import FleetError, free_port, record, sh, wait_port
+from tests.fleet.system import FleetError, free_port, record_process, sh, wait_port
 
 EMULATOR = Path(__file__).with_name("adb_device.py")
 
@@ -38,7 +38,7 @@ class AdbServer:
                 env=self.env,
                 start_new_session=True,
             )
-        record(run_dir, "pid", str(self.proc.pid))
+        record_process(run_dir, self.proc.pid)
         wait_port("127.0.0.1", self.port, 20, self.proc, log)
 
     def adb(self, *args: str, check: bool = True, timeout: float = 20) -> str:
@@ -93,7 +93,7 @@ class AdbDevice:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        record(self.root.parent, "pid", str(self.proc.pid))
+        record_process(self.server.run_dir, self.proc.pid)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline().decode() if ready else ""

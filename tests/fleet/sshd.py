@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.fleet.cgroups import CGroup
-from tests.fleet.system import FleetError, kill_pid, netns_pids, record, sh, wait_port
+from tests.fleet.system import FleetError, kill_pid, netns_pids, record_process, sh, wait_port
 
 SSHD = "/usr/sbin/sshd"
 
@@ -170,7 +170,7 @@ class SSHDevice:
                 env=env,
                 start_new_session=True,
             )
-        record(self.run_dir, "pid", str(self.proc.pid))
+        record_process(self.run_dir, self.proc.pid)
         wait_port(self.host, self.port, timeout, self.proc, log)
 
     def pids(self) -> list[int]:

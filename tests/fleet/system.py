@@ -90,11 +90,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except OSError as exc:
         return exc.errno == errno.EPERM
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
 def new_run(state_root: Path = STATE_ROOT) -> tuple[str, Path]:
@@ -150,8 +155,10 @@ def cleanup_resources(run_dir: Path) -> None:
     by_kind: dict[str, list[str]] = {}
     for e in entries:
         by_kind.setdefault(e["kind"], []).append(e["value"])
-    for pid in by_kind.get("pid", []):
-        kill_pid(int(pid))
+    for entry in by_kind.get("pid", []):
+        pid, _, started = entry.partition(":")
+        if started and process_start(int(pid)) == started:  # never a recycled pid
+            kill_pid(int(pid))
     for ns in by_kind.get("netns", []):
         for pid in netns_pids(ns):
             kill_pid(pid)
@@ -168,6 +175,20 @@ def cleanup_resources(run_dir: Path) -> None:
         sh(["userdel", "-f", user], check=False)
     for cg in reversed(by_kind.get("cgroup", [])):
         remove_cgroup(Path(cg))
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22): with the pid,
+    it identifies a process uniquely, so a purge never kills an unrelated process that reused a pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def record_process(run_dir: Path, pid: int) -> None:
+    record(run_dir, "pid", f"{pid}:{process_start(pid)}")
 
 
 def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
