@@ -144,7 +144,7 @@ def first_divergence(keras_model: Any, model: MobileNetV3, x_nchw: np.ndarray,
 
     names = ["block_stem"] + [f"block_{i}" for i in range(len(model.blocks))] + ["logits"]
     probe = keras.Model(keras_model.inputs, [keras_model.get_layer(n).output for n in names])
-    got = probe(x_nchw.transpose(0, 2, 3, 1), training=False)
+    got = probe([x_nchw.transpose(0, 2, 3, 1)], training=False)
     want = torch_block_outputs(model, torch.from_numpy(x_nchw))
     for name, value in zip(names, got):
         err = float(np.abs(np.asarray(value) - want[name]).max())

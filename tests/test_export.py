@@ -1,0 +1,156 @@
+"""Export: Keras parity, TFLite conversion per precision, manifest, runner round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgenas import build_supernet
+from edgenas.cli import main
+from edgenas.data import load_data
+from edgenas.export import ExportError, export, export_model, read_manifest, sha256_file
+from edgenas.export.convert import run_tflite
+from edgenas.export.keras_model import build_keras_model
+from edgenas.export.pipeline import check_parity
+from tests.supernet_utils import randomize
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", size=32)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """The smallest tiny-space subnet, trained briefly on digits so accuracy means something."""
+    torch.manual_seed(0)
+    net = build_supernet("mbv3-tiny", 10, labels=digits.labels,
+                         normalization=digits.normalization)
+    arch = net.space.smallest()
+    model = net.extract(arch).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        idx = torch.randint(0, digits.num_train, (64,), generator=gen)
+        x, y = digits.train_batch(idx, arch.resolution, gen)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net, arch, model.eval()
+
+
+def _val(digits, res):
+    xs, ys = zip(*digits.val_batches(res))
+    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_trained_subnet_exports_with_parity_and_accuracy(trained, digits, tmp_path, precision):
+    net, arch, model = trained
+    calib = digits.calibration_images(300, arch.resolution).numpy()
+    result = export_model(model, arch, net.space, digits.labels, digits.normalization,
+                          precision, tmp_path, calib, _val(digits, arch.resolution),
+                          {"test": True})
+    m = result.manifest
+    assert result.model_path.exists() and m["model"]["sha256"] == sha256_file(result.model_path)
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m["arch"] == arch.to_string() and m["input"]["size"] == arch.resolution
+    acc = m["accuracy"]
+    assert acc["samples"] == digits.num_val and acc["float_top1"] > 0.6
+    if precision == "int8":
+        assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
+        assert m["input"]["quantization"]["scale"] > 0
+        assert abs(acc["exported_top1"] - acc["float_top1"]) <= 0.05
+        assert m["calibration"]["images"] == 300
+    else:
+        assert m["input"]["dtype"] == "float32"
+        assert acc["exported_top1"] == pytest.approx(acc["float_top1"], abs=1 / digits.num_val)
+        x, _ = _val(digits, arch.resolution)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x[:32])).numpy()
+        got = run_tflite(str(result.model_path), x[:32].transpose(0, 2, 3, 1))
+        assert np.abs(got - want).max() <= 1e-4
+    assert read_manifest(tmp_path)["model"]["sha256"] == m["model"]["sha256"]
+
+
+@pytest.mark.parametrize("space", ["mbv3-w1.0", "mbv3-w1.2"])
+def test_smallest_and_largest_of_both_widths_rebuild_exactly(space: str) -> None:
+    net = randomize(build_supernet(space, 10), seed=4).eval()
+    rng = np.random.default_rng(0)
+    for arch in (net.space.smallest(), net.space.largest(), net.space.sample(2)):
+        model = net.extract(arch).eval()
+        keras_model = build_keras_model(model, arch.resolution)
+        x = rng.standard_normal((2, 3, arch.resolution, arch.resolution)).astype(np.float32)
+        assert check_parity(keras_model, model, x) <= 1e-4
+
+
+def test_imagenet_size_subnet_converts_to_int8(tmp_path) -> None:
+    net = randomize(build_supernet("mbv3-w1.0", 10), seed=4).eval()
+    arch = net.space.smallest()
+    calib = np.random.default_rng(0).standard_normal((8, 3, 128, 128)).astype(np.float32)
+    result = export_model(net.extract(arch), arch, net.space, [str(i) for i in range(10)],
+                          net.normalization, "int8", tmp_path, calib, None)
+    assert result.manifest["input"]["shape"] == [1, 128, 128, 3]
+    assert result.manifest["accuracy"] == {}
+
+
+def test_parity_failure_names_the_diverging_block(trained) -> None:
+    net, arch, model = trained
+    keras_model = build_keras_model(model, arch.resolution)
+    layer = keras_model.get_layer("b3_depthwise_dw")
+    weights = layer.get_weights()
+    weights[0] = weights[0] * 1.5
+    layer.set_weights(weights)
+    x = np.random.default_rng(1).standard_normal((4, 3, 24, 24)).astype(np.float32)
+    with pytest.raises(ExportError, match="first divergence at block_3"):
+        check_parity(keras_model, model, x)
+
+
+def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
+    net, arch, _ = trained
+    ckpt = net.save(tmp_path / "supernet.pt", meta={"data": {"source": "digits"}})
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
+                                       "--precision", "int8", "--out", str(out),
+                                       "--calibration-samples", "64"])
+    assert result.exit_code == 0, result.output
+    assert "parity" in result.output and "sha256" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"]["source_sha256"] == sha256_file(ckpt)
+    assert manifest["provenance"]["bn_recalibrated"] is True
+    # one validation image through the real runner, in its own process
+    x, y = _val(digits, arch.resolution)
+    np.save(tmp_path / "x.npy", x[:1].transpose(0, 2, 3, 1))
+    proc = subprocess.run([sys.executable, str(REPO / "devices" / "runner.py"), "predict",
+                           str(out / "model.tflite"), str(tmp_path / "x.npy"), "--top-k", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    predicted = json.loads(proc.stdout)["predictions"][0]["top_k"][0]["index"]
+    direct = run_tflite(str(out / "model.tflite"), x[:1].transpose(0, 2, 3, 1)).argmax(1)[0]
+    assert predicted == direct
+
+
+def test_export_refuses_without_data_and_detects_tampering(tmp_path) -> None:
+    net = build_supernet("mbv3-tiny", 10)
+    ckpt = net.save(tmp_path / "s.pt")
+    with pytest.raises(ExportError, match="pass --data"):
+        export(ckpt, "min", "fp32", tmp_path / "m")
+    with pytest.raises(ExportError, match="no manifest"):
+        read_manifest(tmp_path)
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    (folder / "model.tflite").write_bytes(b"abc")
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": "edgenas-model", "model": {"file": "model.tflite", "sha256": "0" * 64}}))
+    with pytest.raises(ExportError, match="sha256 does not match"):
+        read_manifest(folder)
