@@ -37,3 +37,7 @@ class TransportError(EdgeNASError):
 
 class HostKeyError(TransportError):
     """A device's SSH host key is unknown (and trust-on-first-use was not asked for) or has changed."""
+
+
+class DataError(EdgeNASError):
+    """A data set is missing, empty, unreadable or unsuitable for training (names the file/folder)."""

@@ -16,6 +16,7 @@ from edgenas.cli.arch import arch
 from edgenas.cli.common import Workspace
 from edgenas.cli.device import device
 from edgenas.cli.export import export_cmd
+from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
 from edgenas.paths import default_home
@@ -49,3 +50,4 @@ main.add_command(arch)
 main.add_command(supernet)
 main.add_command(device)
 main.add_command(export_cmd)
+main.add_command(subnet)

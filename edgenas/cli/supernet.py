@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from edgenas.cli.common import echo_json, human
+from edgenas.cli.common import echo_json, human, table
 from edgenas.space import available_spaces
 from edgenas.supernets.checkpoint import load_supernet
 from edgenas.supernets.ofa_import import import_ofa
@@ -64,3 +65,95 @@ def import_ofa_cmd(path: Path, space_name: str, out: Path) -> None:
     net = import_ofa(path, space_name)
     net.save(out, net.meta)
     click.echo(f"imported {path} ({net.num_classes} classes, {space_name}) -> {out}")
+
+
+def _load_eval_data(source: str | None, net, limit: int | None = None):  # noqa: ANN001, ANN202
+    """The data set to evaluate on: ``--data`` or the one recorded in the checkpoint."""
+    from edgenas.data import DataError, load_data
+
+    source = source or net.meta.get("data")
+    if not source:
+        raise DataError("this checkpoint does not record its data set; pass --data digits|PATH")
+    data = load_data(source, net.space.resolutions[-1], limit=limit)
+    if data.num_classes != net.num_classes:
+        raise DataError(f"{source} has {data.num_classes} classes but the supernet was trained "
+                        f"for {net.num_classes}")
+    return data
+
+
+@supernet.command("train")
+@click.option("--space", "space_name", default="mbv3-tiny", show_default=True,
+              help="Search space: a built-in name (" + ", ".join(available_spaces())
+              + ") or a JSON path.")
+@click.option("--data", "data_source", default="digits", show_default=True,
+              help="'digits' (embedded), an ImageFolder directory (ROOT/<class>/*.jpg|png) or a "
+                   "CIFAR-10 python directory.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Supernet checkpoint to write (training state goes to OUT.state, the JSON log "
+                   "to OUT.log.jsonl).")
+@click.option("--minutes", type=click.FloatRange(min=0.1), default=None,
+              help="Wall-clock budget; phases get time in proportion to their share.")
+@click.option("--epochs", type=click.FloatRange(min=0.01), default=None,
+              help="Total epochs over all phases [default: scaled to the data set size].")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Images per step (per process under torchrun); lr scales with it.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT.state (same config and plan).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--kd-ratio", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the distillation loss from the full network.")
+@click.option("--limit", type=click.IntRange(min=2), default=None,
+              help="Use only the first N training images (quick trials).")
+@click.option("--save-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Also save the training state every this many seconds (besides every epoch).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's choice]; 1 is faster on a busy machine.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | None,
+              epochs: float | None, batch_size: int, device: str, resume: bool, seed: int,
+              kd_ratio: float, limit: int | None, save_every: float, threads: int | None,
+              quiet: bool) -> None:
+    """Train a supernet by progressive shrinking with distillation (Ctrl-C saves; --resume)."""
+    from edgenas.train import TrainConfig, TrainingInterrupted, train_supernet
+
+    cfg = TrainConfig(out=str(out), space=space_name, data=data_source, minutes=minutes,
+                      epochs=epochs, batch_size=batch_size, seed=seed, kd_ratio=kd_ratio,
+                      limit=limit)
+    try:
+        train_supernet(cfg, device=device, resume=resume, progress=not quiet,
+                       save_seconds=save_every, threads=threads)
+    except TrainingInterrupted as exc:
+        click.echo(f"\n{exc}", err=True)
+        sys.exit(130)
+
+
+@supernet.command("eval")
+@click.argument("ckpt", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--arch", "arch_ids", multiple=True, default=("min", "max"), show_default=True,
+              help="Arch id, 'min' or 'max' (repeatable).")
+@click.option("--data", "data_source", default=None,
+              help="Data set [default: the one the checkpoint was trained on].")
+@click.option("--calib", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Training images used for BN recalibration.")
+@click.option("--no-recalibrate", is_flag=True, help="Keep the supernet's BN statistics.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(ckpt: Path, arch_ids: tuple[str, ...], data_source: str | None, calib: int,
+             no_recalibrate: bool, as_json: bool) -> None:
+    """Top-1 of subnets on the validation split (BN recalibrated on calibration images)."""
+    from edgenas.evaluate import evaluate_archs
+
+    net = load_supernet(ckpt)
+    archs = [net.space.parse(a) for a in arch_ids]
+    data = _load_eval_data(data_source, net)
+    results = evaluate_archs(net, archs, data, calibrate=not no_recalibrate, calib_images=calib)
+    rows = [{**r.to_json(), "name": name if name in ("min", "max") else None,
+             "macs": net.space.macs(r.arch, net.num_classes),
+             "params": net.space.params(r.arch, net.num_classes)}
+            for name, r in zip(arch_ids, results)]
+    if as_json:
+        echo_json({"checkpoint": str(ckpt), "data": data.source, "recalibrated": not no_recalibrate,
+                   "results": rows})
+        return
+    click.echo(table(["arch", "MACs", "params", "top-1"],
+                     [[r["arch"] + (f" ({r['name']})" if r["name"] else ""), human(r["macs"]),
+                       human(r["params"]), f"{r['top1']:.2%}"] for r in rows]))
