@@ -67,7 +67,7 @@ def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) 
     """Max abs logit difference Keras vs torch; raises naming the first diverging block."""
     with torch.no_grad():
         want = model.eval()(torch.from_numpy(images_nchw)).numpy()
-    got = np.asarray(keras_model([images_nchw.transpose(0, 2, 3, 1)], training=False))
+    got = np.asarray(keras_model(images_nchw.transpose(0, 2, 3, 1), training=False))
     diff = float(np.abs(got - want).max())
     if not np.isfinite(diff) or diff > PARITY_TOLERANCE:
         where = first_divergence(keras_model, model, images_nchw, PARITY_TOLERANCE)
