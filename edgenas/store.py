@@ -54,6 +54,67 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX device_groups_grp ON device_groups(grp);
     """,
+    # 1 -> 2: latency measurements (with provenance), supernet accuracy evaluations, deployments.
+    """
+    CREATE TABLE measurements (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        device          TEXT NOT NULL,
+        arch            TEXT NOT NULL,
+        space           TEXT,
+        precision       TEXT NOT NULL,
+        threads         INTEGER NOT NULL,
+        runtime         TEXT,
+        runtime_version TEXT,
+        model_sha256    TEXT NOT NULL,
+        source_sha256   TEXT,
+        campaign        TEXT,
+        median_ms       REAL NOT NULL,
+        p90_ms          REAL,
+        mean_ms         REAL,
+        std_ms          REAL,
+        min_ms          REAL,
+        cv              REAL,
+        init_ms         REAL,
+        first_ms        REAL,
+        runs            INTEGER,
+        peak_rss_kib    INTEGER,
+        noisy           INTEGER NOT NULL DEFAULT 0,
+        governor        TEXT,
+        freq_mhz_before REAL,
+        freq_mhz_after  REAL,
+        temp_c_before   REAL,
+        temp_c_after    REAL,
+        result_json     TEXT NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE INDEX measurements_key ON measurements(device, precision, threads, arch);
+    CREATE INDEX measurements_campaign ON measurements(campaign);
+    CREATE TABLE accuracy_evals (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        source_sha256  TEXT NOT NULL,
+        arch           TEXT NOT NULL,
+        space          TEXT,
+        data           TEXT NOT NULL,
+        top1           REAL NOT NULL,
+        images         INTEGER NOT NULL,
+        created_at     REAL NOT NULL,
+        UNIQUE (source_sha256, arch, data)
+    );
+    CREATE TABLE deployments (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        device         TEXT NOT NULL,
+        model_name     TEXT NOT NULL,
+        version        TEXT,
+        sha256         TEXT,
+        previous_sha256 TEXT,
+        action         TEXT NOT NULL CHECK (action IN ('push', 'rollback')),
+        status         TEXT NOT NULL CHECK (status IN ('ok', 'unchanged', 'failed')),
+        reason         TEXT,
+        manifest_json  TEXT,
+        created_at     REAL NOT NULL
+    );
+    CREATE INDEX deployments_device ON deployments(device, model_name, created_at);
+    """,
 )
 
 
