@@ -39,11 +39,19 @@ class _Source:
     needs_bn_recalibration: bool
 
 
+def training_data_source(meta: dict[str, Any] | None) -> str | None:
+    """The data set a checkpoint was trained on: ``meta["data"]`` as written by training
+    (a source string) or ``{"source": ...}``."""
+    data = (meta or {}).get("data")
+    if isinstance(data, dict):
+        data = data.get("source")
+    return str(data) if data else None
+
+
 def _from_supernet(net: MobileNetV3Supernet, arch: Arch | str, provenance: dict[str, Any]
                    ) -> _Source:
     arch = net.space.parse(arch) if isinstance(arch, str) else net.space.validate(arch)
-    data = (net.meta.get("data") or {}) if isinstance(net.meta, dict) else {}
-    source = data.get("source") if isinstance(data, dict) else None
+    source = training_data_source(net.meta)
     return _Source(net.extract(arch).eval(), arch, net.space, list(net.labels),
                    dict(net.normalization), source, provenance, True)
 
