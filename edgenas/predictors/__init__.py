@@ -1,0 +1,1 @@
+"""Predictors learned from measurements: latency per device, accuracy per supernet."""
