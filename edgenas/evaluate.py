@@ -36,8 +36,10 @@ class EvalResult:
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> None:
     """Re-estimate every BN layer's running mean/var as the average over ``images``.
 
-    Stats are reset and momentum set to ``None`` (cumulative average) for the pass, then restored,
-    so the result does not depend on batch order.  Runs in train mode without gradients.
+    Stats are reset, then each batch gets momentum ``n / (seen + n)``: a cumulative average weighted
+    by batch size (``momentum=None`` weights batches equally, so a short last batch would count as
+    much as a full one).  The mean is then exactly the mean over all images, whatever the batch
+    order.  Momenta are restored afterwards.  Runs in train mode without gradients.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in bns]
@@ -45,11 +47,15 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
     model.eval()
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
         m.train()
     device = next(model.parameters()).device
+    seen = 0
     for i in range(0, images.shape[0], batch_size):
-        model(_to(images[i:i + batch_size], device))
+        batch = images[i:i + batch_size]
+        for m in bns:
+            m.momentum = len(batch) / (seen + len(batch))
+        model(_to(batch, device))
+        seen += len(batch)
     for m, (momentum, training) in zip(bns, saved):
         m.momentum = momentum
         m.train(training)

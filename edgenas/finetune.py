@@ -93,7 +93,7 @@ def train_subnet(net: MobileNetV3Supernet, arch: Arch, data: ImageData, *, epoch
         elapsed = time.monotonic() - start
         eta = elapsed / (step + 1) * (steps - step - 1)
         bar.update(f"subnet {'scratch' if from_scratch else 'fine-tune'}  step {step + 1}/{steps}"
-                   f"  ep {step // per_epoch}  loss {float(loss):.3f}  "
+                   f"  ep {step // per_epoch}  loss {loss.item():.3f}  "
                    f"{(step + 1) * bs / max(elapsed, 1e-6):5.0f} img/s  ETA {fmt_seconds(eta)}")
     bar.message("")
     top1 = evaluate_subnet(model, res, data)

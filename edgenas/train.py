@@ -224,6 +224,7 @@ class Trainer:
         self.save_seconds = save_seconds
         self.budget = budget  # seconds for the training steps (a --minutes run), else None
         self.est_done = 0.0  # estimated seconds of the phases finished so far
+        self.elapsed_at_phase_start = 0.0
         self.on_step = on_step
         self.device = dist.device
         self.amp = self.device.type == "cuda"
@@ -376,6 +377,7 @@ class Trainer:
             self.phase_step = 0
             self.phase_started = False
             self.est_done += (plan.est_step_seconds or 0.0) * plan.steps
+            self.elapsed_at_phase_start = self.elapsed
             self._replan()
             self.save()
             last_save = time.monotonic()
@@ -406,12 +408,14 @@ class Trainer:
         return self.stop_requested
 
     def _eta(self, plan: PhasePlan, rate: float) -> float:
+        """Seconds left: planned steps × estimated step time, corrected by how far off it was."""
         per_step = self.elapsed / max(self.global_step, 1)
+        ratio = self.elapsed_at_phase_start / self.est_done if self.est_done > 0 else 1.0
         left = 0.0
         for i in range(self.phase, len(self.plans)):
             p = self.plans[i]
             steps = p.steps - (self.phase_step if i == self.phase else 0)
-            left += steps * (p.est_step_seconds or per_step)
+            left += steps * (p.est_step_seconds * ratio if p.est_step_seconds else per_step)
         return left
 
     def _report(self, plan: PhasePlan, rate: float) -> None:
@@ -463,6 +467,7 @@ class Trainer:
         self.images, self.elapsed = int(c["images"]), float(c["elapsed"])
         self.budget = None if c.get("budget") is None else float(c["budget"])
         self.est_done = float(c.get("est_done", 0.0))
+        self.elapsed_at_phase_start = self.elapsed
         self.perm = self._epoch_perm(self.epoch)
         if state.get("teacher") is not None:
             self.teacher = self._make_teacher(state["teacher"])
