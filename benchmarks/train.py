@@ -1,0 +1,95 @@
+"""Training throughput per progressive-shrinking phase, and peak memory, on this machine.
+
+For each phase of the default schedule, runs a few real training steps (the trainer's own step:
+augmentation, teacher, subnets, optimizer) on the embedded digits and reports data images/s and
+subnet-images/s; also the plain largest-subnet rate at the largest resolution.  Writes
+``benchmarks/results/train.json``.  Run: ``.venv/bin/python benchmarks/train.py [--steps 8]
+[--threads 1] [--batch 64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgenas.cli.common import table
+from edgenas.data import load_data
+from edgenas.progress import JsonLog, ProgressBar
+from edgenas.schedule import DEFAULT_SCHEDULE, PhasePlan
+from edgenas.space import SearchSpace
+from edgenas.supernets import build_supernet
+from edgenas.train import DistInfo, TrainConfig, Trainer
+
+
+def largest_rate(space_name: str, batch: int, steps: int) -> float:
+    """Forward+backward+SGD images/s of the largest subnet at the largest resolution."""
+    space = SearchSpace.load(space_name)
+    net = build_supernet(space, 10).to(memory_format=torch.channels_last).train()
+    net.set_active(space.largest())
+    r = space.resolutions[-1]
+    x = torch.randn(batch, 3, r, r).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--space", default="mbv3-tiny")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    space = SearchSpace.load(args.space)
+    data = load_data("digits", space.resolutions[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(out=str(Path(tmp) / "bench.pt"), space=args.space, batch_size=args.batch)
+        net = build_supernet(space, data.num_classes, data.labels, data.normalization)
+        plans = [PhasePlan(p, args.steps + 1, p.lr) for p in DEFAULT_SCHEDULE]
+        marks: list[tuple[int, float]] = []
+        trainer = Trainer(cfg, data, net, plans, DistInfo(), progress=ProgressBar(enabled=False),
+                          log=JsonLog(None), save_seconds=1e9,
+                          on_step=lambda t: marks.append((t.phase, time.perf_counter())))
+        trainer.run()
+    rows, results = [], []
+    for i, plan in enumerate(plans):
+        times = [t for p, t in marks if p == i]
+        seconds = (times[-1] - times[0]) / (len(times) - 1)  # first step of a phase is warm-up
+        img_s = args.batch / seconds
+        results.append({"phase": plan.phase.name, "step_seconds": round(seconds, 4),
+                        "img_s": round(img_s, 1),
+                        "subnet_img_s": round(img_s * plan.phase.subnets, 1)})
+        rows.append([plan.phase.name, plan.phase.subnets, round(seconds, 3), round(img_s),
+                     round(img_s * plan.phase.subnets)])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    largest = largest_rate(args.space, args.batch, max(3, args.steps // 2))
+    print(table(["phase", "subnets/step", "s/step", "img/s", "subnet img/s"], rows))
+    print(f"largest subnet at {space.resolutions[-1]} px: {largest:.0f} img/s (train step)")
+    print(f"peak RSS {peak_mb:.0f} MB; threads {torch.get_num_threads()}; batch {args.batch}")
+    out = Path(__file__).parent / "results" / "train.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({
+        "space": args.space, "batch": args.batch, "threads": torch.get_num_threads(),
+        "machine": platform.machine(), "cpus": torch.get_num_threads(),
+        "phases": results, "largest_img_s": round(largest, 1), "peak_rss_mb": round(peak_mb),
+    }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
