@@ -1,0 +1,182 @@
+"""What every fleet verb shares: the error type, the per-device result, bounded parallel fan-out with a
+failure limit, and a per-device lock.
+
+Why a shared fan-out: push, rollback, bench and predict all have the same shape — do one thing on each
+of N devices, at most ``parallel`` at a time, keep going when one device fails (a dead Pi must not stop a
+rollout to fifty others) unless the share of failures passes a limit, in which case devices not started
+yet are skipped, as Ansible's ``max_fail_percentage`` does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenas.errors import EdgeNASError
+from edgenas.registry import Device
+
+STATUSES = ("ok", "unchanged", "failed", "skipped")
+DEFAULT_PARALLEL = 8
+LOCK_WAIT_S = 600.0
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class FleetError(EdgeNASError):
+    """A fleet operation cannot start (bad model folder, no devices, bad option) or failed on a device;
+    the message names the device and says what happened."""
+
+
+@dataclass
+class DeviceResult:
+    """The outcome of one operation on one device (one row of the result table)."""
+
+    device: str
+    status: str  # ok | unchanged | failed | skipped
+    model: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+    previous_sha256: str | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_model_name(name: str) -> str:
+    """Model names become directory names on devices, so they are restricted like device names."""
+    if not _NAME_RE.match(name or ""):
+        raise FleetError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' "
+            "(at most 64, starting with a letter or digit)"
+        )
+    return name
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for the table: the message, without the device-name prefix transports add."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+
+
+@dataclass
+class FanOut:
+    """Results in the order the devices were given, and whether the failure limit stopped the run."""
+
+    results: list[DeviceResult]
+    limit_reached: bool = False
+
+    @property
+    def failures(self) -> int:
+        return sum(r.failed for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return not self.limit_reached and self.failures == 0
+
+
+def fan_out(
+    devices: Sequence[Device],
+    work: Callable[[Device], DeviceResult],
+    *,
+    parallel: int = DEFAULT_PARALLEL,
+    max_fail_percent: float = 100.0,
+    on_result: Callable[[DeviceResult], None] | None = None,
+) -> FanOut:
+    """Run ``work`` on every device, at most ``parallel`` at once.
+
+    ``work`` should return a DeviceResult (``failed`` included) rather than raise; anything it raises is
+    turned into a failed result for that device.  Once failures exceed ``max_fail_percent`` of all
+    devices, devices not started yet are returned as ``skipped``.  ``on_result`` is called in the
+    calling thread as each device finishes (the workspace database is written there: SQLite
+    connections stay in the thread that opened them).
+    """
+    if parallel < 1:
+        raise FleetError(f"--parallel must be at least 1 (got {parallel})")
+    if not 0 <= max_fail_percent <= 100:
+        raise FleetError(f"--max-fail-percent must be within 0..100 (got {max_fail_percent:g})")
+    total = len(devices)
+    results: dict[str, DeviceResult] = {}
+    pending = list(devices)
+    limit_reached = False
+    failures = 0
+
+    def guarded(dev: Device) -> DeviceResult:
+        start = time.monotonic()
+        try:
+            result = work(dev)
+        except EdgeNASError as exc:
+            result = DeviceResult(dev.name, "failed", reason=short_error(exc))
+        except Exception as exc:  # noqa: BLE001 - one device's bug must not sink the others
+            result = DeviceResult(dev.name, "failed", reason=f"internal error: {exc!r}")
+        if not result.seconds:
+            result.seconds = round(time.monotonic() - start, 3)
+        return result
+
+    with ThreadPoolExecutor(max_workers=min(parallel, max(total, 1))) as pool:
+        running: dict[Future[DeviceResult], Device] = {}
+        while pending or running:
+            while pending and len(running) < parallel and not limit_reached:
+                dev = pending.pop(0)
+                running[pool.submit(guarded, dev)] = dev
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                dev = running.pop(fut)
+                result = fut.result()
+                results[dev.name] = result
+                failures += result.failed
+                if on_result is not None:
+                    on_result(result)
+                if total and failures * 100.0 / total > max_fail_percent:
+                    limit_reached = True
+        for dev in pending:
+            results[dev.name] = DeviceResult(
+                dev.name,
+                "skipped",
+                reason=f"not started: more than {max_fail_percent:g}% of devices failed",
+            )
+    return FanOut([results[d.name] for d in devices], limit_reached)
+
+
+@contextmanager
+def device_lock(home: Path, device: str, timeout: float = LOCK_WAIT_S) -> Iterator[None]:
+    """One fleet operation at a time per device from this workspace (two pushes interleaving their
+    ``current`` switches would leave ``previous`` pointing at the wrong version)."""
+    locks = Path(home) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(locks / f"fleet-{device}.lock", "a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FleetError(
+                        f"{device}: another edgenas fleet operation holds this device for more than "
+                        f"{timeout:g} s"
+                    ) from None
+                time.sleep(0.1)  # flock has no timed wait
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
