@@ -16,6 +16,7 @@ from edgenas.cli.arch import arch
 from edgenas.cli.common import Workspace
 from edgenas.cli.device import device
 from edgenas.cli.export import export_cmd
+from edgenas.cli.fleet import fleet
 from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
@@ -51,3 +52,4 @@ main.add_command(supernet)
 main.add_command(device)
 main.add_command(export_cmd)
 main.add_command(subnet)
+main.add_command(fleet)

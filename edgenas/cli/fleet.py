@@ -1,0 +1,249 @@
+"""``edgenas fleet …``: push a model to many devices, see what runs where, roll back, benchmark and
+smoke-test the rollout.  Exit status: 0 when every device succeeded, 1 when any device failed, 3 when
+the ``--max-fail-percent`` limit stopped a rollout before every device was tried."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgenas import registry
+from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.fleet.common import DEFAULT_PARALLEL, FanOut, FleetError, validate_model_name
+from edgenas.registry import Device
+from edgenas.store import Store, open_store
+
+EXIT_FAILED = 1
+EXIT_LIMIT = 3
+
+
+def _store(ws: Workspace) -> Store:
+    return open_store(ws.ensure())
+
+
+def _select(
+    store: Store, groups: tuple[str, ...], names: tuple[str, ...], *, required: bool
+) -> list[Device]:
+    """Devices from --group/--device; all devices when neither is given and that is allowed."""
+    if not groups and not names:
+        if required:
+            raise click.UsageError("say which devices: --group GROUP or --device NAME (repeatable)")
+        return registry.list_devices(store)
+    found: dict[str, Device] = {}
+    for group in groups:
+        members = registry.list_devices(store, group=group)
+        if not members:
+            raise FleetError(f"no devices in group {group!r} (see `edgenas device list`)")
+        found.update((d.name, d) for d in members)
+    for name in names:
+        found[name] = registry.get_device(store, name)
+    return [found[k] for k in sorted(found)]
+
+
+def _targets(func: Any) -> Any:
+    func = click.option("--device", "names", multiple=True, metavar="NAME",
+                        help="A device (repeatable).")(func)
+    return click.option("--group", "groups", multiple=True, metavar="GROUP",
+                        help="Every device of GROUP (repeatable).")(func)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else ""
+
+
+def _finish(outcome: FanOut, what: str) -> None:
+    counts: dict[str, int] = {}
+    for r in outcome.results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if outcome.limit_reached:
+        click.echo(f"{what} stopped: the failure limit was passed ({summary})", err=True)
+        sys.exit(EXIT_LIMIT)
+    if outcome.failures:
+        click.echo(f"{what} failed on {outcome.failures} of {len(outcome.results)} devices "
+                   f"({summary})", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"{what}: {summary}")
+
+
+@click.group()
+def fleet() -> None:
+    """Deploy models to many devices, check and roll back, benchmark the fleet."""
+
+
+@fleet.command("push")
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@_targets
+@click.option("--name", help="Model name on the devices [default: the manifest's name or the folder's].")
+@click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True,
+              help="Devices pushed to at once.")
+@click.option("--max-fail-percent", type=float, default=100.0, show_default=True,
+              help="Stop starting new devices once more than this share of all devices failed.")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds allowed for each file transfer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_obj
+def push_cmd(ws: Workspace, model_dir: Path, groups: tuple[str, ...], names: tuple[str, ...],
+             name: str | None, parallel: int, max_fail_percent: float, timeout: float,
+             as_json: bool) -> None:
+    """Push MODEL_DIR (model.tflite + manifest.json) to the devices.
+
+    Each device gets the model under models/NAME/VERSION (VERSION = the first 12 hex digits of its
+    sha256), checked on the device, then `current` is switched atomically and the old version kept as
+    `previous`.  A device where anything fails keeps its previous version.  Pushing a version that is
+    already current transfers nothing.
+    """
+    from edgenas.fleet.model import load_model_dir, resolve_name
+    from edgenas.fleet.push import push
+
+    model = load_model_dir(model_dir)
+    name = resolve_name(model, name)
+    with _store(ws) as store:
+        devices = _select(store, groups, names, required=True)
+        outcome = push(store, ws.home, devices, model, name, parallel=parallel,
+                       max_fail_percent=max_fail_percent, transfer_timeout=timeout)
+    if as_json:
+        echo_json({"model": name, "version": model.version, "sha256": model.sha256,
+                   "ok": outcome.ok, "limit_reached": outcome.limit_reached,
+                   "results": [r.to_dict() for r in outcome.results]})
+    else:
+        click.echo(f"model {name} version {model.version} ({model.size / 1e6:.2f} MB) "
+                   f"to {len(devices)} devices")
+        click.echo(table(
+            ["device", "status", "version", "was", "s", "MB sent", "reason"],
+            [[r.device, r.status, r.version if r.status in ("ok", "unchanged") else "",
+              _short(r.previous_sha256), r.seconds, round(r.bytes_sent / 1e6, 2), r.reason or ""]
+             for r in outcome.results],
+        ))
+    _finish(outcome, "push")
+
+
+@fleet.command("status")
+@_targets
+@click.option("--name", help="Only this model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.pass_obj
+def status_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], name: str | None,
+               as_json: bool) -> None:
+    """Show the model version and sha256 current on each device (all devices by default), read and
+    checked on the device, and flag drift from what this workspace last deployed."""
+    from edgenas.fleet.status import status_rows
+
+    if name:
+        validate_model_name(name)
+    with _store(ws) as store:
+        devices = _select(store, groups, names, required=False)
+        if not devices:
+            raise FleetError("no devices registered (see `edgenas device add`)")
+        rows, outcome = status_rows(store, ws.home, devices, name)
+    drifted = [r for r in rows if r.get("drift")]
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(table(
+            ["device", "model", "version", "sha256", "previous", "state"],
+            [[r["device"], r.get("model") or "", r.get("version") or "", _short(r.get("sha256")),
+              r.get("previous") or "",
+              f"FAIL {r['error']}" if r.get("error") else
+              f"DRIFT {r['drift']}" if r.get("drift") else r.get("note") or "ok"]
+             for r in rows],
+        ))
+    if outcome.failures or drifted:
+        click.echo(f"{outcome.failures} unreachable, {len(drifted)} drifted", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@fleet.command("rollback")
+@_targets
+@click.option("--name", help="The model to roll back (needed when a device holds several).")
+@click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True)
+@click.option("--max-fail-percent", type=float, default=100.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rollback_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], name: str | None,
+                 parallel: int, max_fail_percent: float, as_json: bool) -> None:
+    """Switch `current` back to `previous` on each device, atomically (a second rollback rolls
+    forward again)."""
+    from edgenas.fleet.rollback import rollback
+
+    if name:
+        validate_model_name(name)
+    with _store(ws) as store:
+        devices = _select(store, groups, names, required=True)
+        outcome = rollback(store, ws.home, devices, name, parallel=parallel,
+                           max_fail_percent=max_fail_percent)
+    if as_json:
+        echo_json({"ok": outcome.ok, "results": [r.to_dict() for r in outcome.results]})
+    else:
+        click.echo(table(
+            ["device", "model", "status", "now", "sha256", "reason"],
+            [[r.device, r.model or "", r.status, r.version or "", _short(r.sha256), r.reason or ""]
+             for r in outcome.results],
+        ))
+    _finish(outcome, "rollback")
+
+
+@fleet.command("predict")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@_targets
+@click.option("--name", help="The model to run (needed when a device holds several).")
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names: tuple[str, ...],
+                name: str | None, top_k: int, parallel: int, as_json: bool) -> None:
+    """Run the current model on INPUT (.npy or image) on each device and show its top-k."""
+    from edgenas.fleet.predict import predict
+
+    if name:
+        validate_model_name(name)
+    with _store(ws) as store:
+        devices = _select(store, groups, names, required=True)
+    outcome = predict(ws.home, devices, input_path, name, top_k=top_k, parallel=parallel)
+    if as_json:
+        echo_json({"ok": outcome.ok, "results": [
+            {k: v for k, v in r.to_dict().items() if k != "extra"}
+            | {"runtime": r.extra.get("runtime"), "top_k": r.extra.get("top_k"),
+               "report": r.extra.get("report")}
+            for r in outcome.results]})
+    else:
+        rows = []
+        for r in outcome.results:
+            if r.failed:
+                rows.append([r.device, r.model or "", "", "", f"FAIL {r.reason}"])
+                continue
+            top = ", ".join(f"{t.get('label') if t.get('label') is not None else t.get('index')} "
+                            f"{t.get('probability', 0):.3f}" for t in r.extra.get("top_k", []))
+            rows.append([r.device, r.model, r.version, r.extra.get("runtime") or "", top])
+        click.echo(table(["device", "model", "version", "runtime", f"top-{top_k}"], rows))
+    _finish(outcome, "predict")
+
+
+@fleet.command("history")
+@click.option("--device", "device_name", help="Only this device.")
+@click.option("--name", help="Only this model.")
+@click.option("--limit", type=int, default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit: int,
+                as_json: bool) -> None:
+    """The recorded pushes and rollbacks, newest first."""
+    import time
+
+    from edgenas.fleet.records import history
+
+    with _store(ws) as store:
+        rows = history(store, device_name, name, limit)
+    if as_json:
+        echo_json([{k: v for k, v in r.items() if k != "manifest_json"} for r in rows])
+        return
+    click.echo(table(
+        ["when", "device", "model", "action", "status", "version", "reason"],
+        [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["device"],
+          r["model_name"], r["action"], r["status"], r["version"] or "", r["reason"] or ""]
+         for r in rows],
+    ))
