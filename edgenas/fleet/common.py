@@ -26,6 +26,7 @@ STATUSES = ("ok", "unchanged", "failed", "skipped")
 DEFAULT_PARALLEL = 8
 LOCK_WAIT_S = 600.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_NAMES = ("cache",)  # models/cache/ holds `edgenas bench`'s copies on the device
 
 
 class FleetError(EdgeNASError):
@@ -63,13 +64,18 @@ def validate_model_name(name: str) -> str:
             f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' "
             "(at most 64, starting with a letter or digit)"
         )
+    if name in RESERVED_NAMES:
+        raise FleetError(f"the model name {name!r} is reserved on devices; pick another with --name")
     return name
 
 
-def short_error(exc: BaseException) -> str:
-    """One line for the table: the message, without the device-name prefix transports add."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+def short_error(exc: BaseException, device: str | None = None) -> str:
+    """One line for the table: the message, without the device-name prefix transports add (the table
+    already has a device column)."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    if device and text.startswith(f"{device}: "):
+        text = text[len(device) + 2:]
+    return text
 
 
 
@@ -121,7 +127,7 @@ def fan_out(
         try:
             result = work(dev)
         except EdgeNASError as exc:
-            result = DeviceResult(dev.name, "failed", reason=short_error(exc))
+            result = DeviceResult(dev.name, "failed", reason=short_error(exc, dev.name))
         except Exception as exc:  # noqa: BLE001 - one device's bug must not sink the others
             result = DeviceResult(dev.name, "failed", reason=f"internal error: {exc!r}")
         if not result.seconds:

@@ -94,7 +94,7 @@ def predict_one(
                 "report": report,
             }
     except EdgeNASError as exc:
-        result.status, result.reason = "failed", short_error(exc)
+        result.status, result.reason = "failed", short_error(exc, device.name)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 

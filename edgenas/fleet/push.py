@@ -111,7 +111,7 @@ def push_one(
         with device_lock(home, device.name), opener(device, home) as transport:
             _push(transport, device, model, name, result, transfer_timeout, command_timeout, check_space)
     except EdgeNASError as exc:
-        result.status, result.reason = "failed", short_error(exc)
+        result.status, result.reason = "failed", short_error(exc, device.name)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 
@@ -192,7 +192,7 @@ def _upload_failure(
     workdir: str,
 ) -> str:
     """Say why an upload failed; a full disk often shows up as a bare SFTP 'Failure', so look."""
-    message = short_error(exc)
+    message = short_error(exc, device.name)
     try:
         run_script(t, 'rm -rf "$1"', [f"{workdir}/{MODELS_DIR}/{name}/{stage}"], 10.0)
         state = read_state(t, device, name, create=True, timeout=10.0)

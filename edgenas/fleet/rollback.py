@@ -97,7 +97,7 @@ def rollback_one(
             result.version, result.sha256 = fields[1], fields[2]
             result.status, result.reason = "ok", f"{held_model.current} -> {fields[1]}"
     except EdgeNASError as exc:
-        result.status, result.reason = "failed", short_error(exc)
+        result.status, result.reason = "failed", short_error(exc, device.name)
     result.seconds = round(time.monotonic() - start, 3)
     return result
 

@@ -8,6 +8,7 @@ r"""The on-device layout of deployed models, and reading it back.
     <workdir>/models/<NAME>/current  -> <VERSION>       relative symlinks, replaced by rename(2)
     <workdir>/models/<NAME>/previous -> <VERSION>
     <workdir>/models/<NAME>/.incoming-<tag>/            an upload in progress (never read)
+    <workdir>/models/cache/                             ``edgenas bench``'s own copies (not a model)
 
 Why this shape: a version directory only ever appears complete (uploaded to ``.incoming-*``, checked,
 then renamed), and ``current`` is switched by renaming a new symlink over the old one, which is atomic.
@@ -66,6 +67,8 @@ for d in models/*/; do
   n=${d#models/}; n=${n%/}
   [ -n "$NAME" ] && [ "$n" != "$NAME" ] && continue
   m=models/$n
+  [ "$n" = cache ] && continue
+  [ -L $m/current ] || [ -L $m/previous ] || [ "$n" = "$NAME" ] || continue
   printf 'M\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$(readlink $m/current 2>/dev/null)" \
     "$(readlink $m/previous 2>/dev/null)" "$(h $m/current/model.tflite)" \
     "$(h $m/previous/model.tflite)" "$(h $m/current/manifest.json)"

@@ -1,0 +1,187 @@
+"""``edgenas fleet`` against local devices (no test fleet needed): the layout, idempotence, rollback,
+drift, the failure limit, a full disk, and the errors users see for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgenas import registry
+from edgenas.cli import main
+from edgenas.fleet.common import DeviceResult, FleetError, fan_out, validate_model_name
+from edgenas.fleet.model import load_model_dir
+from edgenas.fleet.push import push_one
+from edgenas.store import open_store
+from tests import fleet_models
+
+PYTHON = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
+
+
+@pytest.fixture(scope="module")
+def models(request, tmp_path_factory) -> dict[str, Path]:
+    cache = Path(request.config.cache.mkdir("runner_models"))
+    return fleet_models.model_set(tmp_path_factory.mktemp("fleet-models"), cache, big_bytes=3 << 20)
+
+
+class Cli:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int = 0) -> str:
+        result = self.runner.invoke(main, ["--home", str(self.home), *args])
+        assert result.exit_code == code, result.output + repr(result.exception)
+        return result.output
+
+    def json(self, *args: str, code: int = 0):
+        out = self(*args, "--json", code=code)
+        start = min(i for i in (out.find("{"), out.find("[")) if i >= 0)
+        return json.loads(out[start:out.rindex("}" if out[start] == "{" else "]") + 1])
+
+
+@pytest.fixture
+def cli(workspace: Path, tmp_path: Path) -> Cli:
+    c = Cli(workspace)
+    for name in ("here1", "here2"):
+        c("device", "add", name, "--local", "--workdir", str(tmp_path / name), "--python", PYTHON,
+          "--group", "bench")
+    return c
+
+
+def current(tmp_path: Path, dev: str) -> Path:
+    return tmp_path / dev / "models" / "net" / "current"
+
+
+def test_push_status_rollback_on_local_devices(cli, models, tmp_path):
+    v1, v2 = load_model_dir(models["v1"]), load_model_dir(models["v2"])
+    out = cli.json("fleet", "push", str(models["v1"]), "--group", "bench")
+    assert [r["status"] for r in out["results"]] == ["ok", "ok"]
+    assert out["version"] == v1.sha256[:12]
+    for dev in ("here1", "here2"):
+        link = current(tmp_path, dev)
+        assert os.readlink(link) == v1.version and fleet_models.sha(link / "model.tflite") == v1.sha256
+        assert (tmp_path / dev / "runner.py").is_file()
+
+    again = cli.json("fleet", "push", str(models["v1"]), "--group", "bench")
+    assert [(r["status"], r["bytes_sent"]) for r in again["results"]] == [("unchanged", 0)] * 2
+
+    cli("fleet", "push", str(models["v2"]), "--device", "here1")
+    rows = {r["device"]: r for r in cli.json("fleet", "status")}
+    assert rows["here1"]["sha256"] == v2.sha256 and rows["here1"]["previous"] == v1.version
+    assert rows["here2"]["sha256"] == v1.sha256 and not any(r["drift"] for r in rows.values())
+
+    out = cli.json("fleet", "rollback", "--device", "here1")
+    assert out["results"][0]["sha256"] == v1.sha256
+    assert os.readlink(current(tmp_path, "here1")) == v1.version
+    assert os.readlink(current(tmp_path, "here1").with_name("previous")) == v2.version
+    table = cli("fleet", "status")
+    assert "DRIFT" not in table and table.count(v1.version) >= 2
+
+    history = cli.json("fleet", "history")
+    assert [h["action"] for h in history][:1] == ["rollback"]
+    assert {h["status"] for h in history} == {"ok", "unchanged"}
+
+
+def test_status_flags_a_model_changed_on_the_device(cli, models, tmp_path):
+    cli("fleet", "push", str(models["v1"]), "--group", "bench")
+    target = current(tmp_path, "here2") / "model.tflite"
+    target.write_bytes(target.read_bytes() + b"tampered")
+    out = cli("fleet", "status", code=1)
+    assert "DRIFT current model file was modified on the device" in out
+    # A push repairs it: the damaged version folder is replaced by a checked upload.
+    pushed = cli.json("fleet", "push", str(models["v1"]), "--device", "here2")
+    assert pushed["results"][0]["status"] == "ok"
+    assert "DRIFT" not in cli("fleet", "status")
+
+
+def test_failure_limit_skips_devices_not_started(cli, models, workspace):
+    for name in ("dead1", "dead2"):  # nothing listens on port 9: refused at once
+        cli("device", "add", name, "--ssh", "nobody@127.0.0.1:9", "--group", "bench", "--timeout", "2")
+    out = cli.json("fleet", "push", str(models["v1"]), "--group", "bench", "--parallel", "1",
+                   "--max-fail-percent", "20", code=3)
+    got = {r["device"]: r for r in out["results"]}
+    assert got["dead1"]["status"] == "failed" and "connection refused" in got["dead1"]["reason"]
+    assert {got[d]["status"] for d in ("dead2", "here1", "here2")} == {"skipped"}
+    # Without a limit every device is tried; the run still exits non-zero and says which failed.
+    out = cli("fleet", "push", str(models["v1"]), "--group", "bench", code=1)
+    assert "dead2" in out and "push failed on 2 of 4 devices" in out and out.count(" ok ") == 2
+    with open_store(workspace) as store:
+        rows = store.query("SELECT device, status FROM deployments")
+    assert ("dead1", "failed") in {(r["device"], r["status"]) for r in rows}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_disk_keeps_the_previous_version(cli, models, tmp_path, workspace):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "edgenas-test", str(small)], check=True)
+    try:
+        cli("device", "add", "tiny", "--local", "--workdir", str(small / "wd"), "--python", PYTHON)
+        cli("fleet", "push", str(models["v1"]), "--device", "tiny")
+        out = cli("fleet", "push", str(models["big2"]), "--device", "tiny", code=1)
+        assert "not enough space on the device" in out and "previous version stays current" in out
+        v1 = load_model_dir(models["v1"])
+        assert os.readlink(small / "wd/models/net/current") == v1.version
+        # Past the free-space check (another writer filled the disk meanwhile): ENOSPC mid-upload.
+        with open_store(workspace) as store:
+            dev = registry.get_device(store, "tiny")
+        result = push_one(dev, workspace, load_model_dir(models["big2"]), "net", check_space=False)
+        assert result.status == "failed" and "ran out of space" in result.reason, result.reason
+        assert os.readlink(small / "wd/models/net/current") == v1.version
+        assert not [p for p in os.listdir(small / "wd/models/net") if p.startswith(".incoming")]
+        assert "DRIFT" not in cli("fleet", "status", "--device", "tiny")
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_bad_model_folders_and_names_are_clear_errors(cli, models, tmp_path):
+    out = cli("fleet", "push", str(tmp_path), "--group", "bench", code=1)
+    assert "no manifest.json" in out
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.tflite").write_bytes((models["v1"] / "model.tflite").read_bytes() + b"x")
+    (broken / "manifest.json").write_text((models["v1"] / "manifest.json").read_text())
+    out = cli("fleet", "push", str(broken), "--group", "bench", code=1)
+    assert "does not match the manifest" in out and "refusing to push" in out
+    out = cli("fleet", "push", str(models["v1"]), code=2)
+    assert "--group GROUP or --device NAME" in out
+    out = cli("fleet", "push", str(models["v1"]), "--group", "nope", code=1)
+    assert "no devices in group 'nope'" in out
+    out = cli("fleet", "push", str(models["v1"]), "--group", "bench", "--name", "../x", code=1)
+    assert "invalid model name" in out
+    out = cli("fleet", "rollback", "--group", "bench", code=1)
+    assert "the device holds 0 models" in out
+    with pytest.raises(FleetError, match="reserved"):
+        validate_model_name("cache")
+
+
+def test_fan_out_bounds_parallelism_and_keeps_order():
+    import threading
+    import time
+
+    from edgenas.registry import Device
+
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def work(dev: Device) -> DeviceResult:
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.05)
+        with lock:
+            live[0] -= 1
+        if dev.name == "d3":
+            raise RuntimeError("boom")
+        return DeviceResult(dev.name, "ok")
+
+    devices = [Device(f"d{i}", "local") for i in range(8)]
+    outcome = fan_out(devices, work, parallel=3)
+    assert peak[0] == 3
+    assert [r.device for r in outcome.results] == [d.name for d in devices]
+    assert outcome.results[3].status == "failed" and "boom" in outcome.results[3].reason
+    assert outcome.failures == 1 and not outcome.limit_reached
