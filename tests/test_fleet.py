@@ -1,0 +1,199 @@
+"""``edgenas fleet`` on the real test fleet: SSH devices (LiteRT, tflite-runtime, a CPU-starved one, a
+victim for faults) and ADB devices behind the real adb server.
+
+What must hold: a push reaches every device or leaves it on its previous version; a device killed in the
+middle of an upload keeps its previous version intact and usable and a re-run completes it; a slowed
+link still completes; a full disk is a clear error with the previous version still current; rollback
+restores the previous sha everywhere; a second push of the same model transfers nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgenas.cli import main
+from edgenas.fleet.model import load_model_dir
+from tests import fleet_models
+from tests.fleet.disk import small_fs, sshd_pid
+
+pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
+
+
+@pytest.fixture(scope="module")
+def models(request, tmp_path_factory) -> dict[str, Path]:
+    cache = Path(request.config.cache.mkdir("runner_models"))
+    return fleet_models.model_set(tmp_path_factory.mktemp("fleet-models"), cache)
+
+
+class Cli:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int = 0) -> str:
+        result = self.runner.invoke(main, ["--home", str(self.home), *args])
+        assert result.exit_code == code, result.output + repr(result.exception)
+        return result.output
+
+    def json(self, *args: str, code: int = 0):
+        out = self(*args, "--json", code=code)
+        start = min(i for i in (out.find("{"), out.find("[")) if i >= 0)
+        return json.loads(out[start:out.rindex("}" if out[start] == "{" else "]") + 1])
+
+
+@pytest.fixture
+def cli(workspace: Path) -> Cli:
+    return Cli(workspace)
+
+
+def register(cli: Cli, fleet, names: list[str], wd: str, group: str) -> dict[str, Path]:
+    """Add fleet devices with workdir ``wd``; returns each device's workdir as seen from the host."""
+    where = {}
+    for name in names:
+        if name in fleet.ssh:
+            dev = fleet.ssh[name]
+            cli("device", "add", name, "--ssh", dev.target, "--key", str(dev.client_key), "--python",
+                dev.python, "--workdir", wd, "--accept-new-host-key", "--group", group)
+            where[name] = dev.home / wd
+        else:
+            dev = fleet.adb[name]
+            cli("device", "add", name, "--adb", dev.serial, "--python", dev.python, "--workdir",
+                str(dev.root / wd), "--group", group)
+            where[name] = dev.root / wd
+    return where
+
+
+def results(out: dict) -> dict[str, dict]:
+    return {r["device"]: r for r in out["results"]}
+
+
+def test_push_status_rollback_predict_on_six_devices(fleet, cli, models, tmp_path):
+    names = ["adb1", "adb2", "slow", "ssh1", "ssh2", "victim"]
+    where = register(cli, fleet, names, "fleet-main", "lab")
+    v1, v2 = load_model_dir(models["v1"]), load_model_dir(models["v2"])
+
+    out = cli.json("fleet", "push", str(models["v1"]), "--group", "lab", "--parallel", "6")
+    assert {n: r["status"] for n, r in results(out).items()} == dict.fromkeys(names, "ok")
+    for name in names:
+        cur = where[name] / "models" / "net" / "current"
+        assert fleet_models.sha(cur / "model.tflite") == v1.sha256
+
+    # Idempotent: nothing is transferred, nothing is touched.
+    inode = (where["ssh1"] / "models/net" / v1.version / "model.tflite").stat().st_ino
+    again = cli.json("fleet", "push", str(models["v1"]), "--group", "lab")
+    assert {(r["status"], r["bytes_sent"]) for r in again["results"]} == {("unchanged", 0)}
+    assert (where["ssh1"] / "models/net" / v1.version / "model.tflite").stat().st_ino == inode
+
+    table = cli("fleet", "push", str(models["v2"]), "--group", "lab")
+    assert table.count(" ok ") == 6 and "push: 6 ok" in table
+    status = cli.json("fleet", "status", "--group", "lab")
+    assert {(r["device"], r["sha256"], r["previous"], r["drift"]) for r in status} == {
+        (n, v2.sha256, v1.version, None) for n in names
+    }
+
+    # The tflite-runtime and LiteRT devices all run the new model end to end.
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((16, 16, 3), dtype=np.float32))
+    pred = results(cli.json("fleet", "predict", str(x), "--group", "lab", "--top-k", "2"))
+    assert {r["status"] for r in pred.values()} == {"ok"}
+    assert {r["runtime"] for r in pred.values()} == {"litert", "tflite_runtime"}
+    assert all(len(r["top_k"]) == 2 and r["top_k"][0]["label"] for r in pred.values())
+    assert pred["ssh1"]["report"]["precision"] == "int8"
+
+    out = cli.json("fleet", "rollback", "--group", "lab")
+    assert {(n, r["status"], r["sha256"]) for n, r in results(out).items()} == {
+        (n, "ok", v1.sha256) for n in names
+    }
+    status = cli.json("fleet", "status", "--group", "lab")
+    assert {(r["sha256"], r["previous"], r["drift"]) for r in status} == {(v1.sha256, v2.version, None)}
+    assert "DRIFT" not in cli("fleet", "status", "--group", "lab")
+
+
+def test_device_killed_mid_push_keeps_its_previous_version(fleet, cli, models, tmp_path):
+    victim = fleet.ssh["victim"]
+    names = ["adb1", "ssh1", "ssh2", "victim"]
+    where = register(cli, fleet, names, "fleet-kill", "k")
+    v1, big = load_model_dir(models["v1"]), load_model_dir(models["big2"])
+    cli("fleet", "push", str(models["v1"]), "--group", "k")
+
+    killed = threading.Event()
+
+    def kill_when_uploading() -> None:
+        deadline = time.monotonic() + 60
+        pattern = str(where["victim"] / "models/net/.incoming-*/.model.tflite.edgenas-tmp-*")
+        while time.monotonic() < deadline:
+            partial = glob.glob(pattern)
+            if partial and Path(partial[0]).stat().st_size > 256 * 1024:
+                victim.kill()
+                killed.set()
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_uploading)
+    try:
+        with fleet.bandwidth(victim, "4mbit"):  # 4 MB takes ~8 s: the kill lands mid-upload
+            killer.start()
+            out = cli.json("fleet", "push", str(models["big2"]), "--group", "k", code=1)
+            killer.join()
+        assert killed.is_set(), "the upload finished before the device could be killed"
+        got = results(out)
+        assert {n: got[n]["status"] for n in names} == {"adb1": "ok", "ssh1": "ok", "ssh2": "ok",
+                                                       "victim": "failed"}
+        assert "previous version stays current" in got["victim"]["reason"]
+        cur = where["victim"] / "models/net/current"
+        assert cur.resolve().name == v1.version
+        assert fleet_models.sha(cur / "model.tflite") == v1.sha256
+    finally:
+        if victim.proc is None or victim.proc.poll() is not None:
+            victim.start()
+
+    # Back up: the previous version is intact and runs; the workspace knows the push failed there.
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((16, 16, 3), np.float32))
+    pred = cli.json("fleet", "predict", str(x), "--device", "victim")
+    assert pred["results"][0]["status"] == "ok" and pred["results"][0]["version"] == v1.version
+    history = cli.json("fleet", "history", "--device", "victim")
+    assert history[0]["status"] == "failed" and history[0]["version"] == big.version
+
+    again = results(cli.json("fleet", "push", str(models["big2"]), "--group", "k"))
+    assert {n: r["status"] for n, r in again.items()} == {"adb1": "unchanged", "ssh1": "unchanged",
+                                                          "ssh2": "unchanged", "victim": "ok"}
+    assert again["victim"]["bytes_sent"] >= big.size
+    assert not glob.glob(str(where["victim"] / "models/net/.incoming-*"))
+    status = cli.json("fleet", "status", "--group", "k")
+    assert {(r["sha256"], r["previous"], r["drift"]) for r in status} == {(big.sha256, v1.version, None)}
+
+
+def test_push_over_a_slow_link_completes(fleet, cli, models):
+    victim = fleet.ssh["victim"]
+    register(cli, fleet, ["victim"], "fleet-slowlink", "s")
+    big = load_model_dir(models["big1"])
+    with fleet.bandwidth(victim, "16mbit"):
+        t0 = time.monotonic()
+        out = cli.json("fleet", "push", str(models["big1"]), "--device", "victim")
+        elapsed = time.monotonic() - t0
+    assert out["results"][0]["status"] == "ok"
+    assert elapsed > big.size * 8 / 16e6 * 0.8  # the limit was really there: ≥ ~2 s for 4 MB
+    status = cli.json("fleet", "status", "--device", "victim")
+    assert status[0]["sha256"] == big.sha256 and status[0]["drift"] is None
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_previous_version(fleet, cli, models):
+    victim = fleet.ssh["victim"]
+    v1 = load_model_dir(models["v1"])
+    with small_fs(victim.home / "fleet-disk", "2m", owner=victim.user, mount_ns_pid=sshd_pid(victim)):
+        register(cli, fleet, ["victim"], "fleet-disk", "d")
+        cli("fleet", "push", str(models["v1"]), "--device", "victim")
+        out = cli("fleet", "push", str(models["big1"]), "--device", "victim", code=1)
+        assert "not enough space on the device" in out and "previous version stays current" in out
+        status = cli.json("fleet", "status", "--device", "victim")
+        assert (status[0]["version"], status[0]["sha256"], status[0]["drift"]) == (
+            v1.version, v1.sha256, None)
