@@ -256,6 +256,10 @@ def write_report(inputs: ReportInputs, out: str | Path) -> Path:
                             "fleet"))
     else:
         parts.append("<p class='missing'>Nothing deployed yet: run `edgenas fleet push`.</p>")
+    # Lets a headless browser (and the test suite) confirm every plot actually decoded.
+    parts.append("<script>window.addEventListener('load',function(){var n=0;"
+                 "for(var i=0;i<document.images.length;i++){if(document.images[i].naturalWidth>0)"
+                 "n++;}document.body.setAttribute('data-images-loaded',n);});</script>")
     parts.append("</body></html>")
     tmp = out.with_suffix(".tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
