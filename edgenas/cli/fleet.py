@@ -223,6 +223,71 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
     _finish(outcome, "predict")
 
 
+@fleet.command("bench")
+@click.argument("model_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@_targets
+@click.option("--name", help="Without MODEL_DIR: the deployed model to measure (needed when a device "
+              "holds several).")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--runs", type=int, default=50, show_default=True, help="At least this many timed runs.")
+@click.option("--min-secs", type=float, default=1.0, show_default=True,
+              help="And at least this many seconds of timed runs.")
+@click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Bar plot PNG [default: <home>/reports/<campaign>.png].")
+@click.option("--fail-on-drift", is_flag=True,
+              help="Exit 1 when a device drifts past the predictor's error band.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], names: tuple[str, ...],
+              name: str | None, threads: int, runs: int, min_secs: float, parallel: int,
+              plot_path: Path | None, fail_on_drift: bool, as_json: bool) -> None:
+    """Benchmark MODEL_DIR (or each device's current model) on every device in parallel.
+
+    Stores one measurement per device, prints device, runtime, precision, median, p90 and CV next to
+    the latency the search predicted (from the manifest's `search` block or a latency predictor), flags
+    devices outside the predictor's error band, and writes a bar plot.
+    """
+    from edgenas.fleet.bench import fleet_bench, plot
+
+    if name:
+        validate_model_name(name)
+    with _store(ws) as store:
+        devices = _select(store, groups, names, required=True)
+    rows, outcome = fleet_bench(ws.home, devices, model_dir, name, threads=threads, runs=runs,
+                                min_secs=min_secs, parallel=parallel)
+    campaign = rows[0]["campaign"] if rows else "fleet-bench"
+    png = None
+    if any(not r.get("error") for r in rows):
+        png = plot(rows, plot_path or ws.home / "reports" / f"{campaign}.png",
+                   f"{name or (model_dir.name if model_dir else 'current model')} on the fleet")
+    drifted = [r["device"] for r in rows if r.get("drift")]
+    if as_json:
+        echo_json({"campaign": campaign, "plot": str(png) if png else None, "rows": rows})
+    else:
+        def pct(v: float | None) -> str:
+            return "" if v is None else f"{v * 100:+.1f}%"
+
+        click.echo(table(
+            ["device", "runtime", "precision", "median ms", "p90 ms", "CV", "predicted ms", "band",
+             "delta", "flag"],
+            [[r["device"], r.get("runtime") or "", r.get("precision") or "", r.get("median_ms"),
+              r.get("p90_ms"), pct(r.get("cv")).lstrip("+"), r.get("predicted_ms"),
+              f"±{r['error_band'] * 100:.0f}%" if r.get("error_band") else "", pct(r.get("delta")),
+              f"FAIL {r['error']}" if r.get("error") else "DRIFT" if r.get("drift") else
+              "noisy" if r.get("noisy") else ""]
+             for r in rows],
+        ))
+        if png:
+            click.echo(f"plot: {png}")
+    if drifted:
+        click.echo(f"drift past the predictor's error band on: {', '.join(drifted)}", err=True)
+    if outcome.failures:
+        _finish(outcome, "bench")
+    if drifted and fail_on_drift:
+        sys.exit(EXIT_FAILED)
+
+
 @fleet.command("history")
 @click.option("--device", "device_name", help="Only this device.")
 @click.option("--name", help="Only this model.")
