@@ -197,3 +197,29 @@ def test_full_disk_is_a_clear_error_and_keeps_the_previous_version(fleet, cli, m
         status = cli.json("fleet", "status", "--device", "victim")
         assert (status[0]["version"], status[0]["sha256"], status[0]["drift"]) == (
             v1.version, v1.sha256, None)
+
+
+def test_fleet_bench_measures_every_device_and_flags_drift(fleet, cli, models, tmp_path, workspace):
+    pytest.importorskip("edgenas.bench")
+    names = ["adb1", "ssh1", "ssh2"]
+    register(cli, fleet, names, "fleet-bench", "b")
+    src = load_model_dir(models["v1"])
+    promised = fleet_models.make_model_dir(  # the search promised ssh1 1 s: far off, so flagged
+        tmp_path / "promised", src.model_path, name="net", precision="fp32",
+        extra={"search": {"latency_ms": {"ssh1": 1000.0}, "error": {"ssh1": 0.1}}})
+    cli("fleet", "push", str(promised), "--group", "b")
+    png = tmp_path / "bench.png"
+    out = cli.json("fleet", "bench", "--group", "b", "--runs", "5", "--min-secs", "0.05",
+                   "--plot", str(png))
+    rows = {r["device"]: r for r in out["rows"]}
+    assert {n: rows[n]["runtime"] for n in names} == {
+        "adb1": "tflite_runtime", "ssh1": "litert", "ssh2": "tflite_runtime"}
+    assert all(rows[n]["median_ms"] > 0 and rows[n]["precision"] == "fp32" for n in names)
+    assert rows["ssh1"]["drift"] and rows["ssh1"]["predicted_ms"] == 1000.0
+    assert not rows["ssh2"]["drift"] and rows["ssh2"]["predicted_ms"] is None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from edgenas.store import open_store
+
+    with open_store(workspace) as store:
+        stored = store.query("SELECT device FROM measurements WHERE campaign = ?", (out["campaign"],))
+    assert sorted(r["device"] for r in stored) == names

@@ -185,3 +185,27 @@ def test_fan_out_bounds_parallelism_and_keeps_order():
     assert [r.device for r in outcome.results] == [d.name for d in devices]
     assert outcome.results[3].status == "failed" and "boom" in outcome.results[3].reason
     assert outcome.failures == 1 and not outcome.limit_reached
+
+
+def test_promised_latency_and_drift_band():
+    from edgenas.fleet.bench import DEFAULT_ERROR_BAND, compare, promised_latency
+
+    manifest = {"search": {"latency_ms": {"pi": 20.0, "phone": 8.0}, "error": {"pi": 0.05}}}
+    pi = promised_latency(manifest, "pi")
+    assert pi is not None and (pi.ms, pi.error) == (20.0, 0.05)
+    assert compare(20.9, pi) == (pytest.approx(0.045), False)
+    assert compare(21.5, pi)[1] and compare(18.0, pi)[1]
+    phone = promised_latency(manifest, "phone")
+    assert phone is not None and phone.error == DEFAULT_ERROR_BAND and "default" in phone.source
+    assert promised_latency(manifest, "other") is None
+    nested = {"provenance": {"search": {"latency_ms": {"pi": 3.0}, "error": 0.2}}}
+    assert promised_latency(nested, "pi").error == 0.2
+
+    class Predictor:
+        error = 0.07
+
+        def predict(self, space, arch):
+            return 12.5
+
+    got = promised_latency({"arch": "a", "space": "s"}, "pi", Predictor())
+    assert (got.ms, got.error, got.source) == (12.5, 0.07, "latency predictor")
