@@ -46,7 +46,8 @@ swap() { mv -T "$1" "$2" 2>/dev/null || "$PY" -c 'import os,sys;os.replace(sys.a
 # $1 workdir, $2 python, $3 model name ('' = all), $4 version to look for ('' = none), $5 1 = prepare a
 # push: create the model directory, drop unfinished uploads (a killed push leaves its partial files;
 # one push per device at a time is assumed), report free space.  Prints tab-separated records:
-#   M name current previous current_sha previous_sha current_manifest_sha
+#   M name current previous current_sha previous_sha current_manifest_sha  (previous_sha: not when
+#                                                                          preparing a push)
 #   T version_sha version_manifest_sha     (the asked-for version, if present)
 #   F free_kib                              (free space where uploads go)
 #   R runner_sha
@@ -71,7 +72,7 @@ for d in models/*/; do
   [ -L $m/current ] || [ -L $m/previous ] || [ "$n" = "$NAME" ] || continue
   printf 'M\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$(readlink $m/current 2>/dev/null)" \
     "$(readlink $m/previous 2>/dev/null)" "$(h $m/current/model.tflite)" \
-    "$(h $m/previous/model.tflite)" "$(h $m/current/manifest.json)"
+    "$([ "$CREATE" = 1 ] || h $m/previous/model.tflite)" "$(h $m/current/manifest.json)"
   if [ -n "$VER" ] && [ -d "$m/$VER" ]; then
     printf 'T\t%s\t%s\n' "$(h $m/$VER/model.tflite)" "$(h $m/$VER/manifest.json)"
   fi
