@@ -209,3 +209,66 @@ def test_promised_latency_and_drift_band():
 
     got = promised_latency({"arch": "a", "space": "s"}, "pi", Predictor())
     assert (got.ms, got.error, got.source) == (12.5, 0.07, "latency predictor")
+
+
+def _validate(value, schema: dict, root: dict, where: str = "$") -> list[str]:
+    """The JSON Schema subset deploy/manifest.schema.json uses (no dependency on jsonschema)."""
+    import re
+
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].split("/")[-1]]
+    errors: list[str] = []
+    if "oneOf" in schema:
+        matches = [s for s in schema["oneOf"] if not _validate(value, s, root, where)]
+        return [] if len(matches) == 1 else [f"{where}: matches {len(matches)} of oneOf"]
+    types = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
+             "boolean": bool, "null": type(None)}
+    if "type" in schema:
+        wanted = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(isinstance(value, types[t]) for t in wanted):
+            return [f"{where}: not {wanted}"]
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{where}: not {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: {value!r} not in {schema['enum']}")
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(f"{where}: {value!r} does not match {schema['pattern']}")
+    if isinstance(value, dict):
+        errors += [f"{where}: missing {k}" for k in schema.get("required", []) if k not in value]
+        for key, sub in value.items():
+            if key in schema.get("properties", {}):
+                errors += _validate(sub, schema["properties"][key], root, f"{where}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += _validate(sub, schema["additionalProperties"], root, f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            errors += _validate(item, schema["items"], root, f"{where}[{i}]")
+    return errors
+
+
+def test_manifest_schema_accepts_shipped_manifests_and_rejects_broken_ones(models, tmp_path, cli):
+    root = Path(__file__).resolve().parent.parent
+    schema = json.loads((root / "deploy" / "manifest.schema.json").read_text())
+    for key in ("v1", "big2"):
+        manifest = json.loads((models[key] / "manifest.json").read_text())
+        assert _validate(manifest, schema, schema) == []
+    # A manifest after `fleet bench DIR` (measured latency) and with the search's promise still fits.
+    manifest["latency"] = {"pi": {"median_ms": 3.2, "p90_ms": 3.4, "cv": 0.01, "noisy": 0,
+                                  "threads": 1, "runtime": "litert", "runtime_version": "2.3.0",
+                                  "peak_rss_kib": 51234, "created_at": 1.0}}
+    manifest["search"] = {"latency_ms": {"pi": 3.0}, "error": {"pi": 0.08}}
+    assert _validate(manifest, schema, schema) == []
+    broken = dict(manifest, precision="int4", model={"file": "m.tflite", "sha256": "xyz"})
+    del broken["labels"]
+    errors = " ".join(_validate(broken, schema, schema))
+    assert "missing labels" in errors and "int4" in errors and "sha256" in errors
+
+
+def test_example_inventory_imports(workspace):
+    root = Path(__file__).resolve().parent.parent
+    devices = registry.load_inventory(root / "deploy" / "inventory.example.yml", home=workspace)
+    by_name = {d.name: d for d in devices}
+    assert sorted(by_name) == ["galaxy-a14", "pi-garage", "pi01", "pi02", "pi03", "pi04", "pixel7"]
+    assert by_name["pi03"].python == "/home/pi/tfl32/bin/python" and "pi3" in by_name["pi03"].groups
+    assert by_name["pixel7"].kind == "adb" and "canary" in by_name["pixel7"].groups
+    assert (by_name["pi-garage"].host, by_name["pi-garage"].port) == ("10.0.0.9", 2222)
