@@ -78,7 +78,7 @@ DEFAULT_SCHEDULE: tuple[Phase, ...] = (
     Phase("expand-2", 3, 3, 3, share=0.26, lr=0.03, subnets=3, reorder=True, include_min=True),
 )
 BASE_BATCH = 64
-REFERENCE_EPOCHS = 60  # total epochs (all phases) for a data set of REFERENCE_IMAGES images
+REFERENCE_EPOCHS = 40  # total epochs (all phases) for a data set of REFERENCE_IMAGES images
 REFERENCE_IMAGES = 50_000
 
 
@@ -104,7 +104,7 @@ class PhasePlan:
 def default_epochs(num_train: int) -> float:
     """Total epochs for a data set: small sets need more passes (capped), large ones fewer."""
     scale = math.sqrt(REFERENCE_IMAGES / max(num_train, 1))
-    return REFERENCE_EPOCHS * min(max(scale, 0.5), 4.0)
+    return REFERENCE_EPOCHS * min(max(scale, 0.5), 2.0)
 
 
 def make_plan(schedule: Sequence[Phase], num_train: int, batch_size: int, *,

@@ -24,7 +24,8 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,9 @@ class Trainer:
         self.loss_module: nn.Module = SubnetsLoss(net, cfg.label_smoothing, cfg.kd_ratio)
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # size-1 dims (depthwise weights) make channels-last grads "mismatch" harmlessly
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
 
             self.loss_module = DDP(self.loss_module, find_unused_parameters=True,
                                    device_ids=[self.device.index] if self.amp else None)
@@ -543,7 +547,8 @@ def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = Fals
         trainer.restore(state)
         log.write("resume", step=trainer.global_step, phase=trainer.phase)
         bar.message(f"resuming at step {trainer.global_step} "
-                    f"(phase {min(trainer.phase + 1, len(plans))}/{len(plans)})")
+                    f"(phase {min(trainer.phase + 1, len(plans))}/{len(plans)}) with the stored "
+                    "configuration and plan")
     else:
         log.write("start", config=asdict(cfg), data=data.describe(),
                   plan=[p.to_json() for p in plans], world=dist.world, device=str(dist.device))
@@ -606,6 +611,7 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: ImageData, out: Path, log:
         import torch.distributed as tdist
 
         tdist.barrier()
+        tdist.destroy_process_group()
     return TrainResult(out, val, trainer.elapsed, trainer.global_step, trainer.images)
 
 
@@ -636,12 +642,6 @@ class _signals:
             signal.signal(sig, handler)
 
 
-def describe_plan(plans: Sequence[PhasePlan]) -> list[dict[str, Any]]:
-    return [{"phase": p.phase.name, "steps": p.steps, "lr": round(p.lr, 5),
-             "est_step_s": None if p.est_step_seconds is None else round(p.est_step_seconds, 4),
-             "subnets": p.phase.subnets} for p in plans]
-
-
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted", "describe_plan",
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingInterrupted",
            "estimate_step_seconds", "init_distributed", "load_state", "log_path", "state_path",
            "train_supernet"]

@@ -166,7 +166,7 @@ def reference_run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_cli_run_resumes_to_the_same_weights(tmp_path: Path, reference_run: Path,
                                                     sig: signal.Signals) -> None:
     out = tmp_path / "net.pt"
