@@ -272,3 +272,23 @@ def test_example_inventory_imports(workspace):
     assert by_name["pi03"].python == "/home/pi/tfl32/bin/python" and "pi3" in by_name["pi03"].groups
     assert by_name["pixel7"].kind == "adb" and "canary" in by_name["pixel7"].groups
     assert (by_name["pi-garage"].host, by_name["pi-garage"].port) == ("10.0.0.9", 2222)
+
+
+def test_switch_works_without_mv_T_and_sha256sum(cli, models, tmp_path, monkeypatch):
+    """Old busybox/toybox: no `mv -T`, no sha256sum.  The device's Python does the rename and hashing."""
+    bin_dir = tmp_path / "oldbox"
+    bin_dir.mkdir()
+    (bin_dir / "mv").write_text('#!/bin/sh\nfor a; do [ "$a" = -T ] && { echo "mv: bad option -T" >&2; '
+                                'exit 1; }; done\nexec /bin/mv "$@"\n')
+    (bin_dir / "sha256sum").write_text('#!/bin/sh\necho "sha256sum: applet not found" >&2\nexit 127\n')
+    for tool in ("mv", "sha256sum"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    v1, v2 = load_model_dir(models["v1"]), load_model_dir(models["v2"])
+    cli("fleet", "push", str(models["v1"]), "--device", "here1")
+    cli("fleet", "push", str(models["v2"]), "--device", "here1")
+    link = current(tmp_path, "here1")
+    assert os.readlink(link) == v2.version and os.readlink(link.with_name("previous")) == v1.version
+    rows = cli.json("fleet", "status", "--device", "here1")
+    assert rows[0]["sha256"] == v2.sha256 and rows[0]["previous_sha256"] == v1.sha256
+    assert cli.json("fleet", "rollback", "--device", "here1")["results"][0]["sha256"] == v1.sha256
