@@ -172,3 +172,24 @@ def test_corrupt_and_foreign_checkpoints_get_clear_errors(tmp_path) -> None:
         load_supernet(tmp_path / "wrong.pt")
     assert "missing: classifier.bias" in str(err.value)
     assert "mis-shaped: stem.0.weight" in str(err.value)
+
+
+def test_cumulative_bn_through_the_supernet_matches_the_extracted_subnet() -> None:
+    """momentum=None (cumulative average) recalibrates the same through supernet and subnet."""
+    net = randomize(build_supernet("mbv3-tiny", 3), seed=8)
+    arch = net.space.sample(5)
+    sub = net.extract(arch)
+    batches = [torch.randn(4, 3, arch.resolution, arch.resolution) for _ in range(3)]
+    for model in (net.set_active(arch), sub):
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    net.eval()
+    x = torch.randn(2, 3, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        assert torch.allclose(net(x), sub.eval()(x), atol=1e-5)

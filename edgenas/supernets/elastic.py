@@ -20,7 +20,15 @@ from edgenas.supernets.static import MBBlock
 
 
 def elastic_bn(x: torch.Tensor, bn: nn.BatchNorm2d, channels: int) -> torch.Tensor:
-    """Batch norm over the first ``channels`` channels of ``bn`` (its running stats update in place)."""
+    """Batch norm over the first ``channels`` channels of ``bn`` (running stats update in place).
+
+    ``momentum=None`` means a cumulative average, as in ``nn.BatchNorm2d``: the factor is
+    ``1 / batches seen`` so BN recalibration through the supernet averages every batch.
+    """
+    factor = bn.momentum
+    if bn.training and factor is None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked)
     return F.batch_norm(
         x,
         bn.running_mean[:channels],
@@ -28,7 +36,7 @@ def elastic_bn(x: torch.Tensor, bn: nn.BatchNorm2d, channels: int) -> torch.Tens
         bn.weight[:channels],
         bn.bias[:channels],
         bn.training,
-        bn.momentum if bn.momentum is not None else 0.0,
+        factor or 0.0,
         bn.eps,
     )
 
