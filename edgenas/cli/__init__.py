@@ -13,6 +13,7 @@ import click
 
 from edgenas import __version__
 from edgenas.cli.arch import arch
+from edgenas.cli.bench import bench_cmd
 from edgenas.cli.common import Workspace
 from edgenas.cli.device import device
 from edgenas.cli.export import export_cmd
@@ -52,4 +53,5 @@ main.add_command(supernet)
 main.add_command(device)
 main.add_command(export_cmd)
 main.add_command(subnet)
+main.add_command(bench_cmd)
 main.add_command(fleet)
