@@ -54,7 +54,8 @@ def cli(workspace: Path) -> Cli:
     return Cli(workspace)
 
 
-def register(cli: Cli, fleet, names: list[str], wd: str, group: str) -> dict[str, Path]:
+def register(cli: Cli, fleet, names: list[str], wd: str, group: str,
+             timeout: str = "10") -> dict[str, Path]:
     """Add fleet devices with workdir ``wd``; returns each device's workdir as seen from the host."""
     where = {}
     for name in names:
@@ -66,7 +67,7 @@ def register(cli: Cli, fleet, names: list[str], wd: str, group: str) -> dict[str
         else:
             dev = fleet.adb[name]
             cli("device", "add", name, "--adb", dev.serial, "--python", dev.python, "--workdir",
-                str(dev.root / wd), "--group", group)
+                str(dev.root / wd), "--group", group, "--timeout", timeout)
             where[name] = dev.root / wd
     return where
 
@@ -223,3 +224,37 @@ def test_fleet_bench_measures_every_device_and_flags_drift(fleet, cli, models, t
     with open_store(workspace) as store:
         stored = store.query("SELECT device FROM measurements WHERE campaign = ?", (out["campaign"],))
     assert sorted(r["device"] for r in stored) == names
+
+
+def test_adb_device_killed_mid_push_keeps_its_previous_version(fleet, cli, models):
+    phone = fleet.adb["adb2"]
+    where = register(cli, fleet, ["adb2", "ssh1"], "fleet-adbkill", "p", timeout="3")
+    v1, big = load_model_dir(models["v1"]), load_model_dir(models["big1"])
+    cli("fleet", "push", str(models["v1"]), "--group", "p")
+    killed = threading.Event()
+
+    def kill_when_uploading() -> None:  # no tc on loopback: poll fast and kill at the first bytes
+        pattern = str(where["adb2"] / "models/net/.incoming-*/.model.tflite.edgenas-tmp-*")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not glob.glob(pattern):
+            time.sleep(0.002)
+        phone.kill()
+        killed.set()
+
+    killer = threading.Thread(target=kill_when_uploading)
+    killer.start()
+    try:
+        out = results(cli.json("fleet", "push", str(models["big1"]), "--group", "p", code=1))
+        killer.join()
+        assert killed.is_set()
+        assert (out["adb2"]["status"], out["ssh1"]["status"]) == ("failed", "ok")
+        assert "previous version stays current" in out["adb2"]["reason"], out["adb2"]["reason"]
+        cur = where["adb2"] / "models/net/current"
+        assert cur.resolve().name == v1.version and fleet_models.sha(cur / "model.tflite") == v1.sha256
+    finally:
+        killer.join()
+        phone.start()
+    again = results(cli.json("fleet", "push", str(models["big1"]), "--group", "p"))
+    assert (again["adb2"]["status"], again["ssh1"]["status"]) == ("ok", "unchanged")
+    status = cli.json("fleet", "status", "--group", "p")
+    assert {(r["sha256"], r["drift"]) for r in status} == {(big.sha256, None)}
