@@ -3,7 +3,7 @@ still on its old one — never on half a file.
 
 Per device: read the state (one command), upload the runner if its sha256 differs, upload model and
 manifest into ``models/NAME/.incoming-<tag>/`` (each file through the transport's own temp-name + sha256
-check), then one command re-checks both sha256 on the device, renames the folder to ``VERSION`` and
+check on the device), then one command checks the staged folder, renames it to ``VERSION`` and
 switches ``previous`` then ``current`` by renaming fresh symlinks over them.  A device that dies at any
 point before the last rename still runs its old version; one that dies after it runs the new one.
 """
