@@ -18,6 +18,7 @@ from edgenas.cli.common import Workspace
 from edgenas.cli.device import device
 from edgenas.cli.export import export_cmd
 from edgenas.cli.fleet import fleet
+from edgenas.cli.measure import measure_cmd, measurements
 from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
@@ -55,3 +56,5 @@ main.add_command(export_cmd)
 main.add_command(subnet)
 main.add_command(bench_cmd)
 main.add_command(fleet)
+main.add_command(measure_cmd)
+main.add_command(measurements)

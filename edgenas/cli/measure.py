@@ -1,0 +1,150 @@
+"""``edgenas measure`` (a campaign) and ``edgenas measurements list|export`` (what is stored)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgenas.cli.common import Workspace, echo_json, table
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # SystemExit unwinds normally: export workers are stopped and device locks released.
+    raise SystemExit(128 + signum)
+
+
+@click.command("measure")
+@click.argument("ckpt", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--device", "device_names", multiple=True, help="A device (repeatable).")
+@click.option("--group", "groups", multiple=True, help="Every device of a group (repeatable).")
+@click.option("--samples", type=click.IntRange(min=1), required=True, help="Subnets to measure.")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="Comma list of fp32, fp16, int8, dynamic.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which subnets are sampled.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Export worker processes (0: export in this process).")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="At least this many timed runs per benchmark.")
+@click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="And at least this many seconds per benchmark.")
+@click.option("--export-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where exports are cached [default: HOME/cache/exports].")
+@click.option("--json", "as_json", is_flag=True, help="Print the campaign report as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.pass_obj
+def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups: tuple[str, ...],
+                samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,
+                min_secs: float, export_cache: Path | None, as_json: bool, quiet: bool) -> None:
+    """Measure SAMPLES subnets of the supernet CKPT on devices and store every result.
+
+    Subnets are sampled evenly over depth, kernel, expand and resolution; exports are cached and
+    run in worker processes; devices run in parallel, one benchmark at a time each.  Interrupted
+    and re-run with the same arguments, it resumes and measures nothing twice.
+    """
+    from edgenas.bench import BenchSettings
+    from edgenas.measure import measure
+    from edgenas.store import open_store
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
+    with open_store(ws.ensure()) as store:
+        report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
+                         precisions.split(","), threads, seed, workers, progress=not quiet,
+                         export_cache=export_cache, settings=settings)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        rows = [[d.device, d.todo + d.skipped, d.skipped, d.measured, d.failed, f"{d.seconds:.0f} s",
+                 d.aborted or "; ".join(d.errors[:1])] for d in report.devices.values()]
+        click.echo(table(["device", "subnets", "skipped", "measured", "failed", "time", "error"], rows))
+        click.echo(f"campaign {report.campaign}: {len(report.archs)} archs x {report.precisions}, "
+                   f"exported {report.exported} (cached {report.export_cached}), "
+                   f"{report.seconds:.0f} s" + ("" if report.complete else "  INCOMPLETE"))
+        for job, err in report.export_failed.items():
+            click.echo(f"export failed: {job}: {err}", err=True)
+    if not report.complete:
+        sys.exit(1)
+
+
+@click.group("measurements")
+def measurements() -> None:
+    """Stored latency measurements."""
+
+
+def _rows(ws: Workspace, device: str | None, precision: str | None,
+          threads: int | None) -> list[dict[str, Any]]:
+    from edgenas.measure import list_measurements
+    from edgenas.store import open_store
+
+    with open_store(ws.ensure()) as store:
+        return list_measurements(store, device=device, precision=precision, threads=threads)
+
+
+_filters = [
+    click.option("--device", default=None, help="Only this device."),
+    click.option("--precision", default=None, help="Only this precision."),
+    click.option("--threads", type=int, default=None, help="Only this thread count."),
+]
+
+
+def _with_filters(fn: Any) -> Any:
+    for opt in reversed(_filters):
+        fn = opt(fn)
+    return fn
+
+
+@measurements.command("list")
+@_with_filters
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_cmd(ws: Workspace, device: str | None, precision: str | None, threads: int | None,
+             as_json: bool) -> None:
+    """A table of stored measurements (newest last)."""
+    rows = _rows(ws, device, precision, threads)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no measurements (run `edgenas bench` or `edgenas measure`)")
+        return
+    click.echo(table(
+        ["id", "device", "arch", "precision", "thr", "runtime", "median ms", "p90 ms", "CV %", "noisy"],
+        [[r["id"], r["device"], r["arch"], r["precision"], r["threads"],
+          f"{r['runtime']} {r['runtime_version'] or ''}".strip(), r["median_ms"], r["p90_ms"],
+          round(100 * (r["cv"] or 0), 2), "yes" if r["noisy"] else ""] for r in rows]))
+
+
+@measurements.command("export")
+@_with_filters
+@click.option("--csv", "fmt", flag_value="csv", default=True, help="CSV (default).")
+@click.option("--json", "fmt", flag_value="json", help="A JSON array.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of stdout.")
+@click.pass_obj
+def export_cmd(ws: Workspace, device: str | None, precision: str | None, threads: int | None,
+               fmt: str, out: Path | None) -> None:
+    """All stored fields of the measurements, as CSV or JSON, for analysis elsewhere."""
+    from edgenas.measure import MEASUREMENT_FIELDS
+
+    rows = _rows(ws, device, precision, threads)
+    if fmt == "json":
+        text = json.dumps(rows, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(MEASUREMENT_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if out:
+        out.write_text(text)
+        click.echo(f"wrote {len(rows)} measurement(s) to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
