@@ -19,6 +19,7 @@ from edgenas.cli.device import device
 from edgenas.cli.export import export_cmd
 from edgenas.cli.fleet import fleet
 from edgenas.cli.measure import measure_cmd, measurements
+from edgenas.cli.predictor import predictor
 from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
@@ -58,3 +59,4 @@ main.add_command(bench_cmd)
 main.add_command(fleet)
 main.add_command(measure_cmd)
 main.add_command(measurements)
+main.add_command(predictor)

@@ -1,0 +1,113 @@
+"""Latency predictor quality on the local device: measure mbv3-tiny subnets, fit, report held-out error.
+
+    .venv/bin/python benchmarks/predictor.py [--samples 80] [--precision fp32,int8] [--threads 1]
+                                             [--home .edgenas/bench-predictor] [--measure-only]
+                                             [--out benchmarks/results/predictor.json]
+
+1. Builds a mbv3-tiny supernet (random weights: latency does not depend on them), once.
+2. Runs a measurement campaign on the host (`edgenas measure` machinery: stratified sampling, cached
+   exports in worker processes, LiteRT benchmarks).  Re-running resumes: nothing is measured twice.
+3. Fits the per-device × precision × threads latency predictor and reports its cross-validated quality
+   (share within ±5 % / ±10 %, RMSE, Spearman, p90 relative error) next to a MACs-only baseline
+   (latency = a + b · MACs, fitted the same way, evaluated on the same folds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def ensure_supernet(home: Path) -> Path:
+    path = home / "mbv3-tiny-random.pt"
+    if not path.exists():
+        import torch
+
+        from edgenas import build_supernet
+        from edgenas.data import load_data
+
+        torch.manual_seed(0)
+        data = load_data("digits", size=32)
+        net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
+        net.save(path, meta={"data": {"source": "digits"}})
+    return path
+
+
+def ensure_device(store, home: Path, name: str) -> None:
+    from edgenas import registry
+
+    if not any(d.name == name for d in registry.list_devices(store)):
+        registry.add_device(store, registry.make_device(name, "local", home=home))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=80)
+    ap.add_argument("--precision", default="fp32,int8")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--home", type=Path, default=REPO / ".edgenas" / "bench-predictor")
+    ap.add_argument("--device", default="host")
+    ap.add_argument("--measure-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
+    args = ap.parse_args()
+
+    from edgenas.measure import measure
+    from edgenas.store import open_store
+
+    home = args.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    ckpt = ensure_supernet(home)
+    precisions = args.precision.split(",")
+    with open_store(home) as store:
+        ensure_device(store, home, args.device)
+        t0 = time.monotonic()
+        report = measure(store, home, ckpt, [args.device], args.samples, precisions, args.threads,
+                         args.seed, args.workers)
+        campaign_s = time.monotonic() - t0
+        print(f"campaign: {json.dumps(report.to_dict()['devices'][args.device])}", file=sys.stderr)
+        if args.measure_only:
+            return
+        from edgenas.predictors.latency import evaluate_baseline, fit
+
+        results = []
+        for precision in precisions:
+            pred = fit(store, args.device, precision, args.threads, save_to=home)
+            q = pred.quality
+            base = evaluate_baseline(store, args.device, precision, args.threads)
+            results.append({"device": args.device, "precision": precision, "threads": args.threads,
+                            "samples": q["samples"], "model": pred.model_name, "predictor": q,
+                            "macs_baseline": base})
+
+    rows = []
+    for r in results:
+        for name, q in (("predictor (" + r["model"] + ")", r["predictor"]),
+                        ("MACs-only baseline", r["macs_baseline"])):
+            rows.append([r["precision"], name, q["samples"], f"{100 * q['within_5']:.1f} %",
+                         f"{100 * q['within_10']:.1f} %", f"{q['rmse_ms']:.4f}",
+                         f"{q['spearman']:.4f}", f"{100 * q['p90_rel_error']:.1f} %"])
+    headers = ["precision", "model", "n", "within ±5 %", "within ±10 %", "RMSE ms", "Spearman",
+               "p90 |err|"]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for line in [headers, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    out = {"benchmark": "predictor", "space": "mbv3-tiny", "device": args.device,
+           "host": {"machine": platform.machine(), "python": platform.python_version()},
+           "campaign": report.to_dict(), "campaign_seconds": round(campaign_s, 1),
+           "results": results, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""``edgenas predictor ...``: fit and inspect the predictors learned from measurements.
+
+Each verb is one ``@predictor.command`` function below; add a verb (``fit-accuracy``, say) by adding
+one more function — the group needs no other change.  Library imports stay inside the commands so
+that ``edgenas --help`` does not pay for numpy/scipy.
+"""
+
+from __future__ import annotations
+
+import click
+
+from edgenas.cli.common import Workspace, echo_json, table
+
+
+@click.group("predictor")
+def predictor() -> None:
+    """Latency (per device) and accuracy predictors."""
+
+
+def _quality_row(q: dict) -> list[str]:
+    return [q["samples"], f"{100 * q['within_5']:.1f} %", f"{100 * q['within_10']:.1f} %",
+            f"{q['rmse_ms']:.4g}", f"{q['spearman']:.3f}", f"±{100 * q['p90_rel_error']:.1f} %"]
+
+
+_QUALITY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE ms", "Spearman", "p90 error"]
+
+
+@predictor.command("fit")
+@click.option("--device", "device_name", required=True, help="A device with stored measurements.")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--space", default=None, help="Search space [default: the one most measured].")
+@click.option("--json", "as_json", is_flag=True, help="Print the saved predictor as JSON.")
+@click.pass_obj
+def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space: str | None,
+            as_json: bool) -> None:
+    """Fit the latency predictor of a device from its stored measurements.
+
+    Prints held-out quality (k-fold cross-validation): the share of subnets predicted within
+    ±5 % and ±10 %, RMSE, Spearman rank correlation and the p90 relative error that every
+    later prediction carries.
+    """
+    from edgenas.predictors.latency import evaluate_baseline, fit, predictor_path
+    from edgenas.store import open_store
+
+    with open_store(ws.ensure()) as store:
+        pred = fit(store, device_name, precision, threads, space=space, save_to=ws.home)
+        base = evaluate_baseline(store, device_name, precision, threads, space=pred.space)
+    path = predictor_path(ws.home, device_name, precision, threads)
+    if as_json:
+        echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base})
+        return
+    click.echo(f"latency predictor for {device_name} ({precision}, {threads} thread(s), "
+               f"{pred.space}, {pred.runtime or 'runtime unknown'}): {pred.model_name}")
+    click.echo(table(["model", *_QUALITY_HEADERS],
+                     [[pred.model_name, *_quality_row(pred.quality)],
+                      ["MACs only", *_quality_row(base)]]))
+    click.echo(f"saved {path}")
+
+
+@predictor.command("show")
+@click.option("--device", "device_name", default=None, help="Only this device.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
+    """The saved latency predictors and their measured (held-out) error."""
+    from edgenas.predictors.latency import list_predictors
+
+    found = list_predictors(ws.home, device_name)
+    if as_json:
+        echo_json([{**p.to_json(), "path": str(path)} for path, p in found])
+        return
+    if not found:
+        click.echo("no latency predictors (fit one with `edgenas predictor fit --device NAME`)")
+        return
+    click.echo(table(["device", "precision", "threads", "space", "model", *_QUALITY_HEADERS],
+                     [[p.device, p.precision, p.threads, p.space, p.model_name,
+                       *_quality_row(p.quality)] for _, p in found]))
+
+
+@predictor.command("predict")
+@click.option("--device", "device_name", required=True)
+@click.option("--arch", "arch_ids", multiple=True, required=True, help="Arch id, min or max.")
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
+                threads: int, as_json: bool) -> None:
+    """Predicted latency of subnets on a device, with the predictor's measured error."""
+    from edgenas.predictors.latency import load_predictor
+    from edgenas.space import SearchSpace
+
+    pred = load_predictor(ws.home, device_name, precision, threads)
+    space = SearchSpace.load(pred.space)
+    rows = [(a, pred.predict(space, a)) for a in arch_ids]
+    if as_json:
+        echo_json([{"arch": space.parse(a).to_string(), "latency_ms": ms,
+                    "p90_rel_error": pred.error} for a, ms in rows])
+        return
+    for a, ms in rows:
+        click.echo(f"{space.parse(a).to_string()}  {pred.describe(ms)}  ({device_name}, {precision}, "
+                   f"t{threads})")
