@@ -52,9 +52,9 @@ if mkdir "$d" 2>/dev/null; then
 fi
 if [ ! -d "$d" ]; then echo "cannot create $d" >&2; exit 2; fi
 owner=$(cat "$d/owner" 2>/dev/null)
-if [ -z "$owner" ]; then
+if [ -z "$owner" ]; then  # being created right now, or its creator died: give it a minute
   m=$(stat -c %Y "$d" 2>/dev/null || echo "$now")
-  owner="- - - 0 $m"
+  owner="- - - 60 $m"
 fi
 echo "held $now $owner"
 """

@@ -20,6 +20,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _install_sigterm() -> Any:
+    """SIGTERM as SystemExit (main thread only); returns the previous handler to restore."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        return None
+
+
 @click.command("measure")
 @click.argument("ckpt", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--device", "device_names", multiple=True, help="A device (repeatable).")
@@ -53,12 +61,16 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     from edgenas.measure import measure
     from edgenas.store import open_store
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
     settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
-    with open_store(ws.ensure()) as store:
-        report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
-                         precisions.split(","), threads, seed, workers, progress=not quiet,
-                         export_cache=export_cache, settings=settings)
+    previous = _install_sigterm()
+    try:
+        with open_store(ws.ensure()) as store:
+            report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
+                             precisions.split(","), threads, seed, workers, progress=not quiet,
+                             export_cache=export_cache, settings=settings)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if as_json:
         echo_json(report.to_dict())
     else:
