@@ -46,9 +46,9 @@ def fill(home: Path, archs, device: str = "dev", noise: float = 0.02, precision:
             y = true_latency(a) * scale * (1 + rng.gauss(0, noise))
             conn.execute(
                 "INSERT INTO measurements (device, arch, space, precision, threads, model_sha256, "
-                "median_ms, noisy, runtime, runtime_version, result_json, created_at) "
-                "VALUES (?, ?, ?, ?, 1, 'sha', ?, ?, 'litert', '2.3.0', '{}', ?)",
-                (device, a.to_string(), SPACE.name, precision, y, noisy_flag, time.time()))
+                "median_ms, min_ms, noisy, runtime, runtime_version, result_json, created_at) "
+                "VALUES (?, ?, ?, ?, 1, 'sha', ?, ?, ?, 'litert', '2.3.0', '{}', ?)",
+                (device, a.to_string(), SPACE.name, precision, y, 0.8 * y, noisy_flag, time.time()))
 
 
 def test_fit_recovers_a_per_layer_cost_model_with_honest_held_out_error(tmp_path):
@@ -136,3 +136,18 @@ def test_cli_fit_show_predict(tmp_path):
     assert rows[0]["latency_ms"] > 0 and rows[0]["p90_rel_error"] > 0
     assert "no latency predictor" in cli("predict", "--device", "nope", "--arch", "max", code=1)
     assert "no measurements" in cli("fit", "--device", "nope", code=1)
+
+
+def test_a_min_latency_predictor_is_kept_beside_the_median_one(tmp_path):
+    fill(tmp_path, sample_archs(SPACE, 20, seed=8))
+    with open_store(tmp_path) as store:
+        med = fit(store, "dev", save_to=tmp_path)
+        low = fit(store, "dev", save_to=tmp_path, statistic="min")
+        with pytest.raises(LatencyPredictorError, match="unknown statistic"):
+            fit(store, "dev", statistic="p99")
+    assert low.statistic == "min" and med.statistic == "median"
+    assert predictor_path(tmp_path, "dev", "fp32", 1, "min").is_file()
+    assert predictor_path(tmp_path, "dev", "fp32", 1).is_file()
+    arch = SPACE.sample(3)
+    assert low.predict(SPACE, arch) == pytest.approx(0.8 * med.predict(SPACE, arch), rel=0.02)
+    assert load_predictor(tmp_path, "dev", statistic="min").statistic == "min"

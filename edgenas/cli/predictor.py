@@ -30,10 +30,12 @@ _QUALITY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE ms", "Spea
 @click.option("--precision", default="fp32", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--space", default=None, help="Search space [default: the one most measured].")
+@click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
+              help="Predict the median run, or the fastest (steadier on a shared device).")
 @click.option("--json", "as_json", is_flag=True, help="Print the saved predictor as JSON.")
 @click.pass_obj
 def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space: str | None,
-            as_json: bool) -> None:
+            statistic: str, as_json: bool) -> None:
     """Fit the latency predictor of a device from its stored measurements.
 
     Prints held-out quality (k-fold cross-validation): the share of subnets predicted within
@@ -44,14 +46,17 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
     from edgenas.store import open_store
 
     with open_store(ws.ensure()) as store:
-        pred = fit(store, device_name, precision, threads, space=space, save_to=ws.home)
-        base = evaluate_baseline(store, device_name, precision, threads, space=pred.space)
-    path = predictor_path(ws.home, device_name, precision, threads)
+        pred = fit(store, device_name, precision, threads, space=space, save_to=ws.home,
+                   statistic=statistic)
+        base = evaluate_baseline(store, device_name, precision, threads, space=pred.space,
+                                 statistic=statistic)
+    path = predictor_path(ws.home, device_name, precision, threads, statistic)
     if as_json:
         echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base})
         return
     click.echo(f"latency predictor for {device_name} ({precision}, {threads} thread(s), "
-               f"{pred.space}, {pred.runtime or 'runtime unknown'}): {pred.model_name}")
+               f"{pred.space}, {pred.runtime or 'runtime unknown'}, {statistic} run time): "
+               f"{pred.model_name}")
     click.echo(table(["model", *_QUALITY_HEADERS],
                      [[pred.model_name, *_quality_row(pred.quality)],
                       ["MACs only", *_quality_row(base)]]))
@@ -73,8 +78,8 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
     if not found:
         click.echo("no latency predictors (fit one with `edgenas predictor fit --device NAME`)")
         return
-    click.echo(table(["device", "precision", "threads", "space", "model", *_QUALITY_HEADERS],
-                     [[p.device, p.precision, p.threads, p.space, p.model_name,
+    click.echo(table(["device", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
+                     [[p.device, p.precision, p.threads, p.space, p.statistic, p.model_name,
                        *_quality_row(p.quality)] for _, p in found]))
 
 
@@ -83,15 +88,16 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 @click.option("--arch", "arch_ids", multiple=True, required=True, help="Arch id, min or max.")
 @click.option("--precision", default="fp32", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
-                threads: int, as_json: bool) -> None:
+                threads: int, statistic: str, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
     from edgenas.predictors.latency import load_predictor
     from edgenas.space import SearchSpace
 
-    pred = load_predictor(ws.home, device_name, precision, threads)
+    pred = load_predictor(ws.home, device_name, precision, threads, statistic)
     space = SearchSpace.load(pred.space)
     rows = [(a, pred.predict(space, a)) for a in arch_ids]
     if as_json:

@@ -42,6 +42,9 @@ VERSION = 1
 MIN_SAMPLES = 8
 FOLDS = 5
 FEATURE_SETS = ("ops", "stages")
+# What is predicted: the median run (the default, what edgenas reports everywhere) or the fastest run,
+# which is far steadier on a device shared with other work (interference only ever adds time).
+STATISTICS = {"median": "median_ms", "min": "min_ms"}
 
 
 class LatencyPredictorError(EdgeNASError):
@@ -213,6 +216,11 @@ class LatencyPredictor:
         return float(self.quality.get("p90_rel_error", float("nan")))
 
     @property
+    def statistic(self) -> str:
+        """``median`` or ``min``: which run time per subnet the predictor was fitted to."""
+        return str(self.extra.get("statistic", "median"))
+
+    @property
     def model_name(self) -> str:
         return f"nnls-{self.feature_set}"
 
@@ -263,7 +271,7 @@ class LatencyPredictor:
             raise LatencyPredictorError(f"latency predictor file is incomplete ({exc})") from None
 
     def save(self, home: Path) -> Path:
-        path = predictor_path(home, self.device, self.precision, self.threads)
+        path = predictor_path(home, self.device, self.precision, self.threads, self.statistic)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=2))
@@ -271,13 +279,15 @@ class LatencyPredictor:
         return path
 
 
-def predictor_path(home: Path, device: str, precision: str, threads: int) -> Path:
-    return Path(home) / "predictors" / f"latency-{device}-{precision}-t{threads}.json"
+def predictor_path(home: Path, device: str, precision: str, threads: int,
+                   statistic: str = "median") -> Path:
+    suffix = "" if statistic == "median" else f"-{statistic}"
+    return Path(home) / "predictors" / f"latency-{device}-{precision}-t{threads}{suffix}.json"
 
 
-def load_predictor(home: Path, device: str, precision: str = "fp32",
-                   threads: int = 1) -> LatencyPredictor:
-    path = predictor_path(home, device, precision, threads)
+def load_predictor(home: Path, device: str, precision: str = "fp32", threads: int = 1,
+                   statistic: str = "median") -> LatencyPredictor:
+    path = predictor_path(home, device, precision, threads, statistic)
     try:
         return LatencyPredictor.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
@@ -316,9 +326,13 @@ class TrainingSet:
 
 
 def training_set(store: Store, device: str, precision: str, threads: int,
-                 space: str | None = None) -> TrainingSet:
-    rows = store.query("SELECT arch, space, median_ms, noisy, runtime, runtime_version, result_json "
-                       "FROM measurements WHERE device = ? AND precision = ? AND threads = ?",
+                 space: str | None = None, statistic: str = "median") -> TrainingSet:
+    if statistic not in STATISTICS:
+        raise LatencyPredictorError(f"unknown statistic {statistic!r} (one of {', '.join(STATISTICS)})")
+    column = STATISTICS[statistic]
+    rows = store.query(f"SELECT arch, space, {column} AS y, noisy, runtime, runtime_version, "
+                       "result_json FROM measurements "
+                       "WHERE device = ? AND precision = ? AND threads = ?",
                        (device, precision, threads))
     if space is None:
         spaces = sorted({r["space"] for r in rows if r["space"]})
@@ -335,7 +349,7 @@ def training_set(store: Store, device: str, precision: str, threads: int,
     sp = SearchSpace.load(space)
     by_arch: dict[str, list[tuple[float, int]]] = {}
     for r in rows:
-        by_arch.setdefault(r["arch"], []).append((float(r["median_ms"]), int(r["noisy"])))
+        by_arch.setdefault(r["arch"], []).append((float(r["y"]), int(r["noisy"])))
     archs, ys = [], []
     for arch_id in sorted(by_arch):
         vals = by_arch[arch_id]
@@ -365,14 +379,14 @@ def _num_classes(rows: Sequence[Any]) -> int:
 
 
 def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
-        space: str | None = None, save_to: Path | None = None,
+        space: str | None = None, save_to: Path | None = None, statistic: str = "median",
         feature_sets: Sequence[str] | None = None) -> LatencyPredictor:
     """Fit (and, with ``save_to`` = the workspace home, save) the predictor for one device setting.
 
     The returned predictor's ``quality`` is from k-fold cross-validation with the feature-set choice
     nested inside each fold, so it is an honest estimate for unmeasured subnets.
     """
-    ts = training_set(store, device, precision, threads, space)
+    ts = training_set(store, device, precision, threads, space, statistic)
     n = len(ts.archs)
     cands = list(feature_sets or _candidates(n))
     folds = _folds(n, FOLDS)
@@ -396,7 +410,7 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
     pred = LatencyPredictor(device, precision, threads, ts.space.name, fs, names,
                             [float(c) for c in coef], [float(s) for s in scale], ts.num_classes, q,
                             ts.runtime, n, time.time(),
-                            {"fold_feature_sets": chosen,
+                            {"statistic": statistic, "fold_feature_sets": chosen,
                              "latency_range_ms": [float(ts.latency_ms.min()),
                                                   float(ts.latency_ms.max())]})
     if save_to is not None:
@@ -405,9 +419,9 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
 
 
 def evaluate_baseline(store: Store, device: str, precision: str = "fp32", threads: int = 1,
-                      space: str | None = None) -> dict[str, Any]:
+                      space: str | None = None, statistic: str = "median") -> dict[str, Any]:
     """The MACs-only baseline (latency = a + b · MACs, same weighting, same folds), for comparison."""
-    ts = training_set(store, device, precision, threads, space)
+    ts = training_set(store, device, precision, threads, space, statistic)
     x = np.asarray([[1.0, float(ts.space.macs(a, ts.num_classes))] for a in ts.archs])
     pred = np.empty(len(ts.archs))
     for test in _folds(len(ts.archs), FOLDS):
