@@ -9,7 +9,10 @@
    exports in worker processes, LiteRT benchmarks).  Re-running resumes: nothing is measured twice.
 3. Fits the per-device × precision × threads latency predictor and reports its cross-validated quality
    (share within ±5 % / ±10 %, RMSE, Spearman, p90 relative error) next to a MACs-only baseline
-   (latency = a + b · MACs, fitted the same way, evaluated on the same folds).
+   (latency = a + b · MACs, fitted the same way, evaluated on the same folds), for the median run time
+   (what edgenas reports) and for the fastest run (steadier when the host is shared).
+4. Re-measures ``--repeat`` subnets per precision into a scratch database: how far a second measurement
+   of the same model lands from the first is the noise floor no predictor can beat.
 """
 
 from __future__ import annotations
@@ -47,6 +50,44 @@ def ensure_device(store, home: Path, name: str) -> None:
         registry.add_device(store, registry.make_device(name, "local", home=home))
 
 
+def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str],
+                ckpt: Path) -> dict:
+    """Benchmark ``archs`` again (into a scratch database) and compare with the stored numbers."""
+    import tempfile
+
+    import numpy as np
+
+    from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
+    from edgenas.measure import cached_export, export_cache_dir
+    from edgenas.predictors.latency import quality
+    from edgenas.registry import get_device
+    from edgenas.store import open_store
+    from edgenas.transports.base import sha256_file
+
+    sha = sha256_file(ckpt)
+    device = get_device(store, args.device)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp)) as scratch, \
+            DeviceBencher(home, device, BenchSettings(threads=args.threads)) as bencher:
+        for precision in precisions:
+            pairs = {"median": ([], []), "min": ([], [])}
+            for arch in archs:
+                first = store.query("SELECT median_ms, min_ms FROM measurements WHERE device = ? AND "
+                                    "arch = ? AND precision = ? AND threads = ? ORDER BY id LIMIT 1",
+                                    (args.device, arch, precision, args.threads))
+                if not first:
+                    continue
+                model = load_model_dir(cached_export(export_cache_dir(home), sha, arch, precision))
+                again = bencher.bench(scratch, model, update_manifest=False)
+                for stat, column in (("median", "median_ms"), ("min", "min_ms")):
+                    pairs[stat][0].append(first[0][column])
+                    pairs[stat][1].append(again[column])
+            for stat, (a, b) in pairs.items():
+                if a:
+                    out[f"{precision}/{stat}"] = quality(np.asarray(a), np.asarray(b))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +99,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=REPO / ".edgenas" / "bench-predictor")
     ap.add_argument("--device", default="host")
     ap.add_argument("--measure-only", action="store_true")
+    ap.add_argument("--repeat", type=int, default=15, help="Subnets re-measured for the noise floor.")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
     args = ap.parse_args()
 
@@ -81,29 +123,41 @@ def main() -> None:
 
         results = []
         for precision in precisions:
-            pred = fit(store, args.device, precision, args.threads, save_to=home)
-            q = pred.quality
-            base = evaluate_baseline(store, args.device, precision, args.threads)
-            results.append({"device": args.device, "precision": precision, "threads": args.threads,
-                            "samples": q["samples"], "model": pred.model_name, "predictor": q,
-                            "macs_baseline": base})
+            for statistic in ("median", "min"):
+                pred = fit(store, args.device, precision, args.threads, save_to=home,
+                           statistic=statistic)
+                q = pred.quality
+                base = evaluate_baseline(store, args.device, precision, args.threads,
+                                         statistic=statistic)
+                results.append({"device": args.device, "precision": precision,
+                                "threads": args.threads, "statistic": statistic,
+                                "samples": q["samples"], "model": pred.model_name, "predictor": q,
+                                "macs_baseline": base})
+        noise = noise_floor(store, home, args, report.archs[: args.repeat], precisions, ckpt)
 
     rows = []
     for r in results:
         for name, q in (("predictor (" + r["model"] + ")", r["predictor"]),
                         ("MACs-only baseline", r["macs_baseline"])):
-            rows.append([r["precision"], name, q["samples"], f"{100 * q['within_5']:.1f} %",
-                         f"{100 * q['within_10']:.1f} %", f"{q['rmse_ms']:.4f}",
-                         f"{q['spearman']:.4f}", f"{100 * q['p90_rel_error']:.1f} %"])
-    headers = ["precision", "model", "n", "within ±5 %", "within ±10 %", "RMSE ms", "Spearman",
-               "p90 |err|"]
+            rows.append([r["precision"], r["statistic"], name, q["samples"],
+                         f"{100 * q['within_5']:.1f} %", f"{100 * q['within_10']:.1f} %",
+                         f"{q['rmse_ms']:.4f}", f"{q['spearman']:.4f}",
+                         f"{100 * q['p90_rel_error']:.1f} %"])
+    for key, q in noise.items():
+        precision, statistic = key.split("/")
+        rows.append([precision, statistic, "re-measurement (noise floor)", q["samples"],
+                     f"{100 * q['within_5']:.1f} %", f"{100 * q['within_10']:.1f} %",
+                     f"{q['rmse_ms']:.4f}", f"{q['spearman']:.4f}", f"{100 * q['p90_rel_error']:.1f} %"])
+    headers = ["precision", "predicts", "model", "n", "within ±5 %", "within ±10 %", "RMSE ms",
+               "Spearman", "p90 |err|"]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     for line in [headers, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
     out = {"benchmark": "predictor", "space": "mbv3-tiny", "device": args.device,
            "host": {"machine": platform.machine(), "python": platform.python_version()},
            "campaign": report.to_dict(), "campaign_seconds": round(campaign_s, 1),
-           "results": results, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "results": results, "noise_floor": noise,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
