@@ -20,6 +20,8 @@ from edgenas.cli.export import export_cmd
 from edgenas.cli.fleet import fleet
 from edgenas.cli.measure import measure_cmd, measurements
 from edgenas.cli.predictor import predictor
+from edgenas.cli.predictor_accuracy import fit_accuracy_cmd
+from edgenas.cli.search import search_cmd
 from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
@@ -60,3 +62,5 @@ main.add_command(fleet)
 main.add_command(measure_cmd)
 main.add_command(measurements)
 main.add_command(predictor)
+predictor.add_command(fit_accuracy_cmd)
+main.add_command(search_cmd)

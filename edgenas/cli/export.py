@@ -21,9 +21,13 @@ from edgenas.cli.common import echo_json, human
               help="digits, an ImageFolder or CIFAR-10 folder [default: the training data].")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=500, show_default=True,
               help="Real images used to calibrate int8 activation ranges.")
+@click.option("--search", "search_json", type=click.Path(dir_okay=False, exists=True,
+                                                       path_type=Path), default=None,
+              help="search.json from `edgenas search`: records its latency promise in the "
+                   "manifest (checked later by `edgenas fleet bench`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_cmd(ckpt: Path, arch_id: str | None, precision: str, out_dir: Path, data: str | None,
-               calibration_samples: int, as_json: bool) -> None:
+               calibration_samples: int, search_json: Path | None, as_json: bool) -> None:
     """Export a subnet of CKPT (a supernet or a fine-tuned subnet) to TFLite.
 
     The Keras rebuild is checked against torch (max abs logit difference <= 1e-4) before
@@ -32,7 +36,7 @@ def export_cmd(ckpt: Path, arch_id: str | None, precision: str, out_dir: Path, d
     from edgenas.export import export
 
     click.echo(f"exporting {arch_id or 'max'} of {ckpt} as {precision} ...", err=True)
-    result = export(ckpt, arch_id, precision, out_dir, data, calibration_samples)
+    result = export(ckpt, arch_id, precision, out_dir, data, calibration_samples, search_json)
     m = result.manifest
     if as_json:
         echo_json(m)

@@ -7,6 +7,7 @@ stats fit no single subnet), and hands real calibration and validation images to
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,12 +88,14 @@ def _validation(data: ImageData, resolution: int) -> tuple[np.ndarray, np.ndarra
 def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = None,
            precision: str = "int8", out_dir: str | Path = "model",
            data: str | Path | ImageData | None = None,
-           calibration_samples: int = DEFAULT_CALIBRATION) -> ExportResult:
+           calibration_samples: int = DEFAULT_CALIBRATION,
+           search: str | Path | dict[str, Any] | None = None) -> ExportResult:
     """Export one subnet to ``out_dir`` as ``model.tflite`` + ``manifest.json``.
 
     ``arch`` is an :class:`Arch`, an id, or ``min``/``max`` (default ``max``; a fine-tuned
     subnet checkpoint already fixes it).  ``data`` defaults to the data set the checkpoint was
-    trained on; images from it calibrate BN and int8 and measure accuracy.
+    trained on; images from it calibrate BN and int8 and measure accuracy.  ``search`` (a
+    ``search.json`` path or its dict) records the search's latency promise for this arch.
     """
     src = _load_source(source, arch)
     if data is None:
@@ -113,4 +116,32 @@ def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = N
     provenance = {**src.provenance, "data": data.describe(), "bn_recalibrated":
                   src.needs_bn_recalibration}
     return export_model(src.model, src.arch, src.space, src.labels, src.normalization, precision,
-                        out_dir, calibration, _validation(data, res), provenance)
+                        out_dir, calibration, _validation(data, res), provenance,
+                        search_promise(search, src.arch, precision))
+
+
+def search_promise(search: str | Path | dict[str, Any] | None, arch: Arch,
+                   precision: str) -> dict[str, Any]:
+    """The search's prediction for ``arch`` (latency per device ± error) from ``search.json``."""
+    if search is None:
+        return {}
+    if not isinstance(search, dict):
+        try:
+            search = json.loads(Path(search).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExportError(f"cannot read the search result {search}: {exc}") from None
+    wanted = arch.to_string()
+    pool = [search.get("chosen") or {}] + list(search.get("verified") or []) \
+        + list(search.get("front") or [])
+    match = next((c for c in pool if c and c.get("arch") == wanted), None)
+    if match is None:
+        raise ExportError(f"arch {wanted} is not among the search's candidates; export the "
+                          "chosen arch or drop --search")
+    errors = (search.get("predictors") or {}).get("latency") or {}
+    by_device = search.get("precision") or {}
+    return {"arch": wanted, "accuracy": match.get("accuracy"),
+            "latency_ms": {d: ms for d, ms in (match.get("latency_ms") or {}).items()
+                           if by_device.get(d, precision) == precision},
+            "error": {d: e.get("p90_rel_error") for d, e in errors.items()},
+            "constraints": search.get("constraints"), "supernet_sha256":
+            search.get("supernet_sha256")}

@@ -82,11 +82,14 @@ def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) 
 def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: list[str],
                  normalization: dict[str, list[float]], precision: str, out_dir: str | Path,
                  calibration_nchw: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
-                 provenance: dict[str, Any] | None = None) -> ExportResult:
+                 provenance: dict[str, Any] | None = None,
+                 search: dict[str, Any] | None = None) -> ExportResult:
     """Export ``model`` (the static subnet for ``arch``) and write ``model.tflite`` + manifest.
 
     ``calibration_nchw`` are normalised real images at ``arch.resolution``: they drive the parity
     check and int8 calibration.  ``validation`` (images, labels) gives float and exported top-1.
+    ``search`` is what the search promised for this arch (predicted latency per device and the
+    predictors' error), kept so ``fleet bench`` can flag devices that miss the promise.
     """
     import keras
     import tensorflow as tf
@@ -134,6 +137,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
                    "images": int(min(16, len(calibration_nchw)))},
         "calibration": {"images": int(len(calibration_nchw))} if precision == "int8" else {},
         "latency": {},
+        "search": dict(search or {}),
         "provenance": dict(provenance or {}),
         "tools": {"torch": torch.__version__, "tensorflow": tf.__version__,
                   "keras": keras.__version__, "python": platform.python_version()},

@@ -216,3 +216,30 @@ def fit_accuracy_predictor(space: SearchSpace, results: dict[str, float], source
 
 def predictor_path(home: Path, source_sha256: str) -> Path:
     return Path(home) / "predictors" / f"accuracy-{source_sha256[:12]}.json"
+
+
+def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None = None,
+                 seed: int = 0, progress: Callable[[int, int, Arch, float], None] | None = None
+                 ) -> tuple[AccuracyPredictor, Path]:
+    """Evaluate ``samples`` archs of ``ckpt`` (resuming stored ones), fit, save to the workspace."""
+    from edgenas.data import load_data
+    from edgenas.export.api import training_data_source
+    from edgenas.export.pipeline import sha256_file
+    from edgenas.store import open_store
+    from edgenas.supernets.checkpoint import load_supernet
+
+    net = load_supernet(ckpt)
+    source = data_source or training_data_source(net.meta)
+    if source is None:
+        raise PredictorError(f"{ckpt} does not record its data set; pass --data")
+    data = load_data(source, size=net.space.resolutions[-1])
+    data.normalization = dict(net.normalization)
+    sha = sha256_file(ckpt)
+    archs = sample_for_accuracy(net.space, samples, seed)
+    with open_store(home) as store:
+        evaluate_into_store(store, net, sha, data, archs, progress)
+        wanted = {a.to_string() for a in archs}
+        results = {k: v for k, v in stored_evaluations(store, sha, data.source).items()
+                   if k in wanted}
+    pred = fit_accuracy_predictor(net.space, results, sha, data.source, seed)
+    return pred, pred.save(predictor_path(home, sha))

@@ -1,0 +1,76 @@
+"""``edgenas search``: the best subnet for a device or group, verified on the device(s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgenas.cli.common import Workspace, human, table
+
+
+@click.command("search")
+@click.argument("ckpt", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--device", "devices", multiple=True, help="Device name (repeatable).")
+@click.option("--group", "groups", multiple=True,
+              help="Device group; the constraint holds on every device in it (repeatable).")
+@click.option("--latency-ms", type=float, default=None, help="Latency budget on every device.")
+@click.option("--max-size-kb", type=float, default=None, help="Model size limit (estimated).")
+@click.option("--max-macs", type=float, default=None, help="MAC limit, e.g. 5e6.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
+              show_default=True, help="auto: per device, whichever precision measured faster.")
+@click.option("--objective", type=click.Choice(["accuracy", "pareto"]), default="accuracy",
+              show_default=True, help="Best accuracy under the constraints, or a Pareto front.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--verify-top", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Measure this many top candidates on the device(s) and re-rank on them.")
+@click.option("--population", type=click.IntRange(min=4), default=60, show_default=True)
+@click.option("--generations", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("search"), show_default=True,
+              help="Writes search.json and pareto.png here.")
+@click.pass_obj
+def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tuple[str, ...],
+               latency_ms: float | None, max_size_kb: float | None, max_macs: float | None,
+               precision: str, objective: str, threads: int, verify_top: int, population: int,
+               generations: int, seed: int, out_dir: Path) -> None:
+    """Search CKPT's space for the most accurate subnet within the budget on the device(s).
+
+    Needs the supernet's accuracy predictor (`edgenas predictor fit-accuracy`) and a latency
+    predictor per device (`edgenas measure`, then `edgenas predictor fit`). An impossible
+    budget fails at once with the tightest achievable value.
+    """
+    from edgenas.search import Constraints
+    from edgenas.search_job import run_search
+    from edgenas.store import open_store
+
+    targets = list(devices) + list(groups)
+    if not targets:
+        raise click.UsageError("give --device NAME or --group G")
+    constraints = Constraints(latency_ms, max_size_kb, max_macs)
+    with open_store(ws.ensure()) as store:
+        outcome = run_search(store, ws.home, ckpt, targets, constraints, precision=precision,
+                             objective=objective, threads=threads, out_dir=out_dir,
+                             verify_top=verify_top, population=population,
+                             generations=generations, seed=seed)
+    r = outcome.result
+    errs = r["predictors"]["latency"]
+    click.echo(f"searched {r['space']} for {', '.join(r['precision'])} "
+               f"({constraints.describe()}); precision: "
+               + ", ".join(f"{d} {p} ({r['precision_reason'][d]})" for d, p in
+                           r["precision"].items()))
+    rows = []
+    for c in r["verified"] or r["front"][:10]:
+        pred = ", ".join(f"{v:.3f}±{100 * errs[d]['p90_rel_error']:.0f}%"
+                         for d, v in c["latency_ms"].items())
+        meas = ", ".join(f"{v:.3f}" for v in c["measured_ms"].values()) or "-"
+        rows.append([c["arch"], f"{c['accuracy']:.2%}", pred, meas, f"{c['size_kb']:.0f}",
+                     human(c["macs"])])
+    click.echo(table(["arch", "pred. top-1", "pred. ms", "measured ms", "size KB", "MACs"], rows))
+    chosen = r["chosen"]
+    if chosen:
+        click.echo(f"chosen: {chosen['arch']}")
+        click.echo(f"next:   edgenas export {ckpt} --arch {chosen['arch']} --precision "
+                   f"{next(iter(r['precision'].values()))} --search {outcome.path} --out model/")
+    click.echo(f"wrote {outcome.path} and {out_dir / 'pareto.png'}")

@@ -1,0 +1,150 @@
+"""A whole search for one device or group: predictors in, verified choice out.
+
+:mod:`edgenas.search` is the pure algorithm; this module wires it to the workspace: it loads the
+accuracy predictor of the supernet and a latency predictor per device (choosing the precision per
+device when asked), runs the search, measures the top candidates *on the devices* through the
+measurement pipeline (exports cached, results stored with provenance), re-ranks on the measured
+numbers, and writes ``search.json`` and a Pareto plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenas.errors import EdgeNASError
+from edgenas.export.pipeline import sha256_file
+from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
+from edgenas.predictors.latency import LatencyPredictor, load_predictor
+from edgenas.registry import select_devices
+from edgenas.search import (
+    Candidate,
+    Constraints,
+    DeviceModel,
+    Searcher,
+    rerank_on_measured,
+    spread,
+)
+from edgenas.space import SearchSpace
+from edgenas.store import Store
+from edgenas.supernets.checkpoint import load_checkpoint
+
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass
+class SearchOutcome:
+    result: dict[str, Any]
+    chosen: Candidate | None
+    path: Path | None
+
+
+def measured_ratio(store: Store, device: str, threads: int, space: str) -> float | None:
+    """Median of int8/fp32 latency over archs measured in both precisions on ``device``."""
+    rows = store.query(
+        "SELECT arch, precision, MIN(median_ms) FROM measurements WHERE device = ? AND threads = ?"
+        " AND space = ? GROUP BY arch, precision", (device, threads, space))
+    by: dict[str, dict[str, float]] = {}
+    for arch, precision, ms in rows:
+        by.setdefault(arch, {})[precision] = float(ms)
+    ratios = [v["int8"] / v["fp32"] for v in by.values() if "int8" in v and "fp32" in v]
+    return float(np.median(ratios)) if ratios else None
+
+
+def choose_precision(store: Store, home: Path, device: str, threads: int, space: str,
+                     asked: str) -> tuple[str, LatencyPredictor, str]:
+    """The precision to search with on ``device`` and why (``auto``: whichever measured faster)."""
+    if asked != "auto":
+        return asked, load_predictor(home, device, asked, threads), "as asked"
+    available = {}
+    for precision in PRECISIONS:
+        try:
+            available[precision] = load_predictor(home, device, precision, threads)
+        except EdgeNASError:
+            continue
+    if not available:
+        raise EdgeNASError(f"no latency predictor for {device}: run `edgenas measure` and "
+                           f"`edgenas predictor fit --device {device}` first")
+    if len(available) == 1:
+        (precision, pred), = available.items()
+        return precision, pred, f"only {precision} was measured"
+    ratio = measured_ratio(store, device, threads, space)
+    if ratio is None:
+        return "int8", available["int8"], "no arch measured in both precisions; int8 by default"
+    precision = "int8" if ratio < 1.0 else "fp32"
+    return precision, available[precision], f"int8 measured {ratio:.2f}x fp32 on this device"
+
+
+def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constraints: Constraints,
+               *, precision: str = "auto", objective: str = "accuracy", threads: int = 1,
+               out_dir: Path | None = None, verify_top: int = 3, population: int = 60,
+               generations: int = 12, seed: int = 0, progress: bool = True) -> SearchOutcome:
+    """Search ``ckpt``'s space for ``targets`` (device names or groups); see the module doc."""
+    from edgenas.measure import list_measurements, measure
+
+    data = load_checkpoint(ckpt)
+    space = SearchSpace.from_spec(data["space"])
+    num_classes = int(data["num_classes"])
+    source_sha = sha256_file(ckpt)
+    acc_pred = AccuracyPredictor.load(predictor_path(home, source_sha))
+    devices = select_devices(store, targets)
+    models, chosen_precision, reasons = [], {}, {}
+    for dev in devices:
+        prec, pred, why = choose_precision(store, home, dev.name, threads, space.name, precision)
+        chosen_precision[dev.name], reasons[dev.name] = prec, why
+        models.append(DeviceModel(dev.name, prec,
+                                  lambda archs, p=pred: p.predict_many(space, archs), pred.error))
+    searcher = Searcher(space, lambda archs: acc_pred.predict_many(space, archs), models,
+                        constraints, num_classes, seed)
+    if objective == "pareto":
+        ranked = searcher.nsga2(population, generations)
+        to_verify = spread(ranked, verify_top)
+    else:
+        ranked = searcher.evolution(population, generations)
+        to_verify = ranked[:verify_top]
+
+    if verify_top > 0 and to_verify:
+        for prec in sorted(set(chosen_precision.values())):
+            names = [d for d, p in chosen_precision.items() if p == prec]
+            measure(store, home, ckpt, names, 0, [prec], threads, seed, workers=min(2, os.cpu_count()
+                    or 1), progress=progress, archs=[c.arch for c in to_verify])
+        for c in to_verify:
+            for dev, prec in chosen_precision.items():
+                rows = [r for r in list_measurements(store, dev, prec, threads, space.name)
+                        if r["arch"] == c.arch.to_string()]
+                if rows:
+                    c.measured[dev] = float(rows[-1]["median_ms"])
+        to_verify = rerank_on_measured(to_verify, constraints)
+    chosen = to_verify[0] if to_verify else (ranked[0] if ranked else None)
+
+    result = {
+        "supernet": str(ckpt), "supernet_sha256": source_sha, "space": space.name,
+        "objective": objective, "constraints": vars(constraints), "threads": threads,
+        "precision": chosen_precision, "precision_reason": reasons,
+        "predictors": {"accuracy": {"rmse": acc_pred.rmse, "spearman":
+                                    acc_pred.quality.get("spearman")},
+                       "latency": {m.name: {"precision": m.precision, "p90_rel_error": m.error}
+                                   for m in models}},
+        "evaluated": [c.to_json() for c in list(searcher.cache.values())[:2000]],
+        "front": [c.to_json() for c in ranked[:200]],
+        "verified": [c.to_json() for c in to_verify],
+        "chosen": None if chosen is None else {
+            **chosen.to_json(), "error": {m.name: m.error for m in models},
+            "precision": chosen_precision},
+    }
+    path = None
+    if out_dir is not None:
+        from edgenas.report import plot_pareto
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "search.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+        plot_pareto(result, out_dir / "pareto.png")
+    return SearchOutcome(result, chosen, path)
