@@ -152,7 +152,9 @@ def _worker_init(ckpt: str, source_sha: str, nice: int) -> None:
 
     net = load_supernet(ckpt)
     data = None
-    source = (net.meta.get("data") or {}).get("source") if isinstance(net.meta, dict) else None
+    from edgenas.export.api import training_data_source
+
+    source = training_data_source(net.meta)
     if source:
         try:
             from edgenas.data import load_data
