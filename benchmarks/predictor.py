@@ -11,6 +11,9 @@
    (share within ±5 % / ±10 %, RMSE, Spearman, p90 relative error) next to a MACs-only baseline
    (latency = a + b · MACs, fitted the same way, evaluated on the same folds), for the median run time
    (what edgenas reports) and for the fastest run (steadier when the host is shared).
+With ``--slow-device`` it also stands up the test fleet's throttled SSH device (15 % of one core, as in
+tests/conftest.py; needs root) and measures and fits it too (``--slow-precision``, default fp32).
+
 4. Re-measures ``--repeat`` subnets per precision into a scratch database: how far a second measurement
    of the same model lands from the first is the noise floor no predictor can beat.
 """
@@ -100,6 +103,9 @@ def main() -> None:
     ap.add_argument("--device", default="host")
     ap.add_argument("--measure-only", action="store_true")
     ap.add_argument("--repeat", type=int, default=15, help="Subnets re-measured for the noise floor.")
+    ap.add_argument("--slow-device", action="store_true",
+                    help="Also the fleet's throttled SSH device (root; see tests/conftest.py).")
+    ap.add_argument("--slow-precision", default="fp32")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
     args = ap.parse_args()
 
@@ -110,45 +116,84 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     ckpt = ensure_supernet(home)
     precisions = args.precision.split(",")
-    with open_store(home) as store:
-        ensure_device(store, home, args.device)
-        t0 = time.monotonic()
-        report = measure(store, home, ckpt, [args.device], args.samples, precisions, args.threads,
-                         args.seed, args.workers)
-        campaign_s = time.monotonic() - t0
-        print(f"campaign: {json.dumps(report.to_dict()['devices'][args.device])}", file=sys.stderr)
-        if args.measure_only:
-            return
-        from edgenas.predictors.latency import evaluate_baseline, fit
+    fleet = None
+    try:
+        with open_store(home) as store:
+            ensure_device(store, home, args.device)
+            t0 = time.monotonic()
+            report = measure(store, home, ckpt, [args.device], args.samples, precisions,
+                             args.threads, args.seed, args.workers)
+            campaign_s = time.monotonic() - t0
+            print(f"campaign: {json.dumps(report.to_dict()['devices'][args.device])}", file=sys.stderr)
+            fits = [(args.device, p) for p in precisions]
+            if args.slow_device:
+                fleet = start_slow_device(store, home)
+                slow = measure(store, home, ckpt, ["slow"], args.samples,
+                               args.slow_precision.split(","), args.threads, args.seed, args.workers)
+                print(f"slow: {json.dumps(slow.to_dict()['devices']['slow'])}", file=sys.stderr)
+                fits += [("slow", p) for p in args.slow_precision.split(",")]
+            if args.measure_only:
+                return
+            results, noise = fit_all(store, home, args, fits, report, precisions, ckpt)
+    finally:
+        if fleet is not None:
+            fleet.teardown()
+    report_results(args, report, campaign_s, results, noise)
 
-        results = []
-        for precision in precisions:
-            for statistic in ("median", "min"):
-                pred = fit(store, args.device, precision, args.threads, save_to=home,
-                           statistic=statistic)
-                q = pred.quality
-                base = evaluate_baseline(store, args.device, precision, args.threads,
-                                         statistic=statistic)
-                results.append({"device": args.device, "precision": precision,
-                                "threads": args.threads, "statistic": statistic,
-                                "samples": q["samples"], "model": pred.model_name, "predictor": q,
-                                "macs_baseline": base})
-        noise = noise_floor(store, home, args, report.archs[: args.repeat], precisions, ckpt)
 
+def start_slow_device(store, home: Path):
+    """The fleet's throttled device, registered (host key trusted) in the benchmark workspace."""
+    from edgenas import registry
+    from edgenas.transports import open_transport
+    from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
+    from tests.fleet import Fleet
+
+    fleet = Fleet()
+    try:
+        dev = fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus="0")
+        device = registry.make_device("slow", "ssh", home=home, host=dev.host, port=dev.port,
+                                      user=dev.user, key_path=str(dev.client_key), python=dev.python)
+        with open_transport(device, home, accept_new_host_key=True) as t:
+            t.run(["true"], timeout=30)
+        registry.add_device(store, device, replace_existing=True)
+    except BaseException:
+        fleet.teardown()
+        raise
+    return fleet
+
+
+def fit_all(store, home: Path, args, fits, report, precisions, ckpt):
+    from edgenas.predictors.latency import evaluate_baseline, fit
+
+    results = []
+    for device, precision in fits:
+        for statistic in ("median", "min"):
+            pred = fit(store, device, precision, args.threads, save_to=home, statistic=statistic)
+            q = pred.quality
+            base = evaluate_baseline(store, device, precision, args.threads, statistic=statistic)
+            results.append({"device": device, "precision": precision,
+                            "threads": args.threads, "statistic": statistic,
+                            "samples": q["samples"], "model": pred.model_name, "predictor": q,
+                            "macs_baseline": base})
+    noise = noise_floor(store, home, args, report.archs[: args.repeat], precisions, ckpt)
+    return results, noise
+
+
+def report_results(args, report, campaign_s: float, results: list, noise: dict) -> None:
     rows = []
     for r in results:
         for name, q in (("predictor (" + r["model"] + ")", r["predictor"]),
                         ("MACs-only baseline", r["macs_baseline"])):
-            rows.append([r["precision"], r["statistic"], name, q["samples"],
+            rows.append([r["device"], r["precision"], r["statistic"], name, q["samples"],
                          f"{100 * q['within_5']:.1f} %", f"{100 * q['within_10']:.1f} %",
                          f"{q['rmse_ms']:.4f}", f"{q['spearman']:.4f}",
                          f"{100 * q['p90_rel_error']:.1f} %"])
     for key, q in noise.items():
         precision, statistic = key.split("/")
-        rows.append([precision, statistic, "re-measurement (noise floor)", q["samples"],
+        rows.append([args.device, precision, statistic, "re-measurement (noise floor)", q["samples"],
                      f"{100 * q['within_5']:.1f} %", f"{100 * q['within_10']:.1f} %",
                      f"{q['rmse_ms']:.4f}", f"{q['spearman']:.4f}", f"{100 * q['p90_rel_error']:.1f} %"])
-    headers = ["precision", "predicts", "model", "n", "within ±5 %", "within ±10 %", "RMSE ms",
+    headers = ["device", "precision", "predicts", "model", "n", "within ±5 %", "within ±10 %", "RMSE ms",
                "Spearman", "p90 |err|"]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     for line in [headers, ["-" * w for w in widths], *rows]:
