@@ -27,6 +27,7 @@ from edgenas.search import (
     Constraints,
     DeviceModel,
     Searcher,
+    pareto_front,
     rerank_on_measured,
     spread,
 )
@@ -80,6 +81,13 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     return precision, available[precision], f"int8 measured {ratio:.2f}x fp32 on this device"
 
 
+def predicted_front(cands: list[Candidate]) -> list[Candidate]:
+    """Evaluated candidates no other one beats on both predicted accuracy and latency (over the
+    budget too, so the plot shows what the budget costs)."""
+    idx = pareto_front([(-c.accuracy, c.worst_latency) for c in cands])
+    return sorted((cands[i] for i in idx), key=lambda c: c.worst_latency)
+
+
 def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constraints: Constraints,
                *, precision: str = "auto", objective: str = "accuracy", threads: int = 1,
                out_dir: Path | None = None, verify_top: int = 3, population: int = 60,
@@ -131,7 +139,8 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
                        "latency": {m.name: {"precision": m.precision, "p90_rel_error": m.error}
                                    for m in models}},
         "evaluated": [c.to_json() for c in list(searcher.cache.values())[:2000]],
-        "front": [c.to_json() for c in ranked[:200]],
+        "front": [c.to_json() for c in predicted_front(list(searcher.cache.values()))],
+        "ranked": [c.to_json() for c in ranked[:50]],
         "verified": [c.to_json() for c in to_verify],
         "chosen": None if chosen is None else {
             **chosen.to_json(), "error": {m.name: m.error for m in models},
