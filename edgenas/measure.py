@@ -11,8 +11,9 @@ How a campaign runs, and why:
 * **Exports run in worker processes** (spawn; each imports TensorFlow once and keeps the supernet
   loaded) and are cached under ``<home>/cache/exports/<source sha[:12]>/<arch>/<precision>/``: a
   campaign on another device, or a resumed one, exports nothing again.  These are *latency* exports:
-  BN is not re-calibrated and int8 is calibrated on a few images, because latency does not depend on
-  the weights; the manifest says so (``provenance.purpose``).  Never ship them.
+  BN is re-calibrated on 500 images (only so that the export's parity check holds on a trained
+  supernet) and int8 is calibrated on a few images, because latency does not depend on the weights;
+  no accuracy is measured and the manifest says so (``provenance.purpose``).  Never ship them.
 * **Devices run in parallel, one benchmark at a time each** (:mod:`edgenas.bench` holds the locks).
   The host itself is benchmarked only once the exports are done, or the exporting workers would share
   its cores with the benchmark and inflate its numbers.
