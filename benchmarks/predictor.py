@@ -61,11 +61,11 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
     import numpy as np
 
     from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
+    from edgenas.files import sha256_file
     from edgenas.measure import cached_export, export_cache_dir
     from edgenas.predictors.latency import quality
     from edgenas.registry import get_device
     from edgenas.store import open_store
-    from edgenas.transports.base import sha256_file
 
     sha = sha256_file(ckpt)
     device = get_device(store, args.device)

@@ -31,10 +31,10 @@ from typing import Any
 
 from edgenas.devices import runner_path
 from edgenas.errors import DeviceError, EdgeNASError, TransportError
+from edgenas.files import last_json, sha256_file
 from edgenas.registry import Device, get_device
 from edgenas.store import Store, open_store
 from edgenas.transports import Transport, open_transport
-from edgenas.transports.base import sha256_file
 
 DEVICE_LOCK = ".bench.lock"
 MODEL_CACHE = "models/cache"
@@ -345,7 +345,7 @@ class DeviceBencher:
         remote_model = f"{MODEL_CACHE}/{model.sha256}.tflite"
         argv = [self.python, "runner.py", "bench", remote_model, *s.argv()]
         res = self.transport.run(argv, timeout=timeout, cwd=".")
-        data = _last_json(res.stdout)
+        data = last_json(res.stdout)
         name = self.device.name
         if res.rc == 127 and data is None:
             raise DeviceError(f"{name}: no Python at {self.python!r} on the device "
@@ -478,18 +478,6 @@ def _record_in_manifest(home: Path, model: ModelDir, record: dict[str, Any]) -> 
     finally:
         os.close(fd)
 
-
-def _last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                return data
-    return None
 
 
 def open_bencher(home: Path, device_name: str, settings: BenchSettings | None = None) -> DeviceBencher:

@@ -10,7 +10,6 @@ lighter runtime works (the runner would never reach it otherwise; ``all_runtimes
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import DeviceError, EdgeNASError, TransportError
+from edgenas.files import last_json
 from edgenas.paths import devices_dir
 from edgenas.registry import Device
 from edgenas.transports import Transport, open_transport
@@ -188,7 +188,7 @@ def probe(
             [python, "-c", _RUNTIME_SCRIPT, "1" if all_runtimes else "0", str(max(1.0, left - 2.0))],
             timeout=left,
         )
-        info = _last_json(out)
+        info = last_json(out)
         if rc != 0 or info is None:
             result["python_error"] = (err.strip().splitlines() or [f"exit {rc}"])[-1][:300]
             result["python"] = facts["python_path"]
@@ -250,7 +250,7 @@ def setup(
             f"{device.name}: there is no Python at {python!r} on the device; "
             f"{install_advice(None, _arch(device))}"
         )
-    info = _last_json(out)
+    info = last_json(out)
     if info is None:
         raise DeviceError(
             f"{device.name}: the runner did not start with {python} (exit {rc}): "
@@ -313,18 +313,6 @@ def check(
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(devices)))) as pool:
         return list(pool.map(one, devices))
 
-
-def _last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                return data
-    return None
 
 
 def _int(value: str | None) -> int | None:

@@ -47,10 +47,10 @@ from edgenas.bench import (
     load_model_dir,
 )
 from edgenas.errors import EdgeNASError
+from edgenas.files import sha256_file
 from edgenas.registry import Device, select_devices
 from edgenas.space import NUM_STAGES, Arch, SearchSpace
 from edgenas.store import Store, open_store
-from edgenas.transports.base import sha256_file
 
 LATENCY_CALIBRATION = 32
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "dynamic")

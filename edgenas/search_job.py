@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import EdgeNASError
-from edgenas.export.pipeline import sha256_file
+from edgenas.files import sha256_file
 from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
 from edgenas.predictors.latency import LatencyPredictor, load_predictor
 from edgenas.registry import select_devices

@@ -25,12 +25,12 @@ from edgenas.bench import DeviceBusyError, DeviceLock, ModelFileError, bench_mod
 from edgenas.cli import main
 from edgenas.data import load_data
 from edgenas.errors import TransportError
+from edgenas.files import sha256_file
 from edgenas.measure import _export_job, _worker_init, cached_export, sample_archs
 from edgenas.registry import get_device
 from edgenas.space import SearchSpace
 from edgenas.store import open_store
 from edgenas.transports import open_transport
-from edgenas.transports.base import sha256_file
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 

@@ -7,11 +7,8 @@ names the first block that diverged.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ import torch
 
 from edgenas.export.convert import ExportError, convert, io_details, make_interpreter, run_tflite
 from edgenas.export.keras_model import build_keras_model, first_divergence
+from edgenas.files import atomic_write_bytes, sha256_file
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernets.static import MobileNetV3
 
@@ -37,26 +35,6 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -124,7 +102,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
                     "exported_top1": _top1(exported_logits, targets)}
 
     model_path = out_dir / "model.tflite"
-    _atomic_write(model_path, blob)
+    atomic_write_bytes(model_path, blob)
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": 1,
@@ -155,7 +133,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     manifest_path = out_dir / "manifest.json"
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
     return ExportResult(out_dir, model_path, manifest_path, manifest)
 
 

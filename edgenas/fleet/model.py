@@ -9,26 +9,19 @@ when it records the model's sha256, the file still has it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenas.files import sha256_file  # noqa: F401  (re-exported)
 from edgenas.fleet.common import FleetError, validate_model_name
 
 VERSION_HEX = 12  # version = first 12 hex digits of the model's sha256: deterministic, so idempotent
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def version_of(sha256: str) -> str:

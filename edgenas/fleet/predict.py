@@ -4,7 +4,6 @@ from the manifest that shipped with it, plausible top-k)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from edgenas.devices import runner_path
 from edgenas.errors import EdgeNASError
+from edgenas.files import last_json  # noqa: F401  (re-exported)
 from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out, short_error
 from edgenas.fleet.model import MODEL_FILE, sha256_file
 from edgenas.fleet.state import MODELS_DIR, read_state
@@ -32,18 +32,6 @@ def pick_model(state_models: dict[str, Any], name: str | None) -> str:
         raise FleetError(f"pass --name: the device holds {len(state_models)} models ({held})")
     return next(iter(state_models))
 
-
-def last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return None
 
 
 def predict_one(

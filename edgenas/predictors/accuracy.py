@@ -224,7 +224,7 @@ def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None =
     """Evaluate ``samples`` archs of ``ckpt`` (resuming stored ones), fit, save to the workspace."""
     from edgenas.data import load_data
     from edgenas.export.api import training_data_source
-    from edgenas.export.pipeline import sha256_file
+    from edgenas.files import sha256_file
     from edgenas.store import open_store
     from edgenas.supernets.checkpoint import load_supernet
 

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgenas.errors import TransportError
+from edgenas.files import sha256_file
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_TRANSFER_TIMEOUT_S,
     RunResult,
     Transport,
     decode,
-    sha256_file,
     temp_name,
 )
 from edgenas.transports.ssh import shell_join

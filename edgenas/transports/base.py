@@ -10,7 +10,6 @@ Remote paths that are not absolute are relative to the device's workdir (``Trans
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import secrets
 from abc import ABC, abstractmethod
@@ -82,13 +81,6 @@ def temp_name(final: str) -> str:
     head, tail = posixpath.split(final)
     return posixpath.join(head, f".{tail}.edgenas-tmp-{secrets.token_hex(4)}")
 
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def decode(data: bytes) -> str:

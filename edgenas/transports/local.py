@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgenas.errors import TransportError
+from edgenas.files import sha256_file
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     RunResult,
     Transport,
     decode,
-    sha256_file,
     temp_name,
 )
 

@@ -30,13 +30,13 @@ from pathlib import Path
 import paramiko
 
 from edgenas.errors import HostKeyError, TransportError
+from edgenas.files import sha256_file
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_TRANSFER_TIMEOUT_S,
     RunResult,
     Transport,
     decode,
-    sha256_file,
     temp_name,
 )
 
