@@ -29,7 +29,7 @@ from edgenas.store import Store, open_store
 @dataclass
 class QuickstartConfig:
     home: Path
-    minutes: float = 4.0
+    minutes: float = 5.0
     space: str = "mbv3-tiny"
     data: str = "digits"
     measure_samples: int = 24

@@ -10,7 +10,7 @@ from edgenas.cli.common import Workspace, echo_json, table
 
 
 @click.command("quickstart")
-@click.option("--minutes", type=click.FloatRange(min=0.1), default=4.0, show_default=True,
+@click.option("--minutes", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Training budget for the supernet.")
 @click.option("--samples", type=click.IntRange(min=8), default=24, show_default=True,
               help="Subnets to measure on the device (per precision).")

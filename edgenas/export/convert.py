@@ -26,6 +26,22 @@ class ExportError(EdgeNASError):
     """Export failed: parity check, conversion, or an unusable model."""
 
 
+def load_tensorflow() -> tuple[Any, Any]:
+    """Import TensorFlow and Keras with their start-up log lines (absl, oneDNN) swallowed.
+
+    Those lines go straight to file descriptor 2 from C++, before any Python logging setting can
+    apply; they would otherwise interleave with every progress line of a CLI command.
+    """
+    if "tensorflow" not in sys.modules:
+        with captured_output():
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+    import keras
+    import tensorflow as tf
+
+    return tf, keras
+
+
 def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | None = None) -> bytes:
     """Convert with ``TFLiteConverter.from_keras_model`` (it freezes the variables itself)."""
     import tensorflow as tf
@@ -111,7 +127,10 @@ def make_interpreter(model: bytes | str, threads: int = 1) -> Any:
         kwargs["model_content"] = model
     else:
         kwargs["model_path"] = model
-    return Interpreter(**kwargs)
+    with captured_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+        interpreter = Interpreter(**kwargs)
+        interpreter.allocate_tensors()
+    return interpreter
 
 
 def io_details(interpreter: Any) -> dict[str, Any]:
@@ -138,7 +157,8 @@ def run_tflite(model: bytes | str, images_nhwc: np.ndarray, batch: int = 64) -> 
         chunk = images_nhwc[start:start + batch].astype(np.float32)
         if current != len(chunk):
             interpreter.resize_tensor_input(inp["index"], [len(chunk), *chunk.shape[1:]])
-            interpreter.allocate_tensors()
+            with captured_output():
+                interpreter.allocate_tensors()
             current = len(chunk)
         interpreter.set_tensor(inp["index"], quantize(chunk, inp))
         interpreter.invoke()

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgenas.export.convert import ExportError, convert, io_details, make_interpreter, run_tflite
+from edgenas.export.convert import (
+    ExportError,
+    convert,
+    io_details,
+    load_tensorflow,
+    make_interpreter,
+    run_tflite,
+)
 from edgenas.export.keras_model import build_keras_model, first_divergence
 from edgenas.files import atomic_write_bytes, sha256_file
 from edgenas.space import Arch, SearchSpace
@@ -79,9 +86,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
     ``search`` is what the search promised for this arch (predicted latency per device and the
     predictors' error), kept so ``fleet bench`` can flag devices that miss the promise.
     """
-    import keras
-    import tensorflow as tf
-
+    tf, keras = load_tensorflow()
     out_dir = Path(out_dir)
     model = model.eval()
     start = time.perf_counter()
