@@ -77,3 +77,17 @@ def test_rerun_reuses_everything(first_run) -> None:
     assert again["int8"]["manifest"]["model"]["sha256"] == \
         summary["int8"]["manifest"]["model"]["sha256"]  # not re-exported
     assert again_seconds < seconds
+
+
+def test_evaluate_reproduces_the_exported_accuracy_on_host_and_device(first_run) -> None:
+    home, _, _ = first_run
+    for precision in ("int8", "fp32"):
+        model = home / "quickstart" / "models" / precision
+        recorded = read_manifest(model)["accuracy"]["exported_top1"]
+        for where in ([], ["--device", "local"]):
+            proc = subprocess.run([EDGENAS, "--home", str(home), "evaluate", str(model), *where,
+                                   "--json"], capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            result = json.loads(proc.stdout)
+            assert result["images"] > 0 and result["top1"] == pytest.approx(recorded, abs=1e-9)
+            assert result["where"] == (where[1] if where else "host")

@@ -16,6 +16,7 @@ from edgenas.cli.arch import arch
 from edgenas.cli.bench import bench_cmd
 from edgenas.cli.common import Workspace
 from edgenas.cli.device import device
+from edgenas.cli.evaluate import evaluate_cmd
 from edgenas.cli.export import export_cmd
 from edgenas.cli.fleet import fleet
 from edgenas.cli.measure import measure_cmd, measurements
@@ -57,6 +58,7 @@ main.add_command(arch)
 main.add_command(supernet)
 main.add_command(device)
 main.add_command(export_cmd)
+main.add_command(evaluate_cmd)
 main.add_command(subnet)
 main.add_command(bench_cmd)
 main.add_command(fleet)

@@ -1,0 +1,32 @@
+"""``edgenas evaluate``: top-1 of an exported model, measured where it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgenas.cli.common import Workspace, echo_json
+
+
+@click.command("evaluate")
+@click.argument("model_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--device", default=None,
+              help="Run on this registered device through the runner [default: the host].")
+@click.option("--data", default=None, help="Data set [default: the one recorded at export].")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def evaluate_cmd(ws: Workspace, model_dir: Path, device: str | None, data: str | None,
+                 as_json: bool) -> None:
+    """Top-1 of MODEL_DIR (model.tflite + manifest.json) over the validation split."""
+    from edgenas.evaluate_model import evaluate_model_dir
+
+    result = evaluate_model_dir(model_dir, data, home=ws.home, device=device)
+    if as_json:
+        echo_json(result)
+        return
+    recorded = result["recorded_exported_top1"]
+    click.echo(f"{result['arch']} {result['precision']} on {result['where']}: top-1 "
+               f"{result['top1']:.2%} over {result['images']} validation images of "
+               f"{result['data']}" + (f" (at export: {recorded:.2%})" if recorded is not None
+                                      else ""))

@@ -1,0 +1,91 @@
+"""Top-1 of an *exported* model on the validation split, on the host or on a device.
+
+The exporter records float and exported accuracy at export time; this re-measures a model folder
+later — on the host through LiteRT, or on a device through the runner's ``predict`` — so the int8
+loss on the hardware that will run it is a measured number, not an assumption.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgenas.data import load_data
+from edgenas.errors import EdgeNASError
+from edgenas.export.convert import run_tflite
+from edgenas.export.pipeline import read_manifest
+from edgenas.files import last_json
+
+
+def _validation(manifest: dict[str, Any], data: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    source = data or (manifest.get("provenance") or {}).get("data", {}).get("source")
+    if not source:
+        raise EdgeNASError("the manifest does not record its data set; pass --data")
+    size = int(manifest["input"]["size"])
+    # Load at the storage size used at export (the space's largest resolution) and resize from
+    # there, so the pixels are exactly the ones the recorded accuracy saw.
+    stored = (manifest.get("provenance") or {}).get("data", {}).get("size") or size
+    ds = load_data(source, size=int(stored))
+    if ds.labels != list(manifest.get("labels") or ds.labels):
+        raise EdgeNASError(f"data set {source} has labels {ds.labels[:5]}..., the model "
+                           f"{manifest['labels'][:5]}...; evaluate on the data it was trained for")
+    ds.normalization = {"mean": manifest["input"]["mean"], "std": manifest["input"]["std"]}
+    xs, ys = zip(*ds.val_batches(size))
+    return torch.cat(xs).numpy().transpose(0, 2, 3, 1), torch.cat(ys).numpy(), str(source)
+
+
+def evaluate_model_dir(directory: Path, data: str | None = None, *, home: Path | None = None,
+                       device: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
+    """Top-1 of ``directory/model.tflite`` over the validation split (host, or ``device``)."""
+    manifest = read_manifest(directory)
+    images, labels, source = _validation(manifest, data)
+    if device is None:
+        predicted = run_tflite(str(directory / manifest["model"]["file"]), images).argmax(1)
+        where = "host"
+    else:
+        predicted = _predict_on_device(directory, manifest, images, home, device, timeout)
+        where = device
+    top1 = float((predicted == labels).mean())
+    return {"model": str(directory), "arch": manifest.get("arch"),
+            "precision": manifest.get("precision"), "where": where, "data": source,
+            "images": int(len(labels)), "top1": top1,
+            "recorded_exported_top1": (manifest.get("accuracy") or {}).get("exported_top1")}
+
+
+def _predict_on_device(directory: Path, manifest: dict[str, Any], images: np.ndarray,
+                       home: Path | None, device: str, timeout: float) -> np.ndarray:
+    from edgenas.registry import get_device
+    from edgenas.store import open_store
+    from edgenas.transports import open_transport
+
+    if home is None:
+        raise EdgeNASError("evaluating on a device needs the workspace (--home)")
+    with open_store(home) as store:
+        dev = get_device(store, device)
+    transport = open_transport(dev, home)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            batch = Path(tmp) / "val.npy"
+            np.save(batch, images.astype(np.float32))  # already normalised: the runner passes it
+            transport.run(["mkdir", "-p", "evaluate"], timeout=30, cwd=".")
+            for name in (manifest["model"]["file"], "manifest.json"):
+                transport.put(directory / name, f"evaluate/{name}", timeout=timeout)
+            transport.put(batch, "evaluate/val.npy", timeout=timeout)
+        rc, out, err = transport.run([dev.python or "python3", "runner.py", "predict",
+                                      f"evaluate/{manifest['model']['file']}", "evaluate/val.npy",
+                                      "--top-k", "1"], timeout=timeout, cwd=".")
+    finally:
+        transport.close()
+    result = last_json(out)
+    if rc != 0 or result is None:
+        raise EdgeNASError(f"{device}: runner predict failed (exit {rc}): "
+                           f"{(err or out).strip()[-300:]}")
+    preds = result.get("predictions") or []
+    if len(preds) != len(images):
+        raise EdgeNASError(f"{device}: runner returned {len(preds)} predictions for "
+                           f"{len(images)} images")
+    return np.asarray([p["top_k"][0]["index"] for p in preds])
