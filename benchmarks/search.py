@@ -58,7 +58,8 @@ def main() -> None:
             ["evolution: evaluations", evaluations, f"{evo_seconds:.1f} s"],
             ["evolution: best score (synthetic)", f"{best[0].accuracy:.4f}",
              f"latency {best[0].worst_latency:.2f} <= {budget:.2f} ms"],
-            ["random search: best score, same evaluations", f"{rand_best:.4f}", f"{len(feasible)} feasible"]]
+            ["random search: best score, same evaluations", f"{rand_best:.4f}",
+             f"{len(feasible)} feasible"]]
     print(f"search on {space.name} ({space.size():.2e} subnets)")
     print(table(["", "value", "note"], rows))
     out = Path(__file__).parent / "results" / "search.json"

@@ -12,9 +12,9 @@ from edgenas.cli.common import Workspace, echo_json, table
 @click.command("quickstart")
 @click.option("--minutes", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Training budget for the supernet.")
-@click.option("--samples", type=click.IntRange(min=8), default=24, show_default=True,
+@click.option("--samples", type=click.IntRange(min=8), default=16, show_default=True,
               help="Subnets to measure on the device (per precision).")
-@click.option("--accuracy-samples", type=click.IntRange(min=8), default=60, show_default=True,
+@click.option("--accuracy-samples", type=click.IntRange(min=8), default=40, show_default=True,
               help="Subnets to evaluate for the accuracy predictor.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--limit", type=click.IntRange(min=2), default=None, hidden=True,
