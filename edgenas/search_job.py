@@ -81,6 +81,26 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     return precision, available[precision], f"int8 measured {ratio:.2f}x fp32 on this device"
 
 
+def with_safety_margin(ranked: list[Candidate], models: list[DeviceModel],
+                       constraints: Constraints, k: int) -> list[Candidate]:
+    """Candidates to measure: the best by prediction, then the best that still fit when every
+    device's latency is inflated by its predictor's error band.
+
+    The most accurate predictions sit right at the budget, so on a noisy device all of them can
+    measure over it; the margin keeps at least one candidate that should truly fit.
+    """
+    if k <= 0 or not ranked:
+        return []
+    picks = ranked[: max(1, k // 2)]
+    if constraints.latency_ms is not None:
+        errors = {m.name: m.error if m.error == m.error else 0.0 for m in models}  # NaN -> 0
+        safe = [c for c in ranked if all(ms * (1 + errors.get(d, 0.0)) <= constraints.latency_ms
+                                         for d, ms in c.latency.items())]
+        picks += [c for c in safe if c not in picks][: k - len(picks)]
+    picks += [c for c in ranked if c not in picks][: k - len(picks)]
+    return picks
+
+
 def predicted_front(cands: list[Candidate]) -> list[Candidate]:
     """Evaluated candidates no other one beats on both predicted accuracy and latency (over the
     budget too, so the plot shows what the budget costs)."""
@@ -114,7 +134,7 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         to_verify = spread(ranked, verify_top)
     else:
         ranked = searcher.evolution(population, generations)
-        to_verify = ranked[:verify_top]
+        to_verify = with_safety_margin(ranked, models, constraints, verify_top)
 
     if verify_top > 0 and to_verify:
         for prec in sorted(set(chosen_precision.values())):
@@ -129,6 +149,9 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
                     c.measured[dev] = float(rows[-1]["median_ms"])
         to_verify = rerank_on_measured(to_verify, constraints)
     chosen = to_verify[0] if to_verify else (ranked[0] if ranked else None)
+    within = None
+    if chosen is not None and chosen.measured and constraints.latency_ms is not None:
+        within = max(chosen.measured.values()) <= constraints.latency_ms
 
     result = {
         "supernet": str(ckpt), "supernet_sha256": source_sha, "space": space.name,
@@ -144,7 +167,7 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         "verified": [c.to_json() for c in to_verify],
         "chosen": None if chosen is None else {
             **chosen.to_json(), "error": {m.name: m.error for m in models},
-            "precision": chosen_precision},
+            "precision": chosen_precision, "measured_within_budget": within},
     }
     path = None
     if out_dir is not None:

@@ -104,3 +104,15 @@ def test_rerank_prefers_candidates_whose_measured_latency_fits() -> None:
     ok = Candidate(c, 0.7, {"d": 0.5}, 10, 1, measured={"d": 0.6})
     ranked = rerank_on_measured([better_but_slow, ok, good], Constraints(latency_ms=1.2))
     assert [x.accuracy for x in ranked] == [0.8, 0.7, 0.9]
+
+
+def test_verification_keeps_a_candidate_inside_the_predictors_error_band() -> None:
+    from edgenas.search_job import with_safety_margin
+
+    archs = SPACE.sample_many(6, seed=1)
+    ranked = [Candidate(a, 0.9 - i / 100, {"d": 1.0 - i / 20}, 10, 1) for i, a in enumerate(archs)]
+    picks = with_safety_margin(ranked, [device("d", 1.0)], Constraints(latency_ms=1.0), 3)
+    assert picks[0] is ranked[0]  # the best prediction is always measured
+    # with a ±5 % band only candidates predicted at <= 1/1.05 ms are safe: 0.95 ms is not
+    assert [c.worst_latency for c in picks[1:]] == [0.9, 0.85]
+    assert len({c.arch for c in picks}) == 3

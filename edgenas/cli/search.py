@@ -71,6 +71,9 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     chosen = r["chosen"]
     if chosen:
         click.echo(f"chosen: {chosen['arch']}")
+        if chosen.get("measured_within_budget") is False:
+            click.echo("warning: no verified candidate measured within the latency budget on "
+                       "the device; the chosen one missed it least (see search.json)", err=True)
         click.echo(f"next:   edgenas export {ckpt} --arch {chosen['arch']} --precision "
                    f"{next(iter(r['precision'].values()))} --search {outcome.path} --out model/")
     click.echo(f"wrote {outcome.path} and {out_dir / 'pareto.png'}")
