@@ -172,7 +172,9 @@ def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return x.astype(dtype)
     scale, zero = detail["quantization"]
     info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    # round(x / scale) + zero point, as TFLite's quantizer and the on-device runner do (rounding
+    # after adding an odd zero point would break ties the other way).
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
 def dequantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
