@@ -146,6 +146,29 @@ def budget_step(store: Store, cfg: QuickstartConfig) -> tuple[float, str]:
     return budget, why
 
 
+def previous_search(cfg: QuickstartConfig, budget: float) -> Any:
+    """The search already run for this supernet and budget, if any (a re-run must not re-decide:
+    the verification measurements it added would otherwise shift the predictors and the choice)."""
+    from edgenas.files import sha256_file
+    from edgenas.search import Candidate
+    from edgenas.search_job import SearchOutcome
+    from edgenas.space import Arch
+
+    path = cfg.root / "search" / "search.json"
+    try:
+        result = json.loads(path.read_text())
+        chosen = result["chosen"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if (not chosen or result.get("supernet_sha256") != sha256_file(cfg.ckpt)
+            or (result.get("constraints") or {}).get("latency_ms") != budget):
+        return None
+    candidate = Candidate(Arch.from_string(chosen["arch"]), float(chosen["accuracy"]),
+                          dict(chosen["latency_ms"]), float(chosen["size_kb"]),
+                          int(chosen["macs"]), dict(chosen.get("measured_ms") or {}))
+    return SearchOutcome(result, candidate, path)
+
+
 def export_step(cfg: QuickstartConfig, arch: str, precision: str, search_json: Path) -> Path:
     """Export the chosen arch unless the same arch of the same supernet is already there."""
     from edgenas.export import export, read_manifest, sha256_file
@@ -284,11 +307,16 @@ def run_quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = _stderr
         steps("pick a latency budget from the measured range and search under it")
         budget, why = budget_step(store, cfg)
         echo(f"      budget {budget:.3f} ms: {why}")
-        outcome = run_search(store, cfg.home, cfg.ckpt, ["local"], Constraints(latency_ms=budget),
-                             precision="auto", objective="accuracy", threads=cfg.threads,
-                             out_dir=cfg.root / "search", verify_top=cfg.verify_top,
-                             population=cfg.population, generations=cfg.generations,
-                             seed=cfg.seed, progress=True)
+        outcome = previous_search(cfg, budget)
+        if outcome is None:
+            outcome = run_search(store, cfg.home, cfg.ckpt, ["local"],
+                                 Constraints(latency_ms=budget), precision="auto",
+                                 objective="accuracy", threads=cfg.threads,
+                                 out_dir=cfg.root / "search", verify_top=cfg.verify_top,
+                                 population=cfg.population, generations=cfg.generations,
+                                 seed=cfg.seed, progress=True)
+        else:
+            echo(f"      reusing {outcome.path}")
         chosen = outcome.chosen
         if chosen is None:
             raise EdgeNASError("the search found no candidate")
