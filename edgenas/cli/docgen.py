@@ -24,8 +24,12 @@ def render() -> str:
              "Generated from the click commands by `python -m edgenas.cli.docgen`; "
              "`edgenas COMMAND --help` prints the same text.", ""]
     for path, cmd in _walk(main, ["edgenas"]):
+        # The same help option names a real invocation inherits from the top-level group
+        # (click memoises a command's help option, so leaving this out makes the output depend
+        # on what ran before in the process).
         ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100,
-                            max_content_width=100)
+                            max_content_width=100,
+                            help_option_names=main.context_settings["help_option_names"])
         title = " ".join(path)
         lines += [f"## `{title}`", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(lines)
