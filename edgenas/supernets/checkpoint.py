@@ -7,9 +7,7 @@ an interrupted save never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edgenas.errors import CheckpointError, SpecError
+from edgenas.files import atomic_write
 from edgenas.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -40,20 +39,8 @@ def make_checkpoint(net: MobileNetV3Supernet, meta: dict[str, Any] | None = None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through :func:`edgenas.files.atomic_write` (temp file, fsync, rename)."""
+    return atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
