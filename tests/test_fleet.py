@@ -10,18 +10,16 @@ restores the previous sha everywhere; a second push of the same model transfers 
 from __future__ import annotations
 
 import glob
-import json
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgenas.cli import main
 from edgenas.fleet.model import load_model_dir
 from tests import fleet_models
+from tests.cli_runner import Cli
 from tests.fleet.disk import small_fs, sshd_pid
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
@@ -31,22 +29,6 @@ pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 def models(request, tmp_path_factory) -> dict[str, Path]:
     cache = Path(request.config.cache.mkdir("runner_models"))
     return fleet_models.model_set(tmp_path_factory.mktemp("fleet-models"), cache)
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        result = self.runner.invoke(main, ["--home", str(self.home), *args])
-        assert result.exit_code == code, result.output + repr(result.exception)
-        return result.output
-
-    def json(self, *args: str, code: int = 0):
-        out = self(*args, "--json", code=code)
-        start = min(i for i in (out.find("{"), out.find("[")) if i >= 0)
-        return json.loads(out[start:out.rindex("}" if out[start] == "{" else "]") + 1])
 
 
 @pytest.fixture

@@ -9,15 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from edgenas import registry
-from edgenas.cli import main
 from edgenas.fleet.common import DeviceResult, FleetError, fan_out, validate_model_name
 from edgenas.fleet.model import load_model_dir
 from edgenas.fleet.push import push_one
 from edgenas.store import open_store
 from tests import fleet_models
+from tests.cli_runner import Cli
 
 PYTHON = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
 
@@ -26,22 +25,6 @@ PYTHON = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
 def models(request, tmp_path_factory) -> dict[str, Path]:
     cache = Path(request.config.cache.mkdir("runner_models"))
     return fleet_models.model_set(tmp_path_factory.mktemp("fleet-models"), cache, big_bytes=3 << 20)
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        result = self.runner.invoke(main, ["--home", str(self.home), *args])
-        assert result.exit_code == code, result.output + repr(result.exception)
-        return result.output
-
-    def json(self, *args: str, code: int = 0):
-        out = self(*args, "--json", code=code)
-        start = min(i for i in (out.find("{"), out.find("[")) if i >= 0)
-        return json.loads(out[start:out.rindex("}" if out[start] == "{" else "]") + 1])
 
 
 @pytest.fixture
