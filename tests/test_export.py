@@ -202,3 +202,27 @@ def test_int8_model_is_fully_integer_and_runs_under_tflite_runtime(trained, digi
     assert out["runtime"]["name"] == "tflite_runtime"
     direct = run_tflite(str(result.model_path), x[:1].transpose(0, 2, 3, 1)).argmax(1)[0]
     assert out["predictions"][0]["top_k"][0]["index"] == direct
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_unsigned_fast_conversion_gives_the_same_model_outputs(trained, digits, precision) -> None:
+    """Latency exports skip the SavedModel round trip: same operators, same outputs, no signature."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgenas.export.convert import convert
+
+    net, arch, model = trained
+    keras_model = build_keras_model(model, arch.resolution)
+    calib = digits.calibration_images(32, arch.resolution).numpy().transpose(0, 2, 3, 1)
+    signed = convert(keras_model, precision, calib)
+    fast = convert(keras_model, precision, calib, signatures=False)
+    x = calib[:8]
+    np.testing.assert_array_equal(run_tflite(fast, x), run_tflite(signed, x))
+
+    def ops(blob: bytes) -> list[str]:
+        it = Interpreter(model_content=blob)
+        return sorted(op["op_name"] for op in it._get_ops_details())
+
+    assert ops(fast) == ops(signed)
+    assert Interpreter(model_content=signed).get_signature_list()
+    assert not Interpreter(model_content=fast).get_signature_list()

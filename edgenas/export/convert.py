@@ -42,13 +42,28 @@ def load_tensorflow() -> tuple[Any, Any]:
     return tf, keras
 
 
-def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | None = None) -> bytes:
-    """Convert with ``TFLiteConverter.from_keras_model`` (it freezes the variables itself)."""
+def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | None = None, *,
+            signatures: bool = True) -> bytes:
+    """Convert the Keras model to a TFLite flatbuffer of ``precision``.
+
+    ``signatures=True`` (models that ship): ``TFLiteConverter.from_keras_model``, which freezes the
+    variables itself and keeps the ``serving_default`` signature, by way of a SavedModel written to
+    and read back from disk.  That round trip is most of an export's time (≈3–7 s of ≈4–10 s).
+    ``signatures=False`` (latency-measurement exports, which nobody calls by signature): the traced
+    inference function is frozen here and converted as a graph, ≈3× faster.  Both give the same
+    operators and the same outputs (checked bit for bit in the tests); only the signature table
+    differs.  Freezing before conversion matters: unfrozen concrete functions are what the
+    converter turns into a model with variables.
+    """
     import tensorflow as tf
 
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    if signatures:
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    else:
+        with captured_output():  # absl warns that a graph without its Keras object is converted
+            converter = _frozen_graph_converter(tf, keras_model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -75,6 +90,18 @@ def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | Non
             detail = log.read().strip()[-2000:]
             raise ExportError(f"TFLite conversion ({precision}) failed: {exc}"
                               + (f"\nconverter output:\n{detail}" if detail else "")) from exc
+
+
+def _frozen_graph_converter(tf: Any, keras_model: Any) -> Any:
+    """A converter for the model's inference function, traced once and frozen to constants."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = tf.TensorSpec(keras_model.inputs[0].shape, tf.float32, name="input")  # batch as shipped
+    traced = tf.function(lambda x: keras_model(x, training=False), input_signature=[spec])
+    frozen = convert_variables_to_constants_v2(traced.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter.experimental_lower_to_saved_model = False  # no SavedModel round trip
+    return converter
 
 
 @contextlib.contextmanager
