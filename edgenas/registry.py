@@ -45,6 +45,7 @@ _COLUMNS = (
     "python",
     "timeout_s",
     "host_key_fingerprint",
+    "benchmark_binary",
     "probe_json",
     "probed_at",
     "created_at",
@@ -54,7 +55,11 @@ _COLUMNS = (
 
 @dataclass
 class Device:
-    """One registered device.  ``workdir`` is where the runner and models go on the device."""
+    """One registered device.  ``workdir`` is where the runner and models go on the device.
+
+    ``benchmark_binary``: the host path of LiteRT's ``benchmark_model`` for this device (a phone without
+    Python); when set, benchmarks push and run that binary instead of the Python runner.
+    """
 
     name: str
     kind: str
@@ -68,6 +73,7 @@ class Device:
     python: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     host_key_fingerprint: str | None = None
+    benchmark_binary: str | None = None
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -101,6 +107,24 @@ def validate_name(name: str) -> str:
     return name
 
 
+def validate_benchmark_binary(path: str | os.PathLike[str]) -> str:
+    """The absolute host path of a ``benchmark_model`` binary, which must be an existing regular file.
+
+    Checked when the device is registered, so a typo fails at ``device add`` and not halfway through a
+    measurement campaign.  The path is kept as given (made absolute, symlinks not resolved), so pointing
+    a symlink at a newer build is picked up: the bench pushes whatever the path holds when its sha256
+    differs from the device's copy.
+    """
+    p = Path(os.path.expanduser(os.fspath(path))).absolute()
+    if not p.exists():
+        raise DeviceError(f"benchmark binary {p}: no such file")
+    if not p.is_file():
+        raise DeviceError(f"benchmark binary {p}: not a regular file")
+    if not os.access(p, os.R_OK):
+        raise DeviceError(f"benchmark binary {p}: not readable")
+    return str(p)
+
+
 def make_device(
     name: str,
     kind: str,
@@ -116,8 +140,11 @@ def make_device(
     python: str | None = None,
     timeout_s: float | None = None,
     groups: Iterable[str] = (),
+    benchmark_binary: str | os.PathLike[str] | None = None,
 ) -> Device:
-    """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port)."""
+    """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
+
+    ``benchmark_binary`` (any kind) must be an existing regular file; its absolute path is kept."""
     validate_name(name)
     if kind not in KINDS:
         raise DeviceError(f"unknown device kind {kind!r} (one of {', '.join(KINDS)})")
@@ -142,6 +169,7 @@ def make_device(
     if timeout_s is not None and timeout_s <= 0:
         raise DeviceError(f"device {name}: timeout must be positive")
     group_list = sorted({validate_group(g) for g in groups})
+    binary = validate_benchmark_binary(benchmark_binary) if benchmark_binary else None
     return Device(
         name=name,
         kind=kind,
@@ -154,6 +182,7 @@ def make_device(
         workdir=workdir,
         python=python,
         timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S),
+        benchmark_binary=binary,
         groups=group_list,
     )
 
@@ -201,6 +230,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.python,
                 device.timeout_s,
                 device.host_key_fingerprint,
+                device.benchmark_binary,
                 probe_json,
                 probed_at,
                 created,
@@ -317,6 +347,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         python=row["python"],
         timeout_s=row["timeout_s"],
         host_key_fingerprint=row["host_key_fingerprint"],
+        benchmark_binary=row["benchmark_binary"],
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),
@@ -397,7 +428,8 @@ def load_inventory(path: Path, *, home: Path, ssh_config: Path | None = None) ->
     Understood: ``hosts`` (with numeric ranges such as ``pi[01:04]``), ``vars``, ``children`` at any
     depth; ``ansible_host``, ``ansible_user``, ``ansible_port``, ``ansible_ssh_private_key_file``,
     ``ansible_python_interpreter``, ``ansible_connection: local``; and edgenas' own ``edgenas_workdir``,
-    ``edgenas_python``, ``edgenas_kind`` (``adb`` with ``edgenas_serial``), ``edgenas_timeout``.  A
+    ``edgenas_python``, ``edgenas_kind`` (``adb`` with ``edgenas_serial``), ``edgenas_timeout``,
+    ``edgenas_benchmark_binary`` (a host path, relative ones to the inventory's folder).  A
     child group's vars override its parent's and host vars override all, as in Ansible.  Every group a
     host is in (directly or through children), except ``all`` and ``ungrouped``, becomes an edgenas
     group.
@@ -475,7 +507,11 @@ def _inventory_device(
 
     kind = str(get("edgenas_kind") or ("local" if get("ansible_connection") == "local" else "ssh"))
     python = get("edgenas_python", "ansible_python_interpreter")
+    binary = get("edgenas_benchmark_binary")
+    if binary is not None:
+        binary = Path(path).parent / os.path.expanduser(str(binary))
     common = dict(
+        benchmark_binary=binary,
         workdir=get("edgenas_workdir"),
         python=str(python) if python else None,
         timeout_s=float(get("edgenas_timeout")) if get("edgenas_timeout") else None,
@@ -506,7 +542,8 @@ def _inventory_device(
 
 def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str], list[str]]:
     """Record inventory devices; the inventory is the source of truth, so existing names are updated
-    (keeping their probe results and stored host-key fingerprint).  Returns (added, updated) names."""
+    (keeping their probe results, stored host-key fingerprint and, unless the inventory names one, the
+    registered benchmark binary).  Returns (added, updated) names."""
     added, updated = [], []
     existing = {d.name: d for d in list_devices(store)}
     for device in devices:
@@ -518,6 +555,8 @@ def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str]
             and device.port == old.port
         ):
             device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
+        if old is not None and device.benchmark_binary is None:
+            device = replace(device, benchmark_binary=old.benchmark_binary)
         add_device(store, device, replace_existing=True)
         (updated if old is not None else added).append(device.name)
     return added, updated

@@ -115,6 +115,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX deployments_device ON deployments(device, model_name, created_at);
     """,
+    # 2 -> 3: a device may be measured with LiteRT's own benchmark_model binary instead of the Python
+    # runner (phones without Python).  The host path of that binary; NULL: use the runner.
+    """
+    ALTER TABLE devices ADD COLUMN benchmark_binary TEXT;
+    """,
 )
 
 

@@ -60,6 +60,14 @@ def device() -> None:
 @click.option("--workdir", help="Directory on the device for the runner and models.")
 @click.option("--python", "python", help="Python interpreter on the device [default: python3].")
 @click.option("--timeout", type=float, default=None, help="Connect timeout in seconds [default: 10].")
+@click.option(
+    "--benchmark-binary",
+    "benchmark_binary",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="LiteRT's benchmark_model built for the device, for devices without Python (Android "
+    "phones): `edgenas bench` pushes it and parses its output instead of running the Python runner.",
+)
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
 @click.pass_obj
 def add(
@@ -75,6 +83,7 @@ def add(
     workdir: str | None,
     python: str | None,
     timeout: float | None,
+    benchmark_binary: Path | None,
     replace: bool,
 ) -> None:
     """Register device NAME (exactly one of --ssh, --adb, --local)."""
@@ -84,7 +93,12 @@ def add(
         raise click.UsageError("--accept-new-host-key only applies to --ssh devices")
     home = ws.ensure()
     common: dict[str, Any] = dict(
-        home=home, workdir=workdir, python=python, timeout_s=timeout, groups=groups
+        home=home,
+        workdir=workdir,
+        python=python,
+        timeout_s=timeout,
+        groups=groups,
+        benchmark_binary=benchmark_binary,
     )
     if ssh_target:
         target = registry.parse_ssh_target(ssh_target, ssh_config)
@@ -112,6 +126,8 @@ def add(
             dev.host_key_fingerprint, note = _trust_host_key(dev, home)
         registry.add_device(store, dev, replace_existing=replace)
     click.echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
+    if dev.benchmark_binary:
+        click.echo(f"  benchmarks run {dev.benchmark_binary} (pushed to the device when it changes)")
     if dev.kind == "ssh" and not accept_new_host_key:
         click.echo(
             "  host key not checked yet: an unknown key will be refused on first use "
@@ -189,6 +205,7 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
         ("host key", d.host_key_fingerprint),
         ("workdir", d.workdir),
         ("python", d.python),
+        ("benchmark binary", d.benchmark_binary),
         ("timeout", f"{d.timeout_s:g} s"),
         ("groups", ", ".join(d.groups)),
         ("probed", _age(d.probed_at)),
