@@ -13,6 +13,10 @@ Why it is shaped this way:
 * **Noise is measured, not hidden.**  A run whose CV is above the threshold is repeated; the steadier
   run is kept, and it is flagged ``noisy`` when even that one is above the threshold.
 * **A failed benchmark stores nothing.**  The row is written only after the runner's JSON is parsed.
+* **Phones without Python** are measured with LiteRT's own ``benchmark_model`` when the device was
+  registered with ``--benchmark-binary``: the binary takes the runner's place (pushed to
+  ``bin/benchmark_model`` when its sha256 differs, run with the same protocol, its log parsed by
+  :mod:`edgenas.benchmark_binary` into the runner's record), so everything downstream is unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import posixpath
 import secrets
 import socket
 import time
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenas import benchmark_binary as bmb
 from edgenas.devices import runner_path
 from edgenas.errors import DeviceError, EdgeNASError, TransportError
 from edgenas.files import last_json, sha256_file
@@ -77,7 +83,8 @@ set -- $(cat "$d/owner" 2>/dev/null)
 exit 0
 """
 
-# Prints "<path> <sha256 or ->" for each path; "-" when missing or sha256sum is unavailable.
+# $1 a directory to create; then prints "<path> <sha256 or ->" for each further path; "-" when missing
+# or sha256sum is unavailable.
 _SHA_SCRIPT = r"""
 mkdir -p "$1" 2>/dev/null; shift
 for f in "$@"; do
@@ -279,6 +286,10 @@ class DeviceBencher:
         self.uploads = 0  # files actually transferred by this bencher (tests and progress lines)
         self._runner = runner_path()
         self._runner_sha = sha256_file(self._runner)
+        # LiteRT's benchmark_model instead of the runner (a device without Python).
+        self.binary = Path(device.benchmark_binary) if device.benchmark_binary else None
+        self._binary_sha: tuple[tuple[int, int], str] | None = None  # ((mtime_ns, size), sha256)
+        self._binary_version: dict[str, str | None] = {}  # sha256 -> what --version answered
 
     def close(self) -> None:
         self.transport.close()
@@ -293,7 +304,7 @@ class DeviceBencher:
               settings: BenchSettings | None = None, update_manifest: bool = True) -> dict[str, Any]:
         """Benchmark ``model``, store one ``measurements`` row and return it (plus ``uploaded``)."""
         s = settings or self.settings
-        timeout = s.max_secs * 1.2 + 120  # the runner stops itself at max_secs; allow start-up
+        timeout = self._timeout(s)
         with host_lock(self.home, self.device.name, self.lock_timeout):
             lock = DeviceLock(self.transport, self.device.name, ttl_s=(timeout + 60) * (s.retries + 1),
                               timeout_s=self.lock_timeout)
@@ -321,27 +332,136 @@ class DeviceBencher:
             _record_in_manifest(self.home, model, record)
         return record
 
+    def _timeout(self, s: BenchSettings) -> float:
+        """How long one run may take: the runner stops itself at max_secs (counted from the start of
+        warm-up); benchmark_model applies max_secs to warm-up and timed runs separately."""
+        budget = s.max_secs * (2 if self.binary else 1)
+        return budget * 1.2 + 120
+
+    def _binary_digest(self) -> str:
+        """sha256 of the registered binary, re-hashed only when the file changed on the host."""
+        assert self.binary is not None
+        try:
+            st = self.binary.stat()
+        except OSError as exc:
+            raise BenchError(
+                f"{self.device.name}: the registered benchmark binary {self.binary} is not readable "
+                f"({exc.strerror or exc}); register it again with `edgenas device add "
+                f"{self.device.name} ... --benchmark-binary PATH --replace`") from None
+        key = (st.st_mtime_ns, st.st_size)
+        if self._binary_sha is None or self._binary_sha[0] != key:
+            self._binary_sha = (key, sha256_file(self.binary))
+        return self._binary_sha[1]
+
     def _ensure_files(self, model: ModelDir) -> list[str]:
-        """Upload the runner and the model unless the device already has them (by sha256)."""
+        """Upload the runner (or the benchmark binary) and the model unless the device already has
+        them (by sha256)."""
         remote_model = f"{MODEL_CACHE}/{model.sha256}.tflite"
         t = self.transport
+        if self.binary is not None:
+            tool, tool_local, tool_sha = bmb.REMOTE_PATH, self.binary, self._binary_digest()
+        else:
+            tool, tool_local, tool_sha = "runner.py", self._runner, self._runner_sha
         res = t.run(["sh", "-c", _SHA_SCRIPT, "sh", t.remote_path(MODEL_CACHE),
-                     t.remote_path("runner.py"), t.remote_path(remote_model)], timeout=60)
+                     t.remote_path(tool), t.remote_path(remote_model)], timeout=60)
         if res.rc != 0:
             raise BenchError(f"{self.device.name}: cannot inspect the workdir "
                              f"{self.device.workdir}: {res.stderr.strip()[:300]}")
         have = dict(line.rsplit(" ", 1) for line in res.stdout.strip().splitlines() if " " in line)
         uploaded = []
-        if have.get(t.remote_path("runner.py")) != self._runner_sha:
-            t.put(self._runner, "runner.py", timeout=120)
-            uploaded.append("runner.py")
+        if have.get(t.remote_path(tool)) != tool_sha:
+            if self.binary is not None:
+                self._put_binary(tool_local)
+            else:
+                t.put(tool_local, tool, timeout=120)
+            uploaded.append(tool)
         if have.get(t.remote_path(remote_model)) != model.sha256:
             t.put(model.model_path, remote_model, timeout=600)
             uploaded.append(remote_model)
         self.uploads += len(uploaded)
         return uploaded
 
+    def _put_binary(self, local: Path) -> None:
+        """Push the benchmark binary to ``bin/benchmark_model`` and make it executable (an upload does
+        not carry the mode over every transport)."""
+        t = self.transport
+        remote = t.remote_path(bmb.REMOTE_PATH)
+        res = t.run(["mkdir", "-p", t.remote_path(posixpath.dirname(bmb.REMOTE_PATH))], timeout=60)
+        if res.rc != 0:
+            raise BenchError(f"{self.device.name}: cannot create the folder for {remote}: "
+                             f"{res.stderr.strip()[:300]}")
+        t.put(local, bmb.REMOTE_PATH, timeout=600)
+        res = t.run(["chmod", "755", remote], timeout=60)
+        if res.rc != 0:
+            raise BenchError(f"{self.device.name}: cannot make {remote} executable: "
+                             f"{res.stderr.strip()[:300]}")
+
+    def _device_state(self) -> dict[str, Any]:
+        """Governor, frequencies, temperatures and the device clock, read with the shell (the runner
+        reads the same files itself, but a device measured with the binary has no Python)."""
+        res = self.transport.run(["sh", "-c", bmb.STATE_SCRIPT], timeout=60)
+        return bmb.parse_state(res.stdout)
+
+    def _binary_runtime_version(self, sha: str) -> str | None:
+        """What ``benchmark_model --version`` answers, asked once per build (release builds have no
+        such flag: ``None``)."""
+        if sha not in self._binary_version:
+            res = self.transport.run(bmb.version_argv(f"./{bmb.REMOTE_PATH}"), timeout=60, cwd=".")
+            self._binary_version[sha] = bmb.parse_version(res.rc, bmb.combine(res.stdout, res.stderr))
+        return self._binary_version[sha]
+
+    def _run_binary_once(self, model: ModelDir, s: BenchSettings, timeout: float) -> dict[str, Any]:
+        """One run of LiteRT's benchmark_model, returned in the runner's record shape."""
+        name = self.device.name
+        remote_model = f"{MODEL_CACHE}/{model.sha256}.tflite"
+        binary = f"./{bmb.REMOTE_PATH}"
+        argv = bmb.build_argv(binary, remote_model, threads=s.threads, runs=s.runs,
+                              min_secs=s.min_secs, max_secs=s.max_secs, warmup_runs=s.warmup_runs,
+                              warmup_secs=s.warmup_secs)
+        sha = self._binary_digest()
+        version = self._binary_runtime_version(sha)
+        before = self._device_state()
+        res = self.transport.run(argv, timeout=timeout, cwd=".")
+        after = self._device_state()
+        text = bmb.combine(res.stdout, res.stderr)
+        parsed = bmb.parse_output(text)
+        if res.rc in (126, 127):
+            raise DeviceError(
+                f"{name}: the device cannot execute {self.device.workdir}/{bmb.REMOTE_PATH} "
+                f"(exit {res.rc}: {bmb.tail(text, 2)}); is {self.binary} built for this device's "
+                f"CPU and OS (for example android_arm64)?")
+        if res.rc != 0:
+            if bmb.is_model_error(parsed["errors"]):
+                raise ModelFileError(f"{name}: benchmark_model cannot load {model.model_path} "
+                                     f"(sha256 {model.sha256[:12]}): {bmb.tail(text)}")
+            raise BenchError(f"{name}: benchmark_model failed (exit {res.rc}): {bmb.tail(text)}")
+        ignored = [f for f in parsed["unconsumed_flags"] if f in bmb.PROTOCOL_FLAGS]
+        if ignored:
+            raise BenchError(
+                f"{name}: this benchmark_model build does not know --{', --'.join(ignored)}, so it "
+                f"would measure with a different protocol; use a newer LiteRT build")
+        protocol = {"warmup_runs": s.warmup_runs, "warmup_secs": s.warmup_secs, "runs": s.runs,
+                    "min_secs": s.min_secs, "max_secs": s.max_secs, "seed": None}
+        try:
+            data = bmb.to_measurement(parsed, threads=s.threads, protocol=protocol)
+        except bmb.OutputError as exc:
+            raise BenchError(f"{name}: cannot read benchmark_model's output ({exc}): "
+                             f"{bmb.tail(text)}") from None
+        data.update(
+            runtime={"name": bmb.NAME, "module": None, "version": version},
+            benchmark_binary={"path": str(self.binary), "sha256": sha,
+                              "remote": self.transport.remote_path(bmb.REMOTE_PATH),
+                              "argv": argv, "ignored_flags": parsed["unconsumed_flags"]},
+            model={"path": remote_model, "sha256": model.sha256,
+                   "size_bytes": model.model_path.stat().st_size},
+            state_before=before, state_after=after,
+            output=text[-20000:],
+        )
+        return data
+
     def _run_once(self, model: ModelDir, s: BenchSettings, timeout: float) -> dict[str, Any]:
+        if self.binary is not None:
+            return self._run_binary_once(model, s, timeout)
         remote_model = f"{MODEL_CACHE}/{model.sha256}.tflite"
         argv = [self.python, "runner.py", "bench", remote_model, *s.argv()]
         res = self.transport.run(argv, timeout=timeout, cwd=".")
@@ -349,7 +469,9 @@ class DeviceBencher:
         name = self.device.name
         if res.rc == 127 and data is None:
             raise DeviceError(f"{name}: no Python at {self.python!r} on the device "
-                              f"(set it with `edgenas device add {name} --python ... --replace`)")
+                              f"(set it with `edgenas device add {name} --python ... --replace`, or, "
+                              f"for a phone without Python, register LiteRT's benchmark_model with "
+                              f"--benchmark-binary PATH)")
         if res.rc != 0 or data is None or "error" in (data or {}):
             why = (data or {}).get("error") or (res.stderr.strip().splitlines() or ["no output"])[-1]
             if res.rc == 3:
