@@ -20,7 +20,7 @@ import numpy as np
 from edgenas.errors import EdgeNASError
 from edgenas.files import sha256_file
 from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
-from edgenas.predictors.latency import LatencyPredictor, load_predictor
+from edgenas.predictors.latency import STATISTICS, LatencyPredictor, load_predictor
 from edgenas.registry import select_devices
 from edgenas.search import (
     Candidate,
@@ -45,11 +45,14 @@ class SearchOutcome:
     path: Path | None
 
 
-def measured_ratio(store: Store, device: str, threads: int, space: str) -> float | None:
-    """Median of int8/fp32 latency over archs measured in both precisions on ``device``."""
+def measured_ratio(store: Store, device: str, threads: int, space: str,
+                   statistic: str = "median") -> float | None:
+    """Median of int8/fp32 latency (of ``statistic``) over archs measured in both precisions."""
+    column = STATISTICS[statistic]
     rows = store.query(
-        "SELECT arch, precision, MIN(median_ms) FROM measurements WHERE device = ? AND threads = ?"
-        " AND space = ? GROUP BY arch, precision", (device, threads, space))
+        f"SELECT arch, precision, MIN(COALESCE({column}, median_ms)) FROM measurements "
+        "WHERE device = ? AND threads = ? AND space = ? GROUP BY arch, precision",
+        (device, threads, space))
     by: dict[str, dict[str, float]] = {}
     for arch, precision, ms in rows:
         by.setdefault(arch, {})[precision] = float(ms)
@@ -74,7 +77,7 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     if len(available) == 1:
         (precision, pred), = available.items()
         return precision, pred, f"only {precision} was measured"
-    ratio = measured_ratio(store, device, threads, space)
+    ratio = measured_ratio(store, device, threads, space, available["fp32"].statistic)
     if ratio is None:
         return "int8", available["int8"], "no arch measured in both precisions; int8 by default"
     precision = "int8" if ratio < 1.0 else "fp32"
@@ -122,9 +125,10 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     acc_pred = AccuracyPredictor.load(predictor_path(home, source_sha))
     devices = select_devices(store, targets)
     models, chosen_precision, reasons = [], {}, {}
+    preds: dict[str, LatencyPredictor] = {}
     for dev in devices:
         prec, pred, why = choose_precision(store, home, dev.name, threads, space.name, precision)
-        chosen_precision[dev.name], reasons[dev.name] = prec, why
+        chosen_precision[dev.name], reasons[dev.name], preds[dev.name] = prec, why, pred
         models.append(DeviceModel(dev.name, prec,
                                   lambda archs, p=pred: p.predict_many(space, archs), pred.error))
     searcher = Searcher(space, lambda archs: acc_pred.predict_many(space, archs), models,
@@ -137,16 +141,22 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         to_verify = with_safety_margin(ranked, models, constraints, verify_top)
 
     if verify_top > 0 and to_verify:
-        for prec in sorted(set(chosen_precision.values())):
-            names = [d for d, p in chosen_precision.items() if p == prec]
+        # Measured as each predictor's training data was (same precision and bench protocol) and
+        # compared on the statistic it predicts.
+        batches: dict[tuple[str, str], list[str]] = {}
+        for dev, prec in chosen_precision.items():
+            key = (prec, json.dumps(preds[dev].protocol, sort_keys=True))
+            batches.setdefault(key, []).append(dev)
+        for (prec, proto), names in sorted(batches.items()):
+            settings = _bench_settings(json.loads(proto), threads)
             measure(store, home, ckpt, names, 0, [prec], threads, seed, workers=min(2, os.cpu_count()
-                    or 1), progress=progress, archs=[c.arch for c in to_verify])
+                    or 1), progress=progress, archs=[c.arch for c in to_verify], settings=settings)
         for c in to_verify:
             for dev, prec in chosen_precision.items():
                 rows = [r for r in list_measurements(store, dev, prec, threads, space.name)
                         if r["arch"] == c.arch.to_string()]
                 if rows:
-                    c.measured[dev] = float(rows[-1]["median_ms"])
+                    c.measured[dev] = preds[dev].measured(rows[-1])
         to_verify = rerank_on_measured(to_verify, constraints)
     chosen = to_verify[0] if to_verify else (ranked[0] if ranked else None)
     within = None
@@ -159,7 +169,8 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         "precision": chosen_precision, "precision_reason": reasons,
         "predictors": {"accuracy": {"rmse": acc_pred.rmse, "spearman":
                                     acc_pred.quality.get("spearman")},
-                       "latency": {m.name: {"precision": m.precision, "p90_rel_error": m.error}
+                       "latency": {m.name: {"precision": m.precision, "p90_rel_error": m.error,
+                                            "statistic": preds[m.name].statistic}
                                    for m in models}},
         "evaluated": [c.to_json() for c in list(searcher.cache.values())[:2000]],
         "front": [c.to_json() for c in predicted_front(list(searcher.cache.values()))],
@@ -167,6 +178,7 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         "verified": [c.to_json() for c in to_verify],
         "chosen": None if chosen is None else {
             **chosen.to_json(), "error": {m.name: m.error for m in models},
+            "statistic": {d: p.statistic for d, p in preds.items()},
             "precision": chosen_precision, "measured_within_budget": within},
     }
     path = None
@@ -180,3 +192,15 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         tmp.replace(path)
         plot_pareto(result, out_dir / "pareto.png")
     return SearchOutcome(result, chosen, path)
+
+
+def _bench_settings(protocol: dict[str, Any] | None, threads: int) -> Any:
+    """BenchSettings from a predictor's recorded protocol (unknown fields ignored), else defaults."""
+    from dataclasses import fields
+
+    from edgenas.bench import BenchSettings
+
+    known = {f.name for f in fields(BenchSettings)}
+    kwargs = {k: v for k, v in (protocol or {}).items() if k in known}
+    kwargs["threads"] = threads
+    return BenchSettings(**kwargs)

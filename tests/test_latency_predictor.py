@@ -21,6 +21,7 @@ from edgenas.predictors.latency import (
     features,
     fit,
     load_predictor,
+    measured_latency,
     predictor_path,
     training_set,
 )
@@ -138,16 +139,27 @@ def test_cli_fit_show_predict(tmp_path):
     assert "no measurements" in cli("fit", "--device", "nope", code=1)
 
 
-def test_a_min_latency_predictor_is_kept_beside_the_median_one(tmp_path):
-    fill(tmp_path, sample_archs(SPACE, 20, seed=8))
+def test_the_predictor_records_its_statistic_and_protocol_and_is_compared_on_it(tmp_path):
+    archs = sample_archs(SPACE, 20, seed=8)
+    fill(tmp_path, archs)
+    with open_store(tmp_path) as store, store.transaction() as conn:
+        conn.execute("UPDATE measurements SET result_json = ?",
+                     (json.dumps({"edgenas": {"settings": {"runs": 20, "min_secs": 0.3}}}),))
     with open_store(tmp_path) as store:
-        med = fit(store, "dev", save_to=tmp_path)
+        med = fit(store, "dev")
         low = fit(store, "dev", save_to=tmp_path, statistic="min")
         with pytest.raises(LatencyPredictorError, match="unknown statistic"):
             fit(store, "dev", statistic="p99")
+        row = store.query("SELECT * FROM measurements LIMIT 1")[0]
     assert low.statistic == "min" and med.statistic == "median"
-    assert predictor_path(tmp_path, "dev", "fp32", 1, "min").is_file()
-    assert predictor_path(tmp_path, "dev", "fp32", 1).is_file()
+    assert low.protocol == {"runs": 20, "min_secs": 0.3}
+    assert low.measured(row) == pytest.approx(0.8 * row["median_ms"])  # the min column, not the median
+    assert med.measured(row) == row["median_ms"]
     arch = SPACE.sample(3)
     assert low.predict(SPACE, arch) == pytest.approx(0.8 * med.predict(SPACE, arch), rel=0.02)
-    assert load_predictor(tmp_path, "dev", statistic="min").statistic == "min"
+    # One predictor per device setting: the saved one is the min one, and asking for another fails.
+    assert predictor_path(tmp_path, "dev", "fp32", 1).is_file()
+    assert load_predictor(tmp_path, "dev").statistic == "min"
+    with pytest.raises(LatencyPredictorError, match="predicts the min run time, not the median"):
+        load_predictor(tmp_path, "dev", statistic="median")
+    assert measured_latency({"median_ms": 2.0, "mean_ms": None}, "mean") == 2.0  # not reported

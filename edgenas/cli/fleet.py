@@ -272,7 +272,10 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
             ["device", "runtime", "precision", "median ms", "p90 ms", "CV", "predicted ms", "band",
              "delta", "flag"],
             [[r["device"], r.get("runtime") or "", r.get("precision") or "", r.get("median_ms"),
-              r.get("p90_ms"), pct(r.get("cv")).lstrip("+"), r.get("predicted_ms"),
+              r.get("p90_ms"), pct(r.get("cv")).lstrip("+"),
+              "" if r.get("predicted_ms") is None else
+              f"{r['predicted_ms']:.4g}" + ("" if r.get("statistic", "median") == "median"
+                                            else f" ({r['statistic']})"),
               f"±{r['error_band'] * 100:.0f}%" if r.get("error_band") else "", pct(r.get("delta")),
               f"FAIL {r['error']}" if r.get("error") else "DRIFT" if r.get("drift") else
               "noisy" if r.get("noisy") else ""]

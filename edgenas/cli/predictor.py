@@ -32,7 +32,9 @@ _QUALITY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE ms", "Spea
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--space", default=None, help="Search space [default: the one most measured].")
 @click.option("--statistic", type=click.Choice(_STATISTICS), default="median", show_default=True,
-              help="Predict the median run, the fastest (steadier on a shared device) or the mean.")
+              help="Predict the median run, the fastest (steadier on a shared device) or the mean "
+                   "(a device under a CPU quota).  Search and fleet bench compare measurements of "
+                   "the same statistic.")
 @click.option("--json", "as_json", is_flag=True, help="Print the saved predictor as JSON.")
 @click.pass_obj
 def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space: str | None,
@@ -51,7 +53,7 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
                    statistic=statistic)
         base = evaluate_baseline(store, device_name, precision, threads, space=pred.space,
                                  statistic=statistic)
-    path = predictor_path(ws.home, device_name, precision, threads, statistic)
+    path = predictor_path(ws.home, device_name, precision, threads)
     if as_json:
         echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base})
         return
@@ -89,22 +91,21 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 @click.option("--arch", "arch_ids", multiple=True, required=True, help="Arch id, min or max.")
 @click.option("--precision", default="fp32", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--statistic", type=click.Choice(_STATISTICS), default="median", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
-                threads: int, statistic: str, as_json: bool) -> None:
+                threads: int, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
     from edgenas.predictors.latency import load_predictor
     from edgenas.space import SearchSpace
 
-    pred = load_predictor(ws.home, device_name, precision, threads, statistic)
+    pred = load_predictor(ws.home, device_name, precision, threads)
     space = SearchSpace.load(pred.space)
     rows = [(a, pred.predict(space, a)) for a in arch_ids]
     if as_json:
-        echo_json([{"arch": space.parse(a).to_string(), "latency_ms": ms,
+        echo_json([{"arch": space.parse(a).to_string(), "latency_ms": ms, "statistic": pred.statistic,
                     "p90_rel_error": pred.error} for a, ms in rows])
         return
     for a, ms in rows:
         click.echo(f"{space.parse(a).to_string()}  {pred.describe(ms)}  ({device_name}, {precision}, "
-                   f"t{threads})")
+                   f"t{threads}, {pred.statistic} run time)")

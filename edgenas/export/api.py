@@ -143,5 +143,6 @@ def search_promise(search: str | Path | dict[str, Any] | None, arch: Arch,
             "latency_ms": {d: ms for d, ms in (match.get("latency_ms") or {}).items()
                            if by_device.get(d, precision) == precision},
             "error": {d: e.get("p90_rel_error") for d, e in errors.items()},
+            "statistic": {d: e.get("statistic", "median") for d, e in errors.items()},
             "constraints": search.get("constraints"), "supernet_sha256":
             search.get("supernet_sha256")}

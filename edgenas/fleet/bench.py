@@ -24,6 +24,7 @@ from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetEr
 from edgenas.fleet.model import MANIFEST_FILE, MODEL_FILE, sha256_file
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import MODELS_DIR, read_state
+from edgenas.predictors.latency import STATISTICS, measured_latency
 from edgenas.registry import Device
 from edgenas.store import open_store
 from edgenas.transports import Transport, open_transport
@@ -35,17 +36,20 @@ class LatencyPredictor(Protocol):
     """What the search's per-device latency predictors offer (edgenas.predictors.latency)."""
 
     error: float
+    statistic: str
 
     def predict(self, space: Any, arch: Any) -> float: ...
 
 
 @dataclass(frozen=True)
 class Promise:
-    """The latency the search predicted for a device, with the predictor's relative error band."""
+    """The latency the search predicted for a device, with the predictor's relative error band and
+    the run-time statistic (median, min, mean) the prediction is of."""
 
     ms: float
     error: float
     source: str
+    statistic: str = "median"
 
 
 def promised_latency(manifest: Mapping[str, Any], device: str,
@@ -63,14 +67,17 @@ def promised_latency(manifest: Mapping[str, Any], device: str,
             err = block.get("error")
             err = err.get(device) if isinstance(err, Mapping) else err
             band = float(err) if isinstance(err, (int, float)) and err > 0 else DEFAULT_ERROR_BAND
-            return Promise(float(ms), band, source if err else f"{source} (default band)")
+            stat = block.get("statistic")
+            stat = stat.get(device) if isinstance(stat, Mapping) else stat
+            return Promise(float(ms), band, source if err else f"{source} (default band)",
+                           stat if stat in STATISTICS else "median")
     if predictor is not None and manifest.get("arch"):
         try:
             ms = float(predictor.predict(manifest.get("space"), manifest["arch"]))
         except Exception:  # noqa: BLE001 - a predictor that cannot read this arch only means no promise
             return None
         return Promise(ms, float(getattr(predictor, "error", DEFAULT_ERROR_BAND) or DEFAULT_ERROR_BAND),
-                       "latency predictor")
+                       "latency predictor", str(getattr(predictor, "statistic", "median")))
     return None
 
 
@@ -175,7 +182,7 @@ def _row(result: DeviceResult, predictor: LatencyPredictor | None) -> dict[str, 
         return {"device": result.device, "error": result.reason, "drift": False}
     rec, manifest = result.extra["record"], result.extra["manifest"]
     promise = promised_latency(manifest, result.device, predictor)
-    delta, drifted = compare(float(rec["median_ms"]), promise)
+    delta, drifted = compare(measured_latency(rec, promise.statistic) if promise else 0.0, promise)
     return {
         "device": result.device,
         "version": result.version,
@@ -187,6 +194,7 @@ def _row(result: DeviceResult, predictor: LatencyPredictor | None) -> dict[str, 
         "cv": rec.get("cv"),
         "noisy": bool(rec.get("noisy")),
         "predicted_ms": promise.ms if promise else None,
+        "statistic": promise.statistic if promise else "median",
         "error_band": promise.error if promise else None,
         "prediction_source": promise.source if promise else None,
         "delta": delta,

@@ -16,7 +16,12 @@ Quality is always *held-out*: k-fold cross-validation (model selection nested in
 the share of subnets within ±5 % and ±10 %, RMSE, Spearman and the p90 relative error.  That p90 error
 is stored with the predictor and printed with every prediction (``1.23 ms ±6.1 %``).
 
-Predictors are plain JSON in ``<home>/predictors/latency-<device>-<precision>-t<threads>.json``.
+Predictors are plain JSON in ``<home>/predictors/latency-<device>-<precision>-t<threads>.json``: one
+per device setting, and it records which run-time statistic it predicts (median, min or mean, chosen
+at fit time).  Everything that later compares a measurement with a prediction — the search's
+on-device verification, ``fleet bench`` — reads that same statistic from the measurement, and the
+verification re-uses the benchmark protocol the predictor's training measurements were taken with
+(``extra.protocol``), so a prediction is only ever checked against a number of the same kind.
 """
 
 from __future__ import annotations
@@ -218,15 +223,25 @@ class LatencyPredictor:
 
     @property
     def statistic(self) -> str:
-        """``median`` or ``min``: which run time per subnet the predictor was fitted to."""
+        """``median``, ``min`` or ``mean``: which run time per subnet the predictor was fitted to."""
         return str(self.extra.get("statistic", "median"))
+
+    @property
+    def protocol(self) -> dict[str, Any] | None:
+        """The benchmark settings its training measurements used (BenchSettings fields), if known."""
+        proto = self.extra.get("protocol")
+        return dict(proto) if isinstance(proto, dict) else None
+
+    def measured(self, row: Any) -> float:
+        """The run time of a stored measurement row that this predictor's predictions compare to."""
+        return measured_latency(row, self.statistic)
 
     @property
     def model_name(self) -> str:
         return f"nnls-{self.feature_set}"
 
     def predict(self, space: SearchSpace, arch: Arch | str) -> float:
-        """Predicted median latency in ms on this device."""
+        """Predicted latency in ms on this device (of the run-time :attr:`statistic`)."""
         if space.name != self.space:
             raise LatencyPredictorError(
                 f"this predictor was fitted on {self.space} subnets, not {space.name}")
@@ -272,7 +287,7 @@ class LatencyPredictor:
             raise LatencyPredictorError(f"latency predictor file is incomplete ({exc})") from None
 
     def save(self, home: Path) -> Path:
-        path = predictor_path(home, self.device, self.precision, self.threads, self.statistic)
+        path = predictor_path(home, self.device, self.precision, self.threads)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=2))
@@ -280,17 +295,25 @@ class LatencyPredictor:
         return path
 
 
-def predictor_path(home: Path, device: str, precision: str, threads: int,
-                   statistic: str = "median") -> Path:
-    suffix = "" if statistic == "median" else f"-{statistic}"
-    return Path(home) / "predictors" / f"latency-{device}-{precision}-t{threads}{suffix}.json"
+def measured_latency(row: Any, statistic: str = "median") -> float:
+    """``row``'s run time of ``statistic`` (a measurements row or its dict); the median when the
+    backend did not report that statistic."""
+    if statistic not in STATISTICS:
+        raise LatencyPredictorError(f"unknown statistic {statistic!r} (one of {', '.join(STATISTICS)})")
+    value = row[STATISTICS[statistic]]
+    return float(value if value is not None else row["median_ms"])
+
+
+def predictor_path(home: Path, device: str, precision: str, threads: int) -> Path:
+    return Path(home) / "predictors" / f"latency-{device}-{precision}-t{threads}.json"
 
 
 def load_predictor(home: Path, device: str, precision: str = "fp32", threads: int = 1,
-                   statistic: str = "median") -> LatencyPredictor:
-    path = predictor_path(home, device, precision, threads, statistic)
+                   statistic: str | None = None) -> LatencyPredictor:
+    """The device's predictor; with ``statistic``, refuse one fitted to a different statistic."""
+    path = predictor_path(home, device, precision, threads)
     try:
-        return LatencyPredictor.from_json(json.loads(path.read_text()))
+        pred = LatencyPredictor.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         raise LatencyPredictorError(
             f"no latency predictor for {device} ({precision}, {threads} thread(s)): run "
@@ -298,6 +321,12 @@ def load_predictor(home: Path, device: str, precision: str = "fp32", threads: in
         ) from None
     except json.JSONDecodeError as exc:
         raise LatencyPredictorError(f"{path}: corrupt predictor file ({exc})") from None
+    if statistic is not None and pred.statistic != statistic:
+        raise LatencyPredictorError(
+            f"the latency predictor for {device} ({precision}, {threads} thread(s)) predicts the "
+            f"{pred.statistic} run time, not the {statistic}: refit it with "
+            f"`edgenas predictor fit --device {device} --statistic {statistic}`")
+    return pred
 
 
 def list_predictors(home: Path, device: str | None = None) -> list[tuple[Path, LatencyPredictor]]:
@@ -324,6 +353,7 @@ class TrainingSet:
     latency_ms: np.ndarray
     runtime: str | None
     num_classes: int
+    protocol: dict[str, Any] | None = None
 
 
 def training_set(store: Store, device: str, precision: str, threads: int,
@@ -363,7 +393,22 @@ def training_set(store: Store, device: str, precision: str, threads: int,
             f"a predictor needs at least {MIN_SAMPLES} (60-150 for ±10 %): run `edgenas measure`")
     last = rows[-1]
     runtime = f"{last['runtime']} {last['runtime_version'] or ''}".strip() if last["runtime"] else None
-    return TrainingSet(sp, archs, np.asarray(ys), runtime, _num_classes(rows))
+    return TrainingSet(sp, archs, np.asarray(ys), runtime, _num_classes(rows), _protocol(rows))
+
+
+def _protocol(rows: Sequence[Any]) -> dict[str, Any] | None:
+    """The benchmark settings most of the rows were measured with (``edgenas.settings`` in their
+    result), so that verifying a prediction later measures the same way."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        try:
+            settings = json.loads(r["result_json"]).get("edgenas", {}).get("settings")
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if isinstance(settings, dict):
+            key = json.dumps(settings, sort_keys=True)
+            counts[key] = counts.get(key, 0) + 1
+    return json.loads(max(counts, key=counts.__getitem__)) if counts else None
 
 
 def _num_classes(rows: Sequence[Any]) -> int:
@@ -411,7 +456,8 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
     pred = LatencyPredictor(device, precision, threads, ts.space.name, fs, names,
                             [float(c) for c in coef], [float(s) for s in scale], ts.num_classes, q,
                             ts.runtime, n, time.time(),
-                            {"statistic": statistic, "fold_feature_sets": chosen,
+                            {"statistic": statistic, "protocol": ts.protocol,
+                             "fold_feature_sets": chosen,
                              "latency_range_ms": [float(ts.latency_ms.min()),
                                                   float(ts.latency_ms.max())]})
     if save_to is not None:
@@ -433,4 +479,4 @@ def evaluate_baseline(store: Store, device: str, precision: str = "fp32", thread
 
 
 __all__ = ["LatencyPredictor", "LatencyPredictorError", "evaluate_baseline", "features", "fit",
-           "list_predictors", "load_predictor", "predictor_path", "training_set"]
+           "list_predictors", "load_predictor", "measured_latency", "predictor_path", "training_set"]
