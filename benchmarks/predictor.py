@@ -1,18 +1,21 @@
-"""Latency predictor quality on the local device: measure mbv3-tiny subnets, fit, report held-out error.
+"""Latency predictor quality on the local device: measure subnets, fit, report held-out error.
 
-    .venv/bin/python benchmarks/predictor.py [--samples 80] [--precision fp32,int8] [--threads 1]
-                                             [--home .edgenas/bench-predictor] [--measure-only]
+    .venv/bin/python benchmarks/predictor.py [--space mbv3-w1.0] [--samples 100] [--precision fp32,int8]
+                                             [--threads 1] [--home .edgenas/bench-predictor-<space>]
+                                             [--slow-device] [--measure-only]
                                              [--out benchmarks/results/predictor.json]
 
-1. Builds a mbv3-tiny supernet (random weights: latency does not depend on them), once.
+1. Builds a supernet of ``--space`` (the full ImageNet-size space by default; random weights: latency
+   does not depend on them, and the exports' parity check runs on random images), once.
 2. Runs a measurement campaign on the host (`edgenas measure` machinery: stratified sampling, cached
    exports in worker processes, LiteRT benchmarks).  Re-running resumes: nothing is measured twice.
 3. Fits the per-device × precision × threads latency predictor and reports its cross-validated quality
    (share within ±5 % / ±10 %, RMSE, Spearman, p90 relative error) next to a MACs-only baseline
-   (latency = a + b · MACs, fitted the same way, evaluated on the same folds), for the median run time
-   (what edgenas reports) and for the fastest run (steadier when the host is shared).
+   (latency = a + b · MACs, fitted the same way, evaluated on the same folds), for each run-time
+   statistic a predictor can be fitted to: median (the default), min and mean.
 With ``--slow-device`` it also stands up the test fleet's throttled SSH device (15 % of one core, as in
-tests/conftest.py; needs root) and measures and fits it too (``--slow-precision``, default fp32).
+tests/conftest.py; needs root) and measures and fits it too (``--slow-precision``, default fp32), with
+a protocol that suits a device 100× slower (``--slow-runs``, ``--slow-min-secs``).
 
 4. Re-measures ``--repeat`` subnets per precision into a scratch database: how far a second measurement
    of the same model lands from the first is the noise floor no predictor can beat.
@@ -31,18 +34,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def ensure_supernet(home: Path) -> Path:
-    path = home / "mbv3-tiny-random.pt"
+STATISTICS = ("median", "min", "mean")
+
+
+def ensure_supernet(home: Path, space: str) -> Path:
+    path = home / f"{space}-random.pt"
     if not path.exists():
         import torch
 
         from edgenas import build_supernet
-        from edgenas.data import load_data
 
         torch.manual_seed(0)
-        data = load_data("digits", size=32)
-        net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
-        net.save(path, meta={"data": {"source": "digits"}})
+        net = build_supernet(space, 10)
+        net.save(path)  # no data source: latency exports then skip BN re-calibration
     return path
 
 
@@ -63,7 +67,7 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
     from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
     from edgenas.files import sha256_file
     from edgenas.measure import cached_export, export_cache_dir
-    from edgenas.predictors.latency import quality
+    from edgenas.predictors.latency import measured_latency, quality
     from edgenas.registry import get_device
     from edgenas.store import open_store
 
@@ -73,18 +77,18 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp)) as scratch, \
             DeviceBencher(home, device, BenchSettings(threads=args.threads)) as bencher:
         for precision in precisions:
-            pairs = {"median": ([], []), "min": ([], [])}
+            pairs: dict[str, tuple[list, list]] = {s: ([], []) for s in STATISTICS}
             for arch in archs:
-                first = store.query("SELECT median_ms, min_ms FROM measurements WHERE device = ? AND "
+                first = store.query("SELECT * FROM measurements WHERE device = ? AND "
                                     "arch = ? AND precision = ? AND threads = ? ORDER BY id LIMIT 1",
                                     (args.device, arch, precision, args.threads))
                 if not first:
                     continue
                 model = load_model_dir(cached_export(export_cache_dir(home), sha, arch, precision))
                 again = bencher.bench(scratch, model, update_manifest=False)
-                for stat, column in (("median", "median_ms"), ("min", "min_ms")):
-                    pairs[stat][0].append(first[0][column])
-                    pairs[stat][1].append(again[column])
+                for stat in STATISTICS:
+                    pairs[stat][0].append(measured_latency(first[0], stat))
+                    pairs[stat][1].append(measured_latency(again, stat))
             for stat, (a, b) in pairs.items():
                 if a:
                     out[f"{precision}/{stat}"] = quality(np.asarray(a), np.asarray(b))
@@ -94,27 +98,34 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=80)
+    ap.add_argument("--space", default="mbv3-w1.0")
+    ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--precision", default="fp32,int8")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--home", type=Path, default=REPO / ".edgenas" / "bench-predictor")
+    ap.add_argument("--home", type=Path, default=None,
+                    help="Workspace [default: .edgenas/bench-predictor-<space>]; re-runs resume.")
     ap.add_argument("--device", default="host")
     ap.add_argument("--measure-only", action="store_true")
     ap.add_argument("--repeat", type=int, default=15, help="Subnets re-measured for the noise floor.")
     ap.add_argument("--slow-device", action="store_true",
                     help="Also the fleet's throttled SSH device (root; see tests/conftest.py).")
     ap.add_argument("--slow-precision", default="fp32")
+    ap.add_argument("--slow-samples", type=int, default=60,
+                    help="Subnets measured on the slow device (each takes ~20 s there).")
+    ap.add_argument("--slow-runs", type=int, default=5)
+    ap.add_argument("--slow-min-secs", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
     args = ap.parse_args()
 
+    from edgenas.bench import BenchSettings
     from edgenas.measure import measure
     from edgenas.store import open_store
 
-    home = args.home.resolve()
+    home = (args.home or REPO / ".edgenas" / f"bench-predictor-{args.space}").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    ckpt = ensure_supernet(home)
+    ckpt = ensure_supernet(home, args.space)
     precisions = args.precision.split(",")
     fleet = None
     try:
@@ -128,8 +139,10 @@ def main() -> None:
             fits = [(args.device, p) for p in precisions]
             if args.slow_device:
                 fleet = start_slow_device(store, home)
-                slow = measure(store, home, ckpt, ["slow"], args.samples,
-                               args.slow_precision.split(","), args.threads, args.seed, args.workers)
+                slow = measure(store, home, ckpt, ["slow"], args.slow_samples,
+                               args.slow_precision.split(","), args.threads, args.seed, args.workers,
+                               settings=BenchSettings(threads=args.threads, runs=args.slow_runs,
+                                                      min_secs=args.slow_min_secs))
                 print(f"slow: {json.dumps(slow.to_dict()['devices']['slow'])}", file=sys.stderr)
                 fits += [("slow", p) for p in args.slow_precision.split(",")]
             if args.measure_only:
@@ -144,13 +157,16 @@ def main() -> None:
 def start_slow_device(store, home: Path):
     """The fleet's throttled device, registered (host key trusted) in the benchmark workspace."""
     from edgenas import registry
-    from edgenas.transports import open_transport
+    from edgenas.transports import known_hosts_path, open_transport
+    from edgenas.transports.ssh import forget_known_host
     from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
     from tests.fleet import Fleet
 
     fleet = Fleet()
     try:
         dev = fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus="0")
+        # A fresh test device each run: its new host key replaces the one an earlier run recorded.
+        forget_known_host(known_hosts_path(home), dev.host, dev.port)
         device = registry.make_device("slow", "ssh", home=home, host=dev.host, port=dev.port,
                                       user=dev.user, key_path=str(dev.client_key), python=dev.python)
         with open_transport(device, home, accept_new_host_key=True) as t:
@@ -167,8 +183,8 @@ def fit_all(store, home: Path, args, fits, report, precisions, ckpt):
 
     results = []
     for device, precision in fits:
-        for statistic in ("median", "min"):
-            pred = fit(store, device, precision, args.threads, save_to=home, statistic=statistic)
+        for statistic in STATISTICS:
+            pred = fit(store, device, precision, args.threads, statistic=statistic)
             q = pred.quality
             base = evaluate_baseline(store, device, precision, args.threads, statistic=statistic)
             results.append({"device": device, "precision": precision,
@@ -198,7 +214,7 @@ def report_results(args, report, campaign_s: float, results: list, noise: dict) 
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     for line in [headers, ["-" * w for w in widths], *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
-    out = {"benchmark": "predictor", "space": "mbv3-tiny", "device": args.device,
+    out = {"benchmark": "predictor", "space": args.space, "device": args.device,
            "host": {"machine": platform.machine(), "python": platform.python_version()},
            "campaign": report.to_dict(), "campaign_seconds": round(campaign_s, 1),
            "results": results, "noise_floor": noise,
