@@ -26,11 +26,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import paramiko
 
 from edgenas.errors import HostKeyError, TransportError
-from edgenas.files import sha256_file
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_TRANSFER_TIMEOUT_S,
@@ -389,36 +389,45 @@ class SSHTransport(Transport):
         final = self.remote_path(remote)
         tmp = temp_name(final)
         try:
-            size = os.path.getsize(local)
-            digest = sha256_file(local)
+            src = open(local, "rb")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise TransportError(f"{self.name}: cannot read {local}: {exc.strerror or exc}") from exc
-        sftp = self._sftp_client(min(timeout, max(self.connect_timeout, 30.0)))
-        try:
-            with open(local, "rb") as src, sftp.open(tmp, "wb") as dst:
-                dst.set_pipelined(True)
-                for chunk in iter(lambda: src.read(_CHUNK * 8), b""):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError
-                    dst.write(chunk)
-            self._verify(tmp, size, digest, deadline, sftp)
-            self._rename(sftp, tmp, final, deadline)
-        except TransportError:
-            self._discard(tmp)
-            raise
-        except TimeoutError as exc:
-            self.close()
-            raise TransportError(
-                f"{self.name}: upload of {local} to {self.target}:{final} timed out after "
-                f"{timeout:g} s; nothing was written under the final name"
-            ) from exc
-        except _NETWORK_ERRORS as exc:
-            self.close()
-            self._discard(tmp)
-            raise TransportError(
-                f"{self.name}: upload of {local} to {self.target}:{final} failed: "
-                f"{exc or type(exc).__name__}; nothing was written under the final name"
-            ) from exc
+        with src:
+            sftp = self._sftp_client(min(timeout, max(self.connect_timeout, 30.0)))
+            try:
+                self._send(src, sftp, tmp, deadline)
+                self._rename(sftp, tmp, final, deadline)
+            except TransportError:
+                self._discard(tmp)
+                raise
+            except TimeoutError as exc:
+                self.close()
+                raise TransportError(
+                    f"{self.name}: upload of {local} to {self.target}:{final} timed out after "
+                    f"{timeout:g} s; nothing was written under the final name"
+                ) from exc
+            except _NETWORK_ERRORS as exc:
+                self.close()
+                self._discard(tmp)
+                raise TransportError(
+                    f"{self.name}: upload of {local} to {self.target}:{final} failed: "
+                    f"{exc or type(exc).__name__}; nothing was written under the final name"
+                ) from exc
+
+    def _send(self, src: BinaryIO, sftp: paramiko.SFTPClient, tmp: str, deadline: float) -> None:
+        """Write ``src`` to ``tmp`` and check it there.  The file is hashed while it is sent: one
+        read, and no hashing pass before the upload (a fleet push sends one model to many devices
+        from one process at once)."""
+        hasher, size = hashlib.sha256(), 0
+        with sftp.open(tmp, "wb") as dst:
+            dst.set_pipelined(True)
+            for chunk in iter(lambda: src.read(_CHUNK * 8), b""):
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                hasher.update(chunk)
+                size += len(chunk)
+                dst.write(chunk)
+        self._verify(tmp, size, hasher.hexdigest(), deadline, sftp)
 
     def _verify(
         self, tmp: str, size: int, digest: str, deadline: float, sftp: paramiko.SFTPClient
