@@ -15,7 +15,8 @@
    statistic a predictor can be fitted to: median (the default), min and mean.
 With ``--slow-device`` it also stands up the test fleet's throttled SSH device (15 % of one core, as in
 tests/conftest.py; needs root) and measures and fits it too (``--slow-precision``, default fp32), with
-a protocol that suits a device 100× slower (``--slow-runs``, ``--slow-min-secs``).
+a protocol that suits a device 100× slower (``--slow-runs``, ``--slow-min-secs``), every subnet measured
+``--slow-repeats`` times in successive passes (a CPU-capped device drifts for minutes at a time).
 
 4. Re-measures ``--repeat`` subnets per precision into a scratch database: how far a second measurement
    of the same model lands from the first is the noise floor no predictor can beat.
@@ -112,10 +113,16 @@ def main() -> None:
     ap.add_argument("--slow-device", action="store_true",
                     help="Also the fleet's throttled SSH device (root; see tests/conftest.py).")
     ap.add_argument("--slow-precision", default="fp32")
-    ap.add_argument("--slow-samples", type=int, default=60,
-                    help="Subnets measured on the slow device (each takes ~20 s there).")
-    ap.add_argument("--slow-runs", type=int, default=5)
-    ap.add_argument("--slow-min-secs", type=float, default=2.0)
+    ap.add_argument("--slow-samples", type=int, default=40,
+                    help="Subnets measured on the slow device (each takes 5-20 s there).")
+    ap.add_argument("--slow-repeats", type=int, default=3,
+                    help="Passes over the slow device's subnets (edgenas measure --repeats).")
+    ap.add_argument("--slow-runs", type=int, default=3)
+    ap.add_argument("--slow-min-secs", type=float, default=1.5)
+    ap.add_argument("--slow-retries", type=int, default=0,
+                    help="Noisy re-runs per benchmark on the slow device (repeats replace them).")
+    ap.add_argument("--slow-fresh", action="store_true",
+                    help="Forget the slow device's earlier measurements (another device instance).")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
     args = ap.parse_args()
 
@@ -139,10 +146,15 @@ def main() -> None:
             fits = [(args.device, p) for p in precisions]
             if args.slow_device:
                 fleet = start_slow_device(store, home)
+                if args.slow_fresh:
+                    with store.transaction() as conn:
+                        conn.execute("DELETE FROM measurements WHERE device = 'slow'")
                 slow = measure(store, home, ckpt, ["slow"], args.slow_samples,
                                args.slow_precision.split(","), args.threads, args.seed, args.workers,
                                settings=BenchSettings(threads=args.threads, runs=args.slow_runs,
-                                                      min_secs=args.slow_min_secs))
+                                                      min_secs=args.slow_min_secs,
+                                                      retries=args.slow_retries),
+                               repeats=args.slow_repeats)
                 print(f"slow: {json.dumps(slow.to_dict()['devices']['slow'])}", file=sys.stderr)
                 fits += [("slow", p) for p in args.slow_precision.split(",")]
             if args.measure_only:

@@ -21,6 +21,11 @@ How a campaign runs, and why:
 * **Every result is stored as it arrives**, so an interrupted campaign loses at most the benchmarks in
   flight.  Re-run with the same arguments, it skips every (device, space, arch, precision, threads)
   already in the database and measures nothing twice.
+* **Repeats are spread over time** (``repeats=K``): every subnet is measured once in export order, then
+  again in a second pass over the whole list, and so on, so that a device that drifts for a minute
+  (another job on its core, thermal throttling) spoils one of an arch's K measurements rather than all
+  of them; the latency predictor fits the median of an arch's stored measurements.  A resumed
+  campaign tops each (device, arch, precision) up to K rows, never beyond.
 """
 
 from __future__ import annotations
@@ -275,26 +280,30 @@ class MeasureReport:
 
 
 def campaign_id(source_sha: str, space: str, samples: int, seed: int, precisions: Sequence[str],
-                threads: int) -> str:
+                threads: int, repeats: int = 1) -> str:
     key = f"{source_sha}|{space}|{samples}|{seed}|{','.join(precisions)}|{threads}"
+    key += f"|x{repeats}" if repeats > 1 else ""  # ids of single-pass campaigns stay as they were
     return "c-" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def done_keys(store: Store, device: str, space: str, threads: int) -> set[tuple[str, str]]:
-    """(arch, precision) pairs this device already has at these threads: what a resume skips."""
-    rows = store.query("SELECT DISTINCT arch, precision FROM measurements "
-                       "WHERE device = ? AND space = ? AND threads = ?", (device, space, threads))
-    return {(r["arch"], r["precision"]) for r in rows}
+def done_counts(store: Store, device: str, space: str, threads: int) -> dict[tuple[str, str], int]:
+    """How many measurements this device already has per (arch, precision) at these threads: what a
+    resume does not measure again."""
+    rows = store.query("SELECT arch, precision, COUNT(*) AS n FROM measurements "
+                       "WHERE device = ? AND space = ? AND threads = ? GROUP BY arch, precision",
+                       (device, space, threads))
+    return {(r["arch"], r["precision"]): int(r["n"]) for r in rows}
 
 
 def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable[str], samples: int,
             precisions: Sequence[str] = ("fp32",), threads: int = 1, seed: int = 0, workers: int = 2,
             progress: bool = True, *, export_cache: Path | None = None,
             settings: BenchSettings | None = None, archs: Sequence[Arch | str] | None = None,
-            stream: IO[str] | None = None) -> MeasureReport:
+            stream: IO[str] | None = None, repeats: int = 1) -> MeasureReport:
     """Run (or resume) a campaign; see the module docstring.  ``devices`` are names or groups.
 
     ``workers`` export processes (0: export in this process).  ``archs`` replaces the sampled list.
+    ``repeats``: measurements per (device, arch, precision), taken in successive passes.
     Returns a :class:`MeasureReport`; device failures are reported there, not raised, so one dead
     device does not stop the others.
     """
@@ -304,6 +313,8 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     home = Path(home)
     source_ckpt = Path(source_ckpt).resolve()
     precisions = [p.strip() for p in precisions if p.strip()]
+    if repeats < 1:
+        raise MeasureError("--repeats must be at least 1")
     bad = [p for p in precisions if p not in EXPORT_PRECISIONS]
     if bad or not precisions:
         raise MeasureError(f"unknown precision {', '.join(bad) or '(none)'} "
@@ -319,7 +330,7 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     else:
         arch_list = sample_archs(space, samples, seed)
     arch_ids = [a.to_string() for a in arch_list]
-    cid = campaign_id(source_sha, space.name, len(arch_ids), seed, precisions, threads)
+    cid = campaign_id(source_sha, space.name, len(arch_ids), seed, precisions, threads, repeats)
     settings = settings or BenchSettings(threads=threads)
     if settings.threads != threads:
         settings = BenchSettings(**{**settings.__dict__, "threads": threads})
@@ -328,12 +339,14 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
 
     jobs = [(a, p) for a in arch_ids for p in precisions]
     reports: dict[str, DeviceReport] = {}
-    todo: dict[str, list[tuple[str, str]]] = {}
+    todo: dict[str, dict[tuple[str, str], int]] = {}  # device -> job -> measurements still to take
     for d in devs:
-        done = done_keys(store, d.name, space.name, threads)
-        todo[d.name] = [j for j in jobs if j not in done]
-        reports[d.name] = DeviceReport(d.name, len(todo[d.name]), len(jobs) - len(todo[d.name]))
-        say(d.name, f"{len(todo[d.name])} to measure, {len(jobs) - len(todo[d.name])} already measured")
+        done = done_counts(store, d.name, space.name, threads)
+        todo[d.name] = {j: repeats - done.get(j, 0) for j in jobs if done.get(j, 0) < repeats}
+        left = sum(todo[d.name].values())
+        reports[d.name] = DeviceReport(d.name, left, len(jobs) - len(todo[d.name]))
+        say(d.name, f"{left} to measure, {len(jobs) - len(todo[d.name])} subnet(s) already measured"
+                    + (f" {repeats} times" if repeats > 1 else ""))
     needed = [j for j in jobs if any(j in todo[d] for d in todo)]
     report = MeasureReport(cid, space.name, arch_ids, list(precisions), threads, reports)
 
@@ -343,7 +356,8 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     threads_ = [
         threading.Thread(target=_device_worker, name=f"measure-{d.name}", daemon=True,
                          args=(home, d, settings, cid, queues[d.name], reports[d.name], stop,
-                               exports_done if d.kind == "local" else None, say))
+                               exports_done if d.kind == "local" else None, say,
+                               dict(todo[d.name])))
         for d in devs
     ]
     for t in threads_:
@@ -444,8 +458,10 @@ def _shutdown(pool: Any) -> None:
 
 def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign: str,
                    items: queue.Queue, rep: DeviceReport, stop: threading.Event,
-                   wait_for: threading.Event | None, say: _Progress) -> None:
-    """Benchmark everything queued for one device, one at a time, storing each result at once."""
+                   wait_for: threading.Event | None, say: _Progress,
+                   left: dict[tuple[str, str], int]) -> None:
+    """Benchmark everything queued for one device, one at a time, storing each result at once; then
+    the further passes of a repeated campaign (``left``: measurements still owed per job)."""
     if rep.todo == 0:
         return
     if wait_for is not None and not wait_for.is_set():
@@ -454,11 +470,10 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
     t0 = time.monotonic()
     try:
         with open_store(home) as store, DeviceBencher(home, device, settings) as bencher:
-            while not stop.is_set():
-                item = items.get()
-                if item is None:
-                    break
-                (arch, precision), model_dir = item
+
+            def one(job: tuple[str, str], model_dir: Path) -> None:
+                arch, precision = job
+                left[job] -= 1
                 try:
                     rec = bencher.bench(store, load_model_dir(model_dir), campaign=campaign)
                 except DeviceBusyError:
@@ -467,13 +482,28 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
                     rep.failed += 1
                     rep.errors.append(f"{arch} {precision}: {exc}")
                     say(device.name, f"FAILED {arch} {precision}: {exc}")
-                    continue
+                    left[job] = 0  # a model that fails once fails again: no further passes
+                    return
                 rep.measured += 1
                 eta = (time.monotonic() - t0) / rep.measured * (rep.todo - rep.measured - rep.failed)
                 say(device.name,
                     f"{rep.measured + rep.failed}/{rep.todo} {arch} {precision}: "
                     f"{rec['median_ms']:.3f} ms (CV {100 * (rec['cv'] or 0):.1f} %"
                     f"{', noisy' if rec['noisy'] else ''})  ETA {eta:.0f} s")
+
+            delivered: list[tuple[tuple[str, str], Path]] = []
+            while not stop.is_set():
+                item = items.get()
+                if item is None:
+                    break
+                delivered.append(item)
+                one(*item)
+            while not stop.is_set() and any(left[job] > 0 for job, _ in delivered):
+                for job, model_dir in delivered:  # one more pass over the whole list
+                    if stop.is_set():
+                        break
+                    if left[job] > 0:
+                        one(job, model_dir)
     except EdgeNASError as exc:
         rep.aborted = str(exc)
         say(device.name, f"ABORTED after {rep.measured} measurement(s): {exc}")

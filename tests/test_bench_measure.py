@@ -316,6 +316,36 @@ def test_campaign_killed_midway_resumes_without_duplicates(fleet, workspace, tin
     assert " ms ±" in out
 
 
+def test_repeated_campaign_spreads_passes_and_tops_up_on_resume(tmp_path, tiny):
+    """--repeats K: K rows per subnet, taken pass after pass (not back to back); a re-run with the
+    same K measures nothing, one with a larger K only what is missing."""
+    from edgenas import registry
+    from edgenas.bench import BenchSettings
+    from edgenas.measure import MeasureError, measure
+
+    settings = BenchSettings(**FAST)
+    with open_store(tmp_path) as store:
+        registry.add_device(store, registry.make_device("here", "local", home=tmp_path))
+
+        def run(repeats: int):
+            return measure(store, tmp_path, tiny["ckpt"], ["here"], 3, ["fp32"], 1, 0, workers=0,
+                           progress=False, export_cache=tiny["cache"], settings=settings,
+                           repeats=repeats)
+
+        first = run(2)
+        assert first.complete and first.devices["here"].measured == 6
+        order = [r["arch"] for r in rows(tmp_path)]
+        assert len(set(order[:3])) == 3 and order[3:] == order[:3]  # pass 1, then pass 2
+        assert run(2).devices["here"].measured == 0
+        third = run(3)
+        assert third.devices["here"].measured == 3 and third.devices["here"].todo == 3
+    counts = rows(tmp_path, "SELECT arch, COUNT(*) AS n FROM measurements GROUP BY arch")
+    assert sorted(r["n"] for r in counts) == [3, 3, 3]
+    with pytest.raises(MeasureError, match="--repeats must be at least 1"):
+        with open_store(tmp_path) as store:
+            measure(store, tmp_path, tiny["ckpt"], ["here"], 3, repeats=0)
+
+
 def test_sampling_covers_the_space_evenly():
     space = SearchSpace.load("mbv3-tiny")
     archs = sample_archs(space, 60, seed=3)

@@ -43,6 +43,10 @@ def _install_sigterm() -> Any:
               help="At least this many timed runs per benchmark.")
 @click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="And at least this many seconds per benchmark.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measure every subnet this many times, in successive passes over the list, so a "
+                   "device that drifts for a while spoils one measurement of a subnet, not all "
+                   "(predictors fit the median of them).")
 @click.option("--export-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where exports are cached [default: HOME/cache/exports].")
 @click.option("--json", "as_json", is_flag=True, help="Print the campaign report as JSON.")
@@ -50,12 +54,14 @@ def _install_sigterm() -> Any:
 @click.pass_obj
 def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups: tuple[str, ...],
                 samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,
-                min_secs: float, export_cache: Path | None, as_json: bool, quiet: bool) -> None:
+                min_secs: float, repeats: int, export_cache: Path | None, as_json: bool,
+                quiet: bool) -> None:
     """Measure SAMPLES subnets of the supernet CKPT on devices and store every result.
 
     Subnets are sampled evenly over depth, kernel, expand and resolution; exports are cached and
     run in worker processes; devices run in parallel, one benchmark at a time each.  Interrupted
-    and re-run with the same arguments, it resumes and measures nothing twice.
+    and re-run with the same arguments, it resumes and measures nothing twice (with --repeats K,
+    nothing more than K times).
     """
     from edgenas.bench import BenchSettings
     from edgenas.measure import measure
@@ -67,16 +73,18 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
         with open_store(ws.ensure()) as store:
             report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
                              precisions.split(","), threads, seed, workers, progress=not quiet,
-                             export_cache=export_cache, settings=settings)
+                             export_cache=export_cache, settings=settings, repeats=repeats)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if as_json:
         echo_json(report.to_dict())
     else:
-        rows = [[d.device, d.todo + d.skipped, d.skipped, d.measured, d.failed, f"{d.seconds:.0f} s",
+        models = len(report.archs) * len(report.precisions)
+        rows = [[d.device, models, d.skipped, d.measured, d.failed, f"{d.seconds:.0f} s",
                  d.aborted or "; ".join(d.errors[:1])] for d in report.devices.values()]
-        click.echo(table(["device", "subnets", "skipped", "measured", "failed", "time", "error"], rows))
+        click.echo(table(["device", "models", "already done", "measured", "failed", "time", "error"],
+                         rows))
         click.echo(f"campaign {report.campaign}: {len(report.archs)} archs x {report.precisions}, "
                    f"exported {report.exported} (cached {report.export_cached}), "
                    f"{report.seconds:.0f} s" + ("" if report.complete else "  INCOMPLETE"))
