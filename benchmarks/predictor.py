@@ -96,6 +96,28 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
     return out
 
 
+def pass_agreement(store, device: str, precision: str, threads: int) -> dict:
+    """How well a device's second measurement of a model (a later pass of a repeated campaign) agrees
+    with its first: the noise floor of a device measured with ``--repeats``."""
+    import numpy as np
+
+    from edgenas.predictors.latency import measured_latency, quality
+
+    rows = store.query("SELECT * FROM measurements WHERE device = ? AND precision = ? AND threads = ? "
+                       "ORDER BY id", (device, precision, threads))
+    by_arch: dict[str, list] = {}
+    for r in rows:
+        by_arch.setdefault(r["arch"], []).append(r)
+    pairs = [v[:2] for v in by_arch.values() if len(v) >= 2]
+    out = {}
+    for stat in STATISTICS:
+        if pairs:
+            first = np.asarray([measured_latency(a, stat) for a, _ in pairs])
+            second = np.asarray([measured_latency(b, stat) for _, b in pairs])
+            out[f"{precision}/{stat}"] = quality(first, second)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,6 +182,10 @@ def main() -> None:
             if args.measure_only:
                 return
             results, noise = fit_all(store, home, args, fits, report, precisions, ckpt)
+            if args.slow_device and args.slow_repeats > 1:
+                for p in args.slow_precision.split(","):
+                    slow_noise = pass_agreement(store, "slow", p, args.threads)
+                    noise.update({f"slow:{k}": v for k, v in slow_noise.items()})
     finally:
         if fleet is not None:
             fleet.teardown()
@@ -217,8 +243,10 @@ def report_results(args, report, campaign_s: float, results: list, noise: dict) 
                          f"{q['rmse_ms']:.4f}", f"{q['spearman']:.4f}",
                          f"{100 * q['p90_rel_error']:.1f} %"])
     for key, q in noise.items():
+        device, _, key = key.rpartition(":")
         precision, statistic = key.split("/")
-        rows.append([args.device, precision, statistic, "re-measurement (noise floor)", q["samples"],
+        rows.append([device or args.device, precision, statistic, "re-measurement (noise floor)",
+                     q["samples"],
                      f"{100 * q['within_5']:.1f} %", f"{100 * q['within_10']:.1f} %",
                      f"{q['rmse_ms']:.4f}", f"{q['spearman']:.4f}", f"{100 * q['p90_rel_error']:.1f} %"])
     headers = ["device", "precision", "predicts", "model", "n", "within ±5 %", "within ±10 %", "RMSE ms",
