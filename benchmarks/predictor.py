@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -143,6 +144,13 @@ def main() -> None:
     ap.add_argument("--slow-min-secs", type=float, default=1.5)
     ap.add_argument("--slow-retries", type=int, default=0,
                     help="Noisy re-runs per benchmark on the slow device (repeats replace them).")
+    ap.add_argument("--slow-period-ms", type=float, default=None,
+                    help="CFS period of the slow device's quota [default: the test fleet's 10 ms].")
+    ap.add_argument("--slow-cpu", default="0",
+                    help="The core the slow device is pinned to (its cpuset).")
+    ap.add_argument("--isolate", action="store_true",
+                    help="Pin this process and its export workers away from --slow-cpu while the "
+                         "slow device is measured, so that only it runs on its core.")
     ap.add_argument("--slow-fresh", action="store_true",
                     help="Forget the slow device's earlier measurements (another device instance).")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
@@ -167,7 +175,10 @@ def main() -> None:
             print(f"campaign: {json.dumps(report.to_dict()['devices'][args.device])}", file=sys.stderr)
             fits = [(args.device, p) for p in precisions]
             if args.slow_device:
-                fleet = start_slow_device(store, home)
+                fleet = start_slow_device(store, home, args.slow_cpu, args.slow_period_ms)
+                if args.isolate:
+                    others = set(range(os.cpu_count() or 1)) - {int(args.slow_cpu)}
+                    os.sched_setaffinity(0, others or {int(args.slow_cpu)})  # inherited by workers
                 if args.slow_fresh:
                     with store.transaction() as conn:
                         conn.execute("DELETE FROM measurements WHERE device = 'slow'")
@@ -192,7 +203,7 @@ def main() -> None:
     report_results(args, report, campaign_s, results, noise)
 
 
-def start_slow_device(store, home: Path):
+def start_slow_device(store, home: Path, cpu: str = "0", period_ms: float | None = None):
     """The fleet's throttled device, registered (host key trusted) in the benchmark workspace."""
     from edgenas import registry
     from edgenas.transports import known_hosts_path, open_transport
@@ -200,9 +211,13 @@ def start_slow_device(store, home: Path):
     from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
     from tests.fleet import Fleet
 
+    if period_ms is not None:
+        from tests.fleet import cgroups
+
+        cgroups.PERIOD_US = int(period_ms * 1000)  # this benchmark process only
     fleet = Fleet()
     try:
-        dev = fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus="0")
+        dev = fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus=cpu)
         # A fresh test device each run: its new host key replaces the one an earlier run recorded.
         forget_known_host(known_hosts_path(home), dev.host, dev.port)
         device = registry.make_device("slow", "ssh", home=home, host=dev.host, port=dev.port,
