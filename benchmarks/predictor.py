@@ -210,14 +210,13 @@ def start_slow_device(store, home: Path, cpu: str = "0", period_ms: float | None
     from edgenas.transports.ssh import forget_known_host
     from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
     from tests.fleet import Fleet
+    from tests.fleet.cgroups import PERIOD_US
 
-    if period_ms is not None:
-        from tests.fleet import cgroups
-
-        cgroups.PERIOD_US = int(period_ms * 1000)  # this benchmark process only
     fleet = Fleet()
     try:
-        dev = fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus=cpu)
+        period_us = int(period_ms * 1000) if period_ms is not None else PERIOD_US
+        dev = fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus=cpu,
+                            period_us=period_us)
         # A fresh test device each run: its new host key replaces the one an earlier run recorded.
         forget_known_host(known_hosts_path(home), dev.host, dev.port)
         device = registry.make_device("slow", "ssh", home=home, host=dev.host, port=dev.port,

@@ -24,7 +24,8 @@ def cgroup_version(root: Path = CGROUP_ROOT) -> int:
 
 
 class CGroup:
-    """One device's cgroup(s).  ``cpu_quota`` is the fraction of one CPU (None: unlimited)."""
+    """One device's cgroup(s).  ``cpu_quota`` is the fraction of one CPU (None: unlimited), enforced
+    per ``period_us``."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class CGroup:
         cpu_quota: float | None = None,
         cpus: str | None = None,
         root: Path = CGROUP_ROOT,
+        period_us: int = PERIOD_US,
     ) -> None:
         self.version = cgroup_version(root)
         self.dirs: list[Path] = []
@@ -41,8 +43,8 @@ class CGroup:
                 cpu = root / "cpu" / name
                 self._mkdir(cpu, run_dir)
                 if cpu_quota is not None:
-                    (cpu / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-                    (cpu / "cpu.cfs_quota_us").write_text(str(int(PERIOD_US * cpu_quota)))
+                    (cpu / "cpu.cfs_period_us").write_text(str(period_us))
+                    (cpu / "cpu.cfs_quota_us").write_text(str(int(period_us * cpu_quota)))
                 if cpus is not None and (root / "cpuset").is_dir():
                     cpuset = root / "cpuset" / name
                     self._mkdir(cpuset, run_dir)
@@ -59,7 +61,7 @@ class CGroup:
                 path = root / name
                 self._mkdir(path, run_dir)
                 if cpu_quota is not None:
-                    (path / "cpu.max").write_text(f"{int(PERIOD_US * cpu_quota)} {PERIOD_US}")
+                    (path / "cpu.max").write_text(f"{int(period_us * cpu_quota)} {period_us}")
                 if cpus is not None:
                     (path / "cpuset.cpus").write_text(cpus)
         except OSError as exc:

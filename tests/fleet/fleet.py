@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.fleet.adb import AdbDevice, AdbServer
-from tests.fleet.cgroups import CGroup
+from tests.fleet.cgroups import PERIOD_US, CGroup
 from tests.fleet.sshd import SSHD, SSHDevice, keygen
 from tests.fleet.system import (
     STATE_ROOT,
@@ -108,10 +108,12 @@ class Fleet:
     # --------------------------------------------------------------------------------- devices
 
     def add_ssh(
-        self, name: str, python: str, cpu_quota: float | None = None, cpus: str | None = None
+        self, name: str, python: str, cpu_quota: float | None = None, cpus: str | None = None,
+        period_us: int = PERIOD_US,
     ) -> SSHDevice:
         """An SSH device with its own user, host key, home and (netns mode) namespace and address.
-        ``cpu_quota`` (fraction of one CPU) and ``cpus`` (a cpuset) make it a slow device."""
+        ``cpu_quota`` (fraction of one CPU per ``period_us``) and ``cpus`` (a cpuset) make it a slow
+        device."""
         ddir = self.dir / name
         ddir.mkdir()
         os.chmod(ddir, 0o755)
@@ -126,7 +128,8 @@ class Fleet:
         (ddir / "authorized_keys").write_text(Path(str(self.client_key) + ".pub").read_text())
         os.chmod(ddir / "authorized_keys", 0o644)
         host_key = keygen(ddir / "ssh_host_ed25519_key", f"{name}-host")
-        cgroup = CGroup(f"edgenas-fleet-{self.run_id}-{name}", self.dir, cpu_quota=cpu_quota, cpus=cpus)
+        cgroup = CGroup(f"edgenas-fleet-{self.run_id}-{name}", self.dir, cpu_quota=cpu_quota, cpus=cpus,
+                        period_us=period_us)
         if self.network is not None:
             netns, veth, host = self.network.attach(name)
             port = 22
