@@ -26,7 +26,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["edgenas", "edgenas.*"]),
+    packages=find_packages(include=["edgenas", "edgenas.*"]) + ["edgenas_device"],
+    # The on-device package lives beside the runner files; the host imports the same code.
+    package_dir={"edgenas_device": "devices/edgenas_device"},
     data_files=_data("supernets") + _data("devices") + _data("deploy"),
     install_requires=[
         "torch>=2.2",
