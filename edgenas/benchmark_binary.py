@@ -36,6 +36,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from edgenas.device.scripts import script
+
 NAME = "benchmark_model"
 REMOTE_PATH = "bin/benchmark_model"  # relative to the device workdir
 
@@ -306,23 +308,7 @@ def to_measurement(parsed: dict[str, Any], *, threads: int, protocol: dict[str, 
 
 # The runner's state_before/state_after (cpufreq, thermal, throttled, time) read with plain shell, for
 # devices that have no Python.  A fixed script: nothing from the user is spliced into it.
-STATE_SCRIPT = r"""
-for d in /sys/devices/system/cpu/cpu[0-9]*/cpufreq; do
-  [ -d "$d" ] || continue
-  c=${d%/cpufreq}; c=${c##*/cpu}
-  printf 'cpufreq\t%s\t%s\t%s\t%s\t%s\n' "$c" "$(cat "$d/scaling_governor" 2>/dev/null)" \
-    "$(cat "$d/scaling_cur_freq" 2>/dev/null)" "$(cat "$d/scaling_min_freq" 2>/dev/null)" \
-    "$(cat "$d/scaling_max_freq" 2>/dev/null)"
-done
-for z in /sys/class/thermal/thermal_zone*; do
-  [ -d "$z" ] || continue
-  printf 'thermal\t%s\t%s\t%s\n' "${z##*/}" "$(cat "$z/temp" 2>/dev/null)" "$(cat "$z/type" 2>/dev/null)"
-done
-if command -v vcgencmd >/dev/null 2>&1; then
-  printf 'throttled\t%s\n' "$(vcgencmd get_throttled 2>/dev/null)"
-fi
-printf 'time\t%s\n' "$(date +%s)"
-"""
+STATE_SCRIPT = script("state")  # devices/scripts/state.sh
 
 
 def _int(text: str) -> int | None:
