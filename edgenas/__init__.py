@@ -4,12 +4,33 @@ Train a once-for-all MobileNetV3 supernet once, measure its subnets on real devi
 device, and deploy int8 TFLite models to a fleet.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from edgenas.errors import ArchError, CheckpointError, EdgeNASError, SpecError
 from edgenas.space import Arch, SearchSpace, make_divisible
-from edgenas.supernets import MobileNetV3, MobileNetV3Supernet, build_supernet, load_supernet
-from edgenas.supernets.ofa_import import import_ofa
 
 __version__ = "0.1.0"
+
+# The torch-backed names load on first use (PEP 562), not on ``import edgenas``: every ``edgenas.x``
+# import runs this file, and verbs that touch no model (``device list``, ``fleet status``) must not
+# pay torch's start-up (about a second) for it.
+_LAZY = {
+    "MobileNetV3": "edgenas.supernets",
+    "MobileNetV3Supernet": "edgenas.supernets",
+    "build_supernet": "edgenas.supernets",
+    "load_supernet": "edgenas.supernets",
+    "import_ofa": "edgenas.supernets.ofa_import",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgenas' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 __all__ = [
     "Arch",

@@ -8,8 +8,6 @@ import click
 
 from edgenas.cli.common import echo_json
 from edgenas.cli.supernet import _load_eval_data
-from edgenas.supernets.checkpoint import load_supernet
-from edgenas.supernets.subnet_ckpt import save_subnet
 
 
 @click.group()
@@ -40,6 +38,8 @@ def train_cmd(ckpt: Path, arch_id: str, out: Path, from_scratch: bool, epochs: f
               seed: int, device: str, as_json: bool) -> None:
     """Fine-tune (or retrain) subnet ARCH of supernet CKPT and save it as a subnet checkpoint."""
     from edgenas.finetune import train_subnet
+    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.subnet_ckpt import save_subnet
 
     net = load_supernet(ckpt)
     arch = net.space.parse(arch_id)

@@ -9,8 +9,6 @@ import click
 
 from edgenas.cli.common import echo_json, human, table
 from edgenas.space import available_spaces
-from edgenas.supernets.checkpoint import load_supernet
-from edgenas.supernets.ofa_import import import_ofa
 
 
 @click.group()
@@ -23,6 +21,8 @@ def supernet() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def info(ckpt: Path, as_json: bool) -> None:
     """What a supernet checkpoint holds: space, classes, normalisation, size."""
+    from edgenas.supernets.checkpoint import load_supernet
+
     net = load_supernet(ckpt)
     space = net.space
     data = {
@@ -62,6 +62,8 @@ def info(ckpt: Path, as_json: bool) -> None:
               help="Where to write the edgenas checkpoint.")
 def import_ofa_cmd(path: Path, space_name: str, out: Path) -> None:
     """Convert a published once-for-all MobileNetV3 state dict into an edgenas checkpoint."""
+    from edgenas.supernets.ofa_import import import_ofa
+
     net = import_ofa(path, space_name)
     net.save(out, net.meta)
     click.echo(f"imported {path} ({net.num_classes} classes, {space_name}) -> {out}")
@@ -141,6 +143,7 @@ def eval_cmd(ckpt: Path, arch_ids: tuple[str, ...], data_source: str | None, cal
              no_recalibrate: bool, as_json: bool) -> None:
     """Top-1 of subnets on the validation split (BN recalibrated on calibration images)."""
     from edgenas.evaluate import evaluate_archs
+    from edgenas.supernets.checkpoint import load_supernet
 
     net = load_supernet(ckpt)
     archs = [net.space.parse(a) for a in arch_ids]
