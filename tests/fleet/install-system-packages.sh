@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test fleet stands on: real sshd, the real adb client/server, iproute2
-# (network namespaces, veth, tc) and nftables (fault injection).  Installs only what is missing,
+# (network namespaces, veth, tc), nftables (fault injection), qemu-user (the emulated ARM devices,
+# tests/fleet/arm.py) and shellcheck (lints the on-device shell scripts).  Installs only what is missing,
 # only as root; otherwise it says what is missing and the fleet fixtures explain what they skip.
 set -euo pipefail
 need=()
@@ -10,6 +11,8 @@ command -v adb >/dev/null 2>&1 || need+=(adb)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+{ command -v qemu-aarch64 && command -v qemu-arm; } >/dev/null 2>&1 || need+=(qemu-user)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != "0" ]; then
   echo "test fleet: missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
