@@ -52,6 +52,8 @@ from edgenas.bench import (
     ModelFileError,
     load_model_dir,
 )
+from edgenas.device.cancel import Cancel, Cancelled
+from edgenas.device.session import NoRuntimeError
 from edgenas.errors import EdgeNASError
 from edgenas.files import sha256_file
 from edgenas.registry import Device, select_devices
@@ -351,15 +353,19 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     report = MeasureReport(cid, space.name, arch_ids, list(precisions), threads, reports)
 
     stop = threading.Event()
+    cancel = Cancel()
     exports_done = threading.Event()
     queues: dict[str, queue.Queue] = {d.name: queue.Queue() for d in devs}
+    # Not daemon threads: on Ctrl-C/SIGTERM each worker's session stops its benchmark on the device
+    # and releases the device lock before the process exits (see the except clause below).
     threads_ = [
-        threading.Thread(target=_device_worker, name=f"measure-{d.name}", daemon=True,
+        threading.Thread(target=_device_worker, name=f"measure-{d.name}",
                          args=(home, d, settings, cid, queues[d.name], reports[d.name], stop,
                                exports_done if d.kind == "local" else None, say,
-                               dict(todo[d.name])))
+                               dict(todo[d.name]), cancel))
         for d in devs
     ]
+    campaign_lock = _campaign_lock(home, cid)
     for t in threads_:
         t.start()
 
@@ -399,12 +405,37 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     except BaseException:
         stop.set()
         exports_done.set()
+        for q in queues.values():
+            q.put(None)
+        cancel.cancel()  # stop every device's benchmark and release its lock, all at once
+        for t in threads_:
+            t.join(timeout=30)
         raise
     finally:
         if pool is not None:
             _shutdown(pool)
+        os.close(campaign_lock)
         report.seconds = time.monotonic() - started
     return report
+
+
+def _campaign_lock(home: Path, cid: str) -> int:
+    """Refuse a second run of the same campaign in this workspace while the first one runs: both would
+    measure what neither has stored yet, and store every row twice.  (The device lock keeps different
+    campaigns from overlapping on one device.)  Returns the descriptor to close at the end."""
+    import fcntl
+
+    locks = home / "locks"
+    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(locks / f"campaign-{cid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MeasureError(f"campaign {cid} is already running in this workspace (another "
+                           "`edgenas measure` with the same arguments); wait for it, or resume it "
+                           "later") from None
+    return fd
 
 
 def _run_exports(pending: list[tuple[tuple[str, str], Path]], pool: Any, ckpt: str, source_sha: str,
@@ -459,7 +490,7 @@ def _shutdown(pool: Any) -> None:
 def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign: str,
                    items: queue.Queue, rep: DeviceReport, stop: threading.Event,
                    wait_for: threading.Event | None, say: _Progress,
-                   left: dict[tuple[str, str], int]) -> None:
+                   left: dict[tuple[str, str], int], cancel: Cancel) -> None:
     """Benchmark everything queued for one device, one at a time, storing each result at once; then
     the further passes of a repeated campaign (``left``: measurements still owed per job)."""
     if rep.todo == 0:
@@ -469,14 +500,15 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
         wait_for.wait()
     t0 = time.monotonic()
     try:
-        with open_store(home) as store, DeviceBencher(home, device, settings) as bencher:
+        with open_store(home) as store, DeviceBencher(home, device, settings,
+                                                      cancel=cancel) as bencher:
 
             def one(job: tuple[str, str], model_dir: Path) -> None:
                 arch, precision = job
                 left[job] -= 1
                 try:
                     rec = bencher.bench(store, load_model_dir(model_dir), campaign=campaign)
-                except DeviceBusyError:
+                except (DeviceBusyError, NoRuntimeError, Cancelled):
                     raise
                 except BenchError as exc:  # this model failed; the device is fine
                     rep.failed += 1
@@ -507,6 +539,9 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
     except EdgeNASError as exc:
         rep.aborted = str(exc)
         say(device.name, f"ABORTED after {rep.measured} measurement(s): {exc}")
+    except Exception as exc:  # noqa: BLE001 - a bug must still leave a reason in the report
+        rep.aborted = f"internal error: {exc!r}"
+        say(device.name, f"ABORTED after {rep.measured} measurement(s): {rep.aborted}")
     finally:
         rep.seconds = time.monotonic() - t0
 

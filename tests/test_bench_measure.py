@@ -21,7 +21,8 @@ import torch
 from click.testing import CliRunner
 
 from edgenas import build_supernet
-from edgenas.bench import DeviceBusyError, DeviceLock, ModelFileError, bench_model
+from edgenas.bench import DeviceBusyError, ModelFileError, bench_model
+from edgenas.device.lock import DeviceLock
 from edgenas.cli import main
 from edgenas.data import load_data
 from edgenas.errors import TransportError
@@ -103,13 +104,13 @@ def test_bench_on_local_ssh_and_adb_stores_provenance_and_uploads_once(fleet, wo
     for name in ("here", "ssh1", "adb1"):
         with open_store(workspace) as store:
             first = bench_model(store, workspace, name, tiny["min"], **FAST)
-        assert sorted(first["uploaded"]) == ["models/cache/" + sha + ".tflite", "runner.py"]
-        remote = device_dir(fleet, workspace, name) / "models" / "cache" / f"{sha}.tflite"
-        mtime = remote.stat().st_mtime_ns
+        assert sorted(first["uploaded"]) == ["cache/models/" + sha + ".tflite", "runner.pyz"]
+        remote = device_dir(fleet, workspace, name) / "cache" / "models" / f"{sha}.tflite"
+        inode = remote.stat().st_ino  # an upload renames a new file over it; a use only touches it
         with open_store(workspace) as store:
             second = bench_model(store, workspace, name, tiny["min"], **FAST)
         assert second["uploaded"] == [], f"{name}: the second bench transferred {second['uploaded']}"
-        assert remote.stat().st_mtime_ns == mtime
+        assert remote.stat().st_ino == inode
         for rec in (first, second):
             assert rec["device"] == name and rec["runtime"] == expected_runtime[name]
             assert rec["runtime_version"] and rec["precision"] == "fp32" and rec["threads"] == 1
@@ -195,12 +196,12 @@ def test_two_benches_on_one_device_take_turns(fleet, tmp_path, tiny):
                    (rows(h)[0] for h in homes))
     assert all(results) and len(spans) == 2
     assert spans[0][1] <= spans[1][0], f"benchmarks overlapped: {spans}"
-    assert not (fleet.ssh["ssh1"].workdir / ".bench.lock").exists()
+    assert not (fleet.ssh["ssh1"].workdir / ".edgenas.lock").exists()
 
 
 def test_device_lock_breaks_a_dead_holder_and_waits_for_a_live_one(fleet, workspace, tiny):
     register(workspace, fleet, "ssh1")
-    lock_dir = fleet.ssh["ssh1"].workdir / ".bench.lock"
+    lock_dir = fleet.ssh["ssh1"].workdir / ".edgenas.lock"
     with open_store(workspace) as store:
         dev = get_device(store, "ssh1")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -208,7 +209,8 @@ def test_device_lock_breaks_a_dead_holder_and_waits_for_a_live_one(fleet, worksp
     with open_transport(dev, workspace) as t:
         t.run(["mkdir", "-p", str(lock_dir)])
         record = f"tok {os.uname().nodename} {dead.pid} 900"
-        t.run(["sh", "-c", f'echo "{record} $(date +%s)" > {lock_dir}/owner'])
+        t.run(["sh", "-c", f'echo "{record} $(cat /proc/sys/kernel/random/boot_id) '
+                           f'$(cut -d. -f1 /proc/uptime)" > {lock_dir}/owner'])
         with open_store(workspace) as store:  # a holder that died on this host: broken at once
             assert bench_model(store, workspace, "ssh1", tiny["min"], **FAST)["median_ms"] > 0
         assert not lock_dir.exists()
@@ -240,7 +242,7 @@ def test_device_killed_mid_benchmark_gives_a_clear_error_and_no_row(fleet, works
     thread.start()
     try:
         deadline = time.monotonic() + 60
-        while not (dev.workdir / ".bench.lock").exists() and time.monotonic() < deadline:
+        while not (dev.workdir / ".edgenas.lock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.5)  # inside the timed runs
         dev.kill()

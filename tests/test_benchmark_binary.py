@@ -11,6 +11,8 @@ and registers the device with a Python that does not exist: only the binary can 
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 import stat
 import subprocess
@@ -122,6 +124,159 @@ def test_parse_errors_unconsumed_flags_and_incomplete_output():
         bmb.to_measurement(bmb.parse_output(zero), threads=1, protocol={})
     assert bmb.parse_version(1, "ERROR: Please specify the name of your TF Lite input file") is None
     assert bmb.parse_version(0, "LiteRT version: 2.16.1\n") == "2.16.1"
+
+
+TIMED = "count=50 first=20410 curr=20120 min=19870 max=22311 avg=20300 std=406"
+
+
+def _timed(line: str) -> str:
+    return REAL_OUTPUT.replace(TIMED, line)
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("count=nan first=1 curr=1 min=1 max=1 avg=1 std=0", "impossible run count 'nan'"),
+    ("count=inf first=1 curr=1 min=1 max=1 avg=1 std=0", "impossible run count 'inf'"),
+    ("count=2.5 first=1 curr=1 min=1 max=1 avg=1 std=0", "impossible run count '2.5'"),
+    ("count=-3 first=1 curr=1 min=1 max=1 avg=1 std=0", "impossible run count '-3'"),
+    ("count=1e12 first=1 curr=1 min=1 max=1 avg=1 std=0", "impossible run count"),
+    ("count=50 first=20410 curr=20120 min=19870 max=22311 avg=nan std=406", "impossible avg=nan"),
+    ("count=50 first=20410 curr=20120 min=19870 max=22311 avg=-20300 std=406", "impossible avg=-20300"),
+    ("count=50 first=20410 curr=20120 min=-5 max=22311 avg=20300 std=406", "impossible min=-5"),
+    ("count=50 first=20410 curr=20120 min=19870 max=22311 avg=20300 std=-406", "impossible std=-406"),
+    ("count=50 first=20410 curr=20120 min=19870 max=inf avg=20300 std=406", "impossible max=inf"),
+    ("count=50 first=1 curr=1 min=1 max=3e9 avg=2e9 std=1", "impossible max=3e9"),
+    ("count=50 first=1 curr=1 min=1 max=1e999 avg=2 std=1", "impossible max=1e999"),
+    ("count=50 first=1 curr=1 min=900 max=100 avg=500 std=1", "min above max"),
+    ("count=50 first=1 curr=1 min=100 max=900 avg=5000 std=1", "avg outside min..max"),
+    ("count=50 first=1 curr=1 min=100 max=900 avg=500 std=1 median=1e5", "median outside min..max"),
+    ("count=5 curr=-1234(all same)", "not a statistics line|without a value|impossible"),
+    ("count=5(all same)", "without a value"),
+    ("count=50 avg=" + "9" * 5000, "statistics line of 5[0-9]{3} characters"),
+])
+def test_impossible_statistics_are_one_clear_output_error(line, reason):
+    """A device that prints nan, inf, negative or absurd timings gets one OutputError with the reason,
+    never a ValueError/OverflowError out of int() or float(), never a negative latency in the store."""
+    parsed = bmb.parse_output(_timed(line))  # never raises
+    with pytest.raises(bmb.OutputError, match=reason) as caught:
+        bmb.to_measurement(parsed, threads=1, protocol={})
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 2 * bmb.MAX_MESSAGE_CHARS + 200
+    with pytest.raises(bmb.OutputError):
+        bmb.parse_stat(line)
+    # The warm-up line is held to the same rules: a broken log is broken wherever it is.
+    warmup = "count=24 first=33561 curr=20345 min=19988 max=33561 avg=21222.1 std=2689"
+    warm = REAL_OUTPUT.replace(warmup, line)
+    with pytest.raises(bmb.OutputError, match=reason):
+        bmb.to_measurement(bmb.parse_output(warm), threads=1, protocol={})
+
+
+def test_huge_output_and_absurd_side_values():
+    with pytest.raises(bmb.OutputError, match="average of 0 us"):
+        bmb.to_measurement(bmb.parse_output(_timed("count=50 min=0 max=0 avg=0 std=0")), threads=1,
+                           protocol={})
+    huge = REAL_OUTPUT + ("INFO: " + "x" * 1000 + "\n") * 1100
+    parsed = bmb.parse_output(huge)
+    assert parsed["timed"] is None and parsed["errors"] == []
+    with pytest.raises(bmb.OutputError, match="more than the 1,000,000"):
+        bmb.to_measurement(parsed, threads=1, protocol={})
+    assert len(bmb.tail(huge)) <= 800
+    # Many error lines, and one enormous one, are kept bounded.
+    noisy = bmb.parse_output("ERROR: " + "e" * 10_000 + "\n" + "ERROR: again\n" * 500)
+    assert len(noisy["errors"]) == bmb.MAX_MESSAGES
+    assert max(len(e) for e in noisy["errors"]) <= bmb.MAX_MESSAGE_CHARS + 1
+    # Init, first inference, memory: a bad value is dropped with a warning; the timing still counts.
+    side = (REAL_OUTPUT.replace("Init: 25400", "Init: -25400").replace("init=3.0", "init=nan")
+            .replace("monitoring: 12.5", "monitoring: inf").replace("(MB): 5.4562", "(MB): 1e99")
+            .replace("iterations and at least 1 seconds", "iterations and at least nan seconds")
+            .replace("at least 50 iterations", "at least " + "9" * 5000 + " iterations"))
+    m = bmb.to_measurement(bmb.parse_output(side), threads=1, protocol={})
+    assert m["median_ms"] == 20.3 and m["init_ms"] == 25.4  # the "Initialized session in" line
+    assert m["memory"]["peak_rss_kib"] is None and m["memory"]["footprint_init_mib"] is None
+    assert m["model_size_mb"] is None
+    assert sum("ignored" in w for w in m["warnings"]) == 4
+    assert bmb.parse_state("cpufreq\t0\tondemand\t" + "9" * 5000 + "\t1\t2\ntime\t-" + "1" * 30)[
+        "cpufreq"][0]["cur_khz"] is None
+
+
+# Replacement values a lying or broken device might print in place of a number.
+_BAD_NUMBERS = ("nan", "-nan", "inf", "-inf", "-1", "-0.5", "0", "1e300", "1e10", "2e9", "9" * 400,
+                "9" * 5000, "", "x", "1e", "--3", ".", "+7", "1.5", "NaN", "Infinity", "0x10")
+
+
+def _corrupt(text: str, rng: random.Random) -> str:
+    """A few random corruptions of a real log: numbers swapped for hostile ones, lines dropped,
+    duplicated, reordered or cut, garbage inserted, or the whole log blown up."""
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(8)
+        lines = text.split("\n")
+        if op <= 2:  # replace one number
+            spans = [m.span() for m in re.finditer(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+            if spans:
+                a, b = rng.choice(spans)
+                text = text[:a] + rng.choice(_BAD_NUMBERS) + text[b:]
+        elif op == 3 and lines:
+            del lines[rng.randrange(len(lines))]
+            text = "\n".join(lines)
+        elif op == 4 and lines:
+            i = rng.randrange(len(lines))
+            lines.insert(rng.randrange(len(lines) + 1), lines[i])
+            text = "\n".join(lines)
+        elif op == 5:
+            text = text[:rng.randrange(len(text) + 1)]
+        elif op == 6:
+            garbage = "".join(chr(rng.choice((rng.randrange(32, 127), rng.randrange(0, 0x3000))))
+                              for _ in range(rng.randrange(1, 80)))
+            i = rng.randrange(len(text) + 1)
+            text = text[:i] + garbage + text[i:]
+        elif rng.random() < 0.05:
+            text = text * (bmb.MAX_OUTPUT_CHARS // max(len(text), 1) + 2)
+        else:
+            text = text.replace("count=", rng.choice(("count=", "cnt=", "count=count=", "count= ")), 1)
+    return text
+
+
+def _numbers(value, path="record"):
+    """Every number in a record, with where it is."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+def test_fuzzed_logs_give_a_valid_record_or_one_output_error():
+    """Property: for any corruption of a real log, the parser returns a record whose every number is
+    finite and non-negative (latencies below 1e6 ms, min ≤ median ≤ max), or raises OutputError —
+    nothing else.  Seeded, so a failure reproduces."""
+    rng = random.Random(20240612)
+    bases = (REAL_OUTPUT, _timed("count=50 curr=20120(all same)"),
+             _timed(TIMED + " p5=19901 median=20233 p90=20950 p95=21408"))
+    outcomes = {"record": 0, "error": 0}
+    for case in range(1500):
+        text = _corrupt(rng.choice(bases), rng)
+        try:
+            parsed = bmb.parse_output(text)
+        except Exception as exc:  # noqa: BLE001 - the property is that nothing escapes
+            pytest.fail(f"case {case}: parse_output raised {exc!r} on {text[:300]!r}")
+        try:
+            m = bmb.to_measurement(parsed, threads=2, protocol={})
+        except bmb.OutputError as exc:
+            assert type(exc) is bmb.OutputError and "\n" not in str(exc)
+            outcomes["error"] += 1
+            continue
+        except Exception as exc:  # noqa: BLE001
+            pytest.fail(f"case {case}: to_measurement raised {exc!r} on {text[:300]!r}")
+        outcomes["record"] += 1
+        for where, number in _numbers(m):
+            assert math.isfinite(number) and number >= 0, (case, where, number, text[:300])
+        assert m["count"] >= 1 and 0 < m["mean_ms"] <= 1e6 and 0 <= m["median_ms"] <= 1e6
+        slack = 1e-4 * m["max_ms"] + 0.001
+        assert m["min_ms"] - slack <= m["median_ms"] <= m["max_ms"] + slack, (case, text[:300])
+    # Both outcomes occur, so the corruptions neither always break nor never break the log.
+    assert outcomes["record"] > 100 and outcomes["error"] > 100, outcomes
 
 
 def test_argv_uses_the_binarys_flag_syntax():
@@ -266,10 +421,10 @@ def test_bench_on_adb_with_the_binary_stores_its_numbers_and_uploads_once(fleet,
     model = models["fp32"]
     sha = json.loads((model / "manifest.json").read_text())["model"]["sha256"]
     first = cli.json("bench", str(model), "--device", "phone", *FAST)
-    assert sorted(first["uploaded"]) == ["bin/benchmark_model", f"models/cache/{sha}.tflite"]
+    assert sorted(first["uploaded"]) == ["bin/benchmark_model", f"cache/models/{sha}.tflite"]
     pushed = workdir / "bin" / "benchmark_model"
     assert sha256_file(pushed) == sha256_file(binary) and stat.S_IMODE(pushed.stat().st_mode) == 0o755
-    assert not (workdir / "runner.py").exists()
+    assert not (workdir / "runner.pyz").exists()
     mtime = pushed.stat().st_mtime_ns
     second = cli.json("bench", str(model), "--device", "phone", *FAST)
     assert second["uploaded"] == [] and pushed.stat().st_mtime_ns == mtime

@@ -32,11 +32,18 @@ from edgenas.paths import default_home
 
 class _Main(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from edgenas.device.cancel import sigterm_as_interrupt
+
         try:
-            return super().invoke(ctx)
+            # SIGTERM unwinds like Ctrl-C, so commands stop their jobs on devices and release locks.
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except EdgeNASError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("cancelled: the jobs it started on devices were stopped", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Run a command as the lock holder's job: LOCKDIR TOKEN ARGV...
+# The job's pid goes into the lock folder, so a cancelled host (Ctrl-C, SIGTERM) or the next taker of a
+# stale lock can stop it (unlock.sh): a benchmark left running would overlap the next one.  exec keeps
+# the pid: the recorded process is the command itself.
+d=$1
+tok=$2
+shift 2
+owner=$(head -n 1 "$d/owner" 2>/dev/null)
+case "$owner" in
+  "$tok "*) ;;
+  *) echo "edgenas: this command no longer holds the device lock $d" >&2; exit 75 ;;
+esac
+echo $$ > "$d/job.pid" || exit 75
+exec "$@"

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Release the device lock: LOCKDIR TOKEN KILL [FORCE-RECORD].  With KILL=1 it stops the holder's job
+# first (see job.sh; KILL=0 after a reboot, when the recorded pid belongs to another process now), then
+# removes the lock, but only while TOKEN still owns it.  With FORCE-RECORD (a stale holder's
+# record as read), the lock is broken instead: renamed aside atomically, and put back if another
+# holder took it in the meantime.
+d=$1
+tok=$2
+kill=$3
+want=${4:-}
+if [ -n "$want" ]; then
+  side="$d.stale-$$"
+  mv "$d" "$side" 2>/dev/null || exit 0
+  got=$(head -n 1 "$side/owner" 2>/dev/null)
+  if [ -n "$got" ] && [ "$got" != "$want" ]; then
+    mv "$side" "$d" 2>/dev/null
+    exit 0
+  fi
+  d=$side
+else
+  owner=$(head -n 1 "$d/owner" 2>/dev/null)
+  [ "${owner%% *}" = "$tok" ] || exit 0
+fi
+pid=
+[ "$kill" = 1 ] && pid=$(cat "$d/job.pid" 2>/dev/null)
+case "$pid" in
+  ''|*[!0-9]*) ;;
+  *)
+    if kill -0 "$pid" 2>/dev/null; then
+      pkill -TERM -P "$pid" 2>/dev/null
+      kill -TERM "$pid" 2>/dev/null
+      n=0
+      while kill -0 "$pid" 2>/dev/null && [ $n -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
+      pkill -KILL -P "$pid" 2>/dev/null
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    ;;
+esac
+rm -rf "$d"
+exit 0
