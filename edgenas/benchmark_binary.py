@@ -77,8 +77,21 @@ _VERSION = re.compile(r"(?i)\b(?:version|litert|tflite|tensorflow lite)\b[^0-9\n
                       r"v?(\d+\.\d+(?:\.\d+)?(?:[-+.][0-9A-Za-z.]+)?)")
 
 
+# Bounds on what a device may print.  A real log is a few KB with lines under 300 characters; one
+# inference slower than 1000 s (1e9 us) or a count beyond 1e8 runs is not a measurement but corruption.
+MAX_OUTPUT_CHARS = 1_000_000
+MAX_LINE_CHARS = 4096
+MAX_MESSAGES = 50
+MAX_MESSAGE_CHARS = 500
+MAX_LATENCY_US = 1e9
+MAX_COUNT = 1e8
+MAX_MB = 1e7
+_STAT_KEYS = frozenset({"count", "first", "curr", "min", "max", "avg", "std", "median"})
+
+
 class OutputError(ValueError):
-    """The binary's output does not contain a complete benchmark (missing statistics, zero runs)."""
+    """The binary's output is not a complete, believable benchmark (missing statistics, zero runs,
+    impossible numbers, too large).  The only exception the output parser raises."""
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -125,7 +138,7 @@ def parse_version(rc: int, text: str) -> str | None:
     """A version number from ``--version`` output, only when the binary answered it successfully."""
     if rc != 0:
         return None
-    m = _VERSION.search(text)
+    m = _VERSION.search(text[:MAX_LINE_CHARS * 4])
     return m.group(1) if m else None
 
 
@@ -135,6 +148,11 @@ def parse_version(rc: int, text: str) -> str | None:
 def combine(stdout: str, stderr: str) -> str:
     """Both streams as one text: builds differ in where INFO lines go, errors go to stderr."""
     return "\n".join(part for part in (stdout, stderr) if part)
+
+
+def _clip(message: str) -> str:
+    """A device-supplied message cut to a length that fits in an error line and a database row."""
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
 
 
 def _lines(text: str) -> list[tuple[str, str]]:
@@ -150,26 +168,100 @@ def _lines(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _finite(text: str, limit: float) -> float | None:
+    """``text`` as a float when it is finite, non-negative and at most ``limit``, else ``None``."""
+    try:
+        value = float(text)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) and 0.0 <= value <= limit else None
+
+
+def _count(text: str) -> int | None:
+    """A run count: a whole number in [0, MAX_COUNT] (``1e3`` is allowed; ``2.5``, ``nan`` are not)."""
+    value = _finite(text, MAX_COUNT)
+    return int(value) if value is not None and value == int(value) else None
+
+
+def _stat_key(key: str) -> bool:
+    return key in _STAT_KEYS or bool(re.fullmatch(r"p\d{1,2}(?:\.\d{1,3})?", key))
+
+
 def parse_stat(message: str) -> dict[str, Any]:
     """One statistics line (microseconds) as numbers, ``all_same`` filled in.
 
     ``count=5 curr=1234(all same)`` and ``count=1 curr=1234`` print no min/max/avg/std: every run took
     ``curr`` microseconds, so those are ``curr`` and the deviation is 0.
+
+    The line comes from a device, so it is checked before any number is believed: every value must be
+    finite, non-negative and below :data:`MAX_LATENCY_US`, the count a whole number, and min ≤ avg ≤ max
+    (within the 6 significant digits the binary prints).  Anything else raises :class:`OutputError` —
+    one clear reason, never a ``ValueError`` from ``int(nan)`` or a negative latency stored as a fact.
+    Keys a newer build may add beyond the known ones (count, first, curr, min, max, avg, std, median,
+    ``pNN``) are dropped rather than trusted.
     """
-    pairs = {k: float(v) for k, v in _PAIR.findall(message)}
-    if "count" not in pairs:
-        raise OutputError(f"not a statistics line: {message!r}")
-    stat: dict[str, Any] = dict(pairs)
-    stat["count"] = int(pairs["count"])
-    stat["all_same"] = "(all same)" in message or (stat["count"] > 0 and "min" not in pairs)
-    if stat["count"] > 0 and stat["all_same"]:
-        curr = pairs.get("curr")
+    if len(message) > MAX_LINE_CHARS:
+        raise OutputError(f"statistics line of {len(message)} characters (at most {MAX_LINE_CHARS})")
+    raw = {k: v for k, v in _PAIR.findall(message) if _stat_key(k)}
+    if "count" not in raw:
+        raise OutputError(f"not a statistics line: {_clip(message)!r}")
+    count = _count(raw["count"])
+    if count is None:
+        raise OutputError(f"statistics line with an impossible run count {_clip(raw['count'])!r}: "
+                          f"{_clip(message)!r}")
+    stat: dict[str, Any] = {}
+    for key, text in raw.items():
+        if key == "count":
+            continue
+        value = _finite(text, MAX_LATENCY_US)
+        if value is None:
+            raise OutputError(f"statistics line with an impossible {key}={_clip(text)} (must be a "
+                              f"finite time in 0..{MAX_LATENCY_US:.0e} us): {_clip(message)!r}")
+        stat[key] = value
+    stat["count"] = count
+    summary = [key for key in ("min", "max", "avg", "std") if key in stat]
+    stat["all_same"] = "(all same)" in message or (count > 0 and not summary)
+    if count > 0 and stat["all_same"]:
+        curr = stat.get("curr")
         if curr is None:
-            raise OutputError(f"statistics line without a value: {message!r}")
+            raise OutputError(f"statistics line without a value: {_clip(message)!r}")
         for key in ("first", "min", "max", "avg"):
             stat.setdefault(key, curr)
         stat.setdefault("std", 0.0)
+    elif count > 0 and len(summary) < 4:
+        raise OutputError(f"statistics line with only {', '.join(summary)} of min, max, avg, std: "
+                          f"{_clip(message)!r}")
+    if count > 0:
+        _check_order(stat, message)
     return stat
+
+
+def _check_order(stat: dict[str, Any], message: str) -> None:
+    """min ≤ every central value and percentile ≤ max, with slack for 6-digit printing."""
+    low, high = stat.get("min"), stat.get("max")
+    if low is None or high is None:
+        return
+    slack = 1e-4 * high + 1.0
+    if low > high + slack:
+        raise OutputError(f"statistics line with min above max: {_clip(message)!r}")
+    for key, value in stat.items():
+        if key in ("avg", "median") or (key.startswith("p") and key != "count"):
+            if not low - slack <= value <= high + slack:
+                raise OutputError(f"statistics line with {key} outside min..max: {_clip(message)!r}")
+
+
+def _quantity(out: dict[str, Any], name: str, text: str, limit: float) -> float | None:
+    """An auxiliary number (init time, memory): a bad one is dropped with a warning, not stored."""
+    value = _finite(text, limit)
+    if value is None:
+        _note(out["warnings"], f"ignored {name}={_clip(text)} from benchmark_model (not a finite "
+                               f"number in 0..{limit:.0e})")
+    return value
+
+
+def _note(messages: list[str], message: str) -> None:
+    if len(messages) < MAX_MESSAGES:
+        messages.append(_clip(message))
 
 
 def parse_output(text: str) -> dict[str, Any]:
@@ -179,46 +271,65 @@ def parse_output(text: str) -> dict[str, Any]:
     two "Running benchmark for at least ..." lines as dicts), ``init_us``, ``init_ms``,
     ``first_inference_us``, ``warmup_avg_us``, ``inference_avg_us``, ``footprint_init_mb``,
     ``footprint_overall_mb``, ``peak_mb``, ``model_size_mb``, ``unconsumed_flags`` (flag names the
-    binary did not know), ``errors`` and ``warnings`` (messages).  Never raises: what is missing is
-    ``None``; :func:`to_measurement` decides whether that is enough.
+    binary did not know), ``errors`` and ``warnings`` (messages, at most :data:`MAX_MESSAGES` of
+    :data:`MAX_MESSAGE_CHARS` each), ``invalid`` (why the output cannot be a measurement: too large, a
+    statistics line with impossible numbers).  Never raises: what is missing is ``None``;
+    :func:`to_measurement` decides whether that is enough.  A log larger than
+    :data:`MAX_OUTPUT_CHARS` (a real one is a few KB) is not parsed at all.
     """
     out: dict[str, Any] = {
         "warmup": None, "timed": None, "runs_requested": [], "init_us": None, "init_ms": None,
         "first_inference_us": None, "warmup_avg_us": None, "inference_avg_us": None,
         "footprint_init_mb": None, "footprint_overall_mb": None, "peak_mb": None,
-        "model_size_mb": None, "unconsumed_flags": [], "errors": [], "warnings": [],
+        "model_size_mb": None, "unconsumed_flags": [], "errors": [], "warnings": [], "invalid": [],
     }
+    if len(text) > MAX_OUTPUT_CHARS:
+        out["invalid"].append(f"benchmark_model printed {len(text):,} characters, more than the "
+                              f"{MAX_OUTPUT_CHARS:,} a benchmark log can be")
+        return out
     stats: list[dict[str, Any]] = []
     phase_of_next_stat: list[int] = []
     for severity, msg in _lines(text):
         if severity in ("ERROR", "FATAL"):
-            out["errors"].append(msg)
+            _note(out["errors"], msg)
             continue
         if severity == "WARN":
-            out["warnings"].append(msg)
-            m = _UNCONSUMED.search(msg)
+            _note(out["warnings"], msg)
+            m = _UNCONSUMED.search(msg[:MAX_LINE_CHARS])
             if m:
-                out["unconsumed_flags"] += [a.split("=", 1)[0].lstrip("-") for a in m.group(1).split()]
+                flags = [a.split("=", 1)[0].lstrip("-")[:64] for a in m.group(1).split()]
+                out["unconsumed_flags"] = (out["unconsumed_flags"] + flags)[:MAX_MESSAGES]
             continue
-        if m := _RUNNING.search(msg):
-            out["runs_requested"].append({"runs": int(m.group(1)), "min_secs": float(m.group(2)),
-                                          "max_secs": float(m.group(3))})
-            phase_of_next_stat.append(len(out["runs_requested"]) - 1)
-        elif msg.startswith("count="):
-            stat = parse_stat(msg)
-            stat["phase"] = phase_of_next_stat.pop(0) if phase_of_next_stat else len(stats)
+        if msg.startswith("count="):
+            phase = phase_of_next_stat.pop(0) if phase_of_next_stat else len(stats)
+            try:
+                stat = parse_stat(msg)
+            except OutputError as exc:
+                stat = {"invalid": str(exc)}
+            stat["phase"] = phase
             stats.append(stat)
+            continue
+        if len(msg) > MAX_LINE_CHARS:
+            continue  # no line the parser reads is this long
+        if m := _RUNNING.search(msg):
+            out["runs_requested"].append({"runs": _count(m.group(1)),
+                                          "min_secs": _finite(m.group(2), 1e9),
+                                          "max_secs": _finite(m.group(3), 1e9)})
+            phase_of_next_stat.append(len(out["runs_requested"]) - 1)
         elif m := _TIMINGS.search(msg):
             out["init_us"], out["first_inference_us"], out["warmup_avg_us"], out["inference_avg_us"] = (
-                float(g) for g in m.groups())
+                _quantity(out, name, g, MAX_LATENCY_US)
+                for name, g in zip(("Init", "First inference", "Warmup (avg)", "Inference (avg)"),
+                                   m.groups()))
         elif m := _INIT.search(msg):
-            out["init_ms"] = float(m.group(1))
+            out["init_ms"] = _quantity(out, "init_ms", m.group(1), MAX_LATENCY_US / 1000)
         elif m := _FOOTPRINT.search(msg):
-            out["footprint_init_mb"], out["footprint_overall_mb"] = float(m.group(1)), float(m.group(2))
+            out["footprint_init_mb"] = _quantity(out, "footprint init", m.group(1), MAX_MB)
+            out["footprint_overall_mb"] = _quantity(out, "footprint overall", m.group(2), MAX_MB)
         elif m := _PEAK.search(msg):
-            out["peak_mb"] = float(m.group(1))
+            out["peak_mb"] = _quantity(out, "peak memory", m.group(1), MAX_MB)
         elif m := _MODEL_SIZE.search(msg):
-            out["model_size_mb"] = float(m.group(1))
+            out["model_size_mb"] = _quantity(out, "model size", m.group(1), MAX_MB)
     for stat in stats:
         key = "warmup" if stat.pop("phase") == 0 else "timed"
         out[key] = stat  # the last one of a phase wins (a build that prints a phase twice)
@@ -231,8 +342,8 @@ def is_model_error(errors: Sequence[str]) -> bool:
 
 
 def tail(text: str, lines: int = 8, chars: int = 800) -> str:
-    """The last lines of the binary's output, for error messages."""
-    kept = [ln.rstrip() for ln in text.splitlines() if ln.strip()][-lines:]
+    """The last lines of the binary's output, for error messages (only the end of a huge one is read)."""
+    kept = [ln.rstrip() for ln in text[-64 * chars:].splitlines() if ln.strip()][-lines:]
     return " | ".join(kept)[-chars:] or "no output"
 
 
@@ -250,13 +361,23 @@ def to_measurement(parsed: dict[str, Any], *, threads: int, protocol: dict[str, 
     (``"median"`` when the build printed one, else ``"avg"``: the central value is then the mean),
     ``percentiles_ms`` (any ``pNN`` the build printed), ``memory.footprint_*_mib``.
 
-    Raises :class:`OutputError` when there is no timed-run statistics line or it counted no runs.
+    Raises :class:`OutputError` (and nothing else) when the output is too large, a statistics line has
+    impossible numbers, there is no timed-run statistics line, or it counted no runs.  Every number in
+    a returned record is finite and non-negative.
     """
+    for reason in parsed.get("invalid") or ():
+        raise OutputError(reason)
     timed = parsed.get("timed")
     if not timed:
         raise OutputError("no statistics line for the timed runs in benchmark_model's output")
+    warmup = parsed.get("warmup") or {}
+    for stat in (timed, warmup):
+        if "invalid" in stat:
+            raise OutputError(stat["invalid"])
     if timed["count"] <= 0 or timed.get("avg") is None:
         raise OutputError("benchmark_model reported zero timed runs")
+    if timed["avg"] <= 0:
+        raise OutputError("benchmark_model reported an average of 0 us over the timed runs")
     mean_us = float(timed["avg"])
     std_us = float(timed.get("std", 0.0))
     if "median" in timed or "p50" in timed:
@@ -265,7 +386,6 @@ def to_measurement(parsed: dict[str, Any], *, threads: int, protocol: dict[str, 
         median_us, median_source = mean_us, "avg"
     percentiles = {k: _ms(v) for k, v in sorted(timed.items())
                    if re.fullmatch(r"p\d+(?:\.\d+)?", k) or k == "median"}
-    warmup = parsed.get("warmup") or {}
     first_us = parsed.get("first_inference_us")
     if not warmup.get("count"):  # no warm-up run: the binary prints 0; the first timed run was first
         first_us = timed.get("first")
@@ -312,8 +432,9 @@ STATE_SCRIPT = script("state")  # devices/scripts/state.sh
 
 
 def _int(text: str) -> int | None:
+    """A decimal integer of at most 18 digits (a device cannot make ``int`` raise with 5,000 digits)."""
     text = text.strip()
-    return int(text) if re.fullmatch(r"-?\d+", text) else None
+    return int(text) if re.fullmatch(r"-?[0-9]{1,18}", text) else None
 
 
 def parse_state(stdout: str) -> dict[str, Any]:
