@@ -1,7 +1,8 @@
 """The on-device runner, run as its own process under each TFLite runtime.
 
-devices/runner.py is copied alone onto devices, so it is tested the way a device runs it: a child
-process (`python devices/runner.py ...`) whose stdout must be exactly one JSON object. Three runtimes:
+The runner (the package devices/edgenas_device) ships to devices as one zipapp, runner.pyz, built by
+edgenas.device.app, so it is tested the way a device runs it: a child process (`python runner.pyz ...`,
+the archive built fresh for this session) whose stdout must be exactly one JSON object. Three runtimes:
 ai-edge-litert and tensorflow.lite in .venv (numpy 2), tflite-runtime in .venv-tflite (numpy < 2, the
 stand-in for a 32-bit Pi). The models are real converter output (tests/runner_models.py), cached between
 sessions. The TensorFlow-runtime children take seconds to import TF, so they start in the background at
@@ -24,13 +25,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgenas.device.app import build_runner_app
+
 try:
     from tests import runner_models
 except ImportError:  # tests/ is not a package in every checkout
     import runner_models  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNER = ROOT / "devices" / "runner.py"
+PACKAGE = ROOT / "devices" / "edgenas_device"
+# Built at import (≈ 15 ms, cached by source hash): the background fixture needs it before any test.
+RUNNER_APP = build_runner_app(ROOT / ".pytest_cache" / "runner_app", PACKAGE)
+RUNNER = RUNNER_APP.path
 VENV_PY = sys.executable  # .venv: ai-edge-litert + tensorflow + numpy 2
 TFLITE_PY = ROOT / ".venv-tflite" / "bin" / "python"  # tflite-runtime + numpy 1.26
 FAST = ["--runs", "5", "--min-secs", "0", "--warmup-runs", "1", "--warmup-secs", "0"]
@@ -72,7 +78,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def start(
     python: str | Path, *args: str | Path, env: dict[str, str] | None = None, runner: bool = True
 ) -> subprocess.Popen:
-    """Start `python devices/runner.py ARGS` (runner=False: `python ARGS`, for interpreter flags)."""
+    """Start `python runner.pyz ARGS` (runner=False: `python ARGS`, for interpreter flags)."""
     cmd = [str(python)] + ([str(RUNNER)] if runner else []) + [str(a) for a in args]
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(env), cwd="/"
@@ -104,7 +110,33 @@ def models(request, tmp_path_factory) -> dict[str, Path]:
         root = tmp_path_factory.mktemp("runner_models")
     if not (root / runner_models.source_hash() / "done").exists() and not _has("tensorflow"):
         pytest.skip("tensorflow is needed to build the test models")
-    return runner_models.cached_models(root)
+    built = runner_models.cached_models(root)
+    # Each model in its own package folder with a manifest by the strict package rules (manifest.py).
+    out: dict[str, Path] = {}
+    for precision, src in built.items():
+        folder = tmp_path_factory.mktemp("package_" + precision)
+        shutil.copy(src, folder / "model.tflite")
+        man = strict_manifest(folder / "model.tflite", precision)
+        (folder / "manifest.json").write_text(json.dumps(man))
+        out[precision] = folder / "model.tflite"
+    return out
+
+
+def strict_manifest(model: Path, precision: str, **changes) -> dict:
+    """A manifest.json the package rules accept for ``model`` (``changes`` replace top-level keys)."""
+    data = model.read_bytes()
+    man = {
+        "format": "edgenas-model",
+        "schema_version": "1.0",
+        "arch": "runner-test",
+        "precision": precision,
+        "labels": list(runner_models.LABELS),
+        "input": {"size": runner_models.INPUT_SIZE, "layout": "NHWC", "mean": list(runner_models.MEAN),
+                  "std": list(runner_models.STD)},
+        "model": {"file": model.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+    }
+    man.update(changes)
+    return man
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +210,7 @@ def check_bench(res: Result, model: Path, runtime: str, precision: str) -> dict:
     assert d["runtime"]["name"] == runtime and d["runtime"]["version"]
     assert d["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert d["model"]["size_bytes"] == model.stat().st_size
-    assert d["runner"]["sha256"] == hashlib.sha256(RUNNER.read_bytes()).hexdigest()
+    assert d["runner"]["sha256"] == hashlib.sha256(RUNNER.read_bytes()).hexdigest() == RUNNER_APP.sha256
     assert d["count"] >= 5 and d["count"] == len(d["times_ms"]) and d["times_listed_all"] is True
     assert d["min_ms"] <= d["median_ms"] <= d["max_ms"]
     assert d["min_ms"] <= d["p90_ms"] <= d["max_ms"]
@@ -213,19 +245,23 @@ def check_bench(res: Result, model: Path, runtime: str, precision: str) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_runner_is_standalone_and_python38_syntax():
-    tree = ast.parse(RUNNER.read_text(), feature_version=(3, 8))
+@pytest.mark.parametrize("module", sorted(p.name for p in PACKAGE.glob("*.py")))
+def test_runner_is_standalone_and_python38_syntax(module):
+    tree = ast.parse((PACKAGE / module).read_text(), feature_version=(3, 8))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
-    third_party = imported - set(sys.stdlib_module_names)
+        relative = isinstance(node, ast.ImportFrom) and node.level > 0
+        assert not relative, "relative imports break in a zipapp"
+    third_party = imported - set(sys.stdlib_module_names) - {"edgenas_device"}
     assert third_party <= {"numpy", "ai_edge_litert", "tflite_runtime", "tensorflow", "PIL"}, third_party
     assert "edgenas" not in imported
-    futures = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
-    assert futures and futures[0].names[0].name == "annotations"  # PEP 604/585 hints stay strings on 3.8
+    if module != "__init__.py":
+        futures = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+        assert futures and futures[0].names[0].name == "annotations"  # PEP 604/585 hints stay strings
 
 
 def _python38() -> str | None:
@@ -252,6 +288,12 @@ def test_runs_under_python38(models):
     res = run(py, "-I", str(RUNNER), "info", "--no-probe", runner=False)
     assert res.rc == 0, res
     assert res.data["python"]["version"].startswith("3.8")
+    assert res.data["runner"]["sha256"] == RUNNER_APP.sha256
+    # Every module imports on 3.8 (a runtime `X | Y`, a 3.9+ stdlib name would fail here).
+    mods = sorted("edgenas_device." + p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    code = f"import sys; sys.path.insert(0, {str(RUNNER)!r}); import " + ", ".join(mods)
+    imp = subprocess.run([py, "-I", "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert imp.returncode == 0, imp.stderr
     if res.data["runtime"] is None:
         res = run(py, "-I", str(RUNNER), "bench", models["fp32"], runner=False)
         assert res.rc == 4, res
@@ -413,7 +455,7 @@ def test_predict_image_without_pillow_says_pass_npy(models, tmp_path):
 
 
 @needs_litert
-def test_predict_without_manifest_and_with_tolerant_manifest(models, sample_files, tmp_path):
+def test_predict_without_manifest_and_with_other_valid_spelling(models, sample_files, tmp_path):
     bare = tmp_path / "bare" / "model.tflite"
     bare.parent.mkdir()
     shutil.copy(models["fp32"], bare)
@@ -422,23 +464,54 @@ def test_predict_without_manifest_and_with_tolerant_manifest(models, sample_file
     assert res.data["manifest"] is None and res.data["top1"]["label"] is None
     assert "no manifest.json" in res.err
 
-    # Another spelling: labels as an index object, mean/std on the 0..255 scale, size as [H, W].
+    # Another spelling the rules allow: mean/std on the 0..255 scale (pixel_range), size as [H, W].
     other = tmp_path / "other.json"
-    mean255 = [m * 255 for m in runner_models.MEAN]
-    std255 = [s * 255 for s in runner_models.STD]
-    other.write_text(
-        json.dumps(
-            {
-                "labels": {str(i): n.upper() for i, n in enumerate(runner_models.LABELS)},
-                "input": {"size": [16, 16], "mean": mean255, "std": std255},
-            }
-        )
-    )
+    inp = {"size": [16, 16], "pixel_range": [0, 255], "mean": [m * 255 for m in runner_models.MEAN],
+           "std": [s * 255 for s in runner_models.STD]}
+    other.write_text(json.dumps(strict_manifest(bare, "fp32", input=inp,
+                                                labels=[n.upper() for n in runner_models.LABELS])))
     ref = run(VENV_PY, "predict", models["fp32"], sample_files["pixels_npy"], "--top-k", "1")
     res = run(VENV_PY, "predict", bare, sample_files["pixels_npy"], "--top-k", "1", "--manifest", other)
     assert res.rc == 0, res
     assert res.data["top1"]["label"] == ref.data["top1"]["label"].upper()
     assert res.data["top1"]["probability"] == pytest.approx(ref.data["top1"]["probability"], rel=1e-5)
+
+
+@needs_litert
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"labels": "/etc/passwd"}, "labels"),  # labels are never a file the runner reads and returns
+        ({"labels": "labels.txt"}, "labels"),
+        ({"classes": ["a"]}, "classes"),  # legacy spellings are refused, not silently ignored
+        ({"format": None}, "format"),
+        ({"schema_version": "2.0"}, "schema_version"),
+    ],
+)
+def test_predict_refuses_manifests_the_rules_refuse(models, sample_files, tmp_path, changes, field):
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    model = folder / "model.tflite"
+    shutil.copy(models["fp32"], model)
+    (folder / "labels.txt").write_text("secret-line\n")
+    man = {k: v for k, v in strict_manifest(model, "fp32", **changes).items() if v is not None}
+    (folder / "manifest.json").write_text(json.dumps(man))
+    res = run(VENV_PY, "predict", model, sample_files["npy"], "--runtime", "litert")
+    assert res.rc == 3 and res.data["kind"] == "manifest_invalid", res
+    assert res.data["field"] == field and str(folder / "manifest.json") in res.data["error"]
+    assert "secret-line" not in res.out and "root:" not in res.out
+
+
+@needs_litert
+def test_predict_refuses_a_model_its_manifest_does_not_vouch_for(models, sample_files, tmp_path):
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    model = folder / "model.tflite"
+    shutil.copy(models["int8"], model)  # the int8 bytes under a manifest written for the fp32 model
+    (folder / "manifest.json").write_text(json.dumps(strict_manifest(models["fp32"], "fp32")))
+    res = run(VENV_PY, "predict", model, sample_files["npy"], "--runtime", "litert")
+    assert res.rc == 3 and res.data["kind"] == "model_corrupt", res
+    assert str(model) in res.data["error"] and "manifest records" in res.data["error"]
 
 
 @needs_litert
@@ -552,7 +625,7 @@ def test_info_in_main_env(background):
     d = res.data
     assert d["command"] == "info"
     assert d["runtime"]["name"] == "litert" and d["runtime"]["version"]
-    assert d["runner"]["sha256"] == hashlib.sha256(RUNNER.read_bytes()).hexdigest()
+    assert d["runner"]["sha256"] == hashlib.sha256(RUNNER.read_bytes()).hexdigest() == RUNNER_APP.sha256
     assert d["runner"]["version"]
     rts = d["runtimes"]
     assert rts["litert"]["importable"] is True
