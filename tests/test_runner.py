@@ -652,3 +652,74 @@ def test_predict_tensorflow_int8(models, sample, background):
     res = finish(background["predict_tf_int8"])
     assert res.data.get("runtime", {}).get("name") == "tensorflow", res
     _check_predict(res, models["int8"], sample, "int8", exact=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The zipapp: deterministic bytes, rebuilt only when a source changes
+# ---------------------------------------------------------------------------------------------------
+
+
+def _package_copy(tmp_path: Path) -> Path:
+    src = tmp_path / "src" / "edgenas_device"
+    shutil.copytree(PACKAGE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "facts.cpython-311.pyc").write_bytes(b"stale bytecode")
+    (src / "notes.txt").write_text("not shipped")
+    return src
+
+
+def test_app_is_deterministic_and_ships_only_sources(tmp_path):
+    import zipfile
+
+    src = _package_copy(tmp_path)
+    a = build_runner_app(tmp_path / "cache_a", src)
+    os.utime(src / "facts.py", (0, 0))  # timestamps and build folders do not change the bytes
+    b = build_runner_app(tmp_path / "cache_b", src)
+    assert a.sha256 == b.sha256 == RUNNER_APP.sha256
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert hashlib.sha256(a.path.read_bytes()).hexdigest() == a.sha256
+    with zipfile.ZipFile(a.path) as zf:
+        infos = zf.infolist()
+    names = [i.filename for i in infos]
+    expected = sorted("edgenas_device/" + p.name for p in PACKAGE.glob("*.py"))
+    assert names == ["__main__.py"] + expected
+    assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in infos)
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+
+
+def test_app_cache_rebuilds_only_on_a_source_change(tmp_path):
+    src = _package_copy(tmp_path)
+    cache = tmp_path / "cache"
+    first = build_runner_app(cache, src)
+    stamp = first.path.stat().st_mtime_ns
+    again = build_runner_app(cache, src)
+    assert again == first and first.path.stat().st_mtime_ns == stamp  # reused, not rewritten
+    # A damaged cache file is rebuilt, never returned.
+    first.path.write_bytes(first.path.read_bytes()[:1000])
+    repaired = build_runner_app(cache, src)
+    assert repaired.sha256 == first.sha256
+    assert hashlib.sha256(repaired.path.read_bytes()).hexdigest() == first.sha256
+    # An edited source gives a new archive (and the old one stays for processes still using it).
+    with open(src / "facts.py", "a") as f:
+        f.write("\n# edited\n")
+    edited = build_runner_app(cache, src)
+    assert edited.sha256 != first.sha256 and edited.path != first.path and first.path.exists()
+
+
+def test_app_refuses_a_folder_that_is_not_the_package(tmp_path):
+    (tmp_path / "x.py").write_text("")
+    with pytest.raises(FileNotFoundError, match="__main__.py"):
+        build_runner_app(tmp_path / "cache", tmp_path)
+
+
+def test_runner_from_the_source_folder_reports_the_same_source_hash(tmp_path):
+    # `python -m edgenas_device` (no zipapp) names its folder and the hash the app cache is keyed by.
+    from edgenas.device.app import _sources, source_hash
+
+    code = f"import sys; sys.path.insert(0, {str(PACKAGE.parent)!r}); "
+    code += "from edgenas_device.__main__ import main; sys.exit(main())"
+    res = run(VENV_PY, "-I", "-c", code, "info", "--no-probe", runner=False)
+    assert res.rc == 0, res
+    assert res.data["runner"]["path"] == str(PACKAGE)
+    assert res.data["runner"]["sha256"] == source_hash(_sources(PACKAGE))
+    assert RUNNER_APP.path.parent.name == res.data["runner"]["sha256"][:16]

@@ -67,3 +67,53 @@ def test_shellcheck_catches_a_bashism(tmp_path: Path):
     res = subprocess.run(["shellcheck", "-s", "sh", str(bad)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode != 0 and "SC" in res.stdout
+
+
+# --- facts.sh and the Python side agree: device facts are written once, in edgenas_device.facts ----
+
+
+def test_facts_sh_and_python_facts_give_the_same_summary():
+    from edgenas_device import facts
+
+    out = subprocess.run(["sh", "-c", scripts.script("facts"), "sh", "python3"], capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert out.stderr == ""
+    shell = facts.parse_facts_sh(out.stdout)
+    py = facts.summary()
+    assert set(py) == set(facts.SUMMARY_KEYS) and set(shell) == set(facts.SUMMARY_KEYS) | {"python_path"}
+    for key in ("arch", "kernel", "os", "cpu_model", "board", "cores", "governor", "freq_max_mhz",
+                "mem_total_mib", "boot_id"):
+        assert shell[key] == py[key], key
+    assert shell["boot_id"] and shell["python_path"]
+    assert 0 <= py["uptime_s"] - shell["uptime_s"] < 60
+
+
+def test_parse_facts_sh_bounds_untrusted_output():
+    from edgenas_device import facts
+
+    text = ("arch=" + "A" * 10000 + "\ncores_online=2abc\nmem_total_kib=-\nboot_id=$(reboot)\n"
+            "temp_millic=41500\nuptime=12.7\nnot a line\nEVIL=1\n" + "x=1\n" * 100000)
+    got = facts.parse_facts_sh(text)
+    assert len(got["arch"]) == facts.MAX_FACT_CHARS
+    assert got["cores"] is None and got["mem_total_mib"] is None and got["boot_id"] is None
+    assert got["temperature_c"] == 41.5 and got["uptime_s"] == 12.0
+    assert set(got) == set(facts.SUMMARY_KEYS) | {"python_path"}
+
+
+@pytest.mark.parametrize(
+    "python,arch,bits,expected",
+    [
+        ("3.11.2", "aarch64", 64, "pip install ai-edge-litert"),
+        ("3.11.2", "aarch64", 32, 'pip install tflite-runtime "numpy<2"'),  # 32-bit userland
+        ("3.9.2", "armv7l", None, 'pip install tflite-runtime "numpy<2"'),
+        ("3.8.18", "x86_64", 64, 'pip install tflite-runtime "numpy<2"'),
+        ("3.12.1", "armv7l", 32, "install Python 3.11"),
+        ("3.7.3", "armv7l", 32, "too old"),
+        (None, "aarch64", None, "install Python 3"),
+        ("garbage", "x86_64", 64, "cannot read the Python version"),
+    ],
+)
+def test_install_advice(python, arch, bits, expected):
+    from edgenas_device.facts import install_advice
+
+    assert expected in install_advice(python, arch, bits)
