@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import EdgeNASError
-from edgenas.files import sha256_file
+from edgenas.files import atomic_write_json, sha256_file
 from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
 from edgenas.predictors.latency import STATISTICS, LatencyPredictor, load_predictor
 from edgenas.registry import select_devices
@@ -186,10 +186,7 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         from edgenas.report import plot_pareto
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "search.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        path = atomic_write_json(out_dir / "search.json", result, indent=1)
         plot_pareto(result, out_dir / "pareto.png")
     return SearchOutcome(result, chosen, path)
 

@@ -14,6 +14,7 @@ migration here — never by editing an old one, since old ones have already run 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgenas.errors import EdgeNASError
+from edgenas.files import open_private, private_dir, private_file
 
 DB_NAME = "edgenas.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -163,19 +165,28 @@ class Store:
         self.close()
 
 
+def _private_database(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it, and tighten an existing one and its
+    ``-wal``/``-shm`` files: SQLite creates those with the database file's permissions, so a private
+    database keeps its journal private too, whatever the umask."""
+    os.close(open_private(path))
+    for suffix in ("-wal", "-shm", "-journal"):
+        private_file(path.with_name(path.name + suffix))
+
+
 def open_store(home: Path, migrations: tuple[str, ...] = MIGRATIONS) -> Store:
     """Open (creating if needed) the workspace database under ``home`` and bring its schema up to date.
 
     Safe when several processes open a fresh workspace at the same moment: each migration runs under the
     write lock and re-reads the version first, so it runs exactly once.
     """
-    home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / DB_NAME
+    path = Path(home) / DB_NAME
     try:
+        private_dir(home)
+        _private_database(path)
         # isolation_level=None: no implicit transactions; we issue BEGIN/COMMIT ourselves.
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open workspace database {path}: {exc}") from exc
     conn.row_factory = sqlite3.Row
     try:

@@ -18,8 +18,10 @@ class Workspace:
     home: Path
 
     def ensure(self) -> Path:
-        self.home.mkdir(parents=True, exist_ok=True)
-        return self.home
+        """The home folder, created private (0700) or tightened if others can read it."""
+        from edgenas.files import private_dir
+
+        return private_dir(self.home)
 
 
 def echo_json(data: Any) -> None:

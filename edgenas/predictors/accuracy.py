@@ -154,11 +154,10 @@ class AccuracyPredictor:
                 "samples": self.samples}
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
-        return path
+        """Atomically (unique temp name, fsync, rename), so two fits never share a temp file."""
+        from edgenas.files import atomic_write_json
+
+        return atomic_write_json(path, self.to_json(), indent=1)
 
     @classmethod
     def load(cls, path: Path) -> AccuracyPredictor:
