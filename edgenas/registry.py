@@ -46,6 +46,7 @@ _COLUMNS = (
     "timeout_s",
     "host_key_fingerprint",
     "benchmark_binary",
+    "adb_serialno",
     "probe_json",
     "probed_at",
     "created_at",
@@ -59,6 +60,10 @@ class Device:
 
     ``benchmark_binary``: the host path of LiteRT's ``benchmark_model`` for this device (a phone without
     Python); when set, benchmarks push and run that binary instead of the Python runner.
+
+    ``host_key_fingerprint`` (SSH): the pinned ``SHA256:…`` (``device add --host-key``, or the key
+    trusted on first use); a connection offering another key is refused.  ``adb_serialno`` (ADB): the
+    device's ``ro.serialno`` seen at ``device add``; another serial at that address is refused.
     """
 
     name: str
@@ -74,6 +79,7 @@ class Device:
     timeout_s: float = DEFAULT_TIMEOUT_S
     host_key_fingerprint: str | None = None
     benchmark_binary: str | None = None
+    adb_serialno: str | None = None
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -141,11 +147,23 @@ def make_device(
     timeout_s: float | None = None,
     groups: Iterable[str] = (),
     benchmark_binary: str | os.PathLike[str] | None = None,
+    host_key: str | None = None,
+    adb_serialno: str | None = None,
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
-    ``benchmark_binary`` (any kind) must be an existing regular file; its absolute path is kept."""
+    ``benchmark_binary`` (any kind) must be an existing regular file; its absolute path is kept.
+    ``host_key`` (SSH only) is a ``SHA256:…`` fingerprint to pin."""
     validate_name(name)
+    if host_key is not None:
+        if kind != "ssh":
+            raise DeviceError(f"device {name}: a host key fingerprint only applies to SSH devices")
+        from edgenas.transports.host_keys import parse_fingerprint
+
+        try:
+            host_key = parse_fingerprint(host_key)
+        except ValueError as exc:
+            raise DeviceError(f"device {name}: {exc}") from None
     if kind not in KINDS:
         raise DeviceError(f"unknown device kind {kind!r} (one of {', '.join(KINDS)})")
     if kind == "ssh":
@@ -182,7 +200,9 @@ def make_device(
         workdir=workdir,
         python=python,
         timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S),
+        host_key_fingerprint=host_key,
         benchmark_binary=binary,
+        adb_serialno=adb_serialno if kind == "adb" else None,
         groups=group_list,
     )
 
@@ -231,6 +251,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.timeout_s,
                 device.host_key_fingerprint,
                 device.benchmark_binary,
+                device.adb_serialno,
                 probe_json,
                 probed_at,
                 created,
@@ -348,6 +369,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         timeout_s=row["timeout_s"],
         host_key_fingerprint=row["host_key_fingerprint"],
         benchmark_binary=row["benchmark_binary"],
+        adb_serialno=row["adb_serialno"],
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

@@ -122,6 +122,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE devices ADD COLUMN benchmark_binary TEXT;
     """,
+    # 3 -> 4: an ADB device's own ro.serialno, recorded at `device add`: ADB over TCP never
+    # authenticates the device, so another one answering at that address is refused by this.
+    """
+    ALTER TABLE devices ADD COLUMN adb_serialno TEXT;
+    """,
 )
 
 

@@ -49,6 +49,14 @@ def device() -> None:
     help="Connect now and trust the device's SSH host key if it is unknown (trust on first use).",
 )
 @click.option(
+    "--host-key",
+    "host_key",
+    metavar="SHA256:FINGERPRINT",
+    help="Pin the device's SSH host key (as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` "
+    "prints it on the device): any other key is refused. With --replace it also replaces a stale "
+    "key recorded for that host.",
+)
+@click.option(
     "--ssh-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -78,6 +86,7 @@ def add(
     is_local: bool,
     key_path: Path | None,
     accept_new_host_key: bool,
+    host_key: str | None,
     ssh_config: Path | None,
     groups: tuple[str, ...],
     workdir: str | None,
@@ -86,11 +95,18 @@ def add(
     benchmark_binary: Path | None,
     replace: bool,
 ) -> None:
-    """Register device NAME (exactly one of --ssh, --adb, --local)."""
+    """Register device NAME (exactly one of --ssh, --adb, --local).
+
+    SSH: with --host-key or --accept-new-host-key the device is contacted now and its key checked;
+    with --key only that key is offered (it must not be readable by group or others).  ADB: the
+    device is contacted now and its serial (ro.serialno) recorded; a different device answering at
+    that address later is refused."""
     if sum(x is not None and x is not False for x in (ssh_target, adb_serial, is_local or None)) != 1:
         raise click.UsageError("give exactly one of --ssh, --adb, --local")
-    if accept_new_host_key and not ssh_target:
-        raise click.UsageError("--accept-new-host-key only applies to --ssh devices")
+    if (accept_new_host_key or host_key) and not ssh_target:
+        raise click.UsageError("--accept-new-host-key and --host-key only apply to --ssh devices")
+    if accept_new_host_key and host_key:
+        raise click.UsageError("give --host-key (a pinned key) or --accept-new-host-key, not both")
     home = ws.ensure()
     common: dict[str, Any] = dict(
         home=home,
@@ -110,8 +126,13 @@ def add(
             port=target.port,
             key_path=str(key_path) if key_path else target.key_path,
             ssh_alias=target.alias,
+            host_key=host_key,
             **common,
         )
+        if dev.key_path:
+            from edgenas.transports.ssh import check_private_key
+
+            check_private_key(dev.key_path)
     elif adb_serial:
         dev = registry.make_device(name, "adb", serial=adb_serial, **common)
     else:
@@ -124,15 +145,53 @@ def add(
         note = ""
         if dev.kind == "ssh" and accept_new_host_key:
             dev.host_key_fingerprint, note = _trust_host_key(dev, home)
+        elif dev.kind == "ssh" and host_key:
+            note = _check_pinned_host_key(dev, home, replace)
+        elif dev.kind == "adb":
+            dev.adb_serialno, note = _read_adb_serialno(dev)
         registry.add_device(store, dev, replace_existing=replace)
     click.echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
     if dev.benchmark_binary:
         click.echo(f"  benchmarks run {dev.benchmark_binary} (pushed to the device when it changes)")
-    if dev.kind == "ssh" and not accept_new_host_key:
+    if dev.kind == "ssh" and not (accept_new_host_key or host_key):
         click.echo(
             "  host key not checked yet: an unknown key will be refused on first use "
             "(add with --accept-new-host-key to trust it now)"
         )
+
+
+def _check_pinned_host_key(dev: registry.Device, home: Path, replace: bool) -> str:
+    """Contact the device now: a wrong key fails ``device add`` (HostKeyError); an unreachable device
+    is still added, its pin checked on first use (provisioning before the board is online)."""
+    from edgenas.errors import HostKeyError, TransportError
+
+    try:
+        with open_transport(dev, home, replace_known_host=replace) as transport:
+            transport.connect()  # type: ignore[attr-defined]
+    except HostKeyError:
+        raise
+    except TransportError as exc:
+        return f"\n  host key pinned to {dev.host_key_fingerprint}; not checked now ({exc})"
+    return f"\n  host key {dev.host_key_fingerprint} (pinned, and matches the device)"
+
+
+def _read_adb_serialno(dev: registry.Device) -> tuple[str | None, str]:
+    """The device's own serial, to refuse another device at this address later."""
+    from edgenas.errors import TransportError
+    from edgenas.transports.adb import AdbTransport
+
+    assert dev.serial is not None
+    transport = AdbTransport(dev.name, dev.serial, connect_timeout=dev.timeout_s)
+    try:
+        serialno = transport.read_serialno()
+    except TransportError as exc:
+        raise DeviceError(
+            f"cannot read the serial of adb device {dev.serial} ({exc}); connect it "
+            f"(`adb connect {dev.serial}` for a TCP device) and add it again"
+        ) from None
+    if not serialno:
+        return None, "\n  the device reports no serial: another one at this address cannot be told apart"
+    return serialno, f"\n  device serial {serialno} (another device at this address will be refused)"
 
 
 def _trust_host_key(dev: registry.Device, home: Path) -> tuple[str | None, str]:

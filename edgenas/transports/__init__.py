@@ -10,9 +10,9 @@ from pathlib import Path
 
 from edgenas.errors import DeviceError
 from edgenas.registry import Device
-from edgenas.transports.base import RunResult, Transport
+from edgenas.transports.base import OutputLimitError, RunResult, Transport
 
-__all__ = ["RunResult", "Transport", "known_hosts_path", "open_transport"]
+__all__ = ["OutputLimitError", "RunResult", "Transport", "known_hosts_path", "open_transport"]
 
 
 def known_hosts_path(home: Path) -> Path:
@@ -20,11 +20,20 @@ def known_hosts_path(home: Path) -> Path:
     return Path(home) / "known_hosts"
 
 
-def open_transport(device: Device, home: Path, *, accept_new_host_key: bool = False) -> Transport:
+def open_transport(
+    device: Device,
+    home: Path,
+    *,
+    accept_new_host_key: bool = False,
+    replace_known_host: bool = False,
+) -> Transport:
     """A transport for ``device``; connections are made lazily, on first use.
 
     ``accept_new_host_key`` is trust-on-first-use for SSH and is only meant for ``device add``: an
     unknown key is then recorded in the workspace known_hosts (a *changed* key is still refused).
+    ``replace_known_host`` (``device add --replace --host-key``) records the pinned key in place of
+    whatever the workspace known_hosts said about the host.  The device's pinned host key and ADB
+    serial are always enforced.
     """
     if device.kind == "local":
         from edgenas.transports.local import LocalTransport
@@ -44,12 +53,18 @@ def open_transport(device: Device, home: Path, *, accept_new_host_key: bool = Fa
             workdir=device.workdir,
             connect_timeout=device.timeout_s,
             accept_new_host_key=accept_new_host_key,
+            host_key_pin=device.host_key_fingerprint,
+            replace_known_host=replace_known_host,
         )
     if device.kind == "adb":
         from edgenas.transports.adb import AdbTransport
 
         assert device.serial is not None
         return AdbTransport(
-            device.name, device.serial, workdir=device.workdir, connect_timeout=device.timeout_s
+            device.name,
+            device.serial,
+            workdir=device.workdir,
+            connect_timeout=device.timeout_s,
+            expected_serialno=device.adb_serialno,
         )
     raise DeviceError(f"device {device.name}: unknown kind {device.kind!r}")

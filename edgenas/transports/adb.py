@@ -9,10 +9,17 @@ server round trip rather than a process start.  The ``adb`` binary is still used
 A TCP device (``HOST:PORT``) that died and came back stays ``offline`` in the server until it is
 disconnected and connected again (design §5), so a transport that finds its device offline or missing
 does exactly that, once, before giving up with a clear error.
+
+ADB over TCP authenticates the *host* to the device (adb's RSA keys), never the device to the host:
+whoever answers at HOST:PORT gets the models.  The device's ``ro.serialno``, recorded at ``device
+add``, is therefore compared once per connection (and after every reconnect), so a different phone that
+took over the address (DHCP, a swapped board) is refused instead of measured.  It is an identity
+check against mix-ups, not authentication: a hostile device can claim any serial (docs/devices.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -23,15 +30,21 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from edgenas.errors import TransportError
-from edgenas.files import sha256_file
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
+    DEFAULT_MAX_GET_BYTES,
+    DEFAULT_MAX_STDERR,
+    DEFAULT_MAX_STDOUT,
     DEFAULT_TRANSFER_TIMEOUT_S,
     RunResult,
     Transport,
     decode,
+    download_limit_error,
+    move_into_place_argv,
+    output_limit_error,
     temp_name,
 )
 from edgenas.transports.ssh import shell_join
@@ -39,6 +52,11 @@ from edgenas.transports.ssh import shell_join
 _SYNC_CHUNK = 64 * 1024  # the sync protocol's largest DATA block
 _SHELL_STDOUT, _SHELL_STDERR, _SHELL_EXIT, _SHELL_CLOSE_STDIN = 1, 2, 3, 4
 _TCP_SERIAL = re.compile(r"^[^\s:]+:\d+$")
+_SERIALNO = re.compile(r"^[\x21-\x7e]{0,128}$")  # what ro.serialno may hold: printable, no spaces
+
+
+class DeviceIdentityError(TransportError):
+    """The device answering at an ADB address is not the one registered there (another serial)."""
 
 
 class AdbProtocolError(TransportError):
@@ -117,9 +135,14 @@ class AdbTransport(Transport):
         connect_timeout: float = 10.0,
         server: tuple[str, int] | None = None,
         adb_binary: str | None = None,
+        expected_serialno: str | None = None,
     ) -> None:
+        """``expected_serialno``: the ``ro.serialno`` recorded at ``device add``; when set, a device
+        answering with another one is refused (:class:`DeviceIdentityError`)."""
         super().__init__(name, workdir)
         self.serial = serial
+        self.expected_serialno = expected_serialno
+        self._identity_checked = False
         self.connect_timeout = float(connect_timeout)
         self.server = server or server_address()
         self.adb_binary = adb_binary
@@ -195,6 +218,7 @@ class AdbTransport(Transport):
         except AdbProtocolError:
             pass  # not connected: nothing to disconnect
         self._features = None
+        self._identity_checked = False  # a new connection: whoever answers now is checked again
         last = ""
         while time.monotonic() < deadline:
             try:
@@ -253,20 +277,69 @@ class AdbTransport(Transport):
 
     # ---------------------------------------------------------------------------------- commands
 
+    def read_serialno(self, timeout: float | None = None) -> str:
+        """The device's ``ro.serialno`` (bounded and validated: it is the device's own claim)."""
+        rc, out, err = self._run(
+            ["getprop", "ro.serialno"], timeout or self.connect_timeout, None, 4096, 4096
+        )
+        value = out.strip()
+        if rc != 0 or not _SERIALNO.match(value):
+            raise TransportError(
+                f"{self.name}: adb device {self.serial} gave no usable ro.serialno "
+                f"(exit {rc}: {(value or err.strip())[:80]!r})"
+            )
+        return value
+
+    def check_identity(self) -> None:
+        """Refuse a device whose ``ro.serialno`` is not the recorded one; once per connection."""
+        if self.expected_serialno is None or self._identity_checked:
+            return
+        got = self.read_serialno()
+        if got != self.expected_serialno:
+            raise DeviceIdentityError(
+                f"{self.name}: the adb device at {self.serial} reports serial {got!r}, but "
+                f"{self.name} was registered with serial {self.expected_serialno!r}; refusing to use "
+                "it (another device has that address?). If the device was replaced on purpose, add "
+                f"it again: `edgenas device add {self.name} --replace --adb {self.serial}`"
+            )
+        self._identity_checked = True
+
     def run(
-        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+        self,
+        argv: Sequence[str],
+        timeout: float | None = None,
+        cwd: str | None = None,
+        *,
+        max_stdout: int = DEFAULT_MAX_STDOUT,
+        max_stderr: int = DEFAULT_MAX_STDERR,
+    ) -> RunResult:
+        self.check_identity()
+        return self._run(argv, timeout, cwd, max_stdout, max_stderr)
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        timeout: float | None,
+        cwd: str | None,
+        max_stdout: int,
+        max_stderr: int,
     ) -> RunResult:
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         line = shell_join(argv, self.remote_path(cwd) if cwd else None)
         if "shell_v2" not in self.features(deadline):
-            return self._run_v1(line, deadline, timeout, argv)
+            return self._run_v1(line, deadline, timeout, argv, max_stdout + max_stderr)
         conn = self._device_conn(f"shell,v2,raw:{line}", deadline)
         out, err = bytearray(), bytearray()
         try:
             conn.send(struct.pack("<BI", _SHELL_CLOSE_STDIN, 0))
             while True:
                 kind, length = struct.unpack("<BI", conn.recv_exact(5))
+                # Closing the stream (finally) makes adbd stop the command.
+                if kind == _SHELL_STDOUT and len(out) + length > max_stdout:
+                    raise output_limit_error(self.name, argv, "stdout", max_stdout)
+                if kind == _SHELL_STDERR and len(err) + length > max_stderr:
+                    raise output_limit_error(self.name, argv, "stderr", max_stderr)
                 data = conn.recv_exact(length)
                 if kind == _SHELL_STDOUT:
                     out += data
@@ -287,9 +360,12 @@ class AdbTransport(Transport):
         finally:
             conn.close()
 
-    def _run_v1(self, line: str, deadline: float, timeout: float, argv: Sequence[str]) -> RunResult:
-        """Devices without shell_v2 (Android < 7): stdout and stderr come merged, and the exit code is
-        printed after a unique marker, which also proves that the command finished."""
+    def _run_v1(
+        self, line: str, deadline: float, timeout: float, argv: Sequence[str], limit: int
+    ) -> RunResult:
+        """Devices without shell_v2 (Android < 7): stdout and stderr come merged (bounded by both
+        limits together), and the exit code is printed after a unique marker, which also proves that
+        the command finished."""
         marker = f"__edgenas_rc_{uuid.uuid4().hex}="
         conn = self._device_conn(f"shell:{line} 2>&1; echo {marker}$?", deadline)
         out = bytearray()
@@ -300,6 +376,8 @@ class AdbTransport(Transport):
                 if not chunk:
                     break
                 out += chunk
+                if len(out) > limit + 128:  # + the exit-status line
+                    raise output_limit_error(self.name, argv, "stdout", limit)
         except TimeoutError as exc:
             raise TransportError(
                 f"{self.name}: command timed out after {timeout:g} s: {argv[0]}"
@@ -321,57 +399,95 @@ class AdbTransport(Transport):
     # ------------------------------------------------------------------------------------- files
 
     def put(self, local: Path | str, remote: str, timeout: float | None = None) -> None:
+        """Send to a hidden temporary name (hashing while sending), check sha256 (or the size where
+        the device has no sha256sum) and move into place.  A failure after the data landed removes
+        the temporary file; a device that vanished mid-way leaves it under its hidden name only."""
+        self.check_identity()
         timeout = DEFAULT_TRANSFER_TIMEOUT_S if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         final = self.remote_path(remote)
         tmp = temp_name(final)
         try:
-            size = os.path.getsize(local)
-            digest = sha256_file(local)
-            mode = os.stat(local).st_mode & 0o777
+            fh = open(local, "rb")  # noqa: SIM115 - closed by the with below
+            mode = os.fstat(fh.fileno()).st_mode & 0o777
         except OSError as exc:
             raise TransportError(f"{self.name}: cannot read {local}: {exc.strerror or exc}") from exc
+        with fh:
+            digest, size = self._send(fh, tmp, mode, final, deadline, timeout)
+        try:
+            left = max(1.0, deadline - time.monotonic())
+            rc, out, _ = self.run(["sha256sum", "--", tmp], timeout=left, max_stdout=4096)
+            if rc == 0 and out.split() and out.split()[0] != digest:
+                raise TransportError(
+                    f"{self.name}: upload to {final} is corrupt (sha256 differs); nothing was "
+                    "written under the final name"
+                )
+            if rc != 0:
+                rc, out, _ = self.run(["wc", "-c", tmp], timeout=left, max_stdout=4096)
+                if rc != 0 or not out.split() or out.split()[0] != str(size):
+                    raise TransportError(
+                        f"{self.name}: upload to {final} is truncated; nothing was written under "
+                        "the final name"
+                    )
+            rc, _, err = self.run(move_into_place_argv(tmp, final), timeout=left, max_stdout=4096)
+            if rc != 0:
+                raise TransportError(
+                    f"{self.name}: cannot move the upload into place at {final}: {err.strip()[:200]}"
+                )
+        except TransportError:
+            self._discard(tmp)
+            raise
+
+    def _send(
+        self, fh: BinaryIO, tmp: str, mode: int, final: str, deadline: float, timeout: float
+    ) -> tuple[str, int]:
+        """One sync SEND of ``fh`` to ``tmp``; returns the sha256 and size of what was sent."""
+        hasher, size = hashlib.sha256(), 0
         conn = self._device_conn("sync:", deadline)
         try:
             target = f"{tmp},{0o100000 | mode}".encode()
             conn.send(b"SEND" + struct.pack("<I", len(target)) + target)
-            with open(local, "rb") as fh:
-                for chunk in iter(lambda: fh.read(_SYNC_CHUNK), b""):
-                    conn.send(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+            for chunk in iter(lambda: fh.read(_SYNC_CHUNK), b""):
+                hasher.update(chunk)
+                size += len(chunk)
+                conn.send(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
             conn.send(b"DONE" + struct.pack("<I", int(time.time())))
             status, length = conn.recv_exact(4), struct.unpack("<I", conn.recv_exact(4))[0]
             if status != b"OKAY":
-                msg = decode(conn.recv_exact(length)) if status == b"FAIL" else repr(status)
+                msg = decode(conn.recv_exact(min(length, 4096))) if status == b"FAIL" else repr(status)
+                self._discard(tmp)
                 raise TransportError(f"{self.name}: adb device refused the upload to {final}: {msg}")
             conn.send(b"QUIT" + struct.pack("<I", 0))
         except TimeoutError as exc:
             raise TransportError(
-                f"{self.name}: upload of {local} to {self.serial}:{final} timed out after "
+                f"{self.name}: upload to {self.serial}:{final} timed out after "
                 f"{timeout:g} s; nothing was written under the final name"
             ) from exc
         except (EOFError, OSError) as exc:
             raise TransportError(
-                f"{self.name}: adb device {self.serial} went away during the upload of "
-                f"{local}; nothing was written under the final name"
+                f"{self.name}: adb device {self.serial} went away during the upload to "
+                f"{final}; nothing was written under the final name"
             ) from exc
         finally:
             conn.close()
-        left = max(1.0, deadline - time.monotonic())
-        rc, out, _ = self.run(["sha256sum", "--", tmp], timeout=left)
-        if rc == 0 and out.split() and out.split()[0] != digest:
-            self.run(["rm", "-f", "--", tmp], timeout=left)
-            raise TransportError(f"{self.name}: upload to {final} is corrupt (sha256 differs)")
-        if rc != 0:
-            rc, out, _ = self.run(["wc", "-c", tmp], timeout=left)
-            if rc != 0 or not out.split() or int(out.split()[0]) != size:
-                raise TransportError(f"{self.name}: upload to {final} is truncated")
-        rc, _, err = self.run(["mv", "-f", "--", tmp, final], timeout=left)
-        if rc != 0:
-            raise TransportError(
-                f"{self.name}: cannot move the upload into place at {final}: {err.strip()}"
-            )
+        return hasher.hexdigest(), size
 
-    def get(self, remote: str, local: Path | str, timeout: float | None = None) -> None:
+    def _discard(self, tmp: str) -> None:
+        """Best effort: remove a temporary upload (ADB temp files once piled up after failures)."""
+        try:
+            self._run(["rm", "-f", "--", tmp], 3.0, None, 4096, 4096)
+        except TransportError:
+            pass
+
+    def get(
+        self,
+        remote: str,
+        local: Path | str,
+        timeout: float | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_GET_BYTES,
+    ) -> None:
+        self.check_identity()
         timeout = DEFAULT_TRANSFER_TIMEOUT_S if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         src = self.remote_path(remote)
@@ -381,17 +497,21 @@ class AdbTransport(Transport):
         try:
             path = src.encode()
             conn.send(b"RECV" + struct.pack("<I", len(path)) + path)
+            got = 0
             with open(tmp, "wb") as fh:
                 while True:
                     status, length = conn.recv_exact(4), struct.unpack("<I", conn.recv_exact(4))[0]
                     if status == b"DATA":
+                        got += length
+                        if got > max_bytes or length > _SYNC_CHUNK:
+                            raise download_limit_error(self.name, src, max_bytes)
                         fh.write(conn.recv_exact(length))
                     elif status == b"DONE":
                         break
                     elif status == b"FAIL":
                         raise TransportError(
                             f"{self.name}: cannot read {self.serial}:{src}: "
-                            f"{decode(conn.recv_exact(length))}"
+                            f"{decode(conn.recv_exact(min(length, 4096)))}"
                         )
                     else:
                         raise TransportError(
@@ -413,6 +533,7 @@ class AdbTransport(Transport):
 
     def close(self) -> None:
         self._features = None  # every request uses its own server socket: nothing else is held
+        self._identity_checked = False
 
 
 def _recoverable(message: str) -> bool:

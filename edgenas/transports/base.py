@@ -17,8 +17,48 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from edgenas.errors import TransportError
+
 DEFAULT_COMMAND_TIMEOUT_S = 120.0
 DEFAULT_TRANSFER_TIMEOUT_S = 300.0
+MIB = 1024 * 1024
+# Device output is untrusted: a broken or hostile device could otherwise fill the host's memory.  The
+# largest legitimate answers (probe JSON, runner results with per-image predictions) are well under.
+DEFAULT_MAX_STDOUT = 8 * MIB
+DEFAULT_MAX_STDERR = 1 * MIB
+DEFAULT_MAX_GET_BYTES = 1024 * MIB
+
+
+class OutputLimitError(TransportError):
+    """A device sent more than the caller's limit (stdout, stderr or a downloaded file)."""
+
+
+def _size(n: int) -> str:
+    return f"{n / MIB:g} MiB" if n >= MIB and n % (MIB // 16) == 0 else f"{n} bytes"
+
+
+def output_limit_error(name: str, argv: Sequence[str], stream: str, limit: int) -> OutputLimitError:
+    return OutputLimitError(
+        f"{name}: {argv[0]} wrote more than {_size(limit)} to {stream} (the limit, max_{stream}="
+        f"{limit}); the command was stopped and its output dropped"
+    )
+
+
+def download_limit_error(name: str, path: str, limit: int) -> OutputLimitError:
+    return OutputLimitError(
+        f"{name}: {path} is larger than {_size(limit)} (the download limit, max_bytes={limit}); "
+        "nothing was written"
+    )
+
+
+# Moving an upload into place with the shell (when the SFTP rename extension is missing, and on ADB):
+# plain `mv` would move the file *into* a directory of the final name and report success.
+_MOVE_SCRIPT = 'if [ -d "$2" ]; then echo "$2 is a directory" >&2; exit 1; fi; exec mv -f -- "$1" "$2"'
+
+
+def move_into_place_argv(tmp: str, final: str) -> list[str]:
+    """argv renaming ``tmp`` over ``final`` on a POSIX shell, refusing a directory at ``final``."""
+    return ["sh", "-c", _MOVE_SCRIPT, "sh", tmp, final]
 
 
 class RunResult(NamedTuple):
@@ -40,13 +80,21 @@ class Transport(ABC):
 
     @abstractmethod
     def run(
-        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+        self,
+        argv: Sequence[str],
+        timeout: float | None = None,
+        cwd: str | None = None,
+        *,
+        max_stdout: int = DEFAULT_MAX_STDOUT,
+        max_stderr: int = DEFAULT_MAX_STDERR,
     ) -> RunResult:
         """Run ``argv`` (no shell interpretation of its elements) on the device.
 
         ``cwd`` is a directory on the device (relative ones are under :attr:`workdir`); ``None`` runs
         in the login directory.  Raises TransportError when the device cannot be reached or the command
         does not finish within ``timeout`` seconds; a non-zero exit is *not* an error, it is ``rc``.
+        More than ``max_stdout``/``max_stderr`` bytes of output stop the command and raise
+        :class:`OutputLimitError`: the device's output is never buffered without a bound.
         """
 
     @abstractmethod
@@ -55,8 +103,16 @@ class Transport(ABC):
         and renamed, so the final name holds either the old file or the complete new one."""
 
     @abstractmethod
-    def get(self, remote: str, local: Path | str, timeout: float | None = None) -> None:
-        """Copy a device file to ``local``, also through a temporary name."""
+    def get(
+        self,
+        remote: str,
+        local: Path | str,
+        timeout: float | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_GET_BYTES,
+    ) -> None:
+        """Copy a device file to ``local``, also through a temporary name.  A file larger than
+        ``max_bytes`` is refused (:class:`OutputLimitError`) and nothing is written."""
 
     @abstractmethod
     def close(self) -> None:
@@ -80,7 +136,6 @@ def temp_name(final: str) -> str:
     for the real file."""
     head, tail = posixpath.split(final)
     return posixpath.join(head, f".{tail}.edgenas-tmp-{secrets.token_hex(4)}")
-
 
 
 def decode(data: bytes) -> str:

@@ -5,10 +5,13 @@ Facts this module is built on (measured on the test fleet, see design §5):
 * paramiko does not set TCP_NODELAY, and without it every command round trip waits ~40 ms for delayed
   ACKs.  We open the socket ourselves and set it; one connection is then reused for every command.
 * A blackholed peer blocks a socket forever, so connect, every command and every transfer has a deadline.
-* Host keys are checked against ``<home>/known_hosts`` (and, read-only, the user's
-  ``~/.ssh/known_hosts``) under ``RejectPolicy`` semantics.  An unknown key is accepted only when
-  the caller asked for it (``device add --accept-new-host-key``); a changed key is always refused,
-  before anything runs.
+* Host keys are decided by :mod:`edgenas.transports.host_keys`: a pinned fingerprint, else the
+  workspace's ``<home>/known_hosts``, else (read-only) ``~/.ssh/known_hosts``, with ``@cert-authority``
+  host certificates and ``@revoked`` keys honoured.  An unknown key is accepted only when the caller
+  asked for it (``device add --accept-new-host-key``); a changed key is always refused, before
+  anything is authenticated or run.
+* With a key given (``--key``) only that key is offered; without one, ssh-agent and the default
+  ``~/.ssh/id_*`` keys, as ssh does.  Keys readable by group or others are refused, as ssh does.
 * Every argv element is ``shlex.quote``-d; the remote side runs a shell, so nothing is spliced unquoted.
 """
 
@@ -17,28 +20,49 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import logging
 import os
 import select
 import shlex
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import paramiko
 
 from edgenas.errors import HostKeyError, TransportError
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
+    DEFAULT_MAX_GET_BYTES,
+    DEFAULT_MAX_STDERR,
+    DEFAULT_MAX_STDOUT,
     DEFAULT_TRANSFER_TIMEOUT_S,
     RunResult,
     Transport,
     decode,
+    download_limit_error,
+    move_into_place_argv,
+    output_limit_error,
     temp_name,
 )
+from edgenas.transports.host_keys import (
+    Verdict,
+    decide_file,
+    host_matches,
+    known_key_types,
+    load_known_hosts,
+    order_host_key_algorithms,
+    parse_fingerprint,
+    revoked,
+    sha256_fingerprint,
+)
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 32768  # SFTP's largest write request
 _NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
@@ -74,18 +98,54 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def add_known_host(known_hosts: Path, host: str, port: int, key: paramiko.PKey) -> None:
+def _rewrite_known_hosts(known_hosts: Path, lines: list[str]) -> None:
+    tmp = known_hosts.with_name(f".{known_hosts.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, known_hosts)
+
+
+def _without_host(lines: list[str], name: str) -> tuple[list[str], bool]:
+    """``lines`` with ``name`` taken out of every plain (unmarked) entry; lines naming only it are
+    dropped.  Wildcard patterns and ``@cert-authority``/``@revoked`` lines are kept: they are about
+    more than this one host, and someone wrote them on purpose."""
+    out, removed = [], False
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", "@")):
+            out.append(line)
+            continue
+        patterns = fields[0].split(",")
+        kept = [p for p in patterns if not _names(p, name)]
+        if len(kept) == len(patterns):
+            out.append(line)
+            continue
+        removed = True
+        if kept:
+            out.append(" ".join([",".join(kept), *fields[1:]]))
+    return out, removed
+
+
+def _names(pattern: str, name: str) -> bool:
+    """Whether a known_hosts host pattern is exactly ``name`` (plain or hashed), not a wildcard."""
+    if "*" in pattern or "?" in pattern or pattern.startswith("!"):
+        return False
+    return host_matches([pattern], name)
+
+
+def add_known_host(
+    known_hosts: Path, host: str, port: int, key: paramiko.PKey, *, replace: bool = False
+) -> None:
     """Append a key to the workspace known_hosts, atomically and under a lock (two ``device add`` may
-    run at once)."""
+    run at once).  ``replace`` first forgets what the file said about this host (a pinned key that
+    replaces a stale one).  Other lines, ``@cert-authority`` ones included, are kept as written."""
+    name = known_hosts_name(host, port)
     with _locked(known_hosts):
-        keys = paramiko.HostKeys()
-        if known_hosts.exists():
-            keys.load(str(known_hosts))
-        keys.add(known_hosts_name(host, port), key.get_name(), key)
-        tmp = known_hosts.with_name(f".{known_hosts.name}.{os.getpid()}.tmp")
-        keys.save(str(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, known_hosts)
+        lines = known_hosts.read_text().splitlines() if known_hosts.exists() else []
+        if replace:
+            lines, _ = _without_host(lines, name)
+        lines.append(f"{name} {key.get_name()} {key.get_base64()}")
+        _rewrite_known_hosts(known_hosts, lines)
 
 
 def forget_known_host(known_hosts: Path, host: str, port: int) -> bool:
@@ -93,46 +153,120 @@ def forget_known_host(known_hosts: Path, host: str, port: int) -> bool:
     one.  Used when a device is removed, so re-adding a reinstalled device is possible."""
     if not known_hosts.exists():
         return False
-    name = known_hosts_name(host, port)
     with _locked(known_hosts):
-        keys = paramiko.HostKeys(str(known_hosts))
-        kept = paramiko.HostKeys()
-        # HostKeys has no public removal API; its entry list is the documented file model.
-        kept._entries = [e for e in keys._entries if not _matches(name, e.hostnames)]
-        if len(kept._entries) == len(keys._entries):
-            return False
-        tmp = known_hosts.with_name(f".{known_hosts.name}.{os.getpid()}.tmp")
-        kept.save(str(tmp))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, known_hosts)
-    return True
+        name = known_hosts_name(host, port)
+        lines, removed = _without_host(known_hosts.read_text().splitlines(), name)
+        if removed:
+            _rewrite_known_hosts(known_hosts, lines)
+    return removed
 
 
-def _matches(name: str, hostnames: list[str]) -> bool:
-    for h in hostnames:
-        if h == name:
-            return True
-        if h.startswith("|1|") and paramiko.HostKeys.hash_host(name, h.split("|")[2]) == h:
-            return True
-    return False
+def check_private_key(path: str | Path) -> None:
+    """Refuse a private key file that group or others may access, as OpenSSH does ("UNPROTECTED
+    PRIVATE KEY FILE"): another local user could have read it, so it must not be used silently."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TransportError(f"SSH key {path}: no such file") from None
+    except OSError as exc:
+        raise TransportError(f"SSH key {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise TransportError(f"SSH key {path}: not a regular file")
+    if st.st_mode & 0o077:
+        raise TransportError(
+            f"SSH key {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"ssh refuses such keys too. Fix it with `chmod 600 {path}`"
+        )
+
+
+def default_identities() -> list[str]:
+    """The ``~/.ssh/id_*`` keys ssh would offer; the ones with unsafe permissions are skipped with a
+    warning, as ssh skips them."""
+    out = []
+    for base in ("id_ed25519", "id_ecdsa", "id_rsa"):
+        path = Path.home() / ".ssh" / base
+        if not path.is_file():
+            continue
+        try:
+            check_private_key(path)
+        except TransportError as exc:
+            log.warning("%s; this key is not offered", exc)
+            continue
+        out.append(str(path))
+    return out
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Called by paramiko only for a key it has never seen: refuse, or (TOFU asked for) remember it."""
+    """Makes the whole host-key decision (see :mod:`edgenas.transports.host_keys`).  paramiko is given
+    no known keys at all, so it calls this for every connection, after the server proved it holds the
+    key and before anything is authenticated or run."""
 
-    def __init__(self, accept_new: bool, known_hosts: Path) -> None:
-        self.accept_new = accept_new
-        self.known_hosts = known_hosts
+    def __init__(self, owner: SSHTransport) -> None:
+        self.owner = owner
         self.accepted: paramiko.PKey | None = None
+        self.how = ""
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        if not self.accept_new:
+        t = self.owner
+        workspace = load_known_hosts(t.known_hosts)
+        user = load_known_hosts(t.user_known_hosts)
+        offered = fingerprint(key)
+        where = revoked(workspace + user, key)
+        if where:
             raise HostKeyError(
-                f"unknown SSH host key for {hostname} ({fingerprint(key)}); refusing to connect. Check "
-                f"the fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add "
-                f"the device with --accept-new-host-key, or put the key into {self.known_hosts}"
+                f"{t.name}: the SSH host key of {hostname} ({offered}) or its CA is marked @revoked "
+                f"in {where}; refusing to connect"
             )
+        fix = (
+            f"If the device was reinstalled, check its key on the device (ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `edgenas device add {t.name} --replace "
+            f"--ssh {t.target} --host-key {sha256_fingerprint(key)}`"
+        )
+        if t.host_key_pin:
+            pin = parse_fingerprint(t.host_key_pin)
+            if sha256_fingerprint(key) != pin:
+                raise HostKeyError(
+                    f"{t.name}: the SSH host key of {hostname} does not match the pinned fingerprint: "
+                    f"pinned {pin}, offered {offered}. Refusing to connect; nothing was run. {fix}"
+                )
+            self.how = "pinned fingerprint"
+            if t.replace_known_host:
+                self.accepted = key
+            return
+        files = [("user", user)] if t.replace_known_host else [("workspace", workspace), ("user", user)]
+        for label, entries in files:
+            decision = decide_file(entries, hostname, t.host, key)
+            if decision.verdict is Verdict.ACCEPT:
+                self.how = decision.detail
+                return
+            if decision.verdict is Verdict.MISMATCH:
+                note = " (your ~/.ssh/known_hosts, which edgenas never edits)" if label == "user" else ""
+                raise HostKeyError(
+                    f"{t.name}: the SSH host key of {hostname} has CHANGED or is not vouched for: "
+                    f"{decision.detail}{note}; offered {offered}. Refusing to connect; nothing was "
+                    f"run. {fix}"
+                )
+        if not t.accept_new_host_key:
+            raise HostKeyError(
+                f"unknown SSH host key for {hostname} ({offered}); refusing to connect. Check "
+                f"the fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add "
+                f"the device with --host-key {sha256_fingerprint(key)} (or --accept-new-host-key), or "
+                f"put the key into {t.known_hosts}"
+            )
+        self.how = "trusted on first use"
         self.accepted = key  # persisted by the transport only once the connection is fully up
+
+
+class _OrderedTransport(paramiko.Transport):
+    """A paramiko Transport that asks for host-key algorithms in our order: certificates first when a
+    CA is trusted for the host (paramiko lists them last), then the key types already known for it."""
+
+    known_types: list[str] = []
+    certs_first = False
+
+    @property
+    def preferred_keys(self) -> tuple[str, ...]:
+        return order_host_key_algorithms(super().preferred_keys, self.known_types, self.certs_first)
 
 
 class SSHTransport(Transport):
@@ -153,7 +287,12 @@ class SSHTransport(Transport):
         connect_timeout: float = 10.0,
         accept_new_host_key: bool = False,
         user_known_hosts: Path | None = None,
+        host_key_pin: str | None = None,
+        replace_known_host: bool = False,
     ) -> None:
+        """``host_key_pin`` (``SHA256:…``) is the only key accepted when set.  ``replace_known_host``
+        (``device add --replace`` with a pin) ignores what the workspace known_hosts says about this
+        host and records the key that was accepted instead."""
         super().__init__(name, workdir)
         self.host, self.port, self.user, self.key_path = host, int(port), user, key_path
         self.known_hosts = Path(known_hosts)
@@ -164,6 +303,9 @@ class SSHTransport(Transport):
         )
         self.connect_timeout = float(connect_timeout)
         self.accept_new_host_key = accept_new_host_key
+        self.host_key_pin = parse_fingerprint(host_key_pin) if host_key_pin else None
+        self.replace_known_host = replace_known_host
+        self.host_key_how = ""
         self.accepted_fingerprint: str | None = None
         self.host_fingerprint: str | None = None
         self._client: paramiko.SSHClient | None = None
@@ -206,21 +348,27 @@ class SSHTransport(Transport):
                 f"{self.name}: cannot connect to {self.target}: {exc.strerror or exc}"
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = paramiko.SSHClient()
-        if self.user_known_hosts.is_file():
-            try:
-                client.load_system_host_keys(str(self.user_known_hosts))
-            except (OSError, paramiko.SSHException):
-                pass  # an unreadable personal known_hosts only means fewer known keys
-        if self.known_hosts.is_file():
-            client.load_host_keys(str(self.known_hosts))
-        policy = _HostKeyPolicy(self.accept_new_host_key, self.known_hosts)
+        try:
+            keys = self._identities()
+        except TransportError:
+            sock.close()
+            raise
+        client = paramiko.SSHClient()  # given no known keys: _HostKeyPolicy decides every time
+        policy = _HostKeyPolicy(self)
         client.set_missing_host_key_policy(policy)
-        keys = (
-            {"key_filename": [self.key_path], "look_for_keys": False, "allow_agent": False}
-            if self.key_path
-            else {}
-        )
+        name = known_hosts_name(self.host, self.port)
+        known: list[str] = []
+        certs_first = False
+        for path in (self.known_hosts, self.user_known_hosts):
+            types, has_ca = known_key_types(load_known_hosts(path), name)
+            known += types
+            certs_first = certs_first or has_ca
+
+        def transport_factory(*args: Any, **kwargs: Any) -> paramiko.Transport:
+            t = _OrderedTransport(*args, **kwargs)
+            t.known_types, t.certs_first = known, certs_first
+            return t
+
         try:
             client.connect(
                 self.host,
@@ -231,6 +379,7 @@ class SSHTransport(Transport):
                 banner_timeout=t,
                 auth_timeout=t,
                 channel_timeout=t,
+                transport_factory=transport_factory,
                 **keys,
             )
         except HostKeyError:
@@ -251,9 +400,13 @@ class SSHTransport(Transport):
                 f"{self.name}: the key {self.key_path} is encrypted; give an unencrypted "
                 "key or load it into ssh-agent"
             ) from exc
-        except paramiko.AuthenticationException as exc:
+        except paramiko.SSHException as exc:
             sock.close()
-            how = f"key {self.key_path}" if self.key_path else "ssh-agent and ~/.ssh keys"
+            auth = isinstance(exc, paramiko.AuthenticationException) or "No authentication" in str(exc)
+            if not auth:
+                msg = f"{self.name}: SSH connection to {self.target} failed: {exc}"
+                raise TransportError(msg) from exc
+            how = f"key {self.key_path}" if self.key_path else "ssh-agent and the ~/.ssh/id_* keys"
             raise TransportError(
                 f"{self.name}: authentication to {self.target} failed with {how}"
             ) from exc
@@ -270,10 +423,21 @@ class SSHTransport(Transport):
         transport.set_keepalive(15)
         server_key = transport.get_remote_server_key()
         self.host_fingerprint = fingerprint(server_key)
+        self.host_key_how = policy.how
         if policy.accepted is not None:
-            add_known_host(self.known_hosts, self.host, self.port, policy.accepted)
+            add_known_host(
+                self.known_hosts, self.host, self.port, policy.accepted, replace=self.replace_known_host
+            )
             self.accepted_fingerprint = fingerprint(policy.accepted)
         return client
+
+    def _identities(self) -> dict[str, Any]:
+        """What paramiko may offer: only the given key, or ssh-agent plus the default keys."""
+        if self.key_path:
+            check_private_key(self.key_path)
+            return {"key_filename": [self.key_path], "look_for_keys": False, "allow_agent": False}
+        defaults = default_identities() or None
+        return {"key_filename": defaults, "look_for_keys": False, "allow_agent": True}
 
     def _drop(self) -> None:
         for thing in (self._sftp, self._client):
@@ -292,7 +456,13 @@ class SSHTransport(Transport):
     # ----------------------------------------------------------------------------------- commands
 
     def run(
-        self, argv: Sequence[str], timeout: float | None = None, cwd: str | None = None
+        self,
+        argv: Sequence[str],
+        timeout: float | None = None,
+        cwd: str | None = None,
+        *,
+        max_stdout: int = DEFAULT_MAX_STDOUT,
+        max_stderr: int = DEFAULT_MAX_STDERR,
     ) -> RunResult:
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else float(timeout)
         line = shell_join(argv, self.remote_path(cwd) if cwd else None)
@@ -301,7 +471,7 @@ class SSHTransport(Transport):
         try:
             chan.exec_command(line)
             chan.shutdown_write()  # the command reads EOF on stdin instead of waiting for input
-            out, err = self._collect(chan, deadline, timeout, argv)
+            out, err = self._collect(chan, deadline, timeout, argv, (max_stdout, max_stderr))
             rc = chan.recv_exit_status()
         except TransportError:
             raise
@@ -341,14 +511,25 @@ class SSHTransport(Transport):
         raise AssertionError("unreachable")
 
     def _collect(
-        self, chan: paramiko.Channel, deadline: float, timeout: float, argv: Sequence[str]
+        self,
+        chan: paramiko.Channel,
+        deadline: float,
+        timeout: float,
+        argv: Sequence[str],
+        limits: tuple[int, int],
     ) -> tuple[bytes, bytes]:
+        """Read both streams until the exit status.  Past a limit the channel is closed (run's
+        finally): sshd then closes the command's pipes and a writing command dies of SIGPIPE."""
         out, err = bytearray(), bytearray()
         while True:
             while chan.recv_ready():
                 out += chan.recv(65536)
+                if len(out) > limits[0]:
+                    raise output_limit_error(self.name, argv, "stdout", limits[0])
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
+                if len(err) > limits[1]:
+                    raise output_limit_error(self.name, argv, "stderr", limits[1])
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 transport = chan.get_transport()
                 if chan.exit_status == -1 and (transport is None or not transport.is_active()):
@@ -452,8 +633,10 @@ class SSHTransport(Transport):
         try:
             sftp.posix_rename(tmp, final)  # atomic replace; an OpenSSH extension
         except OSError:
+            # No extension, or the rename failed (a directory in the way): the shell decides, and
+            # refuses a directory instead of moving the upload into it.
             rc, _, err = self.run(
-                ["mv", "-f", "--", tmp, final], timeout=max(1.0, deadline - time.monotonic())
+                move_into_place_argv(tmp, final), timeout=max(1.0, deadline - time.monotonic())
             )
             if rc != 0:
                 raise TransportError(
@@ -469,7 +652,14 @@ class SSHTransport(Transport):
         except Exception:  # noqa: BLE001 - cleanup must not mask the real error
             pass
 
-    def get(self, remote: str, local: Path | str, timeout: float | None = None) -> None:
+    def get(
+        self,
+        remote: str,
+        local: Path | str,
+        timeout: float | None = None,
+        *,
+        max_bytes: int = DEFAULT_MAX_GET_BYTES,
+    ) -> None:
         timeout = DEFAULT_TRANSFER_TIMEOUT_S if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         src_path = self.remote_path(remote)
@@ -477,12 +667,18 @@ class SSHTransport(Transport):
         tmp = Path(temp_name(str(local)))
         sftp = self._sftp_client(min(timeout, max(self.connect_timeout, 30.0)))
         try:
-            size = sftp.stat(src_path).st_size
+            size = sftp.stat(src_path).st_size or 0
+            if size > max_bytes:
+                raise download_limit_error(self.name, src_path, max_bytes)
+            got = 0
             with sftp.open(src_path, "rb") as src, open(tmp, "wb") as dst:
                 src.prefetch(size)
                 for chunk in iter(lambda: src.read(_CHUNK * 8), b""):
                     if time.monotonic() > deadline:
                         raise TimeoutError
+                    got += len(chunk)
+                    if got > max_bytes:  # the file grew on the device while it was read
+                        raise download_limit_error(self.name, src_path, max_bytes)
                     dst.write(chunk)
             if tmp.stat().st_size != size:
                 raise TransportError(f"{self.name}: download of {src_path} is truncated")

@@ -6,7 +6,9 @@ What it implements is what edgenas uses, at the protocol level (see AOSP ``adb/p
 ``SERVICES.TXT``, ``SYNC.TXT``): CNXN without AUTH; OPEN/OKAY/WRTE/CLSE streams with per-write flow
 control; ``shell,v2`` (stdout/stderr/exit packets, stdin and close-stdin) and plain ``shell:``;
 ``sync:`` with STAT, LIST, SEND/DATA/DONE, RECV and QUIT.  Commands run with ``/bin/sh -c`` in the
-device's own directory (``--root``); relative sync paths resolve there too.
+device's own directory (``--root``); relative sync paths resolve there too.  ``getprop`` answers from
+``<root>.props`` (``name=value`` lines, ``ro.serialno`` written at start from ``--serialno``) and reads
+it on every call, so a test can turn the device into "another phone at the same address".
 
 Run: ``adb_device.py --root DIR [--port N] [--serialno NAME]``.  It prints ``PORT <n>`` once listening.
 """
@@ -72,8 +74,11 @@ class Stream:
 class Connection:
     """One transport connection from the adb server."""
 
-    def __init__(self, sock: socket.socket, root: str, serialno: str) -> None:
+    def __init__(
+        self, sock: socket.socket, root: str, serialno: str, env: dict[str, str] | None = None
+    ) -> None:
         self.sock, self.root, self.serialno = sock, root, serialno
+        self.env = env
         self.send_lock = threading.Lock()
         self.streams: dict[int, Stream] = {}
         self.next_id = 1
@@ -172,6 +177,7 @@ def _spawn(dev: Connection, command: str, stderr: int) -> subprocess.Popen:
     return subprocess.Popen(
         ["/bin/sh", "-c", command],
         cwd=dev.root,
+        env=dev.env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -308,6 +314,31 @@ def sync_send_file(stream: Stream, path: str) -> None:
     stream.write(b"DONE" + struct.pack("<I", 0))
 
 
+GETPROP = r"""#!/bin/sh
+# getprop [NAME]: the emulated device's properties ($EDGENAS_FAKE_PROPS holds name=value lines).
+if [ $# -eq 0 ]; then sed 's/^\([^=]*\)=\(.*\)$/[\1]: [\2]/' "$EDGENAS_FAKE_PROPS"; exit 0; fi
+while IFS= read -r line; do
+  case $line in "$1="*) printf '%s\n' "${line#*=}"; exit 0;; esac
+done < "$EDGENAS_FAKE_PROPS"
+echo
+"""
+
+
+def properties_env(root: str, serialno: str) -> dict[str, str]:
+    """Install ``getprop`` beside the device root; returns the environment its commands run with."""
+    props, bindir = root + ".props", root + ".bin"
+    if not os.path.exists(props):
+        with open(props, "w") as fh:
+            fh.write(f"ro.serialno={serialno}\nro.product.model={serialno}\n")
+    os.makedirs(bindir, exist_ok=True)
+    getprop = os.path.join(bindir, "getprop")
+    with open(getprop, "w") as fh:
+        fh.write(GETPROP)
+    os.chmod(getprop, 0o755)
+    return dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                EDGENAS_FAKE_PROPS=props)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="the device's directory (commands run here)")
@@ -316,6 +347,8 @@ def main() -> None:
     parser.add_argument("--serialno", default="edgenas-fake")
     args = parser.parse_args()
     os.makedirs(args.root, exist_ok=True)
+    root = os.path.abspath(args.root)
+    env = properties_env(root, args.serialno)
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((args.host, args.port))
@@ -324,7 +357,7 @@ def main() -> None:
     while True:
         sock, _ = server.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, os.path.abspath(args.root), args.serialno)
+        conn = Connection(sock, root, args.serialno, env)
         threading.Thread(target=conn.serve, daemon=True).start()
 
 
