@@ -14,7 +14,7 @@ import click
 from edgenas import __version__
 from edgenas.cli.arch import arch
 from edgenas.cli.bench import bench_cmd
-from edgenas.cli.common import Workspace
+from edgenas.cli.common import Workspace, log_level, setup_logging
 from edgenas.cli.device import device
 from edgenas.cli.evaluate import evaluate_cmd
 from edgenas.cli.export import export_cmd
@@ -51,13 +51,17 @@ class _Main(click.Group):
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="EDGENAS_HOME", show_envvar=True,
               help="Workspace for devices, measurements and models [default: ~/.edgenas].")
+@click.option("-v", "--verbose", count=True,
+              help="More log output (-v: info, -vv: debug) [default: warnings; env EDGENAS_LOG].")
+@click.option("-q", "--quiet", count=True, help="Less log output (-q: errors only).")
 @click.pass_context
-def main(ctx: click.Context, home: Path | None) -> None:
+def main(ctx: click.Context, home: Path | None, verbose: int, quiet: int) -> None:
     """edgenas: hardware-aware NAS for edge devices.
 
     Train a once-for-all supernet once, measure its subnets on your devices, search per
     device, and deploy int8 TFLite models to a fleet.
     """
+    setup_logging(log_level(verbose, quiet))
     ctx.obj = Workspace(home or default_home())
 
 

@@ -1,14 +1,81 @@
-"""Helpers shared by the CLI modules: the workspace handle and output formatting."""
+"""Helpers shared by the CLI modules: the workspace handle, logging set-up and output formatting."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+
+LOG_ENV = "EDGENAS_LOG"
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "WARN": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+class _EchoHandler(logging.Handler):
+    """Log records to stderr through ``click.echo``, which finds the *current* stderr at each call:
+    a handler holding the stream it saw first would write into a closed one when the CLI runs again
+    in the same process (tests, notebooks)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # noqa: BLE001 - logging must never take the command down
+            self.handleError(record)
+
+
+def log_level(verbose: int = 0, quiet: int = 0, env: str | None = None) -> int:
+    """The level for ``-v``/``-q`` counts, else ``$EDGENAS_LOG`` (a level name or number), else WARNING.
+
+    Flags win over the environment: a user who types ``-v`` means it for this command.
+    """
+    if verbose or quiet:
+        return {-2: logging.CRITICAL, -1: logging.ERROR, 0: logging.WARNING,
+                1: logging.INFO}.get(max(-2, verbose - quiet), logging.DEBUG)
+    value = (env if env is not None else os.environ.get(LOG_ENV, "")).strip()
+    if not value:
+        return logging.WARNING
+    if value.isdigit():
+        return int(value)
+    level = _LEVELS.get(value.upper())
+    if level is None:
+        raise click.BadParameter(f"{value!r} is not a log level ({', '.join(_LEVELS)})",
+                                 param_hint=f"${LOG_ENV}")
+    return level
+
+
+def setup_logging(level: int) -> None:
+    """The one logging set-up: library modules log to ``logging.getLogger(__name__)`` and never
+    configure anything; the CLI entry point calls this once per invocation.
+
+    Only the ``edgenas`` logger gets a handler, so third-party chatter (paramiko's transport logs)
+    is not turned up with it.  Calling it again replaces the handler instead of adding a second one.
+    """
+    logger = logging.getLogger("edgenas")
+    for handler in [h for h in logger.handlers if isinstance(h, _EchoHandler)]:
+        logger.removeHandler(handler)
+    handler = _EchoHandler()
+    if level <= logging.DEBUG:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    else:
+        handler.setFormatter(_LowerLevelFormatter("%(levelname)s: %(message)s"))
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    # The threshold sits on the handler; the logger is lowered only when asked for more than warnings,
+    # so a default run leaves the logger as it found it (NOTSET) for code that embeds the CLI.
+    logger.setLevel(level if level < logging.WARNING else logging.NOTSET)
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    """``warning: …`` like the CLI's own ``error: …`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 @dataclass(frozen=True)
