@@ -4,8 +4,8 @@ Devices are rows in the workspace database (:mod:`edgenas.store`), so every ``ed
 the same fleet and two processes can add devices at once.  This module only records and looks up; it
 never connects (that is :mod:`edgenas.transports`) and never probes (:mod:`edgenas.devices`).
 
-Two ways to describe many devices at once are understood because users already have them: an Ansible
-YAML inventory (the usual way a Pi fleet is written down) and ``~/.ssh/config`` Host aliases.
+``~/.ssh/config`` Host aliases are understood here because users already have them; Ansible
+inventories (the usual way a Pi fleet is written down) are read by :mod:`edgenas.inventory`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paramiko
-import yaml
 
 from edgenas.errors import DeviceError
 from edgenas.store import Store
@@ -439,146 +438,3 @@ def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
         if files:
             key_path = os.path.expanduser(files[0])
     return SSHTarget(host=host, user=user, port=port or 22, key_path=key_path, alias=alias)
-
-
-# --------------------------------------------------------------------------------- ansible inventory
-
-
-def load_inventory(path: Path, *, home: Path, ssh_config: Path | None = None) -> list[Device]:
-    """Devices described by an Ansible YAML inventory.
-
-    Understood: ``hosts`` (with numeric ranges such as ``pi[01:04]``), ``vars``, ``children`` at any
-    depth; ``ansible_host``, ``ansible_user``, ``ansible_port``, ``ansible_ssh_private_key_file``,
-    ``ansible_python_interpreter``, ``ansible_connection: local``; and edgenas' own ``edgenas_workdir``,
-    ``edgenas_python``, ``edgenas_kind`` (``adb`` with ``edgenas_serial``), ``edgenas_timeout``,
-    ``edgenas_benchmark_binary`` (a host path, relative ones to the inventory's folder).  A
-    child group's vars override its parent's and host vars override all, as in Ansible.  Every group a
-    host is in (directly or through children), except ``all`` and ``ungrouped``, becomes an edgenas
-    group.
-    """
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DeviceError(f"cannot read inventory {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DeviceError(f"inventory {path}: expected a YAML mapping of groups (as `all:`)")
-    hosts: dict[str, dict[str, Any]] = {}
-    for group_name, group in data.items():
-        _walk_group(str(group_name), group, [], hosts, path)
-    devices = []
-    for name in sorted(hosts):
-        info = hosts[name]
-        merged: dict[str, Any] = {}
-        for _depth, _gname, gvars in sorted(info["layers"], key=lambda t: (t[0], t[1])):
-            merged.update(gvars)
-        merged.update(info["hostvars"])
-        devices.append(_inventory_device(name, merged, sorted(info["groups"]), home, ssh_config, path))
-    return devices
-
-
-def _walk_group(
-    name: str, group: Any, parents: list[tuple[str, dict]], hosts: dict[str, dict[str, Any]], path: Path
-) -> None:
-    if group is None:
-        group = {}
-    if not isinstance(group, dict):
-        raise DeviceError(f"inventory {path}: group {name!r} must be a mapping")
-    gvars = group.get("vars") or {}
-    if not isinstance(gvars, dict):
-        raise DeviceError(f"inventory {path}: vars of group {name!r} must be a mapping")
-    chain = parents + [(name, gvars)]
-    for section in ("hosts", "children"):
-        if not isinstance(group.get(section) or {}, dict):
-            raise DeviceError(
-                f"inventory {path}: {section} of group {name!r} must be a mapping "
-                f"(name: vars), not a {type(group[section]).__name__}"
-            )
-    for pattern, hvars in (group.get("hosts") or {}).items():
-        if hvars is not None and not isinstance(hvars, dict):
-            raise DeviceError(f"inventory {path}: vars of host {pattern!r} must be a mapping")
-        for host in _expand_range(str(pattern)):
-            entry = hosts.setdefault(host, {"layers": [], "hostvars": {}, "groups": set()})
-            entry["layers"].extend((depth, g, v) for depth, (g, v) in enumerate(chain))
-            entry["hostvars"].update(hvars or {})
-            entry["groups"].update(g for g, _ in chain if g not in ("all", "ungrouped"))
-    for child, child_group in (group.get("children") or {}).items():
-        _walk_group(str(child), child_group, chain, hosts, path)
-
-
-def _expand_range(pattern: str) -> list[str]:
-    """``pi[01:03]`` → pi01, pi02, pi03 (Ansible's numeric host ranges; zero padding kept)."""
-    m = re.search(r"\[(\d+):(\d+)\]", pattern)
-    if not m:
-        return [pattern]
-    lo, hi = m.group(1), m.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    out = []
-    for i in range(int(lo), int(hi) + 1):
-        out.extend(_expand_range(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end() :]))
-    return out
-
-
-def _inventory_device(
-    name: str, v: dict[str, Any], groups: list[str], home: Path, ssh_config: Path | None, path: Path
-) -> Device:
-    def get(*keys: str) -> Any:
-        for key in keys:
-            if v.get(key) is not None:
-                return v[key]
-        return None
-
-    kind = str(get("edgenas_kind") or ("local" if get("ansible_connection") == "local" else "ssh"))
-    python = get("edgenas_python", "ansible_python_interpreter")
-    binary = get("edgenas_benchmark_binary")
-    if binary is not None:
-        binary = Path(path).parent / os.path.expanduser(str(binary))
-    common = dict(
-        benchmark_binary=binary,
-        workdir=get("edgenas_workdir"),
-        python=str(python) if python else None,
-        timeout_s=float(get("edgenas_timeout")) if get("edgenas_timeout") else None,
-        groups=groups,
-        home=home,
-    )
-    if kind == "local":
-        return make_device(name, "local", **common)
-    if kind == "adb":
-        return make_device(
-            name, "adb", serial=str(get("edgenas_serial", "ansible_host") or name), **common
-        )
-    if kind != "ssh":
-        raise DeviceError(f"inventory {path}: host {name}: unknown edgenas_kind {kind!r}")
-    target = parse_ssh_target(str(get("ansible_host", "ansible_ssh_host") or name), ssh_config)
-    port = get("ansible_port", "ansible_ssh_port")
-    return make_device(
-        name,
-        "ssh",
-        host=target.host,
-        user=str(get("ansible_user", "ansible_ssh_user") or target.user or "") or None,
-        port=int(port) if port else target.port,
-        key_path=str(get("ansible_ssh_private_key_file") or target.key_path or "") or None,
-        ssh_alias=target.alias,
-        **common,
-    )
-
-
-def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str], list[str]]:
-    """Record inventory devices; the inventory is the source of truth, so existing names are updated
-    (keeping their probe results, stored host-key fingerprint and, unless the inventory names one, the
-    registered benchmark binary).  Returns (added, updated) names."""
-    added, updated = [], []
-    existing = {d.name: d for d in list_devices(store)}
-    for device in devices:
-        old = existing.get(device.name)
-        if (
-            old is not None
-            and device.kind == old.kind
-            and device.host == old.host
-            and device.port == old.port
-        ):
-            device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
-        if old is not None and device.benchmark_binary is None:
-            device = replace(device, benchmark_binary=old.benchmark_binary)
-        add_device(store, device, replace_existing=True)
-        (updated if old is not None else added).append(device.name)
-    return added, updated

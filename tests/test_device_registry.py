@@ -1,4 +1,4 @@
-"""Workspace store, device registry, ssh_config and Ansible inventory parsing, local transport, and
+"""Workspace store, device registry, ssh_config parsing, local transport, and
 concurrent ``edgenas device add`` — none of it needs the fleet."""
 
 from __future__ import annotations
@@ -147,78 +147,6 @@ def test_ssh_config_alias_is_resolved(tmp_path):
     assert (over.user, over.port) == ("admin", 23)
     plain = registry.parse_ssh_target("10.1.1.1", cfg)
     assert (plain.host, plain.user, plain.alias) == ("10.1.1.1", "fallback", None)
-
-
-INVENTORY = """
-all:
-  vars:
-    ansible_user: root
-    edgenas_timeout: 7
-  hosts:
-    laptop:
-      ansible_connection: local
-  children:
-    pis:
-      vars:
-        ansible_user: pi
-        ansible_python_interpreter: /usr/bin/python3
-      hosts:
-        pi[01:03]:
-          ansible_port: 2222
-        pi-special:
-          ansible_host: 10.9.9.9
-          ansible_user: admin
-          ansible_ssh_private_key_file: /keys/special
-      children:
-        pi4:
-          hosts:
-            pi02:
-              ansible_host: 10.0.0.2
-    phones:
-      hosts:
-        pixel:
-          edgenas_kind: adb
-          edgenas_serial: 10.0.0.50:5555
-"""
-
-
-def test_ansible_inventory_hosts_groups_children_and_vars(tmp_path, workspace):
-    inv = tmp_path / "inventory.yml"
-    inv.write_text(INVENTORY)
-    devs = {
-        d.name: d for d in registry.load_inventory(inv, home=workspace, ssh_config=tmp_path / "none")
-    }
-    assert sorted(devs) == ["laptop", "pi-special", "pi01", "pi02", "pi03", "pixel"]
-    assert devs["laptop"].kind == "local"
-    pi02 = devs["pi02"]
-    assert (pi02.kind, pi02.host, pi02.user, pi02.port) == ("ssh", "10.0.0.2", "pi", 2222)
-    assert pi02.groups == ["pi4", "pis"] and pi02.python == "/usr/bin/python3" and pi02.timeout_s == 7
-    assert (devs["pi01"].host, devs["pi01"].groups) == ("pi01", ["pis"])
-    special = devs["pi-special"]
-    assert (special.host, special.user, special.port, special.key_path) == (
-        "10.9.9.9",
-        "admin",
-        22,
-        "/keys/special",
-    )
-    assert (devs["pixel"].kind, devs["pixel"].serial, devs["pixel"].groups) == (
-        "adb",
-        "10.0.0.50:5555",
-        ["phones"],
-    )
-    with open_store(workspace) as store:
-        added, updated = registry.import_inventory(store, devs.values())
-        assert len(added) == 6 and updated == []
-        added, updated = registry.import_inventory(store, devs.values())
-        assert added == [] and len(updated) == 6
-        assert [d.name for d in registry.list_devices(store, group="pi4")] == ["pi02"]
-
-
-def test_bad_inventory_is_a_clear_error(tmp_path, workspace):
-    inv = tmp_path / "bad.yml"
-    inv.write_text("all:\n  hosts: [a, b]\n")
-    with pytest.raises(DeviceError, match="bad.yml"):
-        registry.load_inventory(inv, home=workspace)
 
 
 # ---------------------------------------------------------------------------------- local transport

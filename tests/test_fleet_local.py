@@ -247,16 +247,6 @@ def test_manifest_schema_accepts_shipped_manifests_and_rejects_broken_ones(model
     assert "missing labels" in errors and "int4" in errors and "sha256" in errors
 
 
-def test_example_inventory_imports(workspace):
-    root = Path(__file__).resolve().parent.parent
-    devices = registry.load_inventory(root / "deploy" / "inventory.example.yml", home=workspace)
-    by_name = {d.name: d for d in devices}
-    assert sorted(by_name) == ["galaxy-a14", "pi-garage", "pi01", "pi02", "pi03", "pi04", "pixel7"]
-    assert by_name["pi03"].python == "/home/pi/tfl32/bin/python" and "pi3" in by_name["pi03"].groups
-    assert by_name["pixel7"].kind == "adb" and "canary" in by_name["pixel7"].groups
-    assert (by_name["pi-garage"].host, by_name["pi-garage"].port) == ("10.0.0.9", 2222)
-
-
 def test_switch_works_without_mv_T_and_sha256sum(cli, models, tmp_path, monkeypatch):
     """Old busybox/toybox: no `mv -T`, no sha256sum.  The device's Python does the rename and hashing."""
     bin_dir = tmp_path / "oldbox"

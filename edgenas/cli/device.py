@@ -345,22 +345,48 @@ def group_remove(ws: Workspace, group_name: str, names: tuple[str, ...]) -> None
 
 
 @device.command("import")
-@click.argument("inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inventory", type=click.Path(exists=True, path_type=Path))
 @click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--accept-new-host-key", is_flag=True, help="Connect to each SSH host and trust unknown keys."
 )
+@click.option(
+    "--via-ansible",
+    is_flag=True,
+    help="Read the inventory through `ansible-inventory --list` (automatic for scripts, plugins, "
+    "vault and folders, which edgenas does not read itself).",
+)
+@click.option(
+    "--binary-dir",
+    "binary_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder edgenas_benchmark_binary may point into besides the inventory's own (repeatable).",
+)
 @click.pass_obj
-def import_(ws: Workspace, inventory: Path, ssh_config: Path | None, accept_new_host_key: bool) -> None:
-    """Import devices from an Ansible YAML inventory (hosts, groups, children, ansible_* vars)."""
+def import_(
+    ws: Workspace,
+    inventory: Path,
+    ssh_config: Path | None,
+    accept_new_host_key: bool,
+    via_ansible: bool,
+    binary_dirs: tuple[Path, ...],
+) -> None:
+    """Import devices from an Ansible inventory: INI or YAML, with group_vars/ and host_vars/ beside it.
+
+    Every value is checked before anything is recorded: a bad inventory imports nothing."""
+    from edgenas import inventory as inv
+
     home = ws.ensure()
-    devs = registry.load_inventory(inventory, home=home, ssh_config=ssh_config)
+    devs = inv.load_inventory(
+        inventory, home=home, ssh_config=ssh_config, via_ansible=via_ansible, binary_dirs=binary_dirs
+    )
     if accept_new_host_key:
         for d in devs:
             if d.kind == "ssh":
                 d.host_key_fingerprint, _ = _trust_host_key(d, home)
     with _store(ws) as store:
-        added, updated = registry.import_inventory(store, devs)
+        added, updated = inv.import_inventory(store, devs)
     click.echo(
         f"imported {len(devs)} devices from {inventory}: {len(added)} added, {len(updated)} updated"
     )
