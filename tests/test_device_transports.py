@@ -259,3 +259,51 @@ def test_adb_device_killed_gives_clear_error_and_works_after_it_comes_back(fleet
     dev.start(connect=False)  # back on the same port; the adb server still holds it offline
     assert t.run(["echo", "back"]) == (0, "back\n", "")
     assert fleet.adb_server.state(dev.serial) == "device"
+
+
+def test_adb_device_add_records_the_serial_and_another_device_at_that_address_is_refused(
+    fleet, workspace, tmp_path
+):
+    from edgenas import registry
+    from edgenas.store import open_store
+    from edgenas.transports import open_transport
+    from edgenas.transports.adb import DeviceIdentityError
+    from tests.cli_runner import Cli
+    from tests.fleet.adb import AdbDevice
+
+    dev = AdbDevice(name="swapme", root=tmp_path / "swap" / "root", server=fleet.adb_server,
+                    python=str(fleet.adb["adb1"].python))
+    dev.start()
+    try:
+        out = Cli(workspace)("device", "add", "phone", "--adb", dev.serial)
+        assert "device serial swapme" in out
+        with open_store(workspace) as store:
+            phone = registry.get_device(store, "phone")
+        assert phone.adb_serialno == "swapme"
+        with open_transport(phone, workspace) as t:
+            assert t.run(["echo", "same"]).stdout == "same\n"
+        # Another phone now answers at that address (the emulator's properties file, read per call).
+        props = Path(str(dev.root) + ".props")
+        props.write_text("ro.serialno=intruder\n")
+        marker = dev.root / "must-not-exist"
+        with open_transport(phone, workspace) as t, pytest.raises(DeviceIdentityError) as err:
+            t.run(["touch", str(marker)])
+        assert "'intruder'" in str(err.value) and "'swapme'" in str(err.value)
+        assert f"device add phone --replace --adb {dev.serial}" in str(err.value)
+        assert not marker.exists()
+        payload = tmp_path / "model.bin"
+        payload.write_bytes(b"secret model")
+        with open_transport(phone, workspace) as t, pytest.raises(DeviceIdentityError):
+            t.put(payload, "model.bin")  # the models are not handed to it either
+        assert not list(dev.root.rglob("*model.bin*"))
+        # Checked once per connection: a reconnect checks again.
+        props.write_text("ro.serialno=swapme\n")
+        t = open_transport(phone, workspace)
+        assert t.run(["true"]).rc == 0
+        props.write_text("ro.serialno=intruder\n")
+        t.reconnect()
+        with pytest.raises(DeviceIdentityError):
+            t.run(["true"])
+    finally:
+        dev.kill()
+        fleet.adb_server.adb("disconnect", dev.serial, check=False)

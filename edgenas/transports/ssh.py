@@ -257,6 +257,14 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         self.accepted = key  # persisted by the transport only once the connection is fully up
 
 
+def _abort(client: paramiko.SSHClient, sock: socket.socket) -> None:
+    """Stop a half-open connection: its paramiko thread first, so it does not log a bad socket."""
+    try:
+        client.close()
+    finally:
+        sock.close()
+
+
 class _OrderedTransport(paramiko.Transport):
     """A paramiko Transport that asks for host-key algorithms in our order: certificates first when a
     CA is trusted for the host (paramiko lists them last), then the key types already known for it."""
@@ -383,10 +391,10 @@ class SSHTransport(Transport):
                 **keys,
             )
         except HostKeyError:
-            sock.close()
+            _abort(client, sock)
             raise
         except paramiko.BadHostKeyException as exc:
-            sock.close()
+            _abort(client, sock)
             raise HostKeyError(
                 f"{self.name}: the SSH host key of {known_hosts_name(self.host, self.port)} has "
                 f"CHANGED: "
@@ -395,13 +403,13 @@ class SSHTransport(Transport):
                 f"`edgenas device remove {self.name}` and add it again with --accept-new-host-key"
             ) from exc
         except paramiko.PasswordRequiredException as exc:
-            sock.close()
+            _abort(client, sock)
             raise TransportError(
                 f"{self.name}: the key {self.key_path} is encrypted; give an unencrypted "
                 "key or load it into ssh-agent"
             ) from exc
         except paramiko.SSHException as exc:
-            sock.close()
+            _abort(client, sock)
             auth = isinstance(exc, paramiko.AuthenticationException) or "No authentication" in str(exc)
             if not auth:
                 msg = f"{self.name}: SSH connection to {self.target} failed: {exc}"
@@ -411,12 +419,12 @@ class SSHTransport(Transport):
                 f"{self.name}: authentication to {self.target} failed with {how}"
             ) from exc
         except TimeoutError as exc:
-            sock.close()
+            _abort(client, sock)
             raise TransportError(
                 f"{self.name}: {self.target} did not complete the SSH handshake within {t:g} s"
             ) from exc
         except _NETWORK_ERRORS as exc:
-            sock.close()
+            _abort(client, sock)
             raise TransportError(f"{self.name}: SSH connection to {self.target} failed: {exc}") from exc
         transport = client.get_transport()
         assert transport is not None

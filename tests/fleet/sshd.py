@@ -36,6 +36,18 @@ def key_fingerprint(pub: Path) -> str:
     return f"{key_type} {fp}"
 
 
+def sign_host_key(
+    ca: Path, host_pub: Path, principals: str, validity: str = "-5m:+1h", *, host: bool = True
+) -> Path:
+    """An OpenSSH certificate for ``host_pub`` signed by ``ca`` with ssh-keygen itself (``-h``: a host
+    certificate); returns the ``…-cert.pub`` path.  ``principals`` is ssh-keygen's ``-n`` list."""
+    argv = ["ssh-keygen", "-q", "-s", str(ca), "-I", f"edgenas-test-{host_pub.stem}", "-V", validity]
+    if principals:
+        argv += ["-n", principals]
+    sh([*argv, *(["-h"] if host else []), str(host_pub)])
+    return host_pub.with_name(host_pub.name[: -len(".pub")] + "-cert.pub")
+
+
 def unhide_script(paths: list[str], stage: Path) -> str:
     """Shell commands making ``paths`` (and their symlink targets) reachable by an unprivileged user in
     the current (private) mount namespace.  Empty when they already are."""
@@ -86,6 +98,7 @@ class SSHDevice:
     cgroup: CGroup | None = None
     extra_paths: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    host_cert: Path | None = None  # an OpenSSH host certificate sshd presents (HostCertificate)
 
     @property
     def workdir(self) -> Path:
@@ -107,6 +120,7 @@ class SSHDevice:
                     f"Port {self.port}",
                     f"ListenAddress {self.host}",
                     f"HostKey {self.host_key}",
+                    *([f"HostCertificate {self.host_cert}"] if self.host_cert else []),
                     "PidFile none",
                     f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
                     "PubkeyAuthentication yes",
