@@ -76,62 +76,20 @@ _HOSTPORT = re.compile(r"^((?:[^:\[\]]|\[[^\]]*\])*):([0-9]+)$")
 _HOST_VALUE = re.compile(r"^[A-Za-z0-9_.:\[\]%-]{1,255}$")
 _USER_VALUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}$")
 _SERIAL_VALUE = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,255}$")
-_SSH_CONNECTIONS = (
-    "ssh",
-    "paramiko",
-    "paramiko_ssh",
-    "smart",
-    "ansible.builtin.ssh",
-    "ansible.builtin.paramiko_ssh",
+_SSH_CONNECTIONS = frozenset(
+    "ssh paramiko paramiko_ssh smart ansible.builtin.ssh ansible.builtin.paramiko_ssh".split()
 )
 _AUTO_INTERPRETERS = ("auto", "auto_silent", "auto_legacy", "auto_legacy_silent")
 # Work folders edgenas must never get: it creates, replaces and deletes files inside the work folder.
-_SYSTEM_TREES = (
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/proc",
-    "/run",
-    "/sbin",
-    "/sys",
-    "/usr",
-    "/efi",
-    "/system",
-    "/vendor",
-    "/apex",
-    "/product",
-    "/odm",
+_SYSTEM_TREES = tuple(
+    "/bin /boot /dev /etc /lib /lib32 /lib64 /libx32 /proc /run /sbin /sys /usr /efi /system /vendor"
+    " /apex /product /odm".split()
 )
-_SHARED_ROOTS = (
-    "/",
-    "/home",
-    "/root",
-    "/var",
-    "/var/lib",
-    "/var/tmp",
-    "/var/log",
-    "/tmp",
-    "/opt",
-    "/srv",
-    "/mnt",
-    "/media",
-    "/data",
-    "/data/local",
-    "/data/local/tmp",
-    "/data/data",
-    "/sdcard",
-    "/storage",
-    "/storage/emulated",
-    "/storage/emulated/0",
-    "/Users",
-    "/data/data/com.termux/files",
-    "/data/data/com.termux/files/home",
-    "/data/data/com.termux/files/usr",
+_SHARED_ROOTS = frozenset(
+    "/ /home /root /var /var/lib /var/tmp /var/log /tmp /opt /srv /mnt /media /data /data/local"
+    " /data/local/tmp /data/data /sdcard /storage /storage/emulated /storage/emulated/0 /Users"
+    " /data/data/com.termux/files /data/data/com.termux/files/home"
+    " /data/data/com.termux/files/usr".split()
 )
 _HOME_DIRS = re.compile(r"^/(?:home|Users)/[^/]+$|^/data/data/[^/]+$")
 
