@@ -123,7 +123,10 @@ class LocalTransport(Transport):
             else:
                 _bounded_copy(self.name, src, tmp, max_bytes)
             if sha256_file(tmp) != sha256_file(src):
-                raise TransportError(f"{self.name}: copy of {src} to {dst} is corrupt (sha256 differs)")
+                raise TransportError(
+                    f"{self.name}: copy of {src} to {dst} is corrupt (sha256 differs); nothing was "
+                    "written under the final name"
+                )
             os.replace(tmp, dst)
         except OSError as exc:
             raise TransportError(f"{self.name}: cannot copy {src} to {dst}: {exc}") from exc

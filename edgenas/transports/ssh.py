@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 32768  # SFTP's largest write request
 _NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+_EOF_GRACE_S = 2.0
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -529,6 +530,13 @@ class SSHTransport(Transport):
         """Read both streams until the exit status.  Past a limit the channel is closed (run's
         finally): sshd then closes the command's pipes and a writing command dies of SIGPIPE."""
         out, err = bytearray(), bytearray()
+        grace: float | None = None
+        chan.fileno()  # creates the pipe select() waits on; paramiko wires only stdout to it, so
+        try:  # stderr is wired too (else stderr-only output would be read once per wait below)
+            chan.in_stderr_buffer.set_event(chan._pipe)
+            wait = 1.0
+        except AttributeError:  # paramiko internals changed: poll instead
+            wait = 0.05
         while True:
             while chan.recv_ready():
                 out += chan.recv(65536)
@@ -546,7 +554,13 @@ class SSHTransport(Transport):
                         f"{self.name}: connection to {self.target} lost while running "
                         f"{argv[0]} (device crashed or network down?)"
                     )
-                return bytes(out), bytes(err)
+                # sshd may send the exit status before the last of stderr; the channel's EOF comes
+                # after both streams are drained.  A command that left a background child holding
+                # the pipes gets a short grace, not the whole deadline.
+                if grace is None:
+                    grace = time.monotonic() + _EOF_GRACE_S
+                if chan.eof_received or time.monotonic() >= min(grace, deadline):
+                    return bytes(out), bytes(err)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 # A frozen or blackholed device: this connection cannot be trusted any more.
@@ -554,7 +568,7 @@ class SSHTransport(Transport):
                 raise TransportError(
                     f"{self.name}: command timed out after {timeout:g} s on {self.target}: {argv[0]}"
                 )
-            select.select([chan], [], [], min(remaining, 1.0))
+            select.select([chan], [], [], min(remaining, wait))
 
     # ------------------------------------------------------------------------------------- files
 
