@@ -19,7 +19,9 @@ from edgenas.export import ExportError, export, export_model, read_manifest, sha
 from edgenas.export.convert import run_tflite
 from edgenas.export.keras_model import build_keras_model
 from edgenas.export.pipeline import check_parity
+from edgenas.package import ModelPackage
 from tests.supernet_utils import randomize
+from tests.test_package import schema_errors
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,6 +83,12 @@ def test_trained_subnet_exports_with_parity_and_accuracy(trained, digits, tmp_pa
         got = run_tflite(str(result.model_path), x[:32].transpose(0, 2, 3, 1))
         assert np.abs(got - want).max() <= 1e-4
     assert read_manifest(tmp_path)["model"]["sha256"] == m["model"]["sha256"]
+    # what the exporter writes is what the schema describes and what every reader accepts
+    assert m["schema_version"] == "1.0" and "version" not in m
+    assert schema_errors(m) == []
+    package = ModelPackage.load(tmp_path)
+    assert package.manifest.labels == tuple(digits.labels) and package.manifest.precision == precision
+    assert package.manifest.input.size == (arch.resolution, arch.resolution)
 
 
 @pytest.mark.parametrize("space", ["mbv3-w1.0", "mbv3-w1.2"])
@@ -145,14 +153,21 @@ def test_export_refuses_without_data_and_detects_tampering(tmp_path) -> None:
     ckpt = net.save(tmp_path / "s.pt")
     with pytest.raises(ExportError, match="pass --data"):
         export(ckpt, "min", "fp32", tmp_path / "m")
-    with pytest.raises(ExportError, match="no manifest"):
+    with pytest.raises(ExportError, match="manifest.json: missing"):
         read_manifest(tmp_path)
     folder = tmp_path / "ok"
     folder.mkdir()
-    (folder / "model.tflite").write_bytes(b"abc")
-    (folder / "manifest.json").write_text(json.dumps({
-        "format": "edgenas-model", "model": {"file": "model.tflite", "sha256": "0" * 64}}))
-    with pytest.raises(ExportError, match="sha256 does not match"):
+    blob = b"\x1c\x00\x00\x00TFL3" + bytes(64)  # the TFLite identifier, then anything
+    (folder / "model.tflite").write_bytes(blob)
+    manifest = {"format": "edgenas-model", "schema_version": "1.0", "precision": "fp32",
+                "labels": ["a", "b"], "input": {"size": 8, "mean": [0.5], "std": [0.25]},
+                "model": {"file": "model.tflite", "sha256": "0" * 64}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="model.sha256: model.tflite has sha256 .* manifest records"):
+        read_manifest(folder)
+    manifest["model"]["file"] = "../ok/model.tflite"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="model.file: '../ok/model.tflite' is a path"):
         read_manifest(folder)
 
 

@@ -7,7 +7,6 @@ names the first block that diverged.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ from edgenas.export.convert import (
     run_tflite,
 )
 from edgenas.export.keras_model import build_keras_model, first_divergence
-from edgenas.files import atomic_write_bytes, sha256_file
+from edgenas.files import sha256_file  # noqa: F401  (re-exported by edgenas.export)
+from edgenas.package import ModelPackage, PackageError
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernets.static import MobileNetV3
 
 PARITY_TOLERANCE = 1e-4
-MANIFEST_FORMAT = "edgenas-model"
 
 
 @dataclass(frozen=True)
@@ -109,11 +108,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
                     "float_top1": _top1(float_logits, targets),
                     "exported_top1": _top1(exported_logits, targets)}
 
-    model_path = out_dir / "model.tflite"
-    atomic_write_bytes(model_path, blob)
     manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": 1,
         "arch": arch.to_string(),
         "arch_json": arch.to_json(),
         "space": space.name,
@@ -124,8 +119,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
                   "std": [float(v) for v in normalization["std"]],
                   "pixel_range": [0.0, 1.0], **details["input"]},
         "output": details["output"],
-        "model": {"file": model_path.name, "sha256": sha256_file(model_path),
-                  "bytes": model_path.stat().st_size},
+        "model": {"file": "model.tflite"},  # sha256 and bytes: computed by ModelPackage.write
         "macs": space.macs(arch, len(labels)),
         "params": space.params(arch, len(labels)),
         "accuracy": accuracy,
@@ -141,26 +135,17 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
         "export_seconds": round(time.perf_counter() - start, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    manifest_path = out_dir / "manifest.json"
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode())
-    return ExportResult(out_dir, model_path, manifest_path, manifest)
+    try:
+        package = ModelPackage.write(out_dir, manifest, model=blob)
+    except PackageError as exc:  # a bug in the exporter, not user input: say what broke the rules
+        raise ExportError(f"the exported manifest breaks the package rules: {exc}") from None
+    return ExportResult(out_dir, package.model_path, package.manifest_path, package.data)
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Load ``DIR/manifest.json`` and check that ``model.tflite`` still has the recorded sha256."""
-    directory = Path(directory)
-    path = directory / "manifest.json"
+    """The manifest of an exported model folder as a JSON object, checked by the package rules
+    (:meth:`edgenas.package.ModelPackage.load`: model name, TFL3, sha256, typed fields)."""
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"{directory}: no manifest.json (not an exported model folder)") from None
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{path}: corrupt manifest ({exc})") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ExportError(f"{path}: not an edgenas model manifest")
-    model = directory / manifest["model"]["file"]
-    if not model.exists():
-        raise ExportError(f"{directory}: manifest names {model.name}, which is missing")
-    if sha256_file(model) != manifest["model"]["sha256"]:
-        raise ExportError(f"{model}: sha256 does not match the manifest (file changed or corrupt)")
-    return manifest
+        return ModelPackage.load(directory).data
+    except PackageError as exc:
+        raise ExportError(str(exc)) from None

@@ -1,27 +1,27 @@
-"""A model folder on the host as the fleet sees it: ``model.tflite`` + ``manifest.json``, its sha256 and
-the version name it gets on devices.
+"""A model folder on the host as the fleet sees it: a checked :class:`~edgenas.package.ModelPackage`
+plus the version name it gets on devices.
 
-Why not :func:`edgenas.export.read_manifest`: that imports torch and TensorFlow (seconds) and accepts
-only manifests the exporter wrote, while a fleet push should also ship a model converted elsewhere with
-a hand-written manifest.  The checks that matter for a rollout are kept: the manifest is valid JSON and,
-when it records the model's sha256, the file still has it.
+The folder is read by :meth:`ModelPackage.load`, the one reader every command shares, so ``fleet push``
+accepts exactly what ``fleet bench``, ``edgenas bench`` and the on-device runner accept: the model file
+a plain name inside the folder, its sha256 recorded and matching, a real TFLite file, labels a list.
+A model converted elsewhere ships with a hand-written manifest that follows the same schema
+(deploy/manifest.schema.json); ``ModelPackage.write`` fills in the sha256 for it.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgenas.files import sha256_file  # noqa: F401  (re-exported)
 from edgenas.fleet.common import FleetError, validate_model_name
+from edgenas.package import ModelPackage, PackageError
 
 VERSION_HEX = 12  # version = first 12 hex digits of the model's sha256: deterministic, so idempotent
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
-
 
 
 def version_of(sha256: str) -> str:
@@ -30,15 +30,38 @@ def version_of(sha256: str) -> str:
 
 @dataclass(frozen=True)
 class LocalModel:
-    """A model ready to push.  ``version`` names its directory on every device."""
+    """A model ready to push: a thin view of its :class:`ModelPackage` with the names fleet code uses.
+    ``version`` names its directory on every device; ``manifest`` is the manifest as a JSON object."""
 
-    directory: Path
-    model_path: Path
-    manifest_path: Path
-    manifest: dict[str, Any]
-    sha256: str
-    manifest_sha256: str
-    size: int
+    package: ModelPackage
+
+    @property
+    def directory(self) -> Path:
+        return self.package.folder
+
+    @property
+    def model_path(self) -> Path:
+        return self.package.model_path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.package.manifest_path
+
+    @functools.cached_property
+    def manifest(self) -> dict[str, Any]:
+        return self.package.data
+
+    @property
+    def sha256(self) -> str:
+        return self.package.sha256
+
+    @property
+    def manifest_sha256(self) -> str:
+        return self.package.manifest_sha256
+
+    @property
+    def size(self) -> int:
+        return self.package.size
 
     @property
     def version(self) -> str:
@@ -47,50 +70,23 @@ class LocalModel:
     @property
     def default_name(self) -> str:
         """The model name when ``--name`` is not given: the manifest's ``name``, else the folder's."""
-        raw = str(self.manifest.get("name") or self.directory.resolve().name)
-        return re.sub(r"[^A-Za-z0-9._-]", "-", raw).lstrip("._-")[:64] or "model"
+        return self.package.default_name
 
     @property
     def bytes_total(self) -> int:
-        return self.size + self.manifest_path.stat().st_size
+        return self.package.bytes_total
 
 
 def load_model_dir(directory: Path | str) -> LocalModel:
-    """Read and check a model folder; raises FleetError naming the problem."""
+    """Read and check a model folder; raises FleetError naming the folder and the field."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FleetError(f"{directory}: not a folder (give the folder holding model.tflite and "
                          "manifest.json, as `edgenas export` writes it)")
-    manifest_path = directory / MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise FleetError(f"{directory}: no {MANIFEST_FILE} (a model is pushed with its manifest: "
-                         "labels and normalisation for predict)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FleetError(f"{manifest_path}: not a readable JSON manifest ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise FleetError(f"{manifest_path}: the manifest must be a JSON object")
-    model_info = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
-    model_path = directory / str(model_info.get("file") or MODEL_FILE)
-    if not model_path.is_file():
-        raise FleetError(f"{directory}: no {model_path.name} beside the manifest")
-    sha = sha256_file(model_path)
-    recorded = model_info.get("sha256")
-    if recorded and recorded != sha:
-        raise FleetError(
-            f"{model_path}: sha256 {sha[:12]}… does not match the manifest's {str(recorded)[:12]}… "
-            "(file changed or corrupt after export); refusing to push it"
-        )
-    return LocalModel(
-        directory=directory,
-        model_path=model_path,
-        manifest_path=manifest_path,
-        manifest=manifest,
-        sha256=sha,
-        manifest_sha256=sha256_file(manifest_path),
-        size=model_path.stat().st_size,
-    )
+        return LocalModel(ModelPackage.load(directory))
+    except PackageError as exc:
+        raise FleetError(f"{exc}; refusing to push it") from None
 
 
 def resolve_name(model: LocalModel | None, name: str | None) -> str:
