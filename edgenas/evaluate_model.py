@@ -17,23 +17,28 @@ import torch
 from edgenas.data import load_data
 from edgenas.errors import EdgeNASError
 from edgenas.export.convert import run_tflite
-from edgenas.export.pipeline import read_manifest
 from edgenas.files import last_json
+from edgenas.package import ModelPackage
 
 
-def _validation(manifest: dict[str, Any], data: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _validation(package: ModelPackage, data: str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    manifest, typed = package.data, package.manifest
     source = data or (manifest.get("provenance") or {}).get("data", {}).get("source")
     if not source:
         raise EdgeNASError("the manifest does not record its data set; pass --data")
-    size = int(manifest["input"]["size"])
+    height, size = typed.input.size
+    if height != size:
+        raise EdgeNASError(f"input size {list(typed.input.size)} is not square; evaluate takes square "
+                           "inputs")
     # Load at the storage size used at export (the space's largest resolution) and resize from
     # there, so the pixels are exactly the ones the recorded accuracy saw.
     stored = (manifest.get("provenance") or {}).get("data", {}).get("size") or size
     ds = load_data(source, size=int(stored))
-    if ds.labels != list(manifest.get("labels") or ds.labels):
+    if ds.labels != list(typed.labels):
         raise EdgeNASError(f"data set {source} has labels {ds.labels[:5]}..., the model "
-                           f"{manifest['labels'][:5]}...; evaluate on the data it was trained for")
-    ds.normalization = {"mean": manifest["input"]["mean"], "std": manifest["input"]["std"]}
+                           f"{list(typed.labels[:5])}...; evaluate on the data it was trained for")
+    mean, std = typed.input.normalisation()  # per channel, for pixels on the 0..1 scale
+    ds.normalization = {"mean": mean, "std": std}
     xs, ys = zip(*ds.val_batches(size))
     return torch.cat(xs).numpy().transpose(0, 2, 3, 1), torch.cat(ys).numpy(), str(source)
 
@@ -41,10 +46,11 @@ def _validation(manifest: dict[str, Any], data: str | None) -> tuple[np.ndarray,
 def evaluate_model_dir(directory: Path, data: str | None = None, *, home: Path | None = None,
                        device: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
     """Top-1 of ``directory/model.tflite`` over the validation split (host, or ``device``)."""
-    manifest = read_manifest(directory)
-    images, labels, source = _validation(manifest, data)
+    package = ModelPackage.load(directory)  # PackageError (an EdgeNASError) names the bad field
+    manifest = package.data
+    images, labels, source = _validation(package, data)
     if device is None:
-        predicted = run_tflite(str(directory / manifest["model"]["file"]), images).argmax(1)
+        predicted = run_tflite(str(package.model_path), images).argmax(1)
         where = "host"
     else:
         predicted = _predict_on_device(directory, manifest, images, home, device, timeout)
