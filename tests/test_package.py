@@ -303,6 +303,15 @@ def test_model_size_and_truncation(tmp_path, tflite):
     (folder / "model.tflite").mkdir()
     with pytest.raises(PackageError, match="model.file: model.tflite is not a regular file"):
         ModelPackage.load(folder)
+    # a FIFO would block a plain open() forever waiting for a writer
+    (folder / "model.tflite").rmdir()
+    os.mkfifo(folder / "model.tflite")
+    with pytest.raises(PackageError, match="model.file: model.tflite is not a regular file"):
+        ModelPackage.load(folder)
+    (folder / "manifest.json").unlink()
+    os.mkfifo(folder / "manifest.json")
+    with pytest.raises(PackageError, match="manifest.json: is not a regular file"):
+        ModelPackage.load(folder)
 
 
 def test_versions_and_unknown_keys(tmp_path, tflite):

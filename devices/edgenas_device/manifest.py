@@ -613,9 +613,16 @@ def _inside(folder_real: str, path: str) -> bool:
     return real != folder_real and os.path.commonpath([folder_real, real]) == folder_real
 
 
+def _open_nonblocking(path: str) -> Any:
+    # O_NONBLOCK: opening a FIFO planted as "model.tflite" must not wait forever for a writer; the
+    # fstat that follows refuses anything but a regular file (for which the flag changes nothing).
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    return os.fdopen(os.open(path, flags), "rb")
+
+
 def _read_bounded(path: str, limit: int, field: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
+        with _open_nonblocking(path) as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise _fail(field, "is not a regular file")
@@ -672,7 +679,7 @@ def check_model_file(path: str, sha256: str | None = None, size: int | None = No
     shown = os.path.basename(str(path))
     digest = hashlib.sha256()
     try:
-        with open(str(path), "rb") as handle:
+        with _open_nonblocking(str(path)) as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise _fail("model.file", f"{shown} is not a regular file")
