@@ -11,15 +11,23 @@ BN_MOMENTUM = 0.1
 
 
 def h_swish(x: torch.Tensor) -> torch.Tensor:
-    return x * F.relu6(x + 3.0) / 6.0
+    """``x * relu6(x + 3) / 6`` as one fused kernel.
+
+    Bit-identical forward to the written-out formula (checked in tests/test_train_speed.py), but
+    one pass over memory and one saved tensor instead of four: on a CPU, where these activations
+    are memory-bound, that is a measurable part of a training step.  Exporters never see this
+    function: they rebuild the network from its plan.
+    """
+    return F.hardswish(x)
 
 
 def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return F.relu6(x + 3.0) / 6.0
+    """``relu6(x + 3) / 6`` as one fused kernel (bit-identical forward, see :func:`h_swish`)."""
+    return F.hardsigmoid(x)
 
 
 class HSwish(nn.Module):
-    """x * relu6(x + 3) / 6, written out so every exporter sees the same arithmetic."""
+    """x * relu6(x + 3) / 6 (see :func:`h_swish`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return h_swish(x)
@@ -31,15 +39,18 @@ class HSigmoid(nn.Module):
 
 
 def activation(name: str) -> nn.Module:
+    """The activation module; ReLU works in place (it always follows a BN, whose backward needs
+    only the BN input, so overwriting the BN output saves one tensor per layer)."""
     if name == "relu":
-        return nn.ReLU()
+        return nn.ReLU(inplace=True)
     if name == "h_swish":
         return HSwish()
     raise ValueError(f"unknown activation {name!r}")
 
 
 def activate(x: torch.Tensor, name: str) -> torch.Tensor:
-    return F.relu(x) if name == "relu" else h_swish(x)
+    """Apply ``name`` to a fresh BN output (ReLU in place: see :func:`activation`)."""
+    return F.relu(x, inplace=True) if name == "relu" else h_swish(x)
 
 
 class SqueezeExcite(nn.Module):
