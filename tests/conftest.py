@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import Fleet, FleetError
+from tests.fleet.arm_fixture import arm_fleet  # noqa: F401  (session fixture: emulated Pis)
 
 REPO = Path(__file__).resolve().parent.parent
 LITERT_PYTHON = REPO / ".venv" / "bin" / "python"  # ai-edge-litert, numpy 2 (and TensorFlow)

@@ -354,8 +354,9 @@ def _build_sysroot(sysroot: Sysroot, out: Path, work: Path) -> None:
     log.info("sysroot %s: %d packages in %.1f s", sysroot.name, len(debs), time.monotonic() - t0)
 
 
-def _make_board(root: Path, board: Board) -> None:
-    """The board's qemu ``-L`` root: symlinks into its sysroot plus its own /proc; and its wrapper."""
+def _make_board(root: Path, board: Board, final_root: Path) -> None:
+    """The board's qemu ``-L`` root: symlinks into its sysroot plus its own /proc; and its wrapper,
+    which names the paths the build will have once moved to ``final_root``."""
     sysroot = root / "sysroots" / board.sysroot
     broot = root / "boards" / board.name
     broot.mkdir(parents=True)
@@ -365,7 +366,6 @@ def _make_board(root: Path, board: Board) -> None:
     (broot / "proc" / "cpuinfo").write_text(board.cpuinfo)
     (broot / "proc" / "device-tree" / "model").write_text(board.model + "\0")
     wrapper = wrapper_path(root, board)
-    final_root = CACHE_ROOT / root.name  # the wrapper names the final location, not the build dir
     final_wrapper = wrapper_path(final_root, board)
     final_broot = final_root / "boards" / board.name
     wrapper.write_text(
@@ -412,25 +412,25 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_built() -> ArmCache:
+def ensure_built(cache_root: Path = CACHE_ROOT) -> ArmCache:
     """The cached sysroots, boards and wrappers, built on first use (about 10–60 s and 260 MB; two
     concurrent callers build once).  Needs qemu-user on the host and network access to Debian and
-    PyPI."""
+    PyPI.  ``cache_root`` other than the default is for measuring a cold build."""
     for board in BOARDS.values():
         if shutil.which(board.qemu) is None:
             raise FleetError(f"`{board.qemu}` is missing: run `make system-packages` as root "
                              "(Debian package qemu-user)")
     key = recipe_hash()
-    final = CACHE_ROOT / key
+    final = cache_root / key
     done = final / "done.json"
-    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    os.chmod(CACHE_ROOT, 0o755)
-    with _lock(CACHE_ROOT / ".lock"):
+    cache_root.mkdir(parents=True, exist_ok=True)
+    os.chmod(cache_root, 0o755)
+    with _lock(cache_root / ".lock"):
         if done.exists():
             meta = json.loads(done.read_text())
             return ArmCache(final, 0.0, int(meta["bytes"]))
         t0 = time.monotonic()
-        build = Path(tempfile.mkdtemp(prefix=f"{key}.build-", dir=CACHE_ROOT))
+        build = Path(tempfile.mkdtemp(prefix=f"{key}.build-", dir=cache_root))
         try:
             stage = build / key
             with ThreadPoolExecutor(max_workers=len(SYSROOTS)) as pool:
@@ -439,7 +439,7 @@ def ensure_built() -> ArmCache:
                 for job in jobs:
                     job.result()
             for board in BOARDS.values():
-                _make_board(stage, board)
+                _make_board(stage, board, final)
             _open_up(stage)
             size = _tree_bytes(stage)
             elapsed = time.monotonic() - t0
@@ -450,7 +450,7 @@ def ensure_built() -> ArmCache:
             os.rename(stage, final)
         finally:
             shutil.rmtree(build, ignore_errors=True)
-        for old in CACHE_ROOT.iterdir():  # other recipes' builds and killed builds are dead weight
+        for old in cache_root.iterdir():  # other recipes' builds and killed builds are dead weight
             if old.is_dir() and old.name != key:
                 shutil.rmtree(old, ignore_errors=True)
         log.info("ARM sysroots built in %.1f s, %.0f MB", elapsed, size / 1e6)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.fleet import arm
 from tests.fleet.adb import AdbDevice, AdbServer
 from tests.fleet.cgroups import PERIOD_US, CGroup
 from tests.fleet.sshd import SSHD, SSHDevice, keygen
@@ -153,6 +154,14 @@ class Fleet:
         self.ssh[name] = dev
         dev.start()
         return dev
+
+    def add_arm_ssh(self, name: str, board: str) -> SSHDevice:
+        """An SSH device whose ``python3`` is an emulated Raspberry Pi (``board``: pi64, pi5 or pi32; see
+        tests/fleet/arm.py), built on first use and cached.  Its shell stays native x86: only the
+        on-device Python sees the Pi.  Timings measured on it describe the emulator, not a Pi."""
+        if board not in arm.BOARDS:
+            raise FleetError(f"unknown ARM board {board!r}: one of {', '.join(sorted(arm.BOARDS))}")
+        return self.add_ssh(name, str(arm.ensure_built().python(board)))
 
     def add_adb(self, name: str, python: str) -> AdbDevice:
         if self.adb_server is None:
