@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgenas.data import ImageData, load_data
+from edgenas.data import AnyImageData, load_data
+from edgenas.data.stream import BatchOrder, StepBatchSampler
 from edgenas.errors import CheckpointError, EdgeNASError
 from edgenas.evaluate import evaluate_archs
 from edgenas.plan import net_plan
@@ -69,6 +70,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     weight_decay: float = 3e-5
     limit: int | None = None
+    data_mode: str = "auto"  # auto | memory | stream (see edgenas.data.load_data)
+    workers: int | None = None  # decoding processes when streaming [default: spare cores]
     schedule: list[dict[str, Any]] = field(
         default_factory=lambda: [asdict(p) for p in DEFAULT_SCHEDULE])
 
@@ -166,7 +169,7 @@ def _time_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 
     return (time.perf_counter() - start) / repeats
 
 
-def estimate_step_seconds(net: MobileNetV3Supernet, data: ImageData, batch_size: int,
+def estimate_step_seconds(net: MobileNetV3Supernet, data: AnyImageData, batch_size: int,
                           device: torch.device) -> Callable[[Phase], float]:
     """Time one training step of the largest and smallest subnets and interpolate by MACs.
 
@@ -179,7 +182,7 @@ def estimate_step_seconds(net: MobileNetV3Supernet, data: ImageData, batch_size:
     points = []
     for arch in (space.largest(), space.smallest()):
         probe.set_active(arch)
-        x = data.prepare(data.train_x[:n], arch.resolution).to(device).contiguous(memory_format=CL)
+        x = data.sample_images(n, arch.resolution).to(device).contiguous(memory_format=CL)
         points.append((space.macs(arch, net.num_classes), _time_step(probe, x, y)))
     (m_hi, t_hi), (m_lo, t_lo) = points
     slope = (t_hi - t_lo) / max(m_hi - m_lo, 1)
@@ -212,10 +215,16 @@ def _step_seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt) % (2**63 - 1)
 
 
+def step_resolution(seed: int, step: int, resolutions: list[int] | tuple[int, ...]) -> int:
+    """The elastic resolution of step ``step``: the first draw of the step's seeded RNG, so a
+    streaming sampler can decode each batch at its size before the step runs."""
+    return random.Random(_step_seed(seed, step, 1)).choice(resolutions)
+
+
 class Trainer:
     """Owns the network, optimizer, counters and teacher of one run; no module-level state."""
 
-    def __init__(self, cfg: TrainConfig, data: ImageData, net: MobileNetV3Supernet,
+    def __init__(self, cfg: TrainConfig, data: AnyImageData, net: MobileNetV3Supernet,
                  plans: list[PhasePlan], dist: DistInfo, *, progress: ProgressBar,
                  log: JsonLog, save_seconds: float = 60.0, budget: float | None = None,
                  on_step: Callable[[Trainer], None] | None = None) -> None:
@@ -251,7 +260,11 @@ class Trainer:
         self.pos = 0
         self.images = 0
         self.elapsed = 0.0
+        self.order = BatchOrder(data.num_train, self.global_batch, dist.world, dist.rank,
+                                self._epoch_perm)
         self.perm = self._epoch_perm(0)
+        self._stream: Any = None  # iterator over the streamed loader, made at the first step
+        self._stream_start = (0, 0)
         self.stop_requested = False
         self._epoch_ended = False
         self._last_loss = float("nan")
@@ -267,16 +280,29 @@ class Trainer:
 
     def _next_indices(self) -> tuple[torch.Tensor, bool]:
         """This rank's share of the next global batch; the flag says an epoch just ended."""
-        gb = min(self.global_batch, self.data.num_train)
-        idx = self.perm[self.pos:self.pos + gb]
-        self.pos += gb
-        ended = self.pos + gb > self.data.num_train
-        if ended:  # drop the incomplete tail: tiny last batches upset batch norm
-            self.epoch += 1
-            self.pos = 0
-            self.perm = self._epoch_perm(self.epoch)
-        share = max(1, len(idx) // self.dist.world)
-        return idx[self.dist.rank * share:(self.dist.rank + 1) * share], ended
+        idx, self.epoch, self.pos, self.perm, ended = self.order.next(self.epoch, self.pos,
+                                                                      self.perm)
+        return idx, ended
+
+    def _streamed_batch(self, idx: torch.Tensor, resolution: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch from the worker processes (started at the current position)."""
+        if self._stream is None:
+            # the sampler starts where the counters were *before* this step's _next_indices
+            epoch, pos = self._stream_start
+            sampler = StepBatchSampler(
+                self.order, epoch, pos, self.global_step,
+                lambda step: step_resolution(self.cfg.seed, step, self.space.resolutions),
+                _step_seed(self.cfg.seed, 0, 3))
+            self._stream = iter(self.data.train_loader(sampler))
+        x, y, got, res = next(self._stream)
+        if res != resolution or not torch.equal(got, idx):
+            raise RuntimeError("streamed batch out of step with the trainer's order")
+        return self.data.normalize(x), y
+
+    def close(self) -> None:
+        """Stop the decoding workers (they restart at the right position when needed)."""
+        self._stream = None
 
     # ---- phases
     def _start_phase(self) -> None:
@@ -311,10 +337,14 @@ class Trainer:
         rng = random.Random(_step_seed(seed, self.global_step, 1))
         gen = torch.Generator().manual_seed(_step_seed(seed, self.global_step, 2 + self.dist.rank))
         torch.manual_seed(_step_seed(seed, self.global_step, 1000 + self.dist.rank))  # dropout
-        resolution = rng.choice(self.space.resolutions)
+        resolution = rng.choice(self.space.resolutions)  # == step_resolution(seed, step, ...)
         archs = plan.phase.step_archs(self.space, rng, resolution)
+        self._stream_start = (self.epoch, self.pos)
         idx, ended = self._next_indices()
-        x, y = self.data.train_batch(idx, resolution, gen)
+        if self.data.streamed:
+            x, y = self._streamed_batch(idx, resolution)
+        else:
+            x, y = self.data.train_batch(idx, resolution, gen)
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=CL)
         y = y.to(self.device, non_blocking=True)
         lr = lr_at(plan, self.phase_step)
@@ -344,6 +374,12 @@ class Trainer:
 
     # ---- the loop
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> None:
         last_save = time.monotonic()
         window_start, window_images = time.monotonic(), 0
         rate = 0.0
@@ -501,7 +537,7 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = False,
-                   data: ImageData | None = None, progress: bool = True,
+                   data: AnyImageData | None = None, progress: bool = True,
                    save_seconds: float = 60.0, handle_signals: bool = True,
                    threads: int | None = None,
                    on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
@@ -530,7 +566,8 @@ def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = Fals
     space = SearchSpace.load(cfg.space) if state is None else \
         SearchSpace.from_spec(state["supernet"]["space"])
     if data is None:
-        data = load_data(cfg.data, space.resolutions[-1], limit=cfg.limit)
+        data = load_data(cfg.data, space.resolutions[-1], limit=cfg.limit, mode=cfg.data_mode,
+                         workers=cfg.workers)
     elif cfg.limit is not None and data.num_train > cfg.limit:
         raise ValueError("pass limit either in the config or by slicing the data, not both")
     torch.manual_seed(cfg.seed)
@@ -562,7 +599,7 @@ def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = Fals
     return _finish(trainer, cfg, data, out, log, bar, dist)
 
 
-def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: ImageData, dist: DistInfo,
+def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: AnyImageData, dist: DistInfo,
           started: float) -> tuple[list[PhasePlan], float | None]:
     """The step plan, and the seconds it may take (``None`` for an epoch plan)."""
     gb = cfg.batch_size * dist.world
@@ -577,7 +614,7 @@ def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: ImageData, dist: Dis
                       step_seconds=step_seconds), seconds)
 
 
-def _finish(trainer: Trainer, cfg: TrainConfig, data: ImageData, out: Path, log: JsonLog,
+def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, log: JsonLog,
             bar: ProgressBar, dist: DistInfo) -> TrainResult:
     net = trainer.net
     space = net.space

@@ -110,17 +110,24 @@ def _load_eval_data(source: str | None, net, limit: int | None = None):  # noqa:
               help="Also save the training state every this many seconds (besides every epoch).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is faster on a busy machine.")
+@click.option("--data-mode", type=click.Choice(["auto", "memory", "stream"]), default="auto",
+              show_default=True,
+              help="memory: decode every image once and keep it; stream: decode each batch in "
+                   "worker processes (ImageFolder; bounded memory); auto: stream when the decoded "
+                   "set would exceed half the memory available.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes when streaming [default: CPU cores - 1, at most 8].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | None,
               epochs: float | None, batch_size: int, device: str, resume: bool, seed: int,
               kd_ratio: float, limit: int | None, save_every: float, threads: int | None,
-              quiet: bool) -> None:
+              data_mode: str, workers: int | None, quiet: bool) -> None:
     """Train a supernet by progressive shrinking with distillation (Ctrl-C saves; --resume)."""
     from edgenas.train import TrainConfig, TrainingInterrupted, train_supernet
 
     cfg = TrainConfig(out=str(out), space=space_name, data=data_source, minutes=minutes,
                       epochs=epochs, batch_size=batch_size, seed=seed, kd_ratio=kd_ratio,
-                      limit=limit)
+                      limit=limit, data_mode=data_mode, workers=workers)
     try:
         train_supernet(cfg, device=device, resume=resume, progress=not quiet,
                        save_seconds=save_every, threads=threads)

@@ -8,6 +8,7 @@ subnets it will train, and evaluation asks for the subnet's own resolution.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,12 @@ from edgenas.data.sources import (
     load_cifar10,
     load_digits_data,
     load_image_folder,
+    scan_image_folder,
 )
+from edgenas.data.stream import StreamedImageData, in_memory_bytes, memory_budget, streamed_folder
 from edgenas.errors import DataError
 
+log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 2000
 
 
@@ -43,6 +47,8 @@ class ImageData:
     crop_scale: tuple[float, float] = (0.35, 1.0)
     normalization: dict[str, list[float]] = field(default_factory=dict)
     _cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    streamed = False
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +69,10 @@ class ImageData:
         """uint8 images → normalised float at ``resolution`` (no augmentation)."""
         mean, std = self._stats()
         return T.normalize(T.resize(T.to_float(images), resolution), mean, std)
+
+    def sample_images(self, n: int, resolution: int) -> torch.Tensor:
+        """The first ``n`` training images, normalised, at ``resolution`` (timing probes)."""
+        return self.prepare(self.train_x[:n], resolution)
 
     # ---- training
     def train_batch(self, indices: torch.Tensor, resolution: int,
@@ -108,7 +118,8 @@ class ImageData:
     def describe(self) -> dict[str, object]:
         return {"source": self.source, "name": self.name, "classes": self.num_classes,
                 "train": self.num_train, "val": self.num_val,
-                "size": int(self.train_x.shape[-1]), "normalization": self.normalization}
+                "size": int(self.train_x.shape[-1]), "normalization": self.normalization,
+                "mode": "memory"}
 
 
 def compute_normalization(images: torch.Tensor, chunk: int = 4096) -> dict[str, list[float]]:
@@ -126,15 +137,31 @@ def compute_normalization(images: torch.Tensor, chunk: int = 4096) -> dict[str, 
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
 
 
+DATA_MODES = ("auto", "memory", "stream")
+
+
 def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
-              val_fraction: float = 0.2) -> ImageData:
+              val_fraction: float = 0.2, mode: str = "auto",
+              workers: int | None = None) -> ImageData | StreamedImageData:
     """Load ``digits``, an ImageFolder root, or a CIFAR-10 folder, stored at ``size`` px.
 
     ``size`` is the storage size (use the space's largest resolution); batches are resized to each
     subnet's resolution later.  ``limit`` keeps the first ``limit`` training images (quick trials).
+
+    ``mode``: ``memory`` decodes every image once and keeps it (fastest per step); ``stream``
+    decodes each batch on the fly in ``workers`` DataLoader processes (ImageFolder only; memory
+    bounded whatever the size); ``auto`` streams an ImageFolder when ``images × 3 × size²`` bytes
+    exceed half of the memory this process may use (see :func:`edgenas.data.stream.memory_budget`).
     """
+    if mode not in DATA_MODES:
+        raise DataError(f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
     text = str(source)
+    if limit is not None and limit < 2:
+        raise DataError(f"limit must be at least 2 images, got {limit}")
     raw: RawData
+    if mode == "stream" and (text == "digits" or text.startswith("cifar10:")):
+        raise DataError(f"{text}: only an ImageFolder can be streamed (this source is small and "
+                        "always held in memory); use --data-mode auto or memory")
     if text == "digits":
         raw = load_digits_data(size, val_fraction)
     else:
@@ -147,12 +174,28 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
             raise DataError(f"{path}: no such data set (give 'digits', an ImageFolder directory "
                             "or a CIFAR-10 python directory)")
         if kind == "cifar10" or (not kind and is_cifar_dir(path)):
+            if mode == "stream":
+                raise DataError(f"{path}: only an ImageFolder can be streamed (CIFAR-10 is held "
+                                "in memory, 180 MB); use --data-mode auto or memory")
             raw = load_cifar10(path, size)
         else:
+            files = scan_image_folder(path, val_fraction)
+            if limit is not None:
+                files.train_files, files.train_y = files.train_files[:limit], files.train_y[:limit]
+            need = in_memory_bytes(len(files.train_files) + len(files.val_files), size)
+            budget = memory_budget()
+            if mode == "stream" or (mode == "auto" and need > budget):
+                if mode == "auto":
+                    log.info("%s: %.1f GB decoded exceeds the %.1f GB memory budget; streaming",
+                             path, need / 1e9, budget / 1e9)
+                if not files.val_files:
+                    raise DataError(f"{text}: no validation images (too few images per class "
+                                    "to split)")
+                return streamed_folder(text, files.name, files.labels,
+                                       (files.train_files, files.train_y),
+                                       (files.val_files, files.val_y), size, workers)
             raw = load_image_folder(path, size, val_fraction)
     if limit is not None:
-        if limit < 2:
-            raise DataError(f"limit must be at least 2 images, got {limit}")
         raw.train_x, raw.train_y = raw.train_x[:limit], raw.train_y[:limit]
     if raw.train_x.shape[0] == 0:
         raise DataError(f"{text}: no training images")

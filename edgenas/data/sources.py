@@ -126,6 +126,56 @@ def _decode_all(classes: dict[str, list[Path]], labels: list[str], size: int
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
 
 
+@dataclass
+class FolderFiles:
+    """An ImageFolder's files and labels, split, without decoding anything (cheap at any size)."""
+
+    name: str
+    labels: list[str]
+    train_files: list[str]
+    train_y: torch.Tensor
+    val_files: list[str]
+    val_y: torch.Tensor
+
+
+def _flatten(classes: dict[str, list[Path]], labels: list[str]) -> tuple[list[str], np.ndarray]:
+    files, ys = [], []
+    for name, paths in classes.items():
+        files += [str(p) for p in paths]
+        ys += [labels.index(name)] * len(paths)
+    return files, np.asarray(ys, dtype=np.int64)
+
+
+def scan_image_folder(root: Path, val_fraction: float = 0.2) -> FolderFiles:
+    """The files of ``root`` split exactly as :func:`load_image_folder` splits the images."""
+    _check_root(root)
+    val_dir = next((root / n for n in ("val", "validation", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        train_classes = _scan_classes(root / "train")
+        val_classes = _scan_classes(val_dir)
+        labels = sorted(train_classes)
+        unknown = sorted(set(val_classes) - set(train_classes))
+        if unknown:
+            raise DataError(f"{val_dir}: classes not in the training folder: {', '.join(unknown)}")
+        tf, ty = _flatten(train_classes, labels)
+        vf, vy = _flatten(val_classes, labels)
+    else:
+        classes = _scan_classes(root)
+        labels = sorted(classes)
+        files, y = _flatten(classes, labels)
+        tr, va = split_indices(y, val_fraction)
+        tf, ty, vf, vy = [files[i] for i in tr], y[tr], [files[i] for i in va], y[va]
+    return FolderFiles(f"folder:{root}", labels, tf, torch.from_numpy(ty), vf,
+                       torch.from_numpy(vy))
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DataError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory (expected an ImageFolder root or 'digits')")
+
+
 def load_image_folder(root: Path, size: int, val_fraction: float = 0.2) -> RawData:
     """``root/<class>/*.jpg|png``; uses ``root/train`` and ``root/val`` when both exist."""
     if not root.exists():
