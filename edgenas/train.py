@@ -265,6 +265,7 @@ class Trainer:
         self.perm = self._epoch_perm(0)
         self._stream: Any = None  # iterator over the streamed loader, made at the first step
         self._stream_start = (0, 0)
+        self.last_indices = torch.zeros(0, dtype=torch.int64)
         self.stop_requested = False
         self._epoch_ended = False
         self._last_loss = float("nan")
@@ -341,6 +342,7 @@ class Trainer:
         archs = plan.phase.step_archs(self.space, rng, resolution)
         self._stream_start = (self.epoch, self.pos)
         idx, ended = self._next_indices()
+        self.last_indices = idx  # this rank's images of this step (for tests and hooks)
         if self.data.streamed:
             x, y = self._streamed_batch(idx, resolution)
         else:
