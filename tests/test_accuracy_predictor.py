@@ -67,3 +67,46 @@ def test_evaluations_are_stored_and_never_repeated(tmp_path) -> None:
         assert len(again) == 4
         assert stored_evaluations(store, "a" * 64, "digits") == again
         assert stored_evaluations(store, "b" * 64, "digits") == {}
+
+
+@pytest.mark.slow
+def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> None:
+    """A single-process run stores 8 evaluations; `torchrun --nproc-per-node 2` asked for 12
+    evaluates only the 4 missing ones, 2 per rank, and rank 0 writes the predictor."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from edgenas.cli import main
+    from edgenas.files import sha256_file
+    from edgenas.predictors.accuracy import predictor_path
+
+    data = load_data("digits", size=32, limit=300)
+    net = build_supernet(SPACE, 10, data.labels, data.normalization)
+    ckpt = net.save(tmp_path / "sn.pt", {"data": "digits"})
+    home = tmp_path / "home"
+    first = CliRunner().invoke(main, ["--home", str(home), "predictor", "fit-accuracy", str(ckpt),
+                                      "--samples", "8"])
+    assert first.exit_code == 0, first.output
+    sha = sha256_file(ckpt)
+    with open_store(home) as store:
+        before = stored_evaluations(store, sha, "digits")
+    assert len(before) == 8
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    edgenas = shutil.which("edgenas", path=str(Path(sys.executable).parent)) or "edgenas"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", edgenas, "--home",
+                           str(home), "predictor", "fit-accuracy", str(ckpt), "--samples", "12"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "evaluated in 2 processes: 2+2 new subnets" in proc.stdout
+    assert proc.stdout.count("accuracy predictor from 12 subnets") == 1  # rank 0 reports
+    with open_store(home) as store:
+        after = stored_evaluations(store, sha, "digits")
+    assert len(after) == 12 and all(after[k] == v for k, v in before.items())
+    saved = AccuracyPredictor.load(predictor_path(home, sha))
+    assert saved.samples == 12

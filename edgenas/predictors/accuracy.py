@@ -218,15 +218,25 @@ def predictor_path(home: Path, source_sha256: str) -> Path:
 
 
 def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None = None,
-                 seed: int = 0, progress: Callable[[int, int, Arch, float], None] | None = None
-                 ) -> tuple[AccuracyPredictor, Path]:
-    """Evaluate ``samples`` archs of ``ckpt`` (resuming stored ones), fit, save to the workspace."""
+                 seed: int = 0, progress: Callable[[int, int, Arch, float], None] | None = None,
+                 stats: dict[str, Any] | None = None) -> tuple[AccuracyPredictor, Path]:
+    """Evaluate ``samples`` archs of ``ckpt`` (resuming stored ones), fit, save to the workspace.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the archs still to evaluate are split between the
+    ranks (rank 0 decides the list, so a rank that sees another's fresh results cannot diverge);
+    each rank commits every result to the workspace database as soon as it exists (an interrupted
+    job resumes and loses at most one evaluation per rank), and the results are gathered once at
+    the end.  Every rank fits the same predictor; only rank 0 writes it.  ``stats``, when given,
+    receives ``world`` and ``per_rank`` (evaluations done by each rank in this run).
+    """
     from edgenas.data import load_data
     from edgenas.export.api import training_data_source
     from edgenas.files import sha256_file
     from edgenas.store import open_store
     from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.train import init_distributed
 
+    dist_info = init_distributed("cpu")
     net = load_supernet(ckpt)
     source = data_source or training_data_source(net.meta)
     if source is None:
@@ -236,9 +246,48 @@ def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None =
     sha = sha256_file(ckpt)
     archs = sample_for_accuracy(net.space, samples, seed)
     with open_store(home) as store:
-        evaluate_into_store(store, net, sha, data, archs, progress)
+        if dist_info.world > 1:
+            per_rank = _evaluate_distributed(store, net, sha, data, archs, progress, dist_info)
+        else:
+            before = len(stored_evaluations(store, sha, data.source))
+            evaluate_into_store(store, net, sha, data, archs, progress)
+            per_rank = [len(stored_evaluations(store, sha, data.source)) - before]
         wanted = {a.to_string() for a in archs}
         results = {k: v for k, v in stored_evaluations(store, sha, data.source).items()
                    if k in wanted}
+    if stats is not None:
+        stats.update(world=dist_info.world, per_rank=per_rank)
     pred = fit_accuracy_predictor(net.space, results, sha, data.source, seed)
-    return pred, pred.save(predictor_path(home, sha))
+    path = predictor_path(home, sha)
+    if dist_info.main:
+        pred.save(path)
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the file exists for every rank once this returns
+        dist.destroy_process_group()
+    return pred, path
+
+
+def _evaluate_distributed(store: Store, net: Any, sha: str, data: Any, archs: Sequence[Arch],
+                          progress: Callable[[int, int, Arch, float], None] | None,
+                          info: Any) -> list[int]:
+    """This rank's share of the missing evaluations; returns how many each rank did."""
+    import torch.distributed as dist
+
+    todo: list[Any] = [None]
+    if info.main:
+        done = stored_evaluations(store, sha, data.source)
+        todo = [[a.to_string() for a in archs if a.to_string() not in done]]
+    dist.broadcast_object_list(todo, src=0)
+    mine = [Arch.from_string(a) for a in todo[0][info.rank::info.world]]
+    results = evaluate_into_store(store, net, sha, data, mine, progress if info.main else None)
+    local = {a.to_string(): results[a.to_string()] for a in mine}
+    gathered: list[Any] = [None] * info.world
+    dist.all_gather_object(gathered, local)  # once, at the end
+    for part in gathered:  # every rank committed its own; make sure all are visible here too
+        for arch, top1 in part.items():
+            if arch not in stored_evaluations(store, sha, data.source):
+                record_evaluation(store, sha, net.space.name, data.source, arch, top1,
+                                  data.num_val)
+    return [len(part) for part in gathered]
