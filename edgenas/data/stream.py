@@ -319,11 +319,16 @@ class StreamedImageData:
                          self.crop_scale, self.flip) for i in indices]))
         return self.normalize(x), self.train_y[indices]
 
-    def train_loader(self, sampler: StepBatchSampler, workers: int | None = None) -> DataLoader:
-        """Batches ``(uint8 x, y, indices, resolution)`` decoded by worker processes."""
+    def train_loader(self, sampler: StepBatchSampler, workers: int | None = None,
+                     pin_memory: bool = False) -> DataLoader:
+        """Batches ``(uint8 x, y, indices, resolution)`` decoded by worker processes.
+
+        ``pin_memory`` (for CUDA) puts each batch in page-locked memory so the copy to the GPU can
+        overlap the previous step.
+        """
         workers = self.workers if workers is None else workers
         return DataLoader(_TrainSet(self.train_files, self.train_y, self.crop_scale, self.flip),
-                          batch_sampler=sampler, num_workers=workers,
+                          batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                           collate_fn=_collate_train, generator=_private_generator(),
                           prefetch_factor=2 if workers > 0 else None)
 
