@@ -17,10 +17,8 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import secrets
+import logging
 import socket
 import time
 from dataclasses import dataclass
@@ -40,11 +38,13 @@ from edgenas.device.session import (
 )
 from edgenas.errors import TransportError
 from edgenas.files import sha256_file
+from edgenas.package import ModelPackage, PackageError, record_latency
 from edgenas.registry import Device, get_device
 from edgenas.store import Store, open_store
 from edgenas.transports import Transport
 
 BenchError = RunnerError  # what a failed benchmark raises (the device-layer's runner error)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,32 +75,43 @@ class BenchSettings:
 
 @dataclass(frozen=True)
 class ModelDir:
-    """An exported model folder (``model.tflite`` + ``manifest.json``), verified."""
+    """An exported model folder, read and checked by :class:`edgenas.package.ModelPackage` (the one
+    reader: plain file names, sha256 and TFL3 checked, labels a list).  Torch- and TF-free."""
 
-    directory: Path
-    model_path: Path
-    manifest: dict[str, Any]
+    package: ModelPackage
+
+    @property
+    def directory(self) -> Path:
+        return self.package.folder
+
+    @property
+    def model_path(self) -> Path:
+        return self.package.model_path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.package.data
 
     @property
     def sha256(self) -> str:
-        return str(self.manifest["model"]["sha256"])
+        return self.package.sha256
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self.package.size
 
 
 def load_model_dir(path: Path | str) -> ModelDir:
     """Read and verify a model folder (or the folder of a ``model.tflite`` path)."""
-    from edgenas.export.convert import ExportError
-    from edgenas.export.pipeline import read_manifest
-
     path = Path(path)
     if path.is_file():
         path = path.parent
     if not path.is_dir():
         raise ModelFileError(f"{path}: no such model folder")
     try:
-        manifest = read_manifest(path)
-    except ExportError as exc:
+        return ModelDir(ModelPackage.load(path))
+    except PackageError as exc:
         raise ModelFileError(str(exc)) from None
-    return ModelDir(path, path / manifest["model"]["file"], manifest)
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -114,25 +125,29 @@ class Backend(Protocol):
     def timeout(self, s: BenchSettings) -> float: ...
 
     def run_once(self, session: DeviceSession, model: ModelDir, s: BenchSettings,
-                 timeout: float) -> dict[str, Any]: ...
+                 timeout: float, remote: str | None = None) -> dict[str, Any]:
+        """Time ``model`` (at ``remote`` on the device; default: its place in the model cache)."""
 
 
 class RunnerBackend:
     """The on-device runner (``runner.pyz bench``): the full protocol, percentiles, runtime facts."""
 
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
     def tool(self) -> LocalFile:
         from edgenas.device.session import runner_file
 
-        return runner_file()
+        return runner_file(self.home)
 
     def timeout(self, s: BenchSettings) -> float:
         return s.max_secs * 1.2 + 120  # the runner stops itself at max_secs from the start of warm-up
 
     def run_once(self, session: DeviceSession, model: ModelDir, s: BenchSettings,
-                 timeout: float) -> dict[str, Any]:
+                 timeout: float, remote: str | None = None) -> dict[str, Any]:
         from edgenas.device.session import runner_result
 
-        remote = layout.cached_model(model.sha256)
+        remote = remote or layout.cached_model(model.sha256)
         res = session.run([session.python, layout.RUNNER, "bench", remote, *s.argv()], timeout, job=True)
         try:
             data = runner_result(session.name, session.python, res, "bench", model=str(model.model_path))
@@ -183,9 +198,9 @@ class BinaryBackend:
         return self._versions[sha]
 
     def run_once(self, session: DeviceSession, model: ModelDir, s: BenchSettings,
-                 timeout: float) -> dict[str, Any]:
+                 timeout: float, remote: str | None = None) -> dict[str, Any]:
         name = session.name
-        remote_model = layout.cached_model(model.sha256)
+        remote_model = remote or layout.cached_model(model.sha256)
         binary = f"./{layout.BENCHMARK_BINARY}"
         argv = bmb.build_argv(binary, remote_model, threads=s.threads, runs=s.runs,
                               min_secs=s.min_secs, max_secs=s.max_secs, warmup_runs=s.warmup_runs,
@@ -226,17 +241,16 @@ class BinaryBackend:
             benchmark_binary={"path": str(self.binary), "sha256": sha,
                               "remote": session.path(layout.BENCHMARK_BINARY),
                               "argv": argv, "ignored_flags": parsed["unconsumed_flags"]},
-            model={"path": remote_model, "sha256": model.sha256,
-                   "size_bytes": model.model_path.stat().st_size},
+            model={"path": remote_model, "sha256": model.sha256, "size_bytes": model.size_bytes},
             state_before=before, state_after=after,
             output=text[-20000:],
         )
         return data
 
 
-def backend_for(device: Device) -> Backend:
+def backend_for(device: Device, home: Path) -> Backend:
     """The runner, or benchmark_model for a device registered with ``--benchmark-binary``."""
-    return BinaryBackend(device) if device.benchmark_binary else RunnerBackend()
+    return BinaryBackend(device) if device.benchmark_binary else RunnerBackend(home)
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -261,7 +275,7 @@ class DeviceBencher:
         self._own_session = session is None
         if self._own_session:
             self.session.__enter__()
-        self.backend = backend_for(device)
+        self.backend = backend_for(device, self.home)
         self.cache_mib = device_cache_mib(device) if cache_mib is None else cache_mib
 
     @property
@@ -283,21 +297,27 @@ class DeviceBencher:
         self.close()
 
     def bench(self, store: Store, model: ModelDir, *, campaign: str | None = None,
-              settings: BenchSettings | None = None, update_manifest: bool = True) -> dict[str, Any]:
-        """Benchmark ``model``, store one ``measurements`` row and return it (plus ``uploaded``)."""
+              settings: BenchSettings | None = None, update_manifest: bool = True,
+              remote: str | None = None) -> dict[str, Any]:
+        """Benchmark ``model``, store one ``measurements`` row and return it (plus ``uploaded``).
+
+        ``remote``: a model already on the device (a deployed version, checked by sha256 on the
+        device by whoever names it) is timed where it is; nothing of the model is transferred."""
         s = settings or self.settings
         timeout = self.backend.timeout(s)
         session = self.session
         with session.locked(ttl_s=timeout * (s.retries + 1) + 120):
-            uploaded = session.ensure([
-                self.backend.tool(),
-                LocalFile(model.model_path, layout.cached_model(model.sha256), model.sha256),
-            ])
-            touch_and_prune(session, self.cache_mib, keep=f"{model.sha256}.tflite")
-            attempts = [self.backend.run_once(session, model, s, timeout)]
+            files = [self.backend.tool()]
+            if remote is None:
+                files.append(LocalFile(model.model_path, layout.cached_model(model.sha256),
+                                       model.sha256))
+            uploaded = session.ensure(files)
+            if remote is None:
+                touch_and_prune(session, self.cache_mib, keep=f"{model.sha256}.tflite")
+            attempts = [self.backend.run_once(session, model, s, timeout, remote)]
             while attempts[-1].get("cv") is not None and attempts[-1]["cv"] > s.cv_threshold \
                     and len(attempts) <= s.retries:
-                attempts.append(self.backend.run_once(session, model, s, timeout))
+                attempts.append(self.backend.run_once(session, model, s, timeout, remote))
         best = min(attempts, key=lambda r: r.get("cv") if r.get("cv") is not None else float("inf"))
         noisy = best.get("cv") is not None and best["cv"] > s.cv_threshold
         meta = {"attempts_cv": [a.get("cv") for a in attempts], "uploaded": uploaded,
@@ -317,11 +337,11 @@ def device_cache_mib(device: Device) -> int:
     return int(value) if isinstance(value, int) and value >= 0 else layout.DEFAULT_CACHE_MIB
 
 
-def touch_and_prune(session: DeviceSession, cache_mib: int, keep: str) -> str:
-    """Mark ``keep`` as just used; trim the model cache to ``cache_mib`` (least recently used first)."""
-    cache = session.path(layout.MODEL_CACHE)
-    session.run(["touch", "-c", "--", f"{layout.MODEL_CACHE}/{keep}"])
-    res = session.sh("prune", [cache, str(cache_mib * 1024), keep])
+def touch_and_prune(session: DeviceSession, cache_mib: int, keep: str,
+                    folder: str = layout.MODEL_CACHE) -> str:
+    """Mark ``folder/keep`` as just used; trim ``folder`` to ``cache_mib``, least recently used first."""
+    session.run(["touch", "-c", "--", f"{folder}/{keep}"])
+    res = session.sh("prune", [session.path(folder), str(cache_mib * 1024), keep])
     return res.stdout.strip()
 
 
@@ -415,29 +435,12 @@ def _temp_c(state: dict[str, Any]) -> float | None:
 
 
 def _record_in_manifest(home: Path, model: ModelDir, record: dict[str, Any]) -> None:
-    """``manifest["latency"][device]``: the model folder says where it was measured and how fast.
-
-    Rewritten atomically under a workspace lock (two devices may finish the same model at once)."""
-    locks = Path(home) / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / f"manifest-{model.sha256[:16]}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """``manifest["latency"][device]``: the model folder says where it was measured and how fast (a
+    read-only folder still gets its measurement stored in the workspace)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        path = model.directory / "manifest.json"
-        try:
-            manifest = json.loads(path.read_text())
-            manifest.setdefault("latency", {})[record["device"]] = {
-                k: record[k] for k in ("median_ms", "p90_ms", "cv", "noisy", "threads", "runtime",
-                                       "runtime_version", "peak_rss_kib", "created_at")
-            }
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            tmp.write_text(json.dumps(manifest, indent=2))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only model folder still gets its measurement stored in the workspace
-    finally:
-        os.close(fd)
-
+        record_latency(model.package, record["device"], record, lock_dir=Path(home) / "locks")
+    except PackageError as exc:
+        log.warning("latency for %s not recorded in %s: %s", record["device"], model.directory, exc)
 
 
 def open_bencher(home: Path, device_name: str, settings: BenchSettings | None = None) -> DeviceBencher:

@@ -17,7 +17,6 @@ import torch
 from edgenas.data import load_data
 from edgenas.errors import EdgeNASError
 from edgenas.export.convert import run_tflite
-from edgenas.files import last_json
 from edgenas.package import ModelPackage
 
 
@@ -64,32 +63,22 @@ def evaluate_model_dir(directory: Path, data: str | None = None, *, home: Path |
 
 def _predict_on_device(directory: Path, manifest: dict[str, Any], images: np.ndarray,
                        home: Path | None, device: str, timeout: float) -> np.ndarray:
+    from edgenas.device.session import DeviceSession
+    from edgenas.fleet.predict import input_file, predict_package
+    from edgenas.package import ModelPackage
     from edgenas.registry import get_device
     from edgenas.store import open_store
-    from edgenas.transports import open_transport
 
     if home is None:
         raise EdgeNASError("evaluating on a device needs the workspace (--home)")
     with open_store(home) as store:
         dev = get_device(store, device)
-    transport = open_transport(dev, home)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            batch = Path(tmp) / "val.npy"
-            np.save(batch, images.astype(np.float32))  # already normalised: the runner passes it
-            transport.run(["mkdir", "-p", "evaluate"], timeout=30, cwd=".")
-            for name in (manifest["model"]["file"], "manifest.json"):
-                transport.put(directory / name, f"evaluate/{name}", timeout=timeout)
-            transport.put(batch, "evaluate/val.npy", timeout=timeout)
-        rc, out, err = transport.run([dev.python or "python3", "runner.py", "predict",
-                                      f"evaluate/{manifest['model']['file']}", "evaluate/val.npy",
-                                      "--top-k", "1"], timeout=timeout, cwd=".")
-    finally:
-        transport.close()
-    result = last_json(out)
-    if rc != 0 or result is None:
-        raise EdgeNASError(f"{device}: runner predict failed (exit {rc}): "
-                           f"{(err or out).strip()[-300:]}")
+    package = ModelPackage.load(directory)
+    with tempfile.TemporaryDirectory() as tmp, DeviceSession(home, dev) as session:
+        batch = Path(tmp) / "val.npy"
+        np.save(batch, images.astype(np.float32))  # already normalised: the runner passes it
+        result = predict_package(session, package.model_path, package.sha256, package.manifest_path,
+                                 input_file(batch), top_k=1, timeout=timeout)
     preds = result.get("predictions") or []
     if len(preds) != len(images):
         raise EdgeNASError(f"{device}: runner returned {len(preds)} predictions for "

@@ -100,20 +100,17 @@ def train_step(cfg: QuickstartConfig, echo: Callable[[str], None]) -> dict[str, 
 
 def local_device_step(store: Store, cfg: QuickstartConfig) -> dict[str, Any]:
     """Register this machine as ``local`` (runner run by this very Python) and set it up."""
+    from edgenas.device.session import DeviceSession
     from edgenas.devices import setup
     from edgenas.registry import add_device, get_device, make_device
-    from edgenas.transports import open_transport
 
     try:
         device = get_device(store, "local")
     except EdgeNASError:
         device = add_device(store, make_device("local", "local", home=cfg.home,
                                                python=sys.executable, groups=("quickstart",)))
-    transport = open_transport(device, cfg.home)
-    try:
-        return setup(transport, device)
-    finally:
-        transport.close()
+    with DeviceSession(cfg.home, device) as session:
+        return setup(session)
 
 
 def choose_budget(store: Store, space: str, threads: int, quantile: float
@@ -187,9 +184,10 @@ def export_step(cfg: QuickstartConfig, arch: str, precision: str, search_json: P
 def predict_step(cfg: QuickstartConfig, model_dir: Path) -> dict[str, Any]:
     """One validation image through the on-device runner's ``predict``."""
     from edgenas.data import load_data
-    from edgenas.fleet.predict import last_json
+    from edgenas.device.session import DeviceSession
+    from edgenas.fleet.predict import input_file, predict_package
+    from edgenas.package import ModelPackage
     from edgenas.registry import get_device
-    from edgenas.transports import open_transport
 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     data = load_data(cfg.data, size=manifest["input"]["size"])
@@ -198,20 +196,10 @@ def predict_step(cfg: QuickstartConfig, model_dir: Path) -> dict[str, Any]:
     np.save(sample, image)
     with open_store(cfg.home) as store:
         device = get_device(store, "local")
-    transport = open_transport(device, cfg.home)
-    try:
-        transport.run(["mkdir", "-p", "quickstart"], timeout=30, cwd=".")
-        for name in ("model.tflite", "manifest.json"):
-            transport.put(model_dir / name, f"quickstart/{name}")
-        transport.put(sample, "quickstart/sample.npy")
-        rc, out, err = transport.run([device.python or "python3", "runner.py", "predict",
-                                      "quickstart/model.tflite", "quickstart/sample.npy",
-                                      "--top-k", "3"], timeout=120, cwd=".")
-    finally:
-        transport.close()
-    result = last_json(out)
-    if rc != 0 or result is None:
-        raise EdgeNASError(f"runner predict failed (exit {rc}): {(err or out).strip()[-300:]}")
+    package = ModelPackage.load(model_dir)
+    with DeviceSession(cfg.home, device) as session:
+        result = predict_package(session, package.model_path, package.sha256, package.manifest_path,
+                                 input_file(sample), top_k=3, timeout=120)
     result["true_label"] = data.labels[int(data.val_y[0])]
     return result
 

@@ -127,6 +127,27 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE devices ADD COLUMN adb_serialno TEXT;
     """,
+    # 4 -> 5: a push whose health check failed is rolled back on that device ('rolled-back').  SQLite
+    # cannot change a CHECK constraint in place, so the table is rebuilt with its rows and index.
+    """
+    CREATE TABLE deployments_v5 (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        device         TEXT NOT NULL,
+        model_name     TEXT NOT NULL,
+        version        TEXT,
+        sha256         TEXT,
+        previous_sha256 TEXT,
+        action         TEXT NOT NULL CHECK (action IN ('push', 'rollback')),
+        status         TEXT NOT NULL CHECK (status IN ('ok', 'unchanged', 'failed', 'rolled-back')),
+        reason         TEXT,
+        manifest_json  TEXT,
+        created_at     REAL NOT NULL
+    );
+    INSERT INTO deployments_v5 SELECT * FROM deployments;
+    DROP TABLE deployments;
+    ALTER TABLE deployments_v5 RENAME TO deployments;
+    CREATE INDEX deployments_device ON deployments(device, model_name, created_at);
+    """,
 )
 
 

@@ -369,15 +369,17 @@ def test_a_workspace_from_before_the_column_is_upgraded_in_place(workspace):
     assert old.serial == "R1" and old.benchmark_binary is None
 
 
-def test_device_add_checks_and_keeps_the_binary(workspace, tmp_path, binary, monkeypatch):
+@pytest.mark.fleet
+def test_device_add_checks_and_keeps_the_binary(fleet, workspace, tmp_path, binary, monkeypatch):
     cli = Cli(workspace)
-    out = cli("device", "add", "phone", "--adb", "R58M1", "--benchmark-binary",
+    serial = fleet.adb["adb1"].serial  # device add reads the device's own serial: it must answer
+    out = cli("device", "add", "phone", "--adb", serial, "--benchmark-binary",
               str(tmp_path / "missing"), code=1)
     assert "benchmark binary" in out and "no such file" in out
-    out = cli("device", "add", "phone", "--adb", "R58M1", "--benchmark-binary", str(tmp_path), code=1)
+    out = cli("device", "add", "phone", "--adb", serial, "--benchmark-binary", str(tmp_path), code=1)
     assert "not a regular file" in out
     monkeypatch.chdir(binary.parent)  # a relative path is stored absolute
-    out = cli("device", "add", "phone", "--adb", "R58M1", "--benchmark-binary", "benchmark_model")
+    out = cli("device", "add", "phone", "--adb", serial, "--benchmark-binary", "benchmark_model")
     monkeypatch.chdir(REPO)
     assert f"benchmarks run {binary}" in out
     shown = cli.json("device", "show", "phone")
@@ -391,7 +393,7 @@ def test_device_add_checks_and_keeps_the_binary(workspace, tmp_path, binary, mon
     inv.write_text("all:\n  hosts:\n    phone: {edgenas_kind: adb, edgenas_serial: R58M2}\n")
     cli("device", "import", str(inv))
     assert cli.json("device", "show", "phone")["benchmark_binary"] == str(binary)
-    cli("device", "add", "phone", "--adb", "R58M1", "--replace")
+    cli("device", "add", "phone", "--adb", serial, "--replace")
     assert cli.json("device", "show", "phone")["benchmark_binary"] is None
 
 
@@ -461,9 +463,9 @@ def test_corrupt_model_on_the_binary_is_a_model_error_and_stores_nothing(fleet, 
     _register(cli, fleet, binary)
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "model.tflite").write_bytes(b"TFL3 this is not a flatbuffer" * 50)
+    (bad / "model.tflite").write_bytes(b"\x10\x00\x00\x00TFL3" + b"not a flatbuffer" * 90)
     manifest = json.loads((models["fp32"] / "manifest.json").read_text())
-    manifest["model"].update(sha256=sha256_file(bad / "model.tflite"), bytes=1450)
+    manifest["model"].update(sha256=sha256_file(bad / "model.tflite"), bytes=1448)
     manifest["latency"] = {}
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with open_store(workspace) as store, pytest.raises(ModelFileError) as err:

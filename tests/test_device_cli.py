@@ -55,7 +55,7 @@ def test_ssh_device_add_list_probe_setup_remove(fleet, cli):
     assert "ai_edge_litert" in cli("show", "pi")
     out = cli("setup", "pi")
     assert "runner ready" in out and "litert" in out
-    assert (dev.workdir / "runner.py").is_file()
+    assert (dev.workdir / "runner.pyz").is_file()
     cli("remove", "pi")
     assert cli.json("list") == []
     assert (cli.home / "known_hosts").read_text().strip() == ""  # its host key is forgotten too
@@ -90,7 +90,7 @@ def test_adb_device_add_probe_setup_remove(fleet, cli):
     probe = cli.json("probe", "phone")["phone"]
     assert probe["runtime"] == "tflite_runtime" and probe["arch"]
     assert "runner ready" in cli("setup", "phone")
-    assert (dev.root / "edgenas" / "runner.py").is_file()
+    assert (dev.root / "edgenas" / "runner.pyz").is_file()
     cli("remove", "phone")
     assert cli.json("list") == []
 

@@ -48,7 +48,7 @@ def test_push_status_rollback_on_local_devices(cli, models, tmp_path):
     for dev in ("here1", "here2"):
         link = current(tmp_path, dev)
         assert os.readlink(link) == v1.version and fleet_models.sha(link / "model.tflite") == v1.sha256
-        assert (tmp_path / dev / "runner.py").is_file()
+        assert (tmp_path / dev / "runner.pyz").is_file()
 
     again = cli.json("fleet", "push", str(models["v1"]), "--group", "bench")
     assert [(r["status"], r["bytes_sent"]) for r in again["results"]] == [("unchanged", 0)] * 2
@@ -124,7 +124,7 @@ def test_full_disk_keeps_the_previous_version(cli, models, tmp_path, workspace):
 
 def test_bad_model_folders_and_names_are_clear_errors(cli, models, tmp_path):
     out = cli("fleet", "push", str(tmp_path), "--group", "bench", code=1)
-    assert "no manifest.json" in out
+    assert "manifest.json: missing" in out
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model.tflite").write_bytes((models["v1"] / "model.tflite").read_bytes() + b"x")

@@ -11,6 +11,7 @@ import click
 from edgenas import devices as devlib
 from edgenas import registry
 from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.device.session import DeviceSession
 from edgenas.errors import DeviceError
 from edgenas.store import Store, open_store
 from edgenas.transports import known_hosts_path, open_transport
@@ -410,8 +411,8 @@ def probe(ws: Workspace, names: tuple[str, ...], all_runtimes: bool, as_json: bo
         devs = registry.select_devices(store, names)
         results: dict[str, Any] = {}
         for d in devs:
-            with open_transport(d, home) as transport:
-                facts = devlib.probe(transport, d, all_runtimes=all_runtimes)
+            with DeviceSession(home, d) as session:
+                facts = devlib.probe(session, all_runtimes=all_runtimes)
             registry.save_probe(store, d.name, facts)
             results[d.name] = facts
     if as_json:
@@ -436,8 +437,8 @@ def setup(ws: Workspace, names: tuple[str, ...]) -> None:
     with _store(ws) as store:
         for d in registry.select_devices(store, names):
             try:
-                with open_transport(d, home) as transport:
-                    info = devlib.setup(transport, d)
+                with DeviceSession(home, d) as session:
+                    info = devlib.setup(session)
             except DeviceError as exc:
                 if len(names) == 1:
                     raise
@@ -451,6 +452,32 @@ def setup(ws: Workspace, names: tuple[str, ...]) -> None:
             )
     if failed:
         raise DeviceError(f"setup failed on {', '.join(failed)}")
+
+
+@device.command("clean")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--keep-mib", type=int, default=0, show_default=True,
+              help="Trim each cache to this size (least recently used first) instead of emptying it.")
+@click.pass_obj
+def clean(ws: Workspace, names: tuple[str, ...], keep_mib: int) -> None:
+    """Empty the devices' caches (models benchmarked, their manifests, inputs sent by predict).
+
+    Deployed models (models/NAME/...) and the runner are kept.  Takes the device lock, so it never
+    deletes a model a running benchmark uses."""
+    from edgenas.device import layout
+
+    if keep_mib < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="--keep-mib")
+    home = ws.ensure()
+    with _store(ws) as store:
+        devs = registry.select_devices(store, names)
+    for d in devs:
+        with DeviceSession(home, d) as session, session.locked(ttl_s=300):
+            said = []
+            for folder in (layout.MODEL_CACHE, layout.MANIFEST_CACHE, layout.INPUT_CACHE):
+                res = session.sh("prune", [session.path(folder), str(keep_mib * 1024)])
+                said.append(f"{folder.split('/')[-1]} {res.stdout.strip()[:80]}")
+        click.echo(f"{d.name}: " + "; ".join(said))
 
 
 @device.command("check")

@@ -12,7 +12,13 @@ import click
 
 from edgenas import registry
 from edgenas.cli.common import Workspace, echo_json, table
-from edgenas.fleet.common import DEFAULT_PARALLEL, FanOut, FleetError, validate_model_name
+from edgenas.fleet.common import (
+    DEFAULT_MAX_FAIL_PERCENT,
+    DEFAULT_PARALLEL,
+    FanOut,
+    FleetError,
+    validate_model_name,
+)
 from edgenas.registry import Device
 from edgenas.store import Store, open_store
 
@@ -80,21 +86,27 @@ def fleet() -> None:
 @click.option("--name", help="Model name on the devices [default: the manifest's name or the folder's].")
 @click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True,
               help="Devices pushed to at once.")
-@click.option("--max-fail-percent", type=float, default=100.0, show_default=True,
+@click.option("--max-fail-percent", type=float, default=DEFAULT_MAX_FAIL_PERCENT, show_default=True,
               help="Stop starting new devices once more than this share of all devices failed.")
+@click.option("--canary", type=int, default=0, show_default=True, metavar="N",
+              help="Push to the first N devices first; stop there if any of them fails.")
+@click.option("--no-health-check", "health_check", is_flag=True, default=True, flag_value=False,
+              help="Skip loading the model and running one inference on each device after the "
+                   "switch (a failed check rolls that device back).")
 @click.option("--timeout", type=float, default=300.0, show_default=True,
               help="Seconds allowed for each file transfer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_obj
 def push_cmd(ws: Workspace, model_dir: Path, groups: tuple[str, ...], names: tuple[str, ...],
-             name: str | None, parallel: int, max_fail_percent: float, timeout: float,
-             as_json: bool) -> None:
+             name: str | None, parallel: int, max_fail_percent: float, canary: int,
+             health_check: bool, timeout: float, as_json: bool) -> None:
     """Push MODEL_DIR (model.tflite + manifest.json) to the devices.
 
     Each device gets the model under models/NAME/VERSION (VERSION = the first 12 hex digits of its
     sha256), checked on the device, then `current` is switched atomically and the old version kept as
     `previous`.  A device where anything fails keeps its previous version.  Pushing a version that is
-    already current transfers nothing.
+    already current transfers nothing.  After the switch each device loads the model and runs one
+    inference; a device where that fails is rolled back (status rolled-back).
     """
     from edgenas.fleet.model import load_model_dir, resolve_name
     from edgenas.fleet.push import push
@@ -104,7 +116,8 @@ def push_cmd(ws: Workspace, model_dir: Path, groups: tuple[str, ...], names: tup
     with _store(ws) as store:
         devices = _select(store, groups, names, required=True)
         outcome = push(store, ws.home, devices, model, name, parallel=parallel,
-                       max_fail_percent=max_fail_percent, transfer_timeout=timeout)
+                       max_fail_percent=max_fail_percent, transfer_timeout=timeout, canary=canary,
+                       health_check=health_check)
     if as_json:
         echo_json({"model": name, "version": model.version, "sha256": model.sha256,
                    "ok": outcome.ok, "limit_reached": outcome.limit_reached,
@@ -160,7 +173,8 @@ def status_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], n
 @_targets
 @click.option("--name", help="The model to roll back (needed when a device holds several).")
 @click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True)
-@click.option("--max-fail-percent", type=float, default=100.0, show_default=True)
+@click.option("--max-fail-percent", type=float, default=DEFAULT_MAX_FAIL_PERCENT, show_default=True,
+              help="Stop starting new devices once more than this share of all devices failed.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def rollback_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], name: str | None,

@@ -6,7 +6,8 @@ r"""The one on-device layout, and the checks every name read back from a device 
     <workdir>/bin/benchmark_model                       LiteRT's binary, for devices without Python
     <workdir>/.edgenas.lock/                            the device lock (edgenas.device.lock)
     <workdir>/cache/models/<sha256>.tflite              models measured by bench/measure (LRU-bounded)
-    <workdir>/cache/inputs/<sha256-12><.ext>            inputs sent by predict/evaluate (LRU-bounded)
+    <workdir>/cache/manifests/<sha256>.json             their manifests, for predict (LRU-bounded)
+    <workdir>/cache/inputs/<sha256-16><.ext>            inputs sent by predict/evaluate (LRU-bounded)
     <workdir>/models/<NAME>/<VERSION>/model.tflite      deployed models; VERSION = sha256[:12]
     <workdir>/models/<NAME>/<VERSION>/manifest.json
     <workdir>/models/<NAME>/current, previous -> VERSION
@@ -26,6 +27,7 @@ MODELS = "models"
 CACHE = "cache"
 MODEL_CACHE = "cache/models"
 INPUT_CACHE = "cache/inputs"
+MANIFEST_CACHE = "cache/manifests"
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
 DEFAULT_CACHE_MIB = 512
@@ -61,5 +63,6 @@ def deployed(name: str, version_or_link: str, file: str = MODEL_FILE) -> str:
     return f"{MODELS}/{name}/{version_or_link}/{file}"
 
 
-__all__ = ["BENCHMARK_BINARY", "CACHE", "INPUT_CACHE", "MANIFEST_FILE", "MODELS", "MODEL_CACHE",
-           "MODEL_FILE", "RUNNER", "cached_model", "deployed", "model_name", "sha256", "version"]
+__all__ = ["BENCHMARK_BINARY", "CACHE", "INPUT_CACHE", "MANIFEST_CACHE", "MANIFEST_FILE", "MODELS",
+           "MODEL_CACHE", "MODEL_FILE", "RUNNER", "cached_model", "deployed", "model_name", "sha256",
+           "version"]

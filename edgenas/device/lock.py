@@ -17,6 +17,7 @@ contaminated numbers, and overlapping pushes switch ``current`` to the wrong ver
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import secrets
 import socket
@@ -65,14 +66,19 @@ class Owner:
 
 
 def stale_reason(owner: Owner | None, boot_id: str, uptime_s: int | None, *, hostname: str,
-                 alive: bool | None) -> str | None:
+                 alive: bool | None, holder: str | None = None) -> str | None:
     """Why a held lock may be broken, or None while its holder may still be working.
 
     ``alive`` is whether the holder's pid runs on this host (None when the holder is on another host).
-    Pure function of its arguments so every rule has a test.
+    ``holder`` is the asker's own ``host/workspace`` name: the asker holds that workspace's host lock
+    for the device, so a record with the same name was left by a holder that is gone or that could not
+    reach the device to release it (even from this very process).  Pure function of its arguments so
+    every rule has a test.
     """
     if owner is None:
         return "its owner record is unreadable"
+    if holder is not None and owner.host == holder:
+        return "it was left by this workspace, whose lock this command now holds"
     if boot_id != "-" and owner.boot_id != "-" and boot_id != owner.boot_id:
         return "the device rebooted since it was taken"
     if uptime_s is not None and owner.uptime_s is not None and uptime_s - owner.uptime_s > owner.ttl_s:
@@ -121,8 +127,11 @@ class DeviceLock:
     removes the folder.  Not thread-safe: one per session."""
 
     def __init__(self, transport: Transport, device: str, ttl_s: float,
-                 timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, workspace: str | None = None) -> None:
+        """``workspace``: the holder's workspace (its path), given when the caller holds that
+        workspace's host lock for the device (:func:`host_lock`)."""
         self.transport = transport
+        self.workspace = workspace
         self.device = device
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
@@ -135,8 +144,11 @@ class DeviceLock:
 
     def acquire(self) -> None:
         token = secrets.token_hex(8)
-        record = f"{token} {socket.gethostname()[:64] or '-'} {os.getpid()} {int(self.ttl_s)}"
-        hostname = record.split()[1]
+        hostname = "".join(c for c in socket.gethostname()[:64] if c.isalnum() or c in "-._") or "-"
+        holder = hostname
+        if self.workspace is not None:
+            holder += "/" + hashlib.sha256(self.workspace.encode()).hexdigest()[:12]
+        record = f"{token} {holder} {os.getpid()} {int(self.ttl_s)}"
         deadline = time.monotonic() + self.timeout_s
         empty_since: float | None = None
         while True:
@@ -155,9 +167,12 @@ class DeviceLock:
                 reason = ("its owner record never appeared"
                           if time.monotonic() - empty_since > EMPTY_OWNER_GRACE_S else None)
             else:
-                alive = _alive(owner.pid) if owner and owner.host == hostname else None
+                here = owner is not None and owner.host.split("/")[0] == hostname
+                alive = _alive(owner.pid) if owner and here else None
                 reason = stale_reason(owner, boot, int(up) if up.isdigit() else None,
-                                      hostname=hostname, alive=alive)
+                                      hostname=owner.host if here and owner else hostname,
+                                      alive=alive,
+                                      holder=holder if self.workspace is not None else None)
             if reason:
                 rebooted = owner is not None and reason.startswith("the device rebooted")
                 self._sh("unlock", [self.path, "-", "0" if rebooted or owner is None else "1",
@@ -168,7 +183,7 @@ class DeviceLock:
                     empty_since = None
                 continue
             if time.monotonic() > deadline:
-                who = f"{owner.host} (pid {owner.pid})" if owner else "another host"
+                who = f"{owner.host.split('/')[0]} (pid {owner.pid})" if owner else "another host"
                 raise DeviceBusyError(f"{self.device}: busy: an edgenas command from {who} holds "
                                       f"{self.path}; waited {self.timeout_s:g} s")
             time.sleep(0.5)
@@ -177,7 +192,8 @@ class DeviceLock:
         """``argv`` wrapped so that its pid is recorded in the lock folder (devices/scripts/job.sh)."""
         if not self.token:
             raise DeviceError(f"{self.device}: internal: a job needs the device lock")
-        return ["sh", "-c", script("job"), "job", self.path, self.token, *argv]
+        # Jobs run in the workdir (where the lock folder is), so the lock is named relative to it.
+        return ["sh", "-c", script("job"), "job", LOCK_DIR, self.token, *argv]
 
     def release(self) -> None:
         """Stop our job if one still runs, then remove the lock.  A device that went away keeps a lock

@@ -77,11 +77,13 @@ class LocalFile:
         return cls(Path(path), remote, sha256 or sha256_file(path), mode)
 
 
-def runner_file() -> LocalFile:
-    """The on-device runner as it ships in this installation, under its one remote name."""
-    from edgenas.devices import runner_path
+def runner_file(home: Path) -> LocalFile:
+    """The on-device package as one zipapp (built once per source version, cached in the workspace),
+    under its one remote name."""
+    from edgenas.device.app import build_runner_app
 
-    return LocalFile.of(runner_path(), layout.RUNNER)
+    app = build_runner_app(Path(home) / "cache" / "runner")
+    return LocalFile(app.path, layout.RUNNER, app.sha256)
 
 
 class DeviceSession:
@@ -145,7 +147,8 @@ class DeviceSession:
             return
         self.cancel.check()
         with host_lock(self.home, self.name, self.lock_timeout):
-            lock = DeviceLock(self.transport, self.name, ttl_s, self.lock_timeout)
+            lock = DeviceLock(self.transport, self.name, ttl_s, self.lock_timeout,
+                              workspace=str(self.home.resolve()))
             lock.acquire()
             self._lock, self._depth = lock, 1
             try:
@@ -224,7 +227,7 @@ class DeviceSession:
 
     def runner_file(self) -> LocalFile:
         if self._runner is None:
-            self._runner = runner_file()
+            self._runner = runner_file(self.home)
         return self._runner
 
     # -------------------------------------------------------------------------------------- runner

@@ -1,9 +1,11 @@
 """``fleet bench``: measure the deployed (or a given) model on every device at once and compare each
 device with the latency the search promised for it.
 
-The measurement itself is :func:`edgenas.bench.bench_model` (runner upload by sha256, one benchmark at
-a time per device, noise retries, a ``measurements`` row per device), run for all devices in parallel:
-devices are independent machines, so a fleet report takes as long as its slowest device.
+The measurement itself is :class:`edgenas.bench.DeviceBencher` (one benchmark at a time per device under
+the device lock, noise retries, a ``measurements`` row per device), run for all devices in parallel:
+devices are independent machines, so a fleet report takes as long as its slowest device.  A deployed
+model is timed where it lies on the device: nothing is downloaded from a device, so a device lying
+about its state can at worst fail its own row, never write to this host.
 
 Why compare with the search's prediction: the search picked this subnet because a latency predictor
 said it fits the budget on each device.  A device measuring outside the predictor's error band means the
@@ -20,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out
-from edgenas.fleet.model import MANIFEST_FILE, MODEL_FILE, sha256_file
+from edgenas.device.cancel import Cancel
+from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out, session_for
+from edgenas.fleet.model import MODEL_FILE, VERSION_HEX
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import MODELS_DIR, read_state
 from edgenas.predictors.latency import STATISTICS, measured_latency
 from edgenas.registry import Device
-from edgenas.store import open_store
+from edgenas.store import Store, open_store
 from edgenas.transports import Transport, open_transport
 
 DEFAULT_ERROR_BAND = 0.10  # nn-Meter's ±10 %, used when the manifest gives a prediction but no band
@@ -89,42 +92,27 @@ def compare(measured_ms: float, promise: Promise | None) -> tuple[float | None, 
     return delta, abs(delta) > promise.error
 
 
-def fetch_current(
-    home: Path,
-    devices: Sequence[Device],
-    name: str | None,
-    *,
-    parallel: int = DEFAULT_PARALLEL,
-    opener: Callable[[Device, Path], Transport] = open_transport,
-) -> tuple[dict[str, Path], list[DeviceResult]]:
-    """The current model of each device, copied (once per version) into ``<home>/fleet/cache``.
-    Returns (device → local model folder, failed rows)."""
-    cache = Path(home) / "fleet" / "cache"
+@dataclass(frozen=True)
+class DeployedModel:
+    """A model deployed on a device, timed where it is.  Its manifest is the one this workspace pushed
+    with that sha256 (from ``deployments``), never the device's copy: device answers are untrusted."""
 
-    def work(dev: Device) -> DeviceResult:
-        with opener(dev, home) as t:
-            state = read_state(t, dev, name)
-            model = pick_model(state.models, name)
-            held = state.models[model]
-            if not held.intact:
-                raise FleetError(f"the current version of {model} is missing or damaged; push again")
-            local = cache / model / str(held.current)
-            cached = local / MODEL_FILE
-            if not cached.is_file() or sha256_file(cached) != held.current_sha256:
-                local.mkdir(parents=True, exist_ok=True)
-                remote = f"{MODELS_DIR}/{model}/{held.current}"
-                t.get(f"{remote}/{MANIFEST_FILE}", local / MANIFEST_FILE)
-                t.get(f"{remote}/{MODEL_FILE}", local / MODEL_FILE)
-                if sha256_file(local / MODEL_FILE) != held.current_sha256:
-                    raise FleetError(f"the copy of {held.current} fetched from the device is corrupt")
-        return DeviceResult(dev.name, "ok", model=model, version=held.current,
-                            sha256=held.current_sha256, extra={"dir": local})
+    model_path: Path  # "<device>:<remote path>", for messages only
+    sha256: str
+    manifest: dict[str, Any]
+    size_bytes: int | None = None
 
-    # Devices holding the same version fetch it concurrently into the same folder; get() writes
-    # through a temp name and renames, so the last writer wins with identical bytes.
-    outcome = fan_out(devices, work, parallel=parallel)
-    dirs = {r.device: r.extra["dir"] for r in outcome.results if not r.failed}
-    return dirs, [r for r in outcome.results if r.failed]
+
+def deployed_manifest(store: Store, sha256: str) -> dict[str, Any]:
+    """The manifest this workspace pushed with the model ``sha256`` ({} if it never pushed it)."""
+    rows = store.query(
+        "SELECT manifest_json FROM deployments WHERE sha256 = ? AND manifest_json IS NOT NULL "
+        "ORDER BY id DESC LIMIT 1", (sha256,))
+    try:
+        data = json.loads(rows[0]["manifest_json"]) if rows else {}
+    except (TypeError, ValueError):
+        data = {}
+    return data if isinstance(data, dict) else {}
 
 
 def fleet_bench(
@@ -139,42 +127,50 @@ def fleet_bench(
     parallel: int = DEFAULT_PARALLEL,
     campaign: str | None = None,
     predictors: Mapping[str, LatencyPredictor] | None = None,
-    bench: Callable[..., dict[str, Any]] | None = None,
+    opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> tuple[list[dict[str, Any]], FanOut]:
     """Benchmark on every device in parallel; one row per device (see :func:`_row`).
 
     ``model_dir``: benchmark this folder everywhere (its manifest also gets each device's measured
-    latency, as ``edgenas bench`` does); otherwise each device's current model of ``name``.
+    latency, as ``edgenas bench`` does); otherwise each device's current model of ``name``, timed in
+    place on the device (read, sha256-checked and benchmarked under one hold of the device lock).
     """
+    from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
+
     if not devices:
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")
-    if bench is None:
-        from edgenas.bench import bench_model as bench
     campaign = campaign or f"fleet-bench-{time.strftime('%Y%m%d-%H%M%S')}"
-    failed: list[DeviceResult] = []
-    if model_dir is not None:
-        dirs = {d.name: Path(model_dir) for d in devices}
-    else:
-        dirs, failed = fetch_current(home, devices, name, parallel=parallel)
-    targets = [d for d in devices if d.name in dirs]
+    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
+    local = load_model_dir(model_dir) if model_dir is not None else None
 
-    def work(dev: Device) -> DeviceResult:
-        local = dirs[dev.name]
-        with open_store(home) as store:  # this thread's own connection (SQLite stays in its thread)
-            record = bench(store, home, dev.name, local, threads=threads, runs=runs,
-                           min_secs=min_secs, campaign=campaign,
-                           update_manifest=model_dir is not None)
-        manifest = json.loads((local / MANIFEST_FILE).read_text())
-        return DeviceResult(dev.name, "ok", version=sha256_file(local / MODEL_FILE)[:12],
-                            extra={"record": record, "manifest": manifest})
+    def work(dev: Device, cancel: Cancel) -> DeviceResult:
+        # this thread's own store connection (SQLite stays in its thread)
+        with open_store(home) as store, session_for(home, dev, cancel, opener) as session, \
+                DeviceBencher(home, dev, settings, session=session) as bencher:
+            if local is not None:
+                record = bencher.bench(store, local, campaign=campaign)
+                return DeviceResult(dev.name, "ok", version=local.sha256[:VERSION_HEX],
+                                    extra={"record": record, "manifest": local.manifest})
+            with session.locked():
+                state = read_state(session, name)
+                model = pick_model(state.models, name)
+                held = state.models[model]
+                if not held.intact or held.current is None or held.current_sha256 is None:
+                    raise FleetError(f"the current version of {model} is missing or damaged; push again")
+                remote = f"{MODELS_DIR}/{model}/{held.current}/{MODEL_FILE}"
+                target = DeployedModel(Path(f"{dev.name}:{remote}"), held.current_sha256,
+                                       deployed_manifest(store, held.current_sha256))
+                record = bencher.bench(store, target, campaign=campaign,  # type: ignore[arg-type]
+                                       remote=remote, update_manifest=False)
+        return DeviceResult(dev.name, "ok", model=model, version=held.current,
+                            sha256=held.current_sha256,
+                            extra={"record": record, "manifest": target.manifest})
 
-    outcome = fan_out(targets, work, parallel=parallel) if targets else FanOut([])
-    by_name = {r.device: r for r in [*outcome.results, *failed]}
-    merged = FanOut([by_name[d.name] for d in devices], outcome.limit_reached)
-    rows = [_row(r, (predictors or {}).get(r.device)) for r in merged.results]
+    outcome = fan_out(devices, work, parallel=parallel, max_fail_percent=100.0)
+    rows = [_row(r, (predictors or {}).get(r.device)) for r in outcome.results]
     for row in rows:
         row["campaign"] = campaign
-    return rows, merged
+    return rows, outcome
 
 
 def _row(result: DeviceResult, predictor: LatencyPredictor | None) -> dict[str, Any]:

@@ -9,21 +9,25 @@ yet are skipped, as Ansible's ``max_fail_percentage`` does.
 
 from __future__ import annotations
 
-import fcntl
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenas.device.cancel import Cancel
+from edgenas.device.session import DeviceSession
 from edgenas.errors import EdgeNASError
 from edgenas.registry import Device
+from edgenas.transports import Transport, open_transport
 
-STATUSES = ("ok", "unchanged", "failed", "skipped")
+STATUSES = ("ok", "unchanged", "failed", "rolled-back", "skipped")
 DEFAULT_PARALLEL = 8
+# A rollout stops starting new devices once more than this share failed: a broken model must not reach
+# the whole fleet (Ansible's default of no limit let it).  --max-fail-percent 100 restores that.
+DEFAULT_MAX_FAIL_PERCENT = 10.0
 LOCK_WAIT_S = 600.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_NAMES = ("cache",)  # models/cache/ holds `edgenas bench`'s copies on the device
@@ -39,7 +43,7 @@ class DeviceResult:
     """The outcome of one operation on one device (one row of the result table)."""
 
     device: str
-    status: str  # ok | unchanged | failed | skipped
+    status: str  # ok | unchanged | failed | rolled-back | skipped
     model: str | None = None
     version: str | None = None
     sha256: str | None = None
@@ -51,7 +55,8 @@ class DeviceResult:
 
     @property
     def failed(self) -> bool:
-        return self.status == "failed"
+        """Failed, or rolled back after its health check failed: either way not on the new model."""
+        return self.status in ("failed", "rolled-back")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,11 +103,12 @@ class FanOut:
 
 def fan_out(
     devices: Sequence[Device],
-    work: Callable[[Device], DeviceResult],
+    work: Callable[[Device, Cancel], DeviceResult],
     *,
     parallel: int = DEFAULT_PARALLEL,
-    max_fail_percent: float = 100.0,
+    max_fail_percent: float = DEFAULT_MAX_FAIL_PERCENT,
     on_result: Callable[[DeviceResult], None] | None = None,
+    cancel: Cancel | None = None,
 ) -> FanOut:
     """Run ``work`` on every device, at most ``parallel`` at once.
 
@@ -111,7 +117,11 @@ def fan_out(
     devices, devices not started yet are returned as ``skipped``.  ``on_result`` is called in the
     calling thread as each device finishes (the workspace database is written there: SQLite
     connections stay in the thread that opened them).
+
+    On Ctrl-C or SIGTERM (KeyboardInterrupt here, in the main thread) every device session opened with
+    ``cancel`` stops its remote job and releases its lock before this returns the interrupt.
     """
+    cancel = cancel or Cancel()
     if parallel < 1:
         raise FleetError(f"--parallel must be at least 1 (got {parallel})")
     if not 0 <= max_fail_percent <= 100:
@@ -125,7 +135,7 @@ def fan_out(
     def guarded(dev: Device) -> DeviceResult:
         start = time.monotonic()
         try:
-            result = work(dev)
+            result = work(dev, cancel)
         except EdgeNASError as exc:
             result = DeviceResult(dev.name, "failed", reason=short_error(exc, dev.name))
         except Exception as exc:  # noqa: BLE001 - one device's bug must not sink the others
@@ -136,22 +146,28 @@ def fan_out(
 
     with ThreadPoolExecutor(max_workers=min(parallel, max(total, 1))) as pool:
         running: dict[Future[DeviceResult], Device] = {}
-        while pending or running:
-            while pending and len(running) < parallel and not limit_reached:
-                dev = pending.pop(0)
-                running[pool.submit(guarded, dev)] = dev
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                dev = running.pop(fut)
-                result = fut.result()
-                results[dev.name] = result
-                failures += result.failed
-                if on_result is not None:
-                    on_result(result)
-                if total and failures * 100.0 / total > max_fail_percent:
-                    limit_reached = True
+        try:
+            while pending or running:
+                while pending and len(running) < parallel and not limit_reached:
+                    dev = pending.pop(0)
+                    running[pool.submit(guarded, dev)] = dev
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    dev = running.pop(fut)
+                    result = fut.result()
+                    results[dev.name] = result
+                    failures += result.failed
+                    if on_result is not None:
+                        on_result(result)
+                    if total and failures * 100.0 / total > max_fail_percent:
+                        limit_reached = True
+        except BaseException:
+            pending.clear()
+            cancel.cancel()  # every device: stop the remote job and release the lock, at once
+            raise
+        limit_reached = limit_reached and bool(pending)  # the limit stopped nothing: not "reached"
         for dev in pending:
             results[dev.name] = DeviceResult(
                 dev.name,
@@ -161,28 +177,7 @@ def fan_out(
     return FanOut([results[d.name] for d in devices], limit_reached)
 
 
-@contextmanager
-def device_lock(home: Path, device: str, timeout: float = LOCK_WAIT_S) -> Iterator[None]:
-    """One fleet operation at a time per device from this workspace (two pushes interleaving their
-    ``current`` switches would leave ``previous`` pointing at the wrong version)."""
-    locks = Path(home) / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(locks / f"fleet-{device}.lock", "a") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise FleetError(
-                        f"{device}: another edgenas fleet operation holds this device for more than "
-                        f"{timeout:g} s"
-                    ) from None
-                time.sleep(0.1)  # flock has no timed wait
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
+def session_for(home: Path, device: Device, cancel: Cancel,
+                opener: Callable[[Device, Path], Transport] = open_transport) -> DeviceSession:
+    """The device session a fleet verb works through (its lock is the one every verb takes)."""
+    return DeviceSession(home, device, cancel=cancel, lock_timeout=LOCK_WAIT_S, opener=opener)

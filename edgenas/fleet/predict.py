@@ -4,16 +4,27 @@ from the manifest that shipped with it, plausible top-k)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenas.devices import runner_path
+from edgenas.device import layout
+from edgenas.device.cancel import Cancel
+from edgenas.device.session import DeviceSession, LocalFile
 from edgenas.errors import EdgeNASError
-from edgenas.files import last_json  # noqa: F401  (re-exported)
-from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out, short_error
-from edgenas.fleet.model import MODEL_FILE, sha256_file
+from edgenas.files import sha256_file
+from edgenas.fleet.common import (
+    DEFAULT_PARALLEL,
+    DeviceResult,
+    FanOut,
+    FleetError,
+    fan_out,
+    session_for,
+    short_error,
+)
+from edgenas.fleet.model import MODEL_FILE
 from edgenas.fleet.state import MODELS_DIR, read_state
 from edgenas.registry import Device
 from edgenas.transports import Transport, open_transport
@@ -34,6 +45,45 @@ def pick_model(state_models: dict[str, Any], name: str | None) -> str:
 
 
 
+def input_file(input_path: Path) -> LocalFile:
+    """An input (image or .npy) in the device's input cache, named by content: sent once per content."""
+    suffix = input_path.suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
+        raise FleetError(f"{input_path}: give a .npy array or an image file (.png, .jpg, ...)")
+    sha = sha256_file(input_path)
+    return LocalFile(input_path, f"{layout.INPUT_CACHE}/{sha[:16]}{suffix}", sha)
+
+
+def run_predict(session: DeviceSession, model_remote: str, data: LocalFile, top_k: int,
+                timeout: float = PREDICT_TIMEOUT_S, *, files: Sequence[LocalFile] = (),
+                manifest_remote: str | None = None) -> dict[str, Any]:
+    """The runner's ``predict`` on a model on the device (``files`` are made to be there first; the
+    manifest is the one beside the model unless ``manifest_remote`` names one); returns its report."""
+    if session.device.benchmark_binary:
+        raise FleetError("predict needs the edgenas runner (Python + a TFLite runtime) on the device; "
+                         "this device is measured with LiteRT's benchmark_model only")
+    args = [model_remote, data.remote, "--top-k", str(top_k)]
+    if manifest_remote:
+        args += ["--manifest", manifest_remote]
+    report = session.runner("predict", args, timeout=timeout, files=[*files, data], model=model_remote)
+    from edgenas.bench import device_cache_mib, touch_and_prune
+
+    touch_and_prune(session, device_cache_mib(session.device), data.remote.rsplit("/", 1)[1],
+                    layout.INPUT_CACHE)
+    return report
+
+
+def predict_package(session: DeviceSession, model_path: Path, model_sha256: str, manifest_path: Path,
+                    data: LocalFile, top_k: int, timeout: float = PREDICT_TIMEOUT_S) -> dict[str, Any]:
+    """``predict`` with a model folder from this host: model and manifest go to the device's cache
+    (content-addressed, so a second call sends nothing), not to the deployed models."""
+    model = LocalFile(model_path, layout.cached_model(model_sha256), model_sha256)
+    manifest_sha = sha256_file(manifest_path)
+    manifest = LocalFile(manifest_path, f"{layout.MANIFEST_CACHE}/{manifest_sha}.json", manifest_sha)
+    return run_predict(session, model.remote, data, top_k, timeout, files=[model, manifest],
+                       manifest_remote=manifest.remote)
+
+
 def predict_one(
     device: Device,
     home: Path,
@@ -42,43 +92,32 @@ def predict_one(
     *,
     top_k: int = 3,
     timeout: float = PREDICT_TIMEOUT_S,
+    cancel: Cancel | None = None,
     opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> DeviceResult:
     """Upload ``input_path`` (once per content) and run predict on the device's current model."""
     start = time.monotonic()
     result = DeviceResult(device.name, "failed", model=name)
     try:
-        with opener(device, home) as t:
-            state = read_state(t, device, name)
+        data = input_file(input_path)
+        with session_for(home, device, cancel or Cancel(), opener) as session, session.locked():
+            state = read_state(session, name)
             if not state.workdir_exists:
                 raise FleetError("nothing deployed on this device (its workdir does not exist)")
             name = result.model = pick_model(state.models, name)
             held = state.models[name]
-            if not held.intact:
+            if not held.intact or held.current is None:
                 raise FleetError(f"the current version of {name} is missing or damaged; push again")
             result.version, result.sha256 = held.current, held.current_sha256
-            runner = runner_path()
-            if state.runner_sha256 != sha256_file(runner):
-                t.put(runner, "runner.py", timeout=timeout)
-            remote_input = f"inputs/{sha256_file(input_path)[:12]}{input_path.suffix.lower()}"
-            t.run(["mkdir", "-p", "inputs"], timeout=timeout, cwd=".")
-            t.put(input_path, remote_input, timeout=timeout)
-            argv = [device.python or "python3", "runner.py", "predict",
-                    f"{MODELS_DIR}/{name}/current/{MODEL_FILE}", remote_input, "--top-k", str(top_k)]
-            rc, out, err = t.run(argv, timeout=timeout, cwd=".")
-            report = last_json(out)
-            if report is None:
-                raise FleetError(f"the runner printed no result (exit {rc}): "
-                                 f"{(err.strip().splitlines() or ['no output'])[-1][:200]}")
-            if "error" in report:
-                hint = f" ({report['hint']})" if report.get("hint") else ""
-                raise FleetError(f"predict failed: {report['error']}{hint}")
+            report = run_predict(session, f"{MODELS_DIR}/{name}/{held.current}/{MODEL_FILE}", data,
+                                 top_k, timeout)
             predictions = report.get("predictions") or [{}]
+            first = predictions[0] if isinstance(predictions, list) and predictions else {}
             result.status = "ok"
             result.extra = {
                 "runtime": (report.get("runtime") or {}).get("name"),
                 "precision": report.get("precision"),
-                "top_k": predictions[0].get("top_k", []),
+                "top_k": first.get("top_k", []) if isinstance(first, dict) else [],
                 "report": report,
             }
     except EdgeNASError as exc:
@@ -105,6 +144,8 @@ def predict(
         raise FleetError(f"--top-k must be at least 1 (got {top_k})")
     return fan_out(
         devices,
-        lambda dev: predict_one(dev, home, input_path, name, top_k=top_k, opener=opener),
+        lambda dev, cancel: predict_one(dev, home, input_path, name, top_k=top_k, cancel=cancel,
+                                        opener=opener),
         parallel=parallel,
+        max_fail_percent=100.0,  # a smoke test: every device is asked
     )

@@ -1,11 +1,18 @@
 """``fleet push``: put a model on many devices so that each one ends up either on the new version or
-still on its old one — never on half a file.
+still on its old one — never on half a file — and, once switched, proven to load and run there.
 
-Per device: read the state (one command), upload the runner if its sha256 differs, upload model and
-manifest into ``models/NAME/.incoming-<tag>/`` (each file through the transport's own temp-name + sha256
-check on the device), then one command checks the staged folder, renames it to ``VERSION`` and
-switches ``previous`` then ``current`` by renaming fresh symlinks over them.  A device that dies at any
-point before the last rename still runs its old version; one that dies after it runs the new one.
+Per device, under the one device lock (:mod:`edgenas.device.session`): read the state (one command),
+upload model and manifest into ``models/NAME/.incoming-<tag>/`` (each file through the transport's own
+temp-name + sha256 check on the device; free space checked first), then one command checks the staged
+folder, renames it to ``VERSION`` and switches ``previous`` then ``current`` by renaming fresh symlinks
+over them.  A device that dies at any point before the last rename still runs its old version; one that
+dies after it runs the new one.
+
+Then the **health check**: the device loads the new model with its own runtime and runs one inference
+(the runner, or LiteRT's benchmark_model on a device without Python).  A device where that fails is
+rolled back at once (``rolled-back``) — the model that passed sha256 but crashes this runtime never
+stays current.  ``canary=N`` pushes to N devices first and stops when any of them fails, as Mender
+and Greengrass users expect.
 """
 
 from __future__ import annotations
@@ -16,29 +23,28 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgenas.devices import runner_path
+from edgenas.device.cancel import Cancel
+from edgenas.device.session import DeviceSession
 from edgenas.errors import EdgeNASError
 from edgenas.fleet.common import (
+    DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
     FleetError,
-    device_lock,
     fan_out,
+    session_for,
     short_error,
 )
-from edgenas.fleet.model import MANIFEST_FILE, MODEL_FILE, LocalModel, sha256_file
+from edgenas.fleet.model import MANIFEST_FILE, MODEL_FILE, LocalModel
 from edgenas.fleet.records import record_deployment
 from edgenas.fleet.state import (
-    _HELPERS,
     MODELS_DIR,
     STATE_TIMEOUT_S,
     DeviceState,
     new_tag,
-    python_of,
     read_state,
-    run_script,
-    workdir_of,
+    run_fleet_script,
 )
 from edgenas.registry import Device
 from edgenas.store import Store
@@ -46,50 +52,8 @@ from edgenas.transports import Transport, open_transport
 
 DEFAULT_TRANSFER_TIMEOUT_S = 300.0
 SPACE_MARGIN_KIB = 64  # directory entries, the manifest's temp copy, filesystem rounding
+HEALTH_TIMEOUT_S = 300.0
 
-# $1 workdir $2 python $3 name $4 version $5 staging dir ('' = version already there) $6 model sha256
-# $7 manifest sha256 $8 tag.  Prints "OK<TAB>current" or "FAIL reason".  The staged model is not hashed
-# again: the transport's put() already checked its sha256 on the device (sha256sum) before renaming it
-# into the staging folder, and nothing else writes there.  A version already on the device is checked.
-_COMMIT_SCRIPT = (
-    r"""
-W=$1 PY=$2 NAME=$3 VER=$4 STAGE=$5 SHA=$6 MSHA=$7 TAG=$8
-"""
-    + _HELPERS
-    + r"""
-fail() { [ -n "$STAGE" ] && rm -rf "$STAGE"; echo "FAIL $*"; exit 0; }
-cd "$W/models/$NAME" 2>/dev/null || { echo "FAIL the folder $W/models/$NAME is gone"; exit 0; }
-if [ -n "$STAGE" ]; then
-  [ -f "$STAGE/model.tflite" ] || fail "the uploaded model is missing on the device"
-  [ "$(h "$STAGE/manifest.json")" = "$MSHA" ] || fail "the uploaded manifest's sha256 differs"
-  if [ -e "$VER" ] || [ -L "$VER" ]; then
-    mv "$VER" ".trash-$TAG" || fail "cannot move the damaged copy of $VER aside"
-  fi
-  if ! mv "$STAGE" "$VER"; then
-    [ -e ".trash-$TAG" ] && mv ".trash-$TAG" "$VER"
-    fail "cannot move the upload into place as $VER"
-  fi
-  STAGE=
-elif [ "$(h "$VER/model.tflite")" != "$SHA" ]; then
-  fail "the copy of $VER already on the device is damaged"
-fi
-cur=$(readlink current 2>/dev/null)
-if [ "$cur" != "$VER" ]; then
-  if [ -n "$cur" ]; then
-    ln -s "$cur" ".previous.tmp-$TAG" && swap ".previous.tmp-$TAG" previous \
-      || fail "cannot update previous"
-  fi
-  ln -s "$VER" ".current.tmp-$TAG" && swap ".current.tmp-$TAG" current || fail "cannot switch current"
-fi
-printf 'OK\t%s\n' "$(readlink current)"
-prev=$(readlink previous 2>/dev/null)
-for v in * .incoming-* .trash-* .current.tmp-* .previous.tmp-*; do
-  case "$v" in current|previous|"$VER"|"$prev") continue;; esac
-  [ -e "$v" ] || [ -L "$v" ] && rm -rf "$v"
-done
-exit 0
-"""
-)
 
 class PushError(FleetError):
     """One device's push failed; the message is the table's reason column."""
@@ -104,14 +68,18 @@ def push_one(
     transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
     command_timeout: float = STATE_TIMEOUT_S,
     check_space: bool = True,
+    health_check: bool = True,
+    cancel: Cancel | None = None,
     opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> DeviceResult:
     """Push ``model`` as ``name`` to one device; returns its row (never raises for device trouble)."""
     start = time.monotonic()
     result = DeviceResult(device.name, "failed", model=name, version=model.version, sha256=model.sha256)
     try:
-        with device_lock(home, device.name), opener(device, home) as transport:
-            _push(transport, device, model, name, result, transfer_timeout, command_timeout, check_space)
+        with session_for(home, device, cancel or Cancel(), opener) as session, session.locked():
+            held = _push(session, model, name, result, transfer_timeout, command_timeout, check_space)
+            if health_check and result.status == "ok":
+                _health_check(session, model, name, result, held)
     except EdgeNASError as exc:
         result.status, result.reason = "failed", short_error(exc, device.name)
     result.seconds = round(time.monotonic() - start, 3)
@@ -119,16 +87,17 @@ def push_one(
 
 
 def _push(
-    t: Transport,
-    device: Device,
+    session: DeviceSession,
     model: LocalModel,
     name: str,
     result: DeviceResult,
     transfer_timeout: float,
     command_timeout: float,
     check_space: bool,
-) -> None:
-    version, workdir = model.version, workdir_of(t, device)
+) -> str | None:
+    """Upload and switch; returns the version that was current before (None: none was)."""
+    t = session.transport
+    version, workdir = model.version, session.path(".")
     phases = result.extra.setdefault("phases_s", {})
     mark = time.monotonic()
 
@@ -138,29 +107,31 @@ def _push(
         phases[what] = round(phases.get(what, 0.0) + now - mark, 4)
         mark = now
 
-    state = read_state(t, device, name, version=version, create=True, timeout=command_timeout)
+    state = read_state(session, name, version=version, create=True, timeout=command_timeout)
     phase("state")
     held = state.models.get(name)
     result.previous_sha256 = held.current_sha256 if held else None
+    before = held.current if held else None
     mdir = f"{MODELS_DIR}/{name}"
     if held and held.current == version and held.current_sha256 == model.sha256:
         if held.current_manifest_sha256 == model.manifest_sha256:
             result.status, result.reason = "unchanged", f"{version} already current"
-            return
+            return before
         t.put(model.manifest_path, f"{mdir}/{version}/{MANIFEST_FILE}", timeout=transfer_timeout)
         result.bytes_sent += model.manifest_path.stat().st_size
         result.status, result.reason = "ok", "manifest updated (same model)"
-        return
-    runner = runner_path()
-    if state.runner_sha256 != sha256_file(runner):
-        t.put(runner, "runner.py", timeout=transfer_timeout)
-        result.bytes_sent += runner.stat().st_size
+        return before
+    if not model_free_device(session):
+        runner = session.runner_file()
+        if state.runner_sha256 != runner.sha256:
+            session.ensure([runner], timeout=transfer_timeout)
+            result.bytes_sent += runner.path.stat().st_size
     tag = new_tag()
     stage = ""
     if state.target_sha256 != model.sha256:  # not on the device yet (or damaged): upload it
-        _check_space(state, model, device, check_space)
+        _check_space(state, model, session.device, check_space)
         stage = f".incoming-{tag}"
-        rc, _, err = t.run(["mkdir", "-p", "--", f"{mdir}/{stage}"], timeout=command_timeout, cwd=".")
+        rc, _, err = session.run(["mkdir", "-p", "--", f"{mdir}/{stage}"], command_timeout)
         if rc != 0:
             raise PushError(f"cannot create {workdir}/{mdir}/{stage}: {err.strip()[:200]}")
         try:
@@ -170,24 +141,67 @@ def _push(
             result.bytes_sent += model.manifest_path.stat().st_size
             phase("upload")
         except EdgeNASError as exc:
-            raise PushError(_upload_failure(t, device, name, stage, model, exc, workdir)) from exc
+            raise PushError(_upload_failure(session, name, stage, model, exc, workdir)) from exc
     elif state.target_manifest_sha256 != model.manifest_sha256:
         t.put(model.manifest_path, f"{mdir}/{version}/{MANIFEST_FILE}", timeout=transfer_timeout)
         result.bytes_sent += model.manifest_path.stat().st_size
-    args = [workdir, python_of(device), name, version, stage, model.sha256, model.manifest_sha256, tag]
-    rc, out, err = run_script(t, _COMMIT_SCRIPT, args, command_timeout)
+    args = [name, version, stage, model.sha256, model.manifest_sha256, tag]
+    rc, out, err = run_fleet_script(session, "fleet-commit", args, command_timeout)
     phase("switch")
     lines = out.strip().splitlines()
-    verdict = lines[0] if lines else ""
+    verdict = lines[0][:300] if lines else ""
     if verdict.startswith("FAIL "):
         raise PushError(verdict[5:])
     fields = verdict.split("\t")
     if rc != 0 or fields[0] != "OK" or len(fields) < 2:
         raise PushError(f"switching to {version} failed (exit {rc}): {(err or out).strip()[:200]}")
     if fields[1] != version:
-        raise PushError(f"after the switch current is {fields[1] or 'nothing'}, not {version}")
+        raise PushError(f"after the switch current is {fields[1][:20] or 'nothing'}, not {version}")
     result.status = "ok"
-    result.reason = "switched" + (f" from {held.current}" if held and held.current else "")
+    result.reason = "switched" + (f" from {before}" if before else "")
+    return before
+
+
+def model_free_device(session: DeviceSession) -> bool:
+    """A device measured with LiteRT's benchmark_model has no Python: the runner is never pushed."""
+    return bool(session.device.benchmark_binary)
+
+
+def _health_check(session: DeviceSession, model: LocalModel, name: str, result: DeviceResult,
+                  before: str | None) -> None:
+    """Load the switched model on the device and run one inference; roll back if that fails."""
+    from edgenas.bench import BenchSettings, backend_for
+
+    backend = backend_for(session.device, session.home)
+    once = BenchSettings(runs=1, min_secs=0.0, warmup_runs=0, warmup_secs=0.0, max_secs=60.0)
+    remote = f"{MODELS_DIR}/{name}/{model.version}/{MODEL_FILE}"
+    t0 = time.monotonic()
+    try:
+        session.ensure([backend.tool()])
+        backend.run_once(session, model, once, HEALTH_TIMEOUT_S, remote=remote)
+    except EdgeNASError as exc:
+        why = short_error(exc, session.name)
+        undo = _undo(session, name, before)
+        result.status = "rolled-back"
+        result.reason = f"health check failed ({why}); {undo}"
+        return
+    result.extra["health_s"] = round(time.monotonic() - t0, 3)
+    result.reason = f"{result.reason}; health check ok"
+
+
+def _undo(session: DeviceSession, name: str, before: str | None) -> str:
+    """Put the device back on ``before`` (or on nothing, for a first deployment)."""
+    try:
+        if before:
+            rc, out, _ = run_fleet_script(session, "fleet-rollback", [name, new_tag()])
+            if rc == 0 and out.startswith("OK\t"):
+                return f"rolled back to {before}"
+            return f"ROLLBACK FAILED: {out.strip()[:200]}"
+        res = session.run(["rm", "-f", "--", f"{MODELS_DIR}/{name}/current"])
+        return "current removed (no previous version)" if res.rc == 0 else \
+            f"ROLLBACK FAILED: {res.stderr.strip()[:200]}"
+    except EdgeNASError as exc:
+        return f"ROLLBACK FAILED: {short_error(exc, session.name)}"
 
 
 def _check_space(state: DeviceState, model: LocalModel, device: Device, check: bool) -> None:
@@ -200,15 +214,13 @@ def _check_space(state: DeviceState, model: LocalModel, device: Device, check: b
         )
 
 
-def _upload_failure(
-    t: Transport, device: Device, name: str, stage: str, model: LocalModel, exc: BaseException,
-    workdir: str,
-) -> str:
+def _upload_failure(session: DeviceSession, name: str, stage: str, model: LocalModel,
+                    exc: BaseException, workdir: str) -> str:
     """Say why an upload failed; a full disk often shows up as a bare SFTP 'Failure', so look."""
-    message = short_error(exc, device.name)
+    message = short_error(exc, session.name)
     try:
-        run_script(t, 'rm -rf "$1"', [f"{workdir}/{MODELS_DIR}/{name}/{stage}"], 10.0)
-        state = read_state(t, device, name, create=True, timeout=10.0)
+        session.run(["rm", "-rf", "--", f"{MODELS_DIR}/{name}/{stage}"], 10.0)
+        state = read_state(session, name, create=True, timeout=10.0)
     except EdgeNASError:
         return f"upload failed: {message}; the previous version stays current"
     need = math.ceil(model.bytes_total / 1024) + SPACE_MARGIN_KIB
@@ -230,23 +242,40 @@ def push(
     name: str,
     *,
     parallel: int = DEFAULT_PARALLEL,
-    max_fail_percent: float = 100.0,
+    max_fail_percent: float = DEFAULT_MAX_FAIL_PERCENT,
     transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
+    canary: int = 0,
+    health_check: bool = True,
     opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> FanOut:
-    """Push to every device in bounded parallel and record each outcome in ``deployments``."""
+    """Push to every device in bounded parallel and record each outcome in ``deployments``.
+
+    ``canary``: push to that many devices first (in the order given); if any of them fails or is
+    rolled back, the others are not touched (``skipped``)."""
     if not devices:
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")
+    if canary < 0:
+        raise FleetError(f"--canary must be 0 or more (got {canary})")
     manifest_json = json.dumps(model.manifest, sort_keys=True)
 
     def record(result: DeviceResult) -> None:
         if result.status != "skipped":
             record_deployment(store, result, "push", manifest_json)
 
-    return fan_out(
-        devices,
-        lambda dev: push_one(dev, home, model, name, transfer_timeout=transfer_timeout, opener=opener),
-        parallel=parallel,
-        max_fail_percent=max_fail_percent,
-        on_result=record,
-    )
+    def work(dev: Device, cancel: Cancel) -> DeviceResult:
+        return push_one(dev, home, model, name, transfer_timeout=transfer_timeout,
+                        health_check=health_check, cancel=cancel, opener=opener)
+
+    first, rest = list(devices[:canary]), list(devices[canary:])
+    if not first or not rest:
+        return fan_out(devices, work, parallel=parallel, max_fail_percent=max_fail_percent,
+                       on_result=record)
+    head = fan_out(first, work, parallel=parallel, max_fail_percent=100.0, on_result=record)
+    if head.failures:
+        skipped = [DeviceResult(d.name, "skipped", model=name,
+                                reason=f"not started: {head.failures} of {len(first)} canary "
+                                       "device(s) failed")
+                   for d in rest]
+        return FanOut([*head.results, *skipped], limit_reached=True)
+    tail = fan_out(rest, work, parallel=parallel, max_fail_percent=max_fail_percent, on_result=record)
+    return FanOut([*head.results, *tail.results], tail.limit_reached)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out
+from edgenas.device.cancel import Cancel
+from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out, session_for
 from edgenas.fleet.records import expected_state
 from edgenas.fleet.state import ModelState, read_state
 from edgenas.registry import Device
@@ -58,9 +59,10 @@ def status_rows(
     """One row per device and model: ``device, model, version, sha256, previous, expected, drift,
     error``.  Unreachable devices get one row with ``error``."""
 
-    def work(dev: Device) -> DeviceResult:
-        with opener(dev, home) as t:
-            state = read_state(t, dev, name)
+    def work(dev: Device, cancel: Cancel) -> DeviceResult:
+        # Under the device lock: a status read during a push would see a half-switched device.
+        with session_for(home, dev, cancel, opener) as session, session.locked():
+            state = read_state(session, name)
         return DeviceResult(dev.name, "ok", extra={"models": state.models})
 
     # Expected states are read here, not in the workers: SQLite connections stay in their thread.
@@ -69,7 +71,7 @@ def status_rows(
         for d in devices
         for n in ([name] if name else deployed_names(store, d.name))
     }
-    outcome = fan_out(devices, work, parallel=parallel)
+    outcome = fan_out(devices, work, parallel=parallel, max_fail_percent=100.0)
     rows: list[dict[str, Any]] = []
     for result in outcome.results:
         if result.failed:
