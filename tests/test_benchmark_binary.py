@@ -312,7 +312,8 @@ def models(request, tmp_path_factory) -> dict[str, Path]:
     src = runner_models.cached_models(cache)
     root = tmp_path_factory.mktemp("bm-models")
     fp32 = fleet_models.make_model_dir(root / "fp32", src["fp32"], name="net", precision="fp32")
-    return {"fp32": fp32}
+    int8 = fleet_models.make_model_dir(root / "int8", src["int8"], name="net", precision="int8")
+    return {"fp32": fp32, "int8": int8}
 
 
 @pytest.fixture(scope="module")
@@ -476,3 +477,30 @@ def test_corrupt_model_on_the_binary_is_a_model_error_and_stores_nothing(fleet, 
     out = cli("bench", str(bad), "--device", "phone", *FAST, code=1)
     assert "error:" in out and "cannot load" in out
     assert _stored(workspace) == []
+
+
+@pytest.mark.fleet
+@pytest.mark.usefixtures("user_home")
+def test_a_phone_without_python_is_a_full_fleet_member(fleet, workspace, binary, models, tmp_path):
+    """push (with its health check through benchmark_model), status, fleet bench in place, rollback —
+    all through the shell and the binary; predict says plainly that it needs the runner."""
+    cli = Cli(workspace)
+    workdir = _register(cli, fleet, binary)
+    first = cli.json("fleet", "push", str(models["fp32"]), "--device", "phone", "--name", "net")
+    assert first["results"][0]["status"] == "ok", first
+    assert "health check ok" in first["results"][0]["reason"]
+    assert not (workdir / "runner.pyz").exists()  # no Python there: the runner is never pushed
+    second = cli.json("fleet", "push", str(models["int8"]), "--device", "phone", "--name", "net")
+    assert second["results"][0]["status"] == "ok", second
+    rows = cli.json("fleet", "status", "--device", "phone")
+    assert rows[0]["version"] == second["version"] and rows[0]["previous"] == first["version"]
+    assert not rows[0]["drift"]
+    bench = cli.json("fleet", "bench", "--device", "phone", "--runs", "10", "--min-secs", "0.2")
+    row = bench["rows"][0] if isinstance(bench, dict) else bench[0]
+    assert row["runtime"] == "benchmark_model" and row["version"] == second["version"], row
+    back = cli.json("fleet", "rollback", "--device", "phone")
+    assert back["results"][0]["status"] == "ok" and back["results"][0]["version"] == first["version"]
+    image = tmp_path / "x.npy"
+    image.write_bytes(b"\x93NUMPY")  # never read: predict refuses before sending anything
+    out = cli("fleet", "predict", str(image), "--device", "phone", code=1)
+    assert "needs the edgenas runner" in out

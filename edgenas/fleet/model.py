@@ -64,6 +64,11 @@ class LocalModel:
         return self.package.size
 
     @property
+    def size_bytes(self) -> int:
+        """The model file's size (what the benchmark backends record)."""
+        return self.package.size
+
+    @property
     def version(self) -> str:
         return version_of(self.sha256)
 
