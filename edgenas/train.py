@@ -44,7 +44,7 @@ from edgenas.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_pla
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernets.checkpoint import apply_state_dict, atomic_torch_save, read_torch_file
 from edgenas.supernets.mbv3 import MobileNetV3Supernet, build_supernet
-from edgenas.supernets.static import MobileNetV3
+from edgenas.supernets.static import MobileNetV3, fold_batchnorm
 
 STATE_FORMAT = "edgenas-train-state"
 STATE_VERSION = 1
@@ -257,7 +257,8 @@ class Trainer:
             self.loss_module = DDP(self.loss_module, find_unused_parameters=True,
                                    device_ids=[self.device.index] if self.amp else None)
         self.optimizer: torch.optim.Optimizer | None = None
-        self.teacher: MobileNetV3 | None = None
+        self.teacher: MobileNetV3 | None = None  # BN folded: what the steps run
+        self.teacher_state: dict[str, torch.Tensor] | None = None  # unfolded: what is saved
         # counters (all restored on resume)
         self.phase = 0
         self.phase_step = 0
@@ -322,7 +323,7 @@ class Trainer:
     def _start_phase(self) -> None:
         plan = self.plans[self.phase]
         if plan.phase.kd and self.teacher is None:
-            self.teacher = self._make_teacher()
+            self._make_teacher()
         if plan.phase.reorder:
             self.net.reorder_channels()
         self.optimizer = torch.optim.SGD(_param_groups(self.net, self.cfg.weight_decay),
@@ -331,18 +332,22 @@ class Trainer:
         self.log.write("phase", phase=plan.phase.name, index=self.phase, steps=plan.steps,
                        lr=plan.lr)
 
-    def _make_teacher(self, state: dict[str, torch.Tensor] | None = None) -> MobileNetV3:
-        """The full network as it is now (or as saved), frozen: the distillation target."""
+    def _make_teacher(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """The full network as it is now (or as saved), frozen: the distillation target.
+
+        The step runs a BN-folded copy (a third faster, same function up to float rounding);
+        the unfolded weights are kept for the training state, so a resume rebuilds the very same
+        folded teacher.
+        """
         if state is None:
             teacher = self.net.extract(self.space.largest())
         else:
             teacher = MobileNetV3(net_plan(self.space, self.space.largest()), self.net.num_classes,
                                   self.space.dropout)
             teacher.load_state_dict(state)
-        teacher.to(self.device).to(memory_format=CL).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher
+        teacher.eval()
+        self.teacher_state = {k: v.detach().cpu().clone() for k, v in teacher.state_dict().items()}
+        self.teacher = fold_batchnorm(teacher.to(self.device).to(memory_format=CL))
 
     # ---- one step
     def _step(self) -> None:
@@ -498,8 +503,7 @@ class Trainer:
             "supernet": self.net.checkpoint({"data": self.data.source, "complete": False}),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "teacher": ({k: v.detach().cpu() for k, v in self.teacher.state_dict().items()}
-                        if self.teacher is not None else None),
+            "teacher": self.teacher_state,
             "counters": {"phase": self.phase, "phase_step": self.phase_step,
                          "phase_started": self.phase_started, "global_step": self.global_step,
                          "epoch": self.epoch, "pos": self.pos, "images": self.images,
@@ -525,7 +529,7 @@ class Trainer:
         self.elapsed_at_phase_start = self.elapsed
         self.perm = self._epoch_perm(self.epoch)
         if state.get("teacher") is not None:
-            self.teacher = self._make_teacher(state["teacher"])
+            self._make_teacher(state["teacher"])
         if self.phase_started and self.phase < len(self.plans):
             self.optimizer = torch.optim.SGD(
                 _param_groups(self.net, self.cfg.weight_decay), lr=self.plans[self.phase].lr,

@@ -83,3 +83,20 @@ def test_a_training_step_matches_the_original_code(pair, index: int) -> None:
         if own is not None and name.endswith("running_mean"):
             assert (buffers[own] - b).abs().max().item() <= 1e-4, own
 
+
+
+def test_folded_teacher_computes_the_same_function() -> None:
+    from edgenas.supernets import build_supernet
+    from edgenas.supernets.static import fold_batchnorm
+    from tests.supernet_utils import randomize
+
+    space = SearchSpace.load("mbv3-tiny")
+    net = randomize(build_supernet(space, 10), seed=4)
+    teacher = net.extract(space.largest()).eval()
+    folded = fold_batchnorm(teacher)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = teacher(x), folded(x)
+    assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())  # untouched
