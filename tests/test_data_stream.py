@@ -100,6 +100,7 @@ def _cfg(out: Path, folder: Path) -> TrainConfig:
                        batch_size=8, data_mode="stream", workers=1)
 
 
+@pytest.mark.slow
 def test_streamed_training_resumes_exactly(folder: Path, tmp_path: Path) -> None:
     """Stop after a few steps, resume in a fresh trainer: same weights as an uninterrupted run."""
     straight = train_supernet(_cfg(tmp_path / "a.pt", folder), progress=False,
