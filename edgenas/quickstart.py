@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import EdgeNASError
+from edgenas.progress import ProgressFn, Reporter, reporter
 from edgenas.store import Store, open_store
 
 # A shorter protocol than the default (runs >= 30 and >= 0.3 s, no re-run when noisy): the demo
@@ -57,12 +58,16 @@ class QuickstartConfig:
 
 
 class Steps:
-    """Numbered step headers with wall time, on stderr (stdout keeps the summary)."""
+    """Numbered step headers with wall time, reported as progress events (``step``: the CLI draws them
+    on stderr; stdout keeps the summary); ``echo`` adds a detail line to the current step."""
 
-    def __init__(self, total: int, echo: Callable[[str], None]) -> None:
-        self.total, self.n, self.echo = total, 0, echo
+    def __init__(self, total: int, say: Reporter) -> None:
+        self.total, self.n, self.say = total, 0, say
         self.started = time.monotonic()
         self.last = self.started
+
+    def echo(self, text: str) -> None:
+        self.say("", text)
 
     def __call__(self, title: str) -> None:
         now = time.monotonic()
@@ -70,15 +75,11 @@ class Steps:
             self.echo(f"      done in {now - self.last:.0f} s")
         self.n += 1
         self.last = now
-        self.echo(f"[{self.n}/{self.total}] {title}")
+        self.say("quickstart", title, done=self.n, total=self.total, level="step")
 
     def finish(self) -> float:
         self.echo(f"      done in {time.monotonic() - self.last:.0f} s")
         return time.monotonic() - self.started
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def train_step(cfg: QuickstartConfig, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -116,8 +117,9 @@ def local_device_step(store: Store, cfg: QuickstartConfig) -> dict[str, Any]:
 def choose_budget(store: Store, space: str, threads: int, quantile: float
                   ) -> tuple[float, str, str]:
     """A latency budget inside the measured range: the ``quantile`` of the faster precision."""
-    rows = store.query("SELECT precision, median_ms FROM measurements WHERE device = 'local' "
-                       "AND space = ? AND threads = ?", (space, threads))
+    from edgenas.records import measurements
+
+    rows = measurements.medians(store, "local", space, threads)
     by: dict[str, list[float]] = {}
     for precision, ms in rows:
         by.setdefault(precision, []).append(float(ms))
@@ -209,6 +211,7 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
                   summary: list[tuple[str, str]] | None = None) -> Any:
     """Collect what the workspace holds for :func:`edgenas.report.write_report`."""
     from edgenas.predictors.latency import list_predictors
+    from edgenas.records import measurements
     from edgenas.report import ReportInputs, fleet_rows
     from edgenas.space import SearchSpace
 
@@ -224,9 +227,8 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
             space = SearchSpace.load(pred.space)
         except EdgeNASError:
             continue
-        rows = store.query("SELECT arch, MIN(median_ms) FROM measurements WHERE device = ? AND "
-                           "precision = ? AND threads = ? AND space = ? GROUP BY arch",
-                           (pred.device, pred.precision, pred.threads, pred.space))
+        rows = measurements.best_by_arch(store, pred.device, pred.precision, pred.threads,
+                                         pred.space)
         key = f"{pred.device}/{pred.precision}/t{pred.threads}"
         archs = [space.parse(r[0]) for r in rows]
         if archs:
@@ -246,9 +248,10 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
     return inputs
 
 
-def run_quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = _stderr
-                   ) -> dict[str, Any]:
-    """Run every step (skipping what is done) and return the summary; see the module doc."""
+def run_quickstart(cfg: QuickstartConfig, progress: bool | ProgressFn = True) -> dict[str, Any]:
+    """Run every step (skipping what is done) and return the summary; see the module doc.
+    ``progress``: where the steps and the campaign's progress go (see :func:`edgenas.progress.reporter`:
+    True draws them on stderr)."""
     from edgenas.bench import BenchSettings, bench_model
     from edgenas.fleet.model import load_model_dir
     from edgenas.fleet.push import push
@@ -262,7 +265,9 @@ def run_quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = _stderr
 
     cfg.root.mkdir(parents=True, exist_ok=True)
     quick_bench = BenchSettings(threads=cfg.threads, **QUICK_BENCH_KW)
-    steps = Steps(9, echo)
+    say = reporter(progress)
+    steps = Steps(9, say)
+    echo = steps.echo
     steps(f"train a {cfg.space} supernet on {cfg.data} (budget {cfg.minutes:g} min)")
     meta = train_step(cfg, echo)
 
@@ -274,7 +279,7 @@ def run_quickstart(cfg: QuickstartConfig, echo: Callable[[str], None] = _stderr
 
         steps(f"measure {cfg.measure_samples} subnets on 'local' (fp32 and int8)")
         report = measure(store, cfg.home, cfg.ckpt, ["local"], cfg.measure_samples,
-                         ["fp32", "int8"], cfg.threads, cfg.seed, workers=2, progress=True,
+                         ["fp32", "int8"], cfg.threads, cfg.seed, workers=2, progress=say.sink,
                          settings=quick_bench)
         if not report.complete:
             raise EdgeNASError(f"measurement incomplete: {json.dumps(report.to_dict())[:500]}")

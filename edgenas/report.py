@@ -143,12 +143,11 @@ def _save(fig: Any, out: Path) -> Path:
 
 def fleet_rows(store: Store) -> list[dict[str, Any]]:
     """Latest deployment per (device, model) from the workspace database."""
-    rows = store.query(
-        "SELECT device, model_name, version, sha256, action, status, reason, created_at "
-        "FROM deployments d WHERE id = (SELECT MAX(id) FROM deployments e "
-        "WHERE e.device = d.device AND e.model_name = d.model_name) ORDER BY device")
-    keys = ("device", "model", "version", "sha256", "action", "status", "reason", "time")
-    return [dict(zip(keys, tuple(r))) for r in rows]
+    from edgenas.records.deployments import latest_per_model
+
+    return [{"device": d.device, "model": d.model_name, "version": d.version, "sha256": d.sha256,
+             "action": d.action, "status": d.status, "reason": d.reason, "time": d.created_at}
+            for d in latest_per_model(store)]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:

@@ -316,12 +316,12 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
     """The recorded pushes and rollbacks, newest first."""
     import time
 
-    from edgenas.fleet.records import history
+    from edgenas.records.deployments import history
 
     with _store(ws) as store:
-        rows = history(store, device_name, name, limit)
+        rows = [d.to_dict(manifest=False) for d in history(store, device_name, name, limit)]
     if as_json:
-        echo_json([{k: v for k, v in r.items() if k != "manifest_json"} for r in rows])
+        echo_json(rows)
         return
     click.echo(table(
         ["when", "device", "model", "action", "status", "version", "reason"],

@@ -15,7 +15,6 @@ promise the search made does not hold there — worth flagging before users noti
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from edgenas.fleet.model import MODEL_FILE, VERSION_HEX
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import MODELS_DIR, read_state
 from edgenas.predictors.latency import STATISTICS, measured_latency
+from edgenas.records.deployments import deployed_manifest
 from edgenas.registry import Device
-from edgenas.store import Store, open_store
+from edgenas.store import open_store
 from edgenas.transports import Transport, open_transport
 
 DEFAULT_ERROR_BAND = 0.10  # nn-Meter's ±10 %, used when the manifest gives a prediction but no band
@@ -101,18 +101,6 @@ class DeployedModel:
     sha256: str
     manifest: dict[str, Any]
     size_bytes: int | None = None
-
-
-def deployed_manifest(store: Store, sha256: str) -> dict[str, Any]:
-    """The manifest this workspace pushed with the model ``sha256`` ({} if it never pushed it)."""
-    rows = store.query(
-        "SELECT manifest_json FROM deployments WHERE sha256 = ? AND manifest_json IS NOT NULL "
-        "ORDER BY id DESC LIMIT 1", (sha256,))
-    try:
-        data = json.loads(rows[0]["manifest_json"]) if rows else {}
-    except (TypeError, ValueError):
-        data = {}
-    return data if isinstance(data, dict) else {}
 
 
 def fleet_bench(

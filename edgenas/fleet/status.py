@@ -14,23 +14,14 @@ from typing import Any
 
 from edgenas.device.cancel import Cancel
 from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out, session_for
-from edgenas.fleet.records import expected_state
 from edgenas.fleet.state import ModelState, read_state
+from edgenas.records.deployments import Deployment, deployed_names, expected_state
 from edgenas.registry import Device
 from edgenas.store import Store
 from edgenas.transports import Transport, open_transport
 
 
-def deployed_names(store: Store, device: str) -> list[str]:
-    rows = store.query(
-        "SELECT DISTINCT model_name FROM deployments WHERE device = ? AND status IN ('ok', 'unchanged') "
-        "ORDER BY model_name",
-        (device,),
-    )
-    return [r["model_name"] for r in rows]
-
-
-def drift(model: ModelState | None, expected: dict[str, Any] | None) -> str | None:
+def drift(model: ModelState | None, expected: Deployment | None) -> str | None:
     """Why the device differs from the record (None: it does not).  Checked in order of severity."""
     if model is None:
         return "missing on the device" if expected else None
@@ -42,8 +33,8 @@ def drift(model: ModelState | None, expected: dict[str, Any] | None) -> str | No
         return f"current model file was modified on the device (sha256 {model.current_sha256[:12]})"
     if expected is None:
         return None
-    if model.current_sha256 != expected["sha256"]:
-        return f"expected {expected['version']} (last {expected['action']}), found {model.current}"
+    if model.current_sha256 != expected.sha256:
+        return f"expected {expected.version} (last {expected.action}), found {model.current}"
     return None
 
 
@@ -93,8 +84,8 @@ def status_rows(
                 "previous": held.previous if held else None,
                 "previous_sha256": held.previous_sha256 if held else None,
                 "intact": held.intact if held else False,
-                "expected_version": want["version"] if want else None,
-                "expected_sha256": want["sha256"] if want else None,
+                "expected_version": want.version if want else None,
+                "expected_sha256": want.sha256 if want else None,
                 "drift": drift(held, want),
                 "error": None,
             })
