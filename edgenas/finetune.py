@@ -104,7 +104,7 @@ def train_subnet(net: MobileNetV3Supernet, arch: Arch, data: ImageData, *, epoch
 
 def _time_step(model: MobileNetV3, data: ImageData, bs: int, res: int, dev: torch.device) -> float:
     """Seconds per training step, timed on a copy of the BN state (restored by recalibration)."""
-    x = data.prepare(data.train_x[:bs], res).to(dev).contiguous(memory_format=CL)
+    x = data.sample_images(bs, res).to(dev).contiguous(memory_format=CL)
     y = data.train_y[:bs].to(dev)
     model.train()
     times = []
