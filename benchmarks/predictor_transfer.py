@@ -1,0 +1,322 @@
+"""Few-shot latency predictors: leave one device profile out, fit it from K measurements.
+
+    .venv/bin/python benchmarks/predictor_transfer.py [--pool 60] [--profiles all] [--collect-only]
+                                                      [--home .edgenas/bench-transfer]
+                                                      [--out benchmarks/results/predictor_transfer.json]
+
+1. **Collect** (cached: a rerun measures only what is missing).  One random-weight ``mbv3-tiny``
+   supernet, a pool of ``--pool`` subnets sampled as ``edgenas measure`` samples them, exported once
+   (fp32 and int8), measured on every *profile* = (device, precision, threads):
+
+   ============  =============================================================================
+   host-fp32-t1  the host, LiteRT 2.3 + XNNPACK, 1 thread
+   host-fp32-t2  the same, 2 threads
+   host-int8-t1  int8 models (XNNPACK does not take int8 h-swish: a different cost structure)
+   noxnn-fp32    the host without XNNPACK (LiteRT's builtin kernels; ``--no-xnnpack``)
+   pi64-fp32/int8  emulated Raspberry Pi 4 (aarch64, LiteRT, qemu-user cortex-a72)
+   pi32-fp32/int8  emulated armv7l board (tflite-runtime 2.14, qemu-arm)
+   ============  =============================================================================
+
+   The ARM boards run as *local* devices whose Python is the board's qemu wrapper
+   (tests/fleet/arm.py builds and caches the sysroots): the same runner and on-device Python as the
+   ``arm_fleet`` fixture's SSH devices, without an sshd in between.  The first ``--noise`` subnets
+   of the pool are measured a second time (a later pass): the profile's own noise floor.
+2. **Evaluate**: for each profile P, the other profiles are the prior; P's predictor is fitted from
+   K = 5, 10, 20, 40 of its measurements (chosen at random ``--splits`` times, and once by the
+   adaptive design of edgenas.adaptive) and scored on P's subnets it did not see.  Methods: today's
+   per-device fit (NNLS on per-kind features, edgenas.predictors.latency), the transfer prior alone
+   (a non-negative combination of the other profiles' predictors) and the transfer predictor
+   (combination + a correction shrunk toward it; edgenas.predictors.transfer).  Also printed: the
+   predictor's own leave-one-out estimate at K (what `edgenas measure --adaptive` sees) and the
+   minutes of measurement to a ±10 % predictor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# profile -> (device, precision, threads, board or None, xnnpack)
+PROFILES: dict[str, tuple[str, str, int, str | None, bool]] = {
+    "host-fp32-t1": ("host", "fp32", 1, None, True),
+    "host-fp32-t2": ("host", "fp32", 2, None, True),
+    "host-int8-t1": ("host", "int8", 1, None, True),
+    "noxnn-fp32": ("noxnn", "fp32", 1, None, False),
+    "pi64-int8": ("pi64", "int8", 1, "pi64", True),
+    "pi32-int8": ("pi32", "int8", 1, "pi32", True),
+    "pi64-fp32": ("pi64", "fp32", 1, "pi64", True),
+    "pi32-fp32": ("pi32", "fp32", 1, "pi32", True),
+}
+KS = (5, 10, 20, 40)
+
+
+def ensure_supernet(home: Path) -> Path:
+    path = home / "mbv3-tiny-random.pt"
+    if not path.exists():
+        import torch
+
+        from edgenas import build_supernet
+
+        torch.manual_seed(0)
+        build_supernet("mbv3-tiny", 10).save(path)  # no data source: no BN re-calibration
+    return path
+
+
+def ensure_devices(store, home: Path, names: set[str]) -> None:
+    from edgenas import registry
+
+    have = {d.name for d in registry.list_devices(store)}
+    for name in sorted(names - have):
+        kw: dict = {}
+        if name in ("pi64", "pi32"):
+            from tests.fleet import arm
+
+            kw["python"] = str(arm.ensure_built().python(name))
+        if name == "noxnn":
+            kw["xnnpack"] = False
+        try:
+            dev = registry.make_device(name, "local", home=home, workdir=str(home / "dev" / name), **kw)
+        except TypeError:  # a registry without the per-device xnnpack setting
+            kw.pop("xnnpack", None)
+            dev = registry.make_device(name, "local", home=home, workdir=str(home / "dev" / name), **kw)
+        registry.add_device(store, dev)
+
+
+def settings_for(profile: str):
+    from edgenas.bench import BenchSettings
+
+    device, _, threads, board, xnnpack = PROFILES[profile]
+    if board:  # emulated: every run costs 5-100 ms, the runner's start seconds
+        return BenchSettings(threads=threads, runs=10, min_secs=0.5, warmup_runs=1, warmup_secs=0.2,
+                             max_secs=60, xnnpack=xnnpack)
+    return BenchSettings(threads=threads, runs=30, min_secs=0.5, warmup_secs=0.2, xnnpack=xnnpack)
+
+
+def collect(store, home: Path, ckpt: Path, archs: list[str], profiles: list[str], noise: int,
+            workers: int) -> dict[str, float]:
+    """Measure every profile on the pool (cached), then the noise subset a second time."""
+    from edgenas.measure import measure
+
+    minutes: dict[str, float] = {}
+    ensure_devices(store, home, {PROFILES[p][0] for p in profiles})
+    for profile in profiles:
+        device, precision, threads, _, _ = PROFILES[profile]
+        t0 = time.monotonic()
+        rep = measure(store, home, ckpt, [device], len(archs), [precision], threads, 0, workers,
+                      archs=archs, settings=settings_for(profile), progress=True)
+        if noise:
+            measure(store, home, ckpt, [device], noise, [precision], threads, 0, workers,
+                    archs=archs[:noise], settings=settings_for(profile), repeats=2, progress=False)
+        d = rep.devices[device]
+        if d.measured:
+            minutes[profile] = d.seconds / 60 / d.measured  # minutes per subnet, benchmark only
+        print(f"{profile}: {json.dumps(rep.to_dict()['devices'][device])} "
+              f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    return minutes
+
+
+def load_profile(store, profile: str, statistic: str):
+    """(archs, latency per arch (median of repeats), noise-floor quality) for one profile."""
+    import numpy as np
+
+    from edgenas.predictors.latency import measured_latency, quality
+
+    device, precision, threads, _, _ = PROFILES[profile]
+    rows = store.query("SELECT * FROM measurements WHERE device = ? AND precision = ? AND threads = ? "
+                       "AND space = 'mbv3-tiny' ORDER BY id", (device, precision, threads))
+    by_arch: dict[str, list[float]] = {}
+    for r in rows:
+        by_arch.setdefault(r["arch"], []).append(measured_latency(r, statistic))
+    pairs = [v[:2] for v in by_arch.values() if len(v) >= 2]
+    floor = quality(np.asarray([a for a, _ in pairs]), np.asarray([b for _, b in pairs])) if pairs \
+        else None
+    return {a: float(np.median(v)) for a, v in by_arch.items()}, floor, rows
+
+
+def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) -> dict:
+    import numpy as np
+
+    from edgenas.adaptive import select
+    from edgenas.predictors import transfer
+    from edgenas.space import SearchSpace
+
+    space = SearchSpace.load("mbv3-tiny")
+    data = {p: load_profile(store, p, args.statistic) for p in profiles}
+    results: dict = {}
+    for target in profiles:
+        lat, floor, rows = data[target]
+        if len(lat) < max(KS) + 5:
+            print(f"{target}: only {len(lat)} subnets measured, skipped", file=sys.stderr)
+            continue
+        sources = []
+        for p in profiles:
+            if p == target or len(data[p][0]) < 20:
+                continue
+            s_lat = data[p][0]
+            a = sorted(s_lat)
+            sources.append(transfer.SourceProfile.fit(p, space, [space.parse(x) for x in a],
+                                                      np.asarray([s_lat[x] for x in a])))
+        archs = sorted(lat)
+        y = np.asarray([lat[a] for a in archs])
+        parsed = [space.parse(a) for a in archs]
+        out: dict = {"noise_floor": floor, "subnets": len(archs), "sources": [s.name for s in sources],
+                     "k": {}}
+        for k in KS:
+            per: dict[str, list] = {}
+            splits = [np.random.default_rng(1000 * k + s).permutation(len(archs))[:k]
+                      for s in range(args.splits)]
+            if sources:  # the adaptive design picks from the same pool (the subnets this profile has)
+                chosen = select(space, parsed, sources, k, seed=0)
+                splits.append(np.asarray(chosen))
+            for si, train in enumerate(splits):
+                test = np.setdiff1d(np.arange(len(archs)), train)
+                tag = "adaptive" if sources and si == len(splits) - 1 else "random"
+                tr = [parsed[i] for i in train]
+                te = [parsed[i] for i in test]
+                fits = {"per-device": transfer.fit_per_device(space, tr, y[train])}
+                if sources:
+                    fits["prior only"] = transfer.fit_transfer(space, tr, y[train], sources,
+                                                               correction=False, estimate=False)
+                    fits["transfer"] = transfer.fit_transfer(space, tr, y[train], sources,
+                                                             estimate=(si == 0))
+                for name, model in fits.items():
+                    q = transfer.quality(y[test], model.predict_many(space, te))
+                    if model.estimate is not None:
+                        q["estimate"] = model.estimate
+                    per.setdefault(f"{name}/{tag}", []).append(q)
+            out["k"][k] = {key: _mean_quality(qs) for key, qs in per.items()}
+        out["minutes_per_subnet"] = minutes_per.get(target) or _minutes_from_rows(rows)
+        results[target] = out
+    return results
+
+
+def _minutes_from_rows(rows) -> float | None:
+    """Median time between consecutive stored rows of one pass: the cost of one measurement."""
+    import numpy as np
+
+    t = [float(r["created_at"]) for r in rows if r["created_at"] is not None]
+    gaps = np.diff(t)
+    gaps = gaps[(gaps > 0) & (gaps < 600)]
+    return float(np.median(gaps) / 60) if len(gaps) else None
+
+
+def _mean_quality(qs: list[dict]) -> dict:
+    keys = ("within_5", "within_10", "spearman", "p90_rel_error")
+    out = {k: float(sum(q[k] for q in qs) / len(qs)) for k in keys}
+    out["worst_within_10"] = float(min(q["within_10"] for q in qs))
+    est = [q["estimate"] for q in qs if "estimate" in q]
+    if est:
+        out["estimate"] = {k: est[0][k] for k in ("within_10", "p90_rel_error") if k in est[0]}
+    out["splits"] = len(qs)
+    return out
+
+
+def write_test_data(store, args, profiles: list[str], results: dict) -> None:
+    """The stored latencies of the profiles, keyed ``device/precision/t<threads>``, for the tests:
+    real measurements as the prior, a host profile with the best noise floor as the target."""
+    out = {}
+    for p in profiles:
+        lat, _, _ = load_profile(store, p, args.statistic)
+        device, precision, threads, _, _ = PROFILES[p]
+        out[f"{device}/{precision}/t{threads}"] = {a: round(v, 5) for a, v in sorted(lat.items())}
+    host = [p for p in profiles if p.startswith("host") and p in results]
+
+    def floor(p: str) -> float:
+        f = results[p]["noise_floor"]
+        return f["within_10"] if f else 0.0
+
+    target = max(host, key=floor)
+    key = {p: "/".join([PROFILES[p][0], PROFILES[p][1], f"t{PROFILES[p][2]}"]) for p in profiles}
+    data = {"statistic": args.statistic, "source": "benchmarks/predictor_transfer.py",
+            "test_target": key[target],
+            "test_sources": [key[p] for p in profiles if p != target and p in results][:3],
+            "profiles": out}
+    args.test_data.parent.mkdir(parents=True, exist_ok=True)
+    args.test_data.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def report(results: dict, args) -> None:
+    headers = ["profile", "floor ±10%", "method", *[f"K={k} ±10%" for k in KS], "K=20 ±5%",
+               "K=20 p90", "K=20 rho", "min to ±10%"]
+    lines = []
+    for profile, r in results.items():
+        floor = r["noise_floor"]
+        fl = f"{100 * floor['within_10']:.0f} %" if floor else "?"
+        for method in ("per-device/random", "prior only/random", "transfer/random",
+                       "transfer/adaptive"):
+            if method not in r["k"][20]:
+                continue
+            cells = [f"{100 * r['k'][k][method]['within_10']:.0f} %" for k in KS]
+            k20 = r["k"][20][method]
+            need = next((k for k in KS if r["k"][k][method]["within_10"] >= 0.9), None)
+            mins = (f"{need * r['minutes_per_subnet']:.1f} (K={need})"
+                    if need and r["minutes_per_subnet"] else "-")
+            lines.append([profile, fl, method, *cells, f"{100 * k20['within_5']:.0f} %",
+                          f"{100 * k20['p90_rel_error']:.1f} %", f"{k20['spearman']:.3f}", mins])
+            r.setdefault("minutes_to_10pct", {})[method] = (
+                need * r["minutes_per_subnet"] if need and r["minutes_per_subnet"] else None)
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines)]
+    for line in [headers, ["-" * w for w in widths], *lines]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pool", type=int, default=60)
+    ap.add_argument("--noise", type=int, default=12, help="Subnets measured twice per profile.")
+    ap.add_argument("--profiles", default="all", help=f"Comma list of {', '.join(PROFILES)}.")
+    ap.add_argument("--splits", type=int, default=10, help="Random training sets per K.")
+    ap.add_argument("--statistic", default="median", choices=("median", "min", "mean"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--no-collect", action="store_true", help="Evaluate what is stored.")
+    ap.add_argument("--home", type=Path, default=REPO / ".edgenas" / "bench-transfer")
+    ap.add_argument("--test-data", type=Path, default=None,
+                    help="Also write the stored latencies (this statistic) for the tests, e.g. "
+                         "tests/data/transfer_tiny.json.")
+    ap.add_argument("--out", type=Path,
+                    default=REPO / "benchmarks" / "results" / "predictor_transfer.json")
+    args = ap.parse_args()
+
+    from edgenas.measure import sample_archs
+    from edgenas.space import SearchSpace
+    from edgenas.store import open_store
+
+    home = args.home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    ckpt = ensure_supernet(home)
+    profiles = list(PROFILES) if args.profiles == "all" else args.profiles.split(",")
+    archs = [a.to_string() for a in sample_archs(SearchSpace.load("mbv3-tiny"), args.pool, seed=0)]
+    load = os.getloadavg()
+    with open_store(home) as store:
+        minutes = {} if args.no_collect else collect(store, home, ckpt, archs, profiles, args.noise,
+                                                     args.workers)
+        if args.collect_only:
+            return
+        results = evaluate(store, args, profiles, minutes)
+        if args.test_data:
+            write_test_data(store, args, profiles, results)
+    report(results, args)
+    out = {"benchmark": "predictor_transfer", "space": "mbv3-tiny", "pool": args.pool,
+           "statistic": args.statistic, "splits": args.splits, "ks": list(KS),
+           "load_avg_at_start": load, "load_avg_at_end": os.getloadavg(),
+           "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
+           "profiles": {p: {"device": v[0], "precision": v[1], "threads": v[2],
+                            "emulated": bool(v[3]), "xnnpack": v[4]} for p, v in PROFILES.items()},
+           "results": results, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""Adaptive measurement: which subnets to measure on a new device, in rounds, until its predictor is
+good enough (``edgenas measure --device NEW --adaptive --samples 20``).
+
+Which subnets.  A fixed stratified list spends measurements on subnets that teach the predictor
+little.  What the few-shot predictor (:mod:`edgenas.predictors.transfer`) has to learn is (1) how to
+mix the known profiles' costs and (2) a correction to the per-kind costs shrunk toward that mix — a
+Bayesian linear model whose design vector for a subnet is ``g = [p / ŷ, x / ŷ]`` (the known profiles'
+predictions and the per-kind work, relative to the predicted latency ŷ because the loss is relative
+error).  The selection is greedy sequential D-optimal design on that model: each next subnet
+maximises the predictive variance ``gᵀ M⁻¹ g`` (M = prior precision + Σ g gᵀ over subnets measured
+or already chosen) — equivalently, the largest gain in log det M — so it is where the known devices
+*disagree* most, or where the kinds of work are least covered yet.  To cover the latency range, the
+predicted log-latency range is split into bins (one per two samples) and each pick comes from a bin
+with the fewest picks so far; within it the most informative subnet wins.  Candidates are a large
+sample of the space, sampled as ``edgenas measure`` samples (so every size is on offer).
+
+Rounds.  The first round measures enough subnets for a first held-out estimate; then, after each
+round, the predictor is refitted, its held-out (leave-one-out) quality printed beside the device's
+noise floor, and the campaign stops as soon as the estimate holds the target (default ≥ 90 % within
+±10 % and p90 error ≤ 10 %, from at least ``min_samples`` subnets) — or ``samples`` are spent.  One
+already-measured subnet is measured again in each later round: its agreement with the first
+measurement is the device's own noise floor, which no predictor can beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from edgenas.bench import BenchSettings
+from edgenas.errors import EdgeNASError
+from edgenas.predictors import latency as lat
+from edgenas.predictors import transfer
+from edgenas.space import Arch, SearchSpace
+from edgenas.store import Store
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = 400
+PRIOR_PRECISION_MIX = 1e-3  # the mixing weights: almost no prior (they are what is learnt first)
+PRIOR_PRECISION_KIND = 1.0  # the per-kind correction: shrunk toward the mix (transfer's λ ≈ 1)
+
+
+# ------------------------------------------------------------------------------------------ selection
+
+
+def _design(space: SearchSpace, archs: Sequence[Arch], sources: Sequence[transfer.SourceProfile],
+            guess: np.ndarray | None, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray, int]:
+    """(design vectors g, predicted latency ŷ, how many leading columns are the mixing part)."""
+    scale = transfer._reference_scale(space, num_classes)
+    x = transfer.common_matrix(space, archs, num_classes) / scale
+    if sources:
+        p = x @ np.vstack([s.costs * scale for s in sources]).T
+        p = p / np.median(p, axis=0)  # each profile in units of its own typical latency
+        yhat = np.exp(np.mean(np.log(np.maximum(p, 1e-12)), axis=1))
+    else:
+        p = np.zeros((len(archs), 0))
+        yhat = x.sum(axis=1)
+    if guess is not None:
+        yhat = np.asarray(guess, float)
+    yhat = np.maximum(yhat, 1e-12)
+    xs = x / np.maximum(np.median(x, axis=0), 1e-12)
+    g = np.hstack([p, xs]) / yhat[:, None]
+    return g, yhat, p.shape[1]
+
+
+def select(space: SearchSpace, candidates: Sequence[Arch], sources: Sequence[transfer.SourceProfile],
+           k: int, *, measured: Sequence[Arch] = (), total: int | None = None,
+           guess: np.ndarray | None = None, seed: int = 0, num_classes: int = 10) -> list[int]:
+    """Indices of ``k`` candidates to measure next (see the module docstring).
+
+    ``measured``: subnets this device already has (they count as information and as bin picks);
+    ``total``: the campaign's final number of samples (sets the bin count, default ``k``);
+    ``guess``: the current predictor's latency for each candidate (default: the known profiles' mix).
+    Deterministic for a given input; ``seed`` only breaks exact ties."""
+    cands = list(candidates)
+    if k <= 0 or not cands:
+        return []
+    measured = list(measured)
+    g, yhat, n_mix = _design(space, cands + measured, sources, None if guess is None else
+                             np.concatenate([guess, _guess_measured(space, measured, sources, guess,
+                                                                    cands, num_classes)]),
+                             num_classes)
+    gc, gm = g[: len(cands)], g[len(cands):]
+    dim = g.shape[1]
+    prior = np.full(dim, PRIOR_PRECISION_KIND)
+    prior[:n_mix] = PRIOR_PRECISION_MIX
+    m = np.diag(prior) + gm.T @ gm
+    m_inv = np.linalg.inv(m)
+    logy = np.log(yhat)
+    nbins = max(2, math.ceil((total or k + len(measured)) / 2))
+    lo, hi = float(logy.min()), float(logy.max())
+    width = (hi - lo) / nbins or 1.0
+    bins = np.minimum(((logy - lo) / width).astype(int), nbins - 1)
+    counts = np.bincount(bins[len(cands):], minlength=nbins).astype(float)
+    cand_bins = bins[: len(cands)]
+    tie = np.random.default_rng(seed).random(len(cands)) * 1e-9
+    taken = np.zeros(len(cands), bool)
+    seen_keys = {a.to_string() for a in measured}
+    for i, a in enumerate(cands):  # never re-pick a subnet that is measured or listed twice
+        key = a.to_string()
+        if key in seen_keys:
+            taken[i] = True
+        seen_keys.add(key)
+    chosen: list[int] = []
+    while len(chosen) < k and not taken.all():
+        open_bins = np.unique(cand_bins[~taken])
+        fewest = open_bins[np.argmin(counts[open_bins])]
+        pool = np.flatnonzero((~taken) & (cand_bins == fewest))
+        var = np.einsum("ij,jk,ik->i", gc[pool], m_inv, gc[pool]) + tie[pool]
+        best = int(pool[int(np.argmax(var))])
+        chosen.append(best)
+        taken[best] = True
+        counts[fewest] += 1
+        v = gc[best]
+        mv = m_inv @ v  # Sherman-Morrison: M⁻¹ after adding v vᵀ
+        m_inv -= np.outer(mv, mv) / (1.0 + v @ mv)
+    return chosen
+
+
+def _guess_measured(space: SearchSpace, measured: Sequence[Arch],
+                    sources: Sequence[transfer.SourceProfile], guess: np.ndarray,
+                    candidates: Sequence[Arch], num_classes: int) -> np.ndarray:
+    """ŷ for already-measured subnets on the scale of ``guess`` (the current predictor's): the
+    mix's prediction rescaled to match the candidates' guesses in the median."""
+    if not measured:
+        return np.zeros(0)
+    _, base_c, _ = _design(space, candidates, sources, None, num_classes)
+    _, base_m, _ = _design(space, measured, sources, None, num_classes)
+    return base_m * float(np.median(np.asarray(guess) / base_c))
+
+
+def log_det_information(space: SearchSpace, archs: Sequence[Arch],
+                        sources: Sequence[transfer.SourceProfile], num_classes: int = 10) -> float:
+    """log det M of a set of subnets (the D-optimality criterion ``select`` greedily maximises)."""
+    g, _, n_mix = _design(space, archs, sources, None, num_classes)
+    prior = np.full(g.shape[1], PRIOR_PRECISION_KIND)
+    prior[:n_mix] = PRIOR_PRECISION_MIX
+    return float(np.linalg.slogdet(np.diag(prior) + g.T @ g)[1])
+
+
+# -------------------------------------------------------------------------------------------- rounds
+
+
+class AdaptiveError(EdgeNASError):
+    """An adaptive campaign cannot run (bad arguments) or a round failed."""
+
+
+@dataclass
+class RoundReport:
+    """The state after one round: how many subnets, the held-out estimate, the noise floor."""
+
+    k: int
+    method: str
+    estimate: dict[str, Any] | None
+    noise_pairs: int
+    noise_within_10: float | None
+    median_cv: float | None
+    seconds: float
+
+    def line(self) -> str:
+        e = self.estimate
+        q = ("held-out " + (f"±5 % {100 * e['within_5']:.0f} %, ±10 % {100 * e['within_10']:.0f} %, "
+                            f"Spearman {e['spearman']:.3f}, p90 error {100 * e['p90_rel_error']:.1f} %")
+             if e else "held-out: too few subnets yet")
+        floor = (f"noise floor: re-measured within ±10 % {100 * self.noise_within_10:.0f} % "
+                 f"({self.noise_pairs} pair(s))" if self.noise_pairs
+                 else "noise floor: not measured yet")
+        cv = f", median CV {100 * self.median_cv:.1f} %" if self.median_cv is not None else ""
+        return f"K={self.k} [{self.method}] {q} | {floor}{cv}"
+
+
+@dataclass
+class AdaptiveReport:
+    device: str
+    precision: str
+    threads: int
+    rounds: list[RoundReport] = field(default_factory=list)
+    stopped: str = ""
+    measured: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    complete: bool = True
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "precision": self.precision, "threads": self.threads,
+                "rounds": [vars(r) for r in self.rounds], "stopped": self.stopped,
+                "measured": self.measured, "seconds": round(self.seconds, 1),
+                "complete": self.complete, "errors": self.errors}
+
+
+def _profile_data(store: Store, device: str, precision: str, threads: int, space: SearchSpace,
+                  statistic: str
+                  ) -> tuple[list[Arch], np.ndarray, list[tuple[float, float]], float | None]:
+    """(archs, latency per arch, (first, second) measurement pairs, median CV) of a profile."""
+    column = lat.STATISTICS[statistic]
+    rows = store.query(f"SELECT arch, {column} AS y, median_ms, cv FROM measurements WHERE device = ? "
+                       "AND precision = ? AND threads = ? AND space = ? ORDER BY id",
+                       (device, precision, threads, space.name))
+    by: dict[str, list[float]] = {}
+    cvs = []
+    for r in rows:
+        by.setdefault(r["arch"], []).append(float(r["y"] if r["y"] is not None else r["median_ms"]))
+        if r["cv"] is not None:
+            cvs.append(float(r["cv"]))
+    archs = [space.parse(a) for a in by]
+    y = np.asarray([float(np.median(v)) for v in by.values()])
+    pairs = [(v[0], v[1]) for v in by.values() if len(v) >= 2]
+    return archs, y, pairs, (float(np.median(cvs)) if cvs else None)
+
+
+def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: str, samples: int,
+                     precision: str = "fp32", threads: int = 1, *, seed: int = 0, workers: int = 2,
+                     settings: BenchSettings | None = None, statistic: str = "median",
+                     first_round: int | None = None, round_size: int = 4, min_samples: int = 10,
+                     target_within_10: float = 0.9, target_p90: float = 0.10,
+                     candidates: int = CANDIDATES, export_cache: Path | None = None,
+                     progress: bool = True, stream: IO[str] | None = None) -> AdaptiveReport:
+    """Measure up to ``samples`` subnets of ``device`` in rounds, chosen by :func:`select`, and stop
+    once the held-out estimate holds the target (see the module docstring)."""
+    from edgenas.measure import measure, sample_archs
+    from edgenas.registry import select_devices
+    from edgenas.supernets.checkpoint import load_checkpoint
+
+    if samples < 2:
+        raise AdaptiveError("--adaptive needs --samples 2 or more")
+    devs = select_devices(store, [device])
+    if len(devs) != 1:
+        raise AdaptiveError("--adaptive measures one device at a time (give one --device)")
+    device = devs[0].name
+    out = stream or sys.stderr
+    started = time.monotonic()
+    space = SearchSpace.from_spec(load_checkpoint(Path(source_ckpt))["space"])
+    sources = transfer.sources_from_store(store, space, (device, precision, threads), statistic, home)
+    pool = sample_archs(space, candidates, seed)
+    report = AdaptiveReport(device, precision, threads)
+    first = first_round or min(samples, max(min_samples - round_size, 5, samples // 2))
+
+    def say(text: str) -> None:
+        if progress:
+            out.write(f"[adaptive {device}] {text}\n")
+            out.flush()
+
+    say(f"prior: {len(sources)} other profile(s)" + (f" ({', '.join(s.name for s in sources)})"
+                                                     if sources else " — fitting per device"))
+    current = None
+    while True:
+        archs, y, pairs, cv = _profile_data(store, device, precision, threads, space, statistic)
+        have = {a.to_string() for a in archs}
+        budget = samples - len(archs)
+        if budget <= 0:
+            report.stopped = report.stopped or f"{samples} subnets measured"
+            break
+        n = min(budget, first if not archs else round_size)
+        left = [a for a in pool if a.to_string() not in have]
+        guess = current.predict_many(space, left) if current is not None else None
+        picks = [left[i] for i in select(space, left, sources, n, measured=archs, total=samples,
+                                         guess=guess, seed=seed)]
+        todo = [a.to_string() for a in picks]
+        again = _remeasure_pick(archs, pairs) if archs else None
+        t0 = time.monotonic()
+        rep = measure(store, home, source_ckpt, [device], len(todo), [precision], threads, seed,
+                      workers, progress=progress, export_cache=export_cache, settings=settings,
+                      archs=todo, stream=stream)
+        if again is not None:  # the device's own noise floor: one earlier subnet, measured again
+            measure(store, home, source_ckpt, [device], 1, [precision], threads, seed, workers,
+                    progress=False, export_cache=export_cache, settings=settings,
+                    archs=[again.to_string()], repeats=2)
+        report.measured += todo
+        if not rep.complete:
+            report.complete = False
+            d = rep.devices.get(device)
+            report.errors += (d.errors if d else []) + list(rep.export_failed.values())
+            if d is not None and d.aborted:
+                report.stopped = f"device aborted: {d.aborted}"
+                break
+        archs, y, pairs, cv = _profile_data(store, device, precision, threads, space, statistic)
+        current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0)
+        report.rounds.append(rr)
+        say(rr.line())
+        e = rr.estimate
+        if e and len(archs) >= min_samples and e["within_10"] >= target_within_10 \
+                and e["p90_rel_error"] <= target_p90:
+            report.stopped = (f"held-out estimate good enough at K={len(archs)} (±10 % "
+                              f"{100 * e['within_10']:.0f} %, p90 {100 * e['p90_rel_error']:.1f} %)")
+            break
+    report.seconds = time.monotonic() - started
+    say(f"stopped: {report.stopped}; fit it with `edgenas predictor fit --device {device} "
+        f"--precision {precision} --threads {threads}`")
+    return report
+
+
+def _remeasure_pick(archs: list[Arch], pairs: list[tuple[float, float]]) -> Arch | None:
+    """The earliest subnet not measured twice yet (cycling through the list)."""
+    return archs[len(pairs)] if len(pairs) < len(archs) else None
+
+
+def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tuple[float, float]],
+           cv: float | None, sources: Sequence[transfer.SourceProfile],
+           seconds: float) -> tuple[transfer.TransferFit | None, RoundReport]:
+    fitted: transfer.TransferFit | None = None
+    if len(archs) >= 2:
+        try:
+            fitted = (transfer.fit_transfer(space, archs, y, sources) if sources
+                      else transfer.fit_per_device(space, archs, y, estimate=True))
+        except lat.LatencyPredictorError as exc:
+            log.warning("fit after this round failed: %s", exc)
+    within = None
+    if pairs:
+        a = np.asarray(pairs)
+        within = float(np.mean(np.abs(a[:, 1] - a[:, 0]) / a[:, 0] <= 0.10))
+    return fitted, RoundReport(len(archs), fitted.method if fitted else "none",
+                               fitted.estimate if fitted else None, len(pairs), within, cv, seconds)
+
+
+__all__ = ["AdaptiveError", "AdaptiveReport", "log_det_information", "measure_adaptive", "run_cli",
+           "select"]
+
+
+def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], samples: int,
+            precisions: str, threads: int, seed: int, workers: int, settings: BenchSettings,
+            export_cache: Path | None, quiet: bool, as_json: bool) -> None:
+    """``edgenas measure --adaptive``: one device, one precision; prints the per-round quality."""
+    import click
+
+    from edgenas.cli.common import echo_json
+
+    precs = [p.strip() for p in precisions.split(",") if p.strip()]
+    if len(devices) != 1 or len(precs) != 1:
+        raise AdaptiveError("--adaptive measures one device at one precision (give one --device and "
+                            "one --precision)")
+    rep = measure_adaptive(store, home, ckpt, devices[0], samples, precs[0], threads, seed=seed,
+                           workers=workers, settings=settings, export_cache=export_cache,
+                           progress=not quiet)
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        for r in rep.rounds:
+            click.echo(r.line())
+        click.echo(f"{rep.device}: {len(rep.measured)} subnet(s) measured in {len(rep.rounds)} "
+                   f"round(s), {rep.seconds:.0f} s; stopped: {rep.stopped}")
+        for err in rep.errors[:5]:
+            click.echo(f"error: {err}", err=True)
+    if not rep.complete:
+        sys.exit(1)

@@ -1,0 +1,365 @@
+"""Few-shot latency predictors: a new device profile fitted from a handful of measurements on top of
+what the workspace already knows about other devices.
+
+Why this shape.  The per-device predictor (:mod:`edgenas.predictors.latency`) learns one cost per
+*kind* of work (1×1 MACs per stage, depthwise MACs per kernel size, activation elements, SE, ...) by
+non-negative least squares.  With ~25 costs it needs 60-100 measured subnets before it holds ±10 %.
+But devices differ in a structured way: a Pi's per-kind costs are not arbitrary, they look like a mix
+of other CPUs' costs (int8 vs fp32, XNNPACK vs builtin kernels, 1 vs 2 threads, ARM vs x86 each move a
+few kinds up or down together).  So, in two stages:
+
+1. **Prior = a non-negative combination of the known profiles' costs.**  Every other stored profile
+   (device × precision × threads, same search space and run-time statistic) gets a per-device
+   predictor fitted on all of its measurements; its per-kind costs ``c_j`` are mapped into one common
+   coordinate system (the per-stage feature set, a superset of the per-kind one).  The new profile's
+   costs start as ``c0 = Σ_j w_j c_j`` with ``w ≥ 0`` fitted to the K measurements (relative error).
+   That is J ≈ 2-8 numbers instead of ~25: it works from K = 5, and non-negativity keeps it a
+   physically meaningful mix of devices instead of a difference of two large ones.
+2. **Correction, shrunk toward the prior.**  The full per-kind costs ``c ≥ 0`` are then fitted to the
+   K measurements with a ridge penalty ``λ Σ_k ((c_k - c0_k) s_k / ȳ)²`` (s_k: the kind's work in the
+   largest subnet, ȳ: the typical latency — the penalty is in "share of a typical latency" units, like
+   the relative-error loss).  λ is chosen by leave-one-out cross-validation on the K samples, from a
+   grid that ends in λ = ∞ (the prior alone): with few or noisy samples the prior wins, with many the
+   fit approaches the per-device one.  The result is an ordinary per-kind cost vector, saved as a
+   normal :class:`~edgenas.predictors.latency.LatencyPredictor` that everything downstream reads.
+
+A low-rank device embedding (SVD of the known cost matrix, fit the K coordinates) was the
+alternative; with ≤ 8 known profiles the non-negative combination *is* a low-dimensional embedding,
+and its non-negativity is a better regulariser at K = 5 than a rank cut (benchmarks/predictor_transfer.py
+prints both the prior alone and the corrected fit against today's per-device fit).
+
+Quality is always held out: leave-one-out over the K samples with the λ choice nested inside each
+fold (:func:`fit_transfer` ``estimate=True``), so the number printed at K = 10 is what the predictor
+would score on subnets it has not seen — never its training error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenas.predictors import latency as lat
+from edgenas.space import Arch, SearchSpace
+from edgenas.store import Store
+
+log = logging.getLogger(__name__)
+
+COMMON = "stages"  # the coordinate system every profile's costs are expressed in
+MIN_SOURCE_SAMPLES = 20  # a known profile needs this many measured subnets to serve as a prior
+LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, math.inf)
+LOO_MAX = 40  # above this many samples the held-out estimate uses 10 folds instead of leave-one-out
+
+
+# ------------------------------------------------------------------------------------------- features
+
+
+def common_names(space: SearchSpace) -> list[str]:
+    return lat.feature_names(space, COMMON)
+
+
+def common_matrix(space: SearchSpace, archs: Sequence[Arch], num_classes: int = 10) -> np.ndarray:
+    """Per-unit work of each kind per arch, in the common (per-stage) coordinates."""
+    return lat._matrix(space, list(archs), common_names(space), COMMON, num_classes)
+
+
+def _reference_scale(space: SearchSpace, num_classes: int) -> np.ndarray:
+    """Each kind's work in the largest subnet: the unit in which costs are compared and shrunk."""
+    s = common_matrix(space, [space.largest()], num_classes)[0]
+    s[s == 0] = 1.0
+    return s
+
+
+def to_common(space: SearchSpace, feature_set: str, names: Sequence[str],
+              costs: Sequence[float]) -> np.ndarray:
+    """Per-unit costs of a predictor with ``feature_set`` mapped to the common coordinates.
+
+    The per-kind set's ``pw_macs`` is every stage's 1×1 MACs, so its cost applies to each
+    ``s<i>_pw_macs``; every other per-kind name exists in the per-stage set too."""
+    out = np.zeros(len(common_names(space)))
+    index = {n: i for i, n in enumerate(common_names(space))}
+    for n, c in zip(names, costs):
+        if feature_set == COMMON or n in index:
+            if n in index:
+                out[index[n]] += c
+        elif n == "pw_macs":
+            for m, i in index.items():
+                if m.endswith("_pw_macs"):
+                    out[i] += c
+        else:
+            raise lat.LatencyPredictorError(f"feature {n!r} has no per-stage counterpart")
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the prior
+
+
+@dataclass
+class SourceProfile:
+    """A known device profile: its per-unit costs in the common coordinates."""
+
+    name: str
+    costs: np.ndarray
+    samples: int = 0
+    feature_set: str = "ops"
+
+    @classmethod
+    def fit(cls, name: str, space: SearchSpace, archs: Sequence[Arch], y: np.ndarray,
+            num_classes: int = 10) -> SourceProfile:
+        """The per-device predictor of a profile, fitted on all its measurements."""
+        archs = list(archs)
+        fs = lat._select(space, archs, y, num_classes, lat._candidates(len(archs)))
+        names = lat.feature_names(space, fs)
+        coef, scale = lat._nnls_fit(lat._matrix(space, archs, names, fs, num_classes), y)
+        return cls(name, to_common(space, fs, names, coef / scale), len(archs), fs)
+
+    @classmethod
+    def from_predictor(cls, space: SearchSpace, pred: lat.LatencyPredictor) -> SourceProfile:
+        per_unit = np.asarray(pred.coef) / np.asarray(pred.scale)
+        return cls(f"{pred.device}/{pred.precision}/t{pred.threads}",
+                   to_common(space, pred.feature_set, pred.names, per_unit), pred.samples,
+                   pred.feature_set)
+
+    def predict_many(self, space: SearchSpace, archs: Sequence[Arch], num_classes: int = 10
+                     ) -> np.ndarray:
+        return common_matrix(space, archs, num_classes) @ self.costs
+
+
+# ------------------------------------------------------------------------------------------- fitting
+
+
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    return nnls(a, b, maxiter=50 * a.shape[1])[0]
+
+
+def _combine(x: np.ndarray, y: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1: ``w ≥ 0`` with ``Σ w_j · source_j`` closest to ``y`` in relative error.
+
+    ``x``: scaled per-kind work (n × F); ``sources``: scaled costs (J × F).  Returns (w, c0 scaled)."""
+    p = x @ sources.T  # each source's prediction of each sample
+    norm = np.abs(p).max(axis=0)
+    norm[norm == 0] = 1.0
+    w = _nnls((p / norm) / y[:, None], np.ones_like(y)) / norm
+    return w, sources.T @ w
+
+
+def _correct(x: np.ndarray, y: np.ndarray, c0: np.ndarray, lam: float) -> np.ndarray:
+    """Stage 2: ``c ≥ 0`` minimising relative error + ``lam`` · ‖(c - c0) / ȳ‖² (scaled units)."""
+    if math.isinf(lam):
+        return c0
+    ybar = float(np.median(y))
+    k = x.shape[1]
+    a = np.vstack([x / y[:, None], math.sqrt(lam) / ybar * np.eye(k)])
+    b = np.concatenate([np.ones_like(y), math.sqrt(lam) / ybar * c0])
+    return _nnls(a, b)
+
+
+def _fit_scaled(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    w, c0 = _combine(x, y, sources)
+    return _correct(x, y, c0, lam), w
+
+
+def _folds(n: int) -> list[np.ndarray]:
+    if n <= LOO_MAX:
+        return [np.asarray([i]) for i in range(n)]
+    return lat._folds(n, 10, seed=2)
+
+
+def _cv_error(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float) -> float:
+    """Cross-validated mean squared relative error of one λ."""
+    err = 0.0
+    for test in _folds(len(y)):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        c, _ = _fit_scaled(x[train], y[train], sources, lam)
+        err += float(np.sum(((x[test] @ c) - y[test]) ** 2 / y[test] ** 2))
+    return err / len(y)
+
+
+def _choose_lambda(x: np.ndarray, y: np.ndarray, sources: np.ndarray,
+                   lambdas: Sequence[float]) -> float:
+    if len(lambdas) == 1 or len(y) < 4:
+        return lambdas[-1]  # too few samples to cross-validate: trust the prior
+    errs = [_cv_error(x, y, sources, lam) for lam in lambdas]
+    return lambdas[int(np.argmin(errs))]
+
+
+@dataclass
+class TransferFit:
+    """A fitted few-shot predictor: per-unit costs in the common coordinates and how they came about."""
+
+    method: str  # "transfer" or "per-device"
+    costs: np.ndarray
+    weights: dict[str, float] = field(default_factory=dict)
+    lam: float | None = None
+    samples: int = 0
+    estimate: dict[str, Any] | None = None  # held-out quality over the K samples (None: not asked)
+    num_classes: int = 10
+
+    def predict_many(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
+        return common_matrix(space, archs, self.num_classes) @ self.costs
+
+    def describe(self) -> str:
+        if self.method != "transfer":
+            return "per-device fit (no other device profiles to transfer from)"
+        top = sorted(self.weights.items(), key=lambda kv: -kv[1])
+        mix = ", ".join(f"{k} ×{v:.2f}" for k, v in top if v > 0) or "none"
+        shrink = "prior only" if self.lam is None or math.isinf(self.lam) else f"λ = {self.lam:g}"
+        return f"transfer from {len(self.weights)} profile(s): {mix}; correction {shrink}"
+
+
+def fit_transfer(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray,
+                 sources: Sequence[SourceProfile], *, correction: bool = True, estimate: bool = True,
+                 num_classes: int = 10, lambdas: Sequence[float] = LAMBDAS) -> TransferFit:
+    """Fit the new profile's costs from ``archs``/``y`` (ms) on top of ``sources`` (see module doc).
+
+    ``estimate``: also compute the held-out quality (leave-one-out, λ chosen inside each fold)."""
+    if not sources:
+        raise lat.LatencyPredictorError("no other device profiles to transfer from")
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) < 2 or np.any(y <= 0):
+        raise lat.LatencyPredictorError("a transfer fit needs at least 2 positive latencies")
+    scale = _reference_scale(space, num_classes)
+    x = common_matrix(space, archs, num_classes) / scale
+    src = np.vstack([s.costs * scale for s in sources])
+    grid = tuple(lambdas) if correction else (math.inf,)
+    lam = _choose_lambda(x, y, src, grid)
+    c, w = _fit_scaled(x, y, src, lam)
+    q = None
+    if estimate and len(y) >= 4:
+        held = np.empty_like(y)
+        for test in _folds(len(y)):
+            train = np.setdiff1d(np.arange(len(y)), test)
+            lam_f = _choose_lambda(x[train], y[train], src, grid)
+            held[test] = x[test] @ _fit_scaled(x[train], y[train], src, lam_f)[0]
+        q = quality(y, held)
+        q["method"] = "leave-one-out" if len(y) <= LOO_MAX else "10-fold cross-validation"
+    return TransferFit("transfer", c / scale, {s.name: float(wj) for s, wj in zip(sources, w)},
+                       None if math.isinf(lam) else float(lam), len(y), q, num_classes)
+
+
+def fit_per_device(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray, *,
+                   estimate: bool = False, num_classes: int = 10) -> TransferFit:
+    """Today's per-device NNLS fit (per-kind features; per-stage competing from 40 samples on), in
+    the same form as :func:`fit_transfer` so the two compare directly."""
+    archs = list(archs)
+    y = np.asarray(y, dtype=np.float64)
+    fs = lat._select(space, archs, y, num_classes, lat._candidates(len(archs)))
+    names = lat.feature_names(space, fs)
+    coef, scale = lat._nnls_fit(lat._matrix(space, archs, names, fs, num_classes), y)
+    q = None
+    if estimate and len(y) >= 4:
+        held = np.empty_like(y)
+        for test in _folds(len(y)):
+            train = np.setdiff1d(np.arange(len(y)), test)
+            tr = [archs[i] for i in train]
+            fs_f = lat._select(space, tr, y[train], num_classes, lat._candidates(len(tr)))
+            names_f = lat.feature_names(space, fs_f)
+            cf, sf = lat._nnls_fit(lat._matrix(space, tr, names_f, fs_f, num_classes), y[train])
+            held[test] = lat._nnls_predict(
+                lat._matrix(space, [archs[i] for i in test], names_f, fs_f, num_classes), cf, sf)
+        q = quality(y, held)
+        q["method"] = "leave-one-out" if len(y) <= LOO_MAX else "10-fold cross-validation"
+    return TransferFit("per-device", to_common(space, fs, names, coef / scale), {}, None, len(y), q,
+                       num_classes)
+
+
+def quality(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """:func:`edgenas.predictors.latency.quality` (share within ±5/±10 %, RMSE, Spearman, p90)."""
+    return lat.quality(np.asarray(y, float), np.asarray(pred, float))
+
+
+# -------------------------------------------------------------------------------- from a workspace
+
+
+def _rank(q: dict[str, Any]) -> tuple[float, float]:
+    return (float(q["within_10"]), -float(q["p90_rel_error"]))
+
+
+def sources_from_store(store: Store, space: SearchSpace, exclude: tuple[str, str, int],
+                       statistic: str = "median", home: Path | None = None,
+                       min_samples: int = MIN_SOURCE_SAMPLES) -> list[SourceProfile]:
+    """Every other profile of the workspace with ≥ ``min_samples`` measured subnets of ``space``
+    (fitted on all of them), plus saved predictors of profiles with no measurements here."""
+    rows = store.query("SELECT device, precision, threads, COUNT(DISTINCT arch) AS n FROM measurements "
+                       "WHERE space = ? GROUP BY device, precision, threads", (space.name,))
+    out: list[SourceProfile] = []
+    seen: set[tuple[str, str, int]] = set()
+    for r in rows:
+        key = (r["device"], r["precision"], int(r["threads"]))
+        seen.add(key)
+        if key == tuple(exclude) or int(r["n"]) < min_samples:
+            continue
+        try:
+            ts = lat.training_set(store, *key, space=space.name, statistic=statistic)
+        except lat.LatencyPredictorError:
+            continue
+        out.append(SourceProfile.fit(f"{key[0]}/{key[1]}/t{key[2]}", ts.space, ts.archs,
+                                     ts.latency_ms, ts.num_classes))
+    if home is not None:
+        for _, pred in lat.list_predictors(home):
+            key = (pred.device, pred.precision, pred.threads)
+            if key in seen or key == tuple(exclude) or pred.space != space.name:
+                continue
+            if pred.statistic != statistic or pred.extra.get("method") == "transfer":
+                continue  # another statistic; or itself derived from this workspace's profiles
+            try:
+                out.append(SourceProfile.from_predictor(space, pred))
+            except lat.LatencyPredictorError:
+                continue
+    return out
+
+
+def fit_from_store(store: Store, device: str, precision: str, threads: int, *,
+                   space: str | None = None, statistic: str = "median", home: Path | None = None,
+                   method: str = "auto", xnnpack: bool | None = None
+                   ) -> tuple[lat.LatencyPredictor | None, dict[str, Any]] | None:
+    """The transfer predictor of one profile from the workspace, or None when there is nothing to
+    transfer from (``method="auto"``) — then the caller fits per device.
+
+    With ``auto`` both the transfer fit and the per-device fit are cross-validated on the profile's
+    own measurements and the better one (share within ±10 %, then p90 error) is kept, so transfer
+    never makes a well-measured device worse.  Returns (predictor, comparison); the predictor is None
+    when the per-device fit won (the caller fits it)."""
+    ts = lat.training_set(store, device, precision, threads, space, statistic, xnnpack)
+    sources = sources_from_store(store, ts.space, (device, precision, threads), statistic, home)
+    if not sources:
+        if method == "transfer":
+            raise lat.LatencyPredictorError(
+                f"no other device profile with ≥ {MIN_SOURCE_SAMPLES} measured {ts.space.name} "
+                "subnets to transfer from")
+        return None
+    tf = fit_transfer(ts.space, ts.archs, ts.latency_ms, sources, num_classes=ts.num_classes)
+    compared: dict[str, Any] = {"transfer": tf.estimate}
+    if method == "auto":
+        own = fit_per_device(ts.space, ts.archs, ts.latency_ms, estimate=True,
+                             num_classes=ts.num_classes)
+        compared["per-device"] = own.estimate
+        if own.estimate and tf.estimate and _rank(own.estimate) > _rank(tf.estimate):
+            return None, compared
+    assert tf.estimate is not None
+    scale = _reference_scale(ts.space, ts.num_classes)
+    names = common_names(ts.space)
+    q = dict(tf.estimate)
+    pred = lat.LatencyPredictor(
+        device, precision, threads, ts.space.name, COMMON, names,
+        [float(c) for c in tf.costs * scale], [float(s) for s in scale], ts.num_classes, q,
+        ts.runtime, len(ts.archs), time.time(),
+        {"statistic": statistic, "protocol": ts.protocol, "xnnpack": ts.xnnpack, "method": "transfer",
+         "model": f"transfer-{COMMON}", "prior": tf.weights, "lambda": tf.lam,
+         "compared": compared, "describe": tf.describe(),
+         "latency_range_ms": [float(ts.latency_ms.min()), float(ts.latency_ms.max())]})
+    log.info("%s/%s/t%d: %s", device, precision, threads, tf.describe())
+    return pred, compared
+
+
+__all__ = ["SourceProfile", "TransferFit", "fit_from_store", "fit_per_device", "fit_transfer",
+           "sources_from_store", "to_common"]
