@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenas.files import atomic_write_text
 from edgenas.store import Store
 
 
@@ -163,6 +164,31 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _ms(value: Any) -> str:
+    """A latency for people: 3 significant digits, '–' when there is none."""
+    return f"{float(value):.3g}" if isinstance(value, (int, float)) else "–"
+
+
+def constraints_text(constraints: Any) -> str:
+    """``{"latency_ms": 0.56, "max_size_kb": None, ...}`` as "latency ≤ 0.56 ms, …" (or "none")."""
+    if not isinstance(constraints, dict):
+        return "none"
+    units = {"latency_ms": ("latency", "ms"), "max_size_kb": ("size", "KiB"),
+             "max_macs": ("MACs", ""), "max_params": ("parameters", "")}
+    said = []
+    for key, value in constraints.items():
+        if value is None:
+            continue
+        name, unit = units.get(key, (key.replace("_", " "), ""))
+        if isinstance(value, dict):
+            said += [f"{name} on {d} ≤ {_ms(v)} {unit}".rstrip() for d, v in sorted(value.items())]
+        elif isinstance(value, (int, float)):
+            said.append(f"{name} ≤ {_ms(value)} {unit}".rstrip())
+        else:
+            said.append(f"{name}: {value}")
+    return ", ".join(said) or "none"
+
+
 def model_card(m: dict[str, Any]) -> str:
     """The manifest in words."""
     acc = m.get("accuracy") or {}
@@ -226,14 +252,20 @@ def write_report(inputs: ReportInputs, out: str | Path) -> Path:
     parts.append(image(pareto, "Pareto front", "run `edgenas search`", "pareto-plot"))
     if inputs.search:
         s = inputs.search
-        parts.append(f"<p>Constraints: {html.escape(json.dumps(s.get('constraints')))}; "
-                     f"objective {html.escape(str(s.get('objective')))}.</p>")
-        rows = [[c["arch"], c["accuracy"], json.dumps(c.get("latency_ms")),
-                 json.dumps(c.get("measured_ms")), c.get("size_kb")]
-                for c in s.get("verified", [])]
+        parts.append(f"<p>Constraints: {html.escape(constraints_text(s.get('constraints')))}; "
+                     f"objective {html.escape(str(s.get('objective') or 'accuracy'))}.</p>")
+        verified = s.get("verified", [])
+        devices = sorted({d for c in verified for key in ("latency_ms", "measured_ms")
+                          for d in (c.get(key) or {})})
+        rows = [[c["arch"], f"{float(c['accuracy']):.2%}" if c.get("accuracy") is not None else "",
+                 *(f"{_ms((c.get('latency_ms') or {}).get(d))} / "
+                   f"{_ms((c.get('measured_ms') or {}).get(d))}" for d in devices),
+                 "" if c.get("size_kb") is None else f"{float(c['size_kb']):.0f}"]
+                for c in verified]
         if rows:
-            parts.append(_table(["arch", "pred. top-1", "pred. ms", "measured ms", "size KB"],
-                                rows, "verified"))
+            headers = ["arch", "pred. top-1", *(f"{d}: pred. / measured ms" for d in devices),
+                       "size KiB"]
+            parts.append(_table(headers, rows, "verified"))
     parts.append("<h2>Latency predictors</h2>")
     parts.append(image(plot_predictor(inputs.predictor_points, files / "predictor.png"),
                        "predictor error", "run `edgenas measure` and `edgenas predictor fit`",
@@ -260,7 +292,5 @@ def write_report(inputs: ReportInputs, out: str | Path) -> Path:
                  "for(var i=0;i<document.images.length;i++){if(document.images[i].naturalWidth>0)"
                  "n++;}document.body.setAttribute('data-images-loaded',n);});</script>")
     parts.append("</body></html>")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, "\n".join(parts))
     return out

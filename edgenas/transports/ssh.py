@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 import paramiko
 
 from edgenas.errors import HostKeyError, TransportError
+from edgenas.files import atomic_write_text
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_MAX_GET_BYTES,
@@ -49,6 +50,7 @@ from edgenas.transports.base import (
     move_into_place_argv,
     output_limit_error,
     temp_name,
+    why,
 )
 from edgenas.transports.host_keys import (
     Verdict,
@@ -100,10 +102,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _rewrite_known_hosts(known_hosts: Path, lines: list[str]) -> None:
-    tmp = known_hosts.with_name(f".{known_hosts.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, known_hosts)
+    """Atomically, private to its owner, fsynced (a crash leaves the old file or the new one)."""
+    atomic_write_text(known_hosts, "".join(line + "\n" for line in lines))
 
 
 def _without_host(lines: list[str], name: str) -> tuple[list[str], bool]:
@@ -258,6 +258,24 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         self.accepted = key  # persisted by the transport only once the connection is fully up
 
 
+def _bound_silence(sock: socket.socket, timeout: float) -> None:
+    """Drop the connection once the device has acknowledged nothing for 3x the connect timeout.
+
+    Why: a blackholed or powered-off device never closes its TCP connection, so a command waited for
+    its own deadline (a benchmark's is minutes) and an upload for its channel timeout.  The kernel's
+    TCP_USER_TIMEOUT fails a connection whose sent data stays unacknowledged that long; paramiko's
+    keepalive (every ``timeout`` s, set after the handshake) keeps data in flight while a command is
+    silent, so a dead peer is noticed within about 4x the connect timeout.  Linux only; elsewhere
+    the commands' own deadlines remain the bound."""
+    opt = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if opt is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, opt, int(max(3 * timeout, 5.0) * 1000))
+    except OSError:
+        pass
+
+
 def _abort(client: paramiko.SSHClient, sock: socket.socket) -> None:
     """Stop a half-open connection: its paramiko thread first, so it does not log a bad socket."""
     try:
@@ -342,6 +360,7 @@ class SSHTransport(Transport):
         t = self.connect_timeout
         try:
             sock = socket.create_connection((self.host, self.port), timeout=t)
+            _bound_silence(sock, t)
         except TimeoutError as exc:
             raise TransportError(
                 f"{self.name}: cannot connect to {self.target}: no answer within {t:g} s "
@@ -429,7 +448,8 @@ class SSHTransport(Transport):
             raise TransportError(f"{self.name}: SSH connection to {self.target} failed: {exc}") from exc
         transport = client.get_transport()
         assert transport is not None
-        transport.set_keepalive(15)
+        # With _bound_silence: a silent command still has keepalive data in flight to be acked.
+        transport.set_keepalive(max(1, min(15, int(t))))
         server_key = transport.get_remote_server_key()
         self.host_fingerprint = fingerprint(server_key)
         self.host_key_how = policy.how
@@ -488,7 +508,7 @@ class SSHTransport(Transport):
             self.close()
             raise TransportError(
                 f"{self.name}: connection to {self.target} lost while running "
-                f"{argv[0]}: {exc or type(exc).__name__}"
+                f"{argv[0]}: {why(exc)}"
             ) from exc
         finally:
             chan.close()
@@ -515,7 +535,7 @@ class SSHTransport(Transport):
                 if attempt:
                     raise TransportError(
                         f"{self.name}: cannot open a session on {self.target}: "
-                        f"{exc or type(exc).__name__}"
+                        f"{why(exc)}"
                     ) from exc
         raise AssertionError("unreachable")
 
@@ -614,7 +634,7 @@ class SSHTransport(Transport):
                 self._discard(tmp)
                 raise TransportError(
                     f"{self.name}: upload of {local} to {self.target}:{final} failed: "
-                    f"{exc or type(exc).__name__}; nothing was written under the final name"
+                    f"{why(exc)}; nothing was written under the final name"
                 ) from exc
 
     def _send(self, src: BinaryIO, sftp: paramiko.SFTPClient, tmp: str, deadline: float) -> None:
