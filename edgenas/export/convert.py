@@ -43,7 +43,7 @@ def load_tensorflow() -> tuple[Any, Any]:
 
 
 def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | None = None, *,
-            signatures: bool = True) -> bytes:
+            signatures: bool = True, frozen: Any | None = None) -> bytes:
     """Convert the Keras model to a TFLite flatbuffer of ``precision``.
 
     ``signatures=True`` (models that ship): ``TFLiteConverter.from_keras_model``, which freezes the
@@ -53,7 +53,8 @@ def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | Non
     inference function is frozen here and converted as a graph, ≈3× faster.  Both give the same
     operators and the same outputs (checked bit for bit in the tests); only the signature table
     differs.  Freezing before conversion matters: unfrozen concrete functions are what the
-    converter turns into a model with variables.
+    converter turns into a model with variables.  ``frozen`` (from :func:`freeze`): the same model's
+    frozen graph, traced once and converted at every precision a campaign asks for.
     """
     import tensorflow as tf
 
@@ -63,7 +64,7 @@ def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | Non
         converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     else:
         with captured_output():  # absl warns that a graph without its Keras object is converted
-            converter = _frozen_graph_converter(tf, keras_model)
+            converter = _frozen_graph_converter(tf, keras_model, frozen)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -92,13 +93,20 @@ def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | Non
                               + (f"\nconverter output:\n{detail}" if detail else "")) from exc
 
 
-def _frozen_graph_converter(tf: Any, keras_model: Any) -> Any:
-    """A converter for the model's inference function, traced once and frozen to constants."""
+def freeze(keras_model: Any) -> Any:
+    """The model's inference function, traced once and frozen to constants (a concrete function)."""
+    import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = tf.TensorSpec(keras_model.inputs[0].shape, tf.float32, name="input")  # batch as shipped
     traced = tf.function(lambda x: keras_model(x, training=False), input_signature=[spec])
-    frozen = convert_variables_to_constants_v2(traced.get_concrete_function())
+    return convert_variables_to_constants_v2(traced.get_concrete_function())
+
+
+def _frozen_graph_converter(tf: Any, keras_model: Any, frozen: Any | None = None) -> Any:
+    """A converter for the model's frozen inference function (frozen here unless given)."""
+    if frozen is None:
+        frozen = freeze(keras_model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.experimental_lower_to_saved_model = False  # no SavedModel round trip
     return converter

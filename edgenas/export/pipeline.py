@@ -56,6 +56,31 @@ def parity_limit(logits: np.ndarray) -> float:
     return PARITY_TOLERANCE * max(1.0, float(np.abs(logits).max()))
 
 
+class Prepared:
+    """A subnet's Keras graph, checked against torch once and frozen at most once: what every
+    precision of one subnet shares (a campaign exports fp32 and int8 of it from one graph)."""
+
+    def __init__(self, keras_model: Any, parity: float) -> None:
+        self.keras_model = keras_model
+        self.parity = parity
+        self._frozen: Any | None = None
+
+    def frozen(self) -> Any:
+        if self._frozen is None:
+            from edgenas.export.convert import captured_output, freeze
+
+            with captured_output():
+                self._frozen = freeze(self.keras_model)
+        return self._frozen
+
+
+def prepare(model: MobileNetV3, arch: Arch, calibration_nchw: np.ndarray) -> Prepared:
+    """Build the Keras graph of ``model`` and check its parity (raises on a mismatch)."""
+    keras_model = build_keras_model(model.eval(), arch.resolution)
+    parity = check_parity(keras_model, model, calibration_nchw[:16].astype(np.float32))
+    return Prepared(keras_model, parity)
+
+
 def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) -> float:
     """Max abs logit difference Keras vs torch; raises naming the first diverging block."""
     with torch.no_grad():
@@ -77,7 +102,8 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
                  normalization: dict[str, list[float]], precision: str, out_dir: str | Path,
                  calibration_nchw: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
                  provenance: dict[str, Any] | None = None,
-                 search: dict[str, Any] | None = None, signatures: bool = True) -> ExportResult:
+                 search: dict[str, Any] | None = None, signatures: bool = True,
+                 prepared: Prepared | None = None) -> ExportResult:
     """Export ``model`` (the static subnet for ``arch``) and write ``model.tflite`` + manifest.
 
     ``calibration_nchw`` are normalised real images at ``arch.resolution``: they drive the parity
@@ -86,15 +112,18 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
     predictors' error), kept so ``fleet bench`` can flag devices that miss the promise.
     ``signatures=False`` converts without the signature table, ≈3× faster (see :func:`convert`);
     measurement campaigns use it, models that ship keep their ``serving_default`` signature.
+    ``prepared`` (:func:`prepare`, for this ``model``): its Keras graph, parity-checked and frozen
+    once, reused for every precision of the subnet.
     """
     tf, keras = load_tensorflow()
     out_dir = Path(out_dir)
     model = model.eval()
     start = time.perf_counter()
-    keras_model = build_keras_model(model, arch.resolution)
-    parity = check_parity(keras_model, model, calibration_nchw[:16].astype(np.float32))
+    if prepared is None:
+        prepared = prepare(model, arch, calibration_nchw)
+    keras_model, parity = prepared.keras_model, prepared.parity
     blob = convert(keras_model, precision, calibration_nchw.transpose(0, 2, 3, 1),
-                   signatures=signatures)
+                   signatures=signatures, frozen=None if signatures else prepared.frozen())
 
     details = io_details(make_interpreter(blob))
     accuracy: dict[str, Any] = {}
