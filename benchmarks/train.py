@@ -138,24 +138,27 @@ def main() -> None:
         cfg = TrainConfig(out=str(Path(tmp) / "bench.pt"), space=args.space, batch_size=args.batch)
         net = build_supernet(space, data.num_classes, data.labels, data.normalization)
         plans = [PhasePlan(p, args.steps + 1, p.lr) for p in DEFAULT_SCHEDULE]
-        marks: list[tuple[int, float]] = []
+        marks: list[tuple[int, float, float]] = []
         trainer = Trainer(cfg, data, net, plans, DistInfo(), progress=ProgressBar(enabled=False),
                           log=JsonLog(None), save_seconds=1e9,
-                          on_step=lambda t: marks.append((t.phase, time.perf_counter())))
+                          on_step=lambda t: marks.append((t.phase, time.perf_counter(),
+                                                          time.process_time())))
         trainer.run()
     rows, results = [], []
     for i, plan in enumerate(plans):
-        times = [t for p, t in marks if p == i]
+        times = [t for p, t, _ in marks if p == i]
+        cpus = [c for p, _, c in marks if p == i]
         seconds = (times[-1] - times[0]) / (len(times) - 1)  # first step of a phase is warm-up
+        cpu_seconds = (cpus[-1] - cpus[0]) / (len(cpus) - 1)  # steadier on a shared machine
         img_s = args.batch / seconds
         results.append({"phase": plan.phase.name, "step_seconds": round(seconds, 4),
-                        "img_s": round(img_s, 1),
+                        "step_cpu_seconds": round(cpu_seconds, 4), "img_s": round(img_s, 1),
                         "subnet_img_s": round(img_s * plan.phase.subnets, 1)})
-        rows.append([plan.phase.name, plan.phase.subnets, round(seconds, 3), round(img_s),
-                     round(img_s * plan.phase.subnets)])
+        rows.append([plan.phase.name, plan.phase.subnets, round(seconds, 3),
+                     round(cpu_seconds, 3), round(img_s), round(img_s * plan.phase.subnets)])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     largest = largest_rate(args.space, args.batch, max(3, args.steps // 2))
-    print(table(["phase", "subnets/step", "s/step", "img/s", "subnet img/s"], rows))
+    print(table(["phase", "subnets/step", "s/step", "cpu s/step", "img/s", "subnet img/s"], rows))
     print(f"largest subnet at {space.resolutions[-1]} px: {largest:.0f} img/s (train step)")
     print(f"peak RSS {peak_mb:.0f} MB; threads {torch.get_num_threads()}; batch {args.batch}")
     out = Path(__file__).parent / "results" / "train.json"
