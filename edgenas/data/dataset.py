@@ -19,10 +19,10 @@ from edgenas.data import transforms as T
 from edgenas.data.sources import (
     SPLIT_SEED,
     RawData,
+    decode_folder,
     is_cifar_dir,
     load_cifar10,
     load_digits_data,
-    load_image_folder,
     scan_image_folder,
 )
 from edgenas.data.stream import StreamedImageData, in_memory_bytes, memory_budget, streamed_folder
@@ -201,7 +201,7 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
                 return streamed_folder(text, files.name, files.labels,
                                        (files.train_files, files.train_y),
                                        (files.val_files, files.val_y), size, workers)
-            raw = load_image_folder(path, size, val_fraction)
+            raw = decode_folder(files, size)  # already limited: the rest is never decoded
     if limit is not None:
         raw.train_x, raw.train_y = raw.train_x[:limit], raw.train_y[:limit]
     if raw.train_x.shape[0] == 0:

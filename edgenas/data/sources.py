@@ -116,19 +116,12 @@ def _scan_classes(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _decode_all(classes: dict[str, list[Path]], labels: list[str], size: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_files(files: list[str], size: int) -> torch.Tensor:
     """Decode into one preallocated array (a list of arrays then ``np.stack`` would peak at 2×)."""
-    total = sum(len(files) for files in classes.values())
-    out = np.empty((total, 3, size, size), dtype=np.uint8)
-    ys = []
-    i = 0
-    for name, files in classes.items():
-        for f in files:
-            out[i] = _decode(f, size)
-            ys.append(labels.index(name))
-            i += 1
-    return torch.from_numpy(out), torch.tensor(ys, dtype=torch.int64)
+    out = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    for i, f in enumerate(files):
+        out[i] = _decode(Path(f), size)
+    return torch.from_numpy(out)
 
 
 @dataclass
@@ -181,29 +174,17 @@ def _check_root(root: Path) -> None:
         raise DataError(f"{root}: not a directory (expected an ImageFolder root or 'digits')")
 
 
+def decode_folder(files: FolderFiles, size: int) -> RawData:
+    """Decode a scanned ImageFolder into memory, train and val each straight into its own array
+    (no decode-all-then-split copy, so the peak is the decoded size, not twice it)."""
+    return RawData(files.name, files.labels, _decode_files(files.train_files, size),
+                   files.train_y, _decode_files(files.val_files, size), files.val_y,
+                   flip=True, crop_scale=(0.35, 1.0))
+
+
 def load_image_folder(root: Path, size: int, val_fraction: float = 0.2) -> RawData:
     """``root/<class>/*.jpg|png``; uses ``root/train`` and ``root/val`` when both exist."""
-    if not root.exists():
-        raise DataError(f"{root}: no such directory")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory (expected an ImageFolder root or 'digits')")
-    val_dir = next((root / n for n in ("val", "validation", "test") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and val_dir is not None:
-        train_classes = _scan_classes(root / "train")
-        val_classes = _scan_classes(val_dir)
-        labels = sorted(train_classes)
-        unknown = sorted(set(val_classes) - set(train_classes))
-        if unknown:
-            raise DataError(f"{val_dir}: classes not in the training folder: {', '.join(unknown)}")
-        tx, ty = _decode_all(train_classes, labels, size)
-        vx, vy = _decode_all(val_classes, labels, size)
-    else:
-        classes = _scan_classes(root)
-        labels = sorted(classes)
-        x, y = _decode_all(classes, labels, size)
-        tr, va = split_indices(y.numpy(), val_fraction)
-        tx, ty, vx, vy = x[tr], y[tr], x[va], y[va]
-    return RawData(f"folder:{root}", labels, tx, ty, vx, vy, flip=True, crop_scale=(0.35, 1.0))
+    return decode_folder(scan_image_folder(root, val_fraction), size)
 
 
 # ------------------------------------------------------------------------------------------ CIFAR
