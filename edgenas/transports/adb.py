@@ -46,6 +46,7 @@ from edgenas.transports.base import (
     move_into_place_argv,
     output_limit_error,
     temp_name,
+    why,
 )
 from edgenas.transports.ssh import shell_join
 
@@ -193,7 +194,7 @@ class AdbTransport(Transport):
             return conn.read_string()
         except (TimeoutError, OSError, EOFError) as exc:
             raise TransportError(
-                f"{self.name}: adb server request {service!r} failed: {exc or type(exc).__name__}"
+                f"{self.name}: adb server request {service!r} failed: {why(exc)}"
             ) from exc
         finally:
             conn.close()
@@ -259,7 +260,7 @@ class AdbTransport(Transport):
             except (TimeoutError, OSError, EOFError) as exc:
                 conn.close()
                 raise TransportError(
-                    f"{self.name}: adb device {self.serial} did not answer: {exc or type(exc).__name__}"
+                    f"{self.name}: adb device {self.serial} did not answer: {why(exc)}"
                 ) from exc
         raise AssertionError("unreachable")
 

@@ -138,5 +138,11 @@ def temp_name(final: str) -> str:
     return posixpath.join(head, f".{tail}.edgenas-tmp-{secrets.token_hex(4)}")
 
 
+def why(exc: BaseException) -> str:
+    """An exception as an error's reason: a dead connection often raises one with an empty message
+    (paramiko's EOFError, socket errors), which used to leave "failed: ;" in the one error line."""
+    return str(exc).strip() or f"connection lost ({type(exc).__name__})"
+
+
 def decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")

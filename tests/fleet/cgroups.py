@@ -25,7 +25,8 @@ def cgroup_version(root: Path = CGROUP_ROOT) -> int:
 
 class CGroup:
     """One device's cgroup(s).  ``cpu_quota`` is the fraction of one CPU (None: unlimited), enforced
-    per ``period_us``."""
+    per ``period_us``.  ``memory_bytes`` caps the device's memory (swap included), so a model too big
+    for it is killed by the kernel's OOM killer as on a small board."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class CGroup:
         cpus: str | None = None,
         root: Path = CGROUP_ROOT,
         period_us: int = PERIOD_US,
+        memory_bytes: int | None = None,
     ) -> None:
         self.version = cgroup_version(root)
         self.dirs: list[Path] = []
@@ -53,9 +55,16 @@ class CGroup:
                     (cpuset / "cpuset.mems").write_text(
                         (root / "cpuset" / "cpuset.mems").read_text().strip()
                     )
+                if memory_bytes is not None:
+                    mem = root / "memory" / name
+                    self._mkdir(mem, run_dir)
+                    (mem / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                    if (mem / "memory.memsw.limit_in_bytes").exists():  # no swapping around the cap
+                        (mem / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
             else:
                 controllers = (root / "cgroup.subtree_control").read_text().split()
-                wanted = [c for c in ("cpu", "cpuset") if c not in controllers]
+                wanted = [c for c in ("cpu", "cpuset", *(("memory",) if memory_bytes else ()))
+                          if c not in controllers]
                 if wanted:
                     (root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
                 path = root / name
@@ -64,6 +73,10 @@ class CGroup:
                     (path / "cpu.max").write_text(f"{int(period_us * cpu_quota)} {period_us}")
                 if cpus is not None:
                     (path / "cpuset.cpus").write_text(cpus)
+                if memory_bytes is not None:
+                    (path / "memory.max").write_text(str(memory_bytes))
+                    if (path / "memory.swap.max").exists():
+                        (path / "memory.swap.max").write_text("0")
         except OSError as exc:
             self.delete()
             raise FleetError(f"cannot set up cgroup {name}: {exc}") from exc

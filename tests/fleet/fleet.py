@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.fleet import arm
 from tests.fleet.adb import AdbDevice, AdbServer
 from tests.fleet.cgroups import PERIOD_US, CGroup
-from tests.fleet.sshd import SSHD, SSHDevice, keygen
+from tests.fleet.sshd import FAKETIME_LIBS, SSHD, SSHDevice, keygen
 from tests.fleet.system import (
     STATE_ROOT,
     FleetError,
@@ -110,15 +110,30 @@ class Fleet:
 
     def add_ssh(
         self, name: str, python: str, cpu_quota: float | None = None, cpus: str | None = None,
-        period_us: int = PERIOD_US,
+        period_us: int = PERIOD_US, memory_bytes: int | None = None, fake_clock: bool = False,
+        boot_id: str | None = None,
     ) -> SSHDevice:
         """An SSH device with its own user, host key, home and (netns mode) namespace and address.
         ``cpu_quota`` (fraction of one CPU per ``period_us``) and ``cpus`` (a cpuset) make it a slow
-        device."""
+        device; ``memory_bytes`` a small one (OOM killer).  ``fake_clock``: its processes see a wall
+        clock the test moves (:meth:`SSHDevice.jump_clock`, libfaketime).  ``boot_id``: a boot id of
+        its own, changed by :meth:`SSHDevice.reboot`."""
+        env: dict[str, str] = {}
+        if fake_clock:
+            lib = next((p for p in FAKETIME_LIBS if Path(p).exists()), None)
+            if lib is None:
+                raise FleetError("a device with a fake clock needs libfaketime "
+                                 "(Debian package faketime: `make system-packages`)")
         ddir = self.dir / name
         ddir.mkdir()
         os.chmod(ddir, 0o755)
         user = f"ef{self.run_id}{name}"[:32]
+        if fake_clock:
+            stamp = ddir / "faketime"
+            stamp.write_text("+0\n")
+            os.chmod(stamp, 0o644)
+            env = {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(stamp), "FAKETIME_NO_CACHE": "1",
+                   "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         home = ddir / "home"
         sh(["useradd", "-M", "-N", "-g", "nogroup", "-d", str(home), "-s", "/bin/sh", "-p", "*", user])
         record(self.dir, "user", user)
@@ -130,7 +145,7 @@ class Fleet:
         os.chmod(ddir / "authorized_keys", 0o644)
         host_key = keygen(ddir / "ssh_host_ed25519_key", f"{name}-host")
         cgroup = CGroup(f"edgenas-fleet-{self.run_id}-{name}", self.dir, cpu_quota=cpu_quota, cpus=cpus,
-                        period_us=period_us)
+                        period_us=period_us, memory_bytes=memory_bytes)
         if self.network is not None:
             netns, veth, host = self.network.attach(name)
             port = 22
@@ -150,6 +165,8 @@ class Fleet:
             netns=netns,
             veth_host=veth,
             cgroup=cgroup,
+            env=env,
+            boot_id=boot_id,
         )
         self.ssh[name] = dev
         dev.start()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test fleet stands on: real sshd, the real adb client/server, iproute2
 # (network namespaces, veth, tc), nftables (fault injection), qemu-user (the emulated ARM devices,
-# tests/fleet/arm.py) and shellcheck (lints the on-device shell scripts).  Installs only what is missing,
-# only as root; otherwise it says what is missing and the fleet fixtures explain what they skip.
+# tests/fleet/arm.py), shellcheck (lints the on-device shell scripts) and faketime (a device whose
+# clock jumps).  Installs only what is missing, only as root; otherwise it says what is missing and
+# the fleet fixtures explain what they skip.
 set -euo pipefail
 need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
@@ -13,6 +14,7 @@ command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 { command -v qemu-aarch64 && command -v qemu-arm; } >/dev/null 2>&1 || need+=(qemu-user)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)  # a device whose clock jumps (test_faults)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != "0" ]; then
   echo "test fleet: missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

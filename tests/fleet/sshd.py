@@ -21,6 +21,9 @@ from tests.fleet.cgroups import CGroup
 from tests.fleet.system import FleetError, kill_pid, netns_pids, record_process, sh, wait_port
 
 SSHD = "/usr/sbin/sshd"
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def keygen(path: Path, comment: str) -> Path:
@@ -99,6 +102,11 @@ class SSHDevice:
     extra_paths: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     host_cert: Path | None = None  # an OpenSSH host certificate sshd presents (HostCertificate)
+    # Variables every session gets (sshd SetEnv), e.g. libfaketime's for a device whose clock jumps.
+    env: dict[str, str] = field(default_factory=dict)
+    # A boot id of its own (bind-mounted over /proc/sys/kernel/random/boot_id in the device's mount
+    # namespace): :meth:`reboot` changes it, as a real reboot would.  None: the host's.
+    boot_id: str | None = None
 
     @property
     def workdir(self) -> Path:
@@ -138,6 +146,8 @@ class SSHDevice:
                     "X11Forwarding no",
                     "AllowTcpForwarding no",
                     "PrintMotd no",
+                    *([f"SetEnv {' '.join(f'{k}={v}' for k, v in self.env.items())}"]
+                      if self.env else []),
                     "",
                 ]
             )
@@ -150,6 +160,12 @@ class SSHDevice:
             raise FleetError(f"{self.name}: sshd already running")
         cfg = self.write_config()
         unhide = unhide_script([self.python, *self.extra_paths], self.dir / "stage")
+        if self.boot_id is not None:
+            boot = self.dir / "boot_id"
+            boot.write_text(self.boot_id + "\n")
+            os.chmod(boot, 0o444)
+            unhide = " && ".join(filter(None, [
+                unhide, f"mount --bind {shlex.quote(str(boot))} {BOOT_ID}"]))
         inner = [
             "unshare",
             "--mount",
@@ -215,6 +231,30 @@ class SSHDevice:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def reboot(self, wipe: tuple[str, ...] = ()) -> None:
+        """Power-cycle the device: every process killed, a new boot id, ``wipe`` (globs under the
+        workdir, e.g. temp files on a tmpfs) removed, sshd started afresh.  Needs ``boot_id`` set."""
+        import glob
+        import secrets as _secrets
+
+        if self.boot_id is None:
+            raise FleetError(f"{self.name}: reboot needs a device created with its own boot id")
+        self.kill()
+        for pattern in wipe:
+            for path in glob.glob(str(self.workdir / pattern)):
+                sh(["rm", "-rf", "--", path])
+        self.boot_id = _secrets.token_hex(16)
+        self.start()
+
+    def jump_clock(self, offset: str) -> None:
+        """Move the device's wall clock (libfaketime offset such as ``+5h`` or ``-3h``; ``+0`` is the
+        true time) for every process there, at once: libfaketime rereads the file on every call.
+        The monotonic clock and /proc/uptime are left alone, as an NTP step leaves them."""
+        stamp = self.env.get("FAKETIME_TIMESTAMP_FILE")
+        if not stamp:
+            raise FleetError(f"{self.name}: its clock is real (create it with fake_clock=True)")
+        Path(stamp).write_text(offset + "\n")
 
     def rotate_host_key(self) -> str:
         """Give the device a new host key (as a reinstalled Pi would) and restart; returns the new
