@@ -116,8 +116,8 @@ def collect(store, home: Path, ckpt: Path, archs: list[str], profiles: list[str]
             measure(store, home, ckpt, [device], noise, [precision], threads, 0, workers,
                     archs=archs[:noise], settings=settings_for(profile), repeats=2, progress=False)
         d = rep.devices[device]
-        if d.measured:
-            minutes[profile] = d.seconds / 60 / d.measured  # minutes per subnet, benchmark only
+        if d.measured:  # minutes per subnet, end to end (this campaign's exports included)
+            minutes[profile] = rep.seconds / 60 / d.measured
         print(f"{profile}: {json.dumps(rep.to_dict()['devices'][device])} "
               f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return minutes
@@ -164,6 +164,8 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
             a = sorted(s_lat)
             sources.append(transfer.SourceProfile.fit(p, space, [space.parse(x) for x in a],
                                                       np.asarray([s_lat[x] for x in a])))
+        # Stricter: a device none of whose profiles is known yet (only other devices as the prior).
+        others = [s for s in sources if PROFILES[s.name][0] != PROFILES[target][0]]
         archs = sorted(lat)
         y = np.asarray([lat[a] for a in archs])
         parsed = [space.parse(a) for a in archs]
@@ -187,6 +189,9 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
                                                                correction=False, estimate=False)
                     fits["transfer"] = transfer.fit_transfer(space, tr, y[train], sources,
                                                              estimate=(si == 0))
+                    if others and tag == "random":
+                        fits["transfer, other devices only"] = transfer.fit_transfer(
+                            space, tr, y[train], others, estimate=False)
                 for name, model in fits.items():
                     q = transfer.quality(y[test], model.predict_many(space, te))
                     if model.estimate is not None:
@@ -251,7 +256,7 @@ def report(results: dict, args) -> None:
         floor = r["noise_floor"]
         fl = f"{100 * floor['within_10']:.0f} %" if floor else "?"
         for method in ("per-device/random", "prior only/random", "transfer/random",
-                       "transfer/adaptive"):
+                       "transfer, other devices only/random", "transfer/adaptive"):
             if method not in r["k"][20]:
                 continue
             cells = [f"{100 * r['k'][k][method]['within_10']:.0f} %" for k in KS]

@@ -10,9 +10,11 @@ error).  The selection is greedy sequential D-optimal design on that model: each
 maximises the predictive variance ``gᵀ M⁻¹ g`` (M = prior precision + Σ g gᵀ over subnets measured
 or already chosen) — equivalently, the largest gain in log det M — so it is where the known devices
 *disagree* most, or where the kinds of work are least covered yet.  To cover the latency range, the
-predicted log-latency range is split into bins (one per two samples) and each pick comes from a bin
-with the fewest picks so far; within it the most informative subnet wins.  Candidates are a large
-sample of the space, sampled as ``edgenas measure`` samples (so every size is on offer).
+predicted log-latency range is split into bins (one per three samples) and each pick comes from a bin
+with the fewest picks so far; within it the most informative subnet wins (the smallest and the
+largest predicted subnets come first, unless something already measured lies at that end).
+Candidates are a large sample of the space, sampled as ``edgenas measure`` samples (so every size is
+on offer).
 
 Rounds.  The first round measures enough subnets for a first held-out estimate; then, after each
 round, the predictor is refitted, its held-out (leave-one-out) quality printed beside the device's
@@ -96,7 +98,7 @@ def select(space: SearchSpace, candidates: Sequence[Arch], sources: Sequence[tra
     m = np.diag(prior) + gm.T @ gm
     m_inv = np.linalg.inv(m)
     logy = np.log(yhat)
-    nbins = max(2, math.ceil((total or k + len(measured)) / 2))
+    nbins = max(2, math.ceil((total or k + len(measured)) / 3))
     lo, hi = float(logy.min()), float(logy.max())
     width = (hi - lo) / nbins or 1.0
     bins = np.minimum(((logy - lo) / width).astype(int), nbins - 1)
@@ -111,12 +113,20 @@ def select(space: SearchSpace, candidates: Sequence[Arch], sources: Sequence[tra
             taken[i] = True
         seen_keys.add(key)
     chosen: list[int] = []
+    ends = [(0, np.argmin), (nbins - 1, np.argmax)]  # the extremes first: a fit extrapolates badly
     while len(chosen) < k and not taken.all():
         open_bins = np.unique(cand_bins[~taken])
         fewest = open_bins[np.argmin(counts[open_bins])]
         pool = np.flatnonzero((~taken) & (cand_bins == fewest))
         var = np.einsum("ij,jk,ik->i", gc[pool], m_inv, gc[pool]) + tie[pool]
         best = int(pool[int(np.argmax(var))])
+        while ends:
+            end_bin, pick = ends.pop(0)
+            free = np.flatnonzero(~taken)
+            if counts[end_bin] == 0 and len(free):
+                best = int(free[int(pick(logy[: len(cands)][free]))])
+                fewest = cand_bins[best]
+                break
         chosen.append(best)
         taken[best] = True
         counts[fewest] += 1
@@ -139,9 +149,13 @@ def _guess_measured(space: SearchSpace, measured: Sequence[Arch],
 
 
 def log_det_information(space: SearchSpace, archs: Sequence[Arch],
-                        sources: Sequence[transfer.SourceProfile], num_classes: int = 10) -> float:
-    """log det M of a set of subnets (the D-optimality criterion ``select`` greedily maximises)."""
-    g, _, n_mix = _design(space, archs, sources, None, num_classes)
+                        sources: Sequence[transfer.SourceProfile], pool: Sequence[Arch] = (),
+                        num_classes: int = 10) -> float:
+    """log det M of a set of subnets (the D-optimality criterion ``select`` greedily maximises);
+    ``pool``: the candidates the set was chosen from (they fix the design's units, as in select)."""
+    ref = list(pool) + list(archs)
+    g, _, n_mix = _design(space, ref, sources, None, num_classes)
+    g = g[len(pool):]
     prior = np.full(g.shape[1], PRIOR_PRECISION_KIND)
     prior[:n_mix] = PRIOR_PRECISION_MIX
     return float(np.linalg.slogdet(np.diag(prior) + g.T @ g)[1])
@@ -219,13 +233,16 @@ def _profile_data(store: Store, device: str, precision: str, threads: int, space
 
 def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: str, samples: int,
                      precision: str = "fp32", threads: int = 1, *, seed: int = 0, workers: int = 2,
-                     settings: BenchSettings | None = None, statistic: str = "median",
+                     settings: BenchSettings | None = None, statistic: str | None = None,
                      first_round: int | None = None, round_size: int = 4, min_samples: int = 10,
                      target_within_10: float = 0.9, target_p90: float = 0.10,
                      candidates: int = CANDIDATES, export_cache: Path | None = None,
                      progress: bool = True, stream: IO[str] | None = None) -> AdaptiveReport:
     """Measure up to ``samples`` subnets of ``device`` in rounds, chosen by :func:`select`, and stop
-    once the held-out estimate holds the target (see the module docstring)."""
+    once the held-out estimate holds the target (see the module docstring).
+
+    ``statistic``: the run time the predictor will predict (default: that of the device's saved
+    predictor of this setting, else the median) — the stop decision is about that predictor."""
     from edgenas.measure import measure, sample_archs
     from edgenas.registry import select_devices
     from edgenas.supernets.checkpoint import load_checkpoint
@@ -236,6 +253,11 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     if len(devs) != 1:
         raise AdaptiveError("--adaptive measures one device at a time (give one --device)")
     device = devs[0].name
+    if statistic is None:
+        try:
+            statistic = lat.load_predictor(home, device, precision, threads).statistic
+        except lat.LatencyPredictorError:
+            statistic = "median"
     out = stream or sys.stderr
     started = time.monotonic()
     space = SearchSpace.from_spec(load_checkpoint(Path(source_ckpt))["space"])
@@ -282,7 +304,11 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
             if d is not None and d.aborted:
                 report.stopped = f"device aborted: {d.aborted}"
                 break
+        before = len(have)
         archs, y, pairs, cv = _profile_data(store, device, precision, threads, space, statistic)
+        if len(archs) == before:  # every pick failed (exports or benchmarks): do not loop on them
+            report.stopped = "nothing could be measured in the last round"
+            break
         current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0)
         report.rounds.append(rr)
         say(rr.line())

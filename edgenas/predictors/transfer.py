@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 COMMON = "stages"  # the coordinate system every profile's costs are expressed in
 MIN_SOURCE_SAMPLES = 20  # a known profile needs this many measured subnets to serve as a prior
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, math.inf)
+HUBER = 0.05  # relative error beyond which a sample's weight falls (robust fit)
+ROBUST_PASSES = 2
+COMPARE_FROM = 40  # below this many subnets `auto` does not let the per-device fit's estimate win
 LOO_MAX = 40  # above this many samples the held-out estimate uses 10 folds instead of leave-one-out
 
 
@@ -140,32 +143,42 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return nnls(a, b, maxiter=50 * a.shape[1])[0]
 
 
-def _combine(x: np.ndarray, y: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _combine(x: np.ndarray, y: np.ndarray, sources: np.ndarray, rw: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Stage 1: ``w ≥ 0`` with ``Σ w_j · source_j`` closest to ``y`` in relative error.
 
-    ``x``: scaled per-kind work (n × F); ``sources``: scaled costs (J × F).  Returns (w, c0 scaled)."""
+    ``x``: scaled per-kind work (n × F); ``sources``: scaled costs (J × F); ``rw``: robustness
+    weights per sample.  Returns (w, c0 scaled)."""
     p = x @ sources.T  # each source's prediction of each sample
     norm = np.abs(p).max(axis=0)
     norm[norm == 0] = 1.0
-    w = _nnls((p / norm) / y[:, None], np.ones_like(y)) / norm
+    w = _nnls((p / norm) * (rw / y)[:, None], rw) / norm
     return w, sources.T @ w
 
 
-def _correct(x: np.ndarray, y: np.ndarray, c0: np.ndarray, lam: float) -> np.ndarray:
+def _correct(x: np.ndarray, y: np.ndarray, c0: np.ndarray, lam: float, rw: np.ndarray) -> np.ndarray:
     """Stage 2: ``c ≥ 0`` minimising relative error + ``lam`` · ‖(c - c0) / ȳ‖² (scaled units)."""
     if math.isinf(lam):
         return c0
     ybar = float(np.median(y))
     k = x.shape[1]
-    a = np.vstack([x / y[:, None], math.sqrt(lam) / ybar * np.eye(k)])
-    b = np.concatenate([np.ones_like(y), math.sqrt(lam) / ybar * c0])
+    a = np.vstack([x * (rw / y)[:, None], math.sqrt(lam) / ybar * np.eye(k)])
+    b = np.concatenate([rw, math.sqrt(lam) / ybar * c0])
     return _nnls(a, b)
 
 
 def _fit_scaled(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float
                 ) -> tuple[np.ndarray, np.ndarray]:
-    w, c0 = _combine(x, y, sources)
-    return _correct(x, y, c0, lam), w
+    """Both stages, twice reweighted (Huber, δ = HUBER relative error): a measurement spoiled by
+    a busy device (30 % slow, say) pulls the few-shot fit far less than under plain least squares,
+    which matters when K is 10 and one of them is an outlier."""
+    rw = np.ones_like(y)
+    for _ in range(1 + ROBUST_PASSES):
+        w, c0 = _combine(x, y, sources, rw)
+        c = _correct(x, y, c0, lam, rw)
+        rel = np.abs(x @ c - y) / y
+        rw = np.sqrt(np.minimum(1.0, HUBER / np.maximum(rel, 1e-12)))
+    return c, w
 
 
 def _folds(n: int) -> list[np.ndarray]:
@@ -174,22 +187,28 @@ def _folds(n: int) -> list[np.ndarray]:
     return lat._folds(n, 10, seed=2)
 
 
-def _cv_error(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float) -> float:
-    """Cross-validated mean squared relative error of one λ."""
-    err = 0.0
+def _cv_errors(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float) -> np.ndarray:
+    """Cross-validated absolute relative error of each sample for one λ."""
+    err = np.empty_like(y)
     for test in _folds(len(y)):
         train = np.setdiff1d(np.arange(len(y)), test)
         c, _ = _fit_scaled(x[train], y[train], sources, lam)
-        err += float(np.sum(((x[test] @ c) - y[test]) ** 2 / y[test] ** 2))
-    return err / len(y)
+        err[test] = np.abs(x[test] @ c - y[test]) / y[test]
+    return err
 
 
 def _choose_lambda(x: np.ndarray, y: np.ndarray, sources: np.ndarray,
                    lambdas: Sequence[float]) -> float:
+    """The strongest shrinkage whose cross-validated error is within one standard error of the best
+    (the one-standard-error rule: with 10 noisy samples the plain minimum overfits the correction)."""
     if len(lambdas) == 1 or len(y) < 4:
         return lambdas[-1]  # too few samples to cross-validate: trust the prior
-    errs = [_cv_error(x, y, sources, lam) for lam in lambdas]
-    return lambdas[int(np.argmin(errs))]
+    errs = [_cv_errors(x, y, sources, lam) for lam in lambdas]
+    means = np.asarray([e.mean() for e in errs])
+    best = int(np.argmin(means))
+    limit = means[best] + errs[best].std(ddof=1) / math.sqrt(len(y))
+    ok = [i for i in range(len(lambdas)) if means[i] <= limit and lambdas[i] >= lambdas[best]]
+    return lambdas[max(ok)]
 
 
 @dataclass
@@ -326,8 +345,11 @@ def fit_from_store(store: Store, device: str, precision: str, threads: int, *,
     transfer from (``method="auto"``) — then the caller fits per device.
 
     With ``auto`` both the transfer fit and the per-device fit are cross-validated on the profile's
-    own measurements and the better one (share within ±10 %, then p90 error) is kept, so transfer
-    never makes a well-measured device worse.  Returns (predictor, comparison); the predictor is None
+    own measurements; from ``COMPARE_FROM`` subnets on the better one (share within ±10 %, then p90
+    error) is kept, so transfer never makes a well-measured device worse.  Below that the transfer is
+    kept: a leave-one-out estimate over 10-20 subnets that happen to be alike flatters the per-device
+    fit (it extrapolates badly to the sizes it has not seen; benchmarks/predictor_transfer.py).
+    Returns (predictor, comparison); the predictor is None
     when the per-device fit won (the caller fits it)."""
     ts = lat.training_set(store, device, precision, threads, space, statistic, xnnpack)
     sources = sources_from_store(store, ts.space, (device, precision, threads), statistic, home)
@@ -343,7 +365,8 @@ def fit_from_store(store: Store, device: str, precision: str, threads: int, *,
         own = fit_per_device(ts.space, ts.archs, ts.latency_ms, estimate=True,
                              num_classes=ts.num_classes)
         compared["per-device"] = own.estimate
-        if own.estimate and tf.estimate and _rank(own.estimate) > _rank(tf.estimate):
+        if len(ts.archs) >= COMPARE_FROM and own.estimate and tf.estimate \
+                and _rank(own.estimate) > _rank(tf.estimate):
             return None, compared
     assert tf.estimate is not None
     scale = _reference_scale(ts.space, ts.num_classes)
