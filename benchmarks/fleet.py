@@ -1,5 +1,6 @@
-"""Fleet deployment costs on the test fleet: wall time to push a 5 MB model to 1, 4 and 8 devices, and
-the time of one fleet benchmark over all 8.
+"""Fleet deployment costs on the test fleet: wall time to push a 5 MB model to 1, 4 and 8 devices, the
+time of one fleet benchmark over all 8, and the edgenas process's own CPU cost per device for push,
+status and bench.
 
     .venv/bin/python benchmarks/fleet.py [--repeats 3] [--out benchmarks/results/fleet.json]
 
@@ -7,6 +8,11 @@ Stands up 8 devices (6 SSH devices in network namespaces, 2 ADB emulators behind
 needs root, as the test fleet does).  Each push measured is a real one: a fresh 5 MB model (a tiny real
 TFLite model padded with random bytes) per repeat, so every device uploads, checks and switches; the
 runner is already on the devices (pushed once before timing).  The goal is 8 devices <= 2x one.
+
+CPU cost: user+sys CPU seconds of this process and its children (``resource.getrusage``; the devices'
+own work runs in their sshd and adb processes, not here), divided by the devices reached.  From it,
+what 1,000 devices would take from one 2-core host if CPU were the only limit (issue 12's floor:
+<= 20 ms per device per push, was ~35 ms).  ``--profile`` writes a cProfile of one 8-device push.
 """
 
 from __future__ import annotations
@@ -57,11 +63,25 @@ def model_dir(root: Path, source: Path, seed: int) -> Path:
 
 
 def cpu_seconds() -> tuple[float, float]:
-    """(this process's CPU seconds, the whole machine's busy CPU seconds): where the time goes."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    """(CPU seconds of this process and its reaped children, the whole machine's busy CPU seconds)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]
-    return usage.ru_utime + usage.ru_stime, (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+    return (own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
+            (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"))
+
+
+HOST_CORES = 2
+FLEET_SIZE = 1000
+
+
+def per_device(cpu_s: float, devices: int) -> dict[str, float]:
+    """CPU ms per device and the extrapolation to FLEET_SIZE devices on HOST_CORES cores."""
+    ms = 1000 * cpu_s / devices
+    total = ms * FLEET_SIZE / 1000
+    return {"cpu_ms_per_device": round(ms, 2), f"cpu_s_for_{FLEET_SIZE}": round(total, 1),
+            f"wall_s_for_{FLEET_SIZE}_on_{HOST_CORES}_cores": round(total / HOST_CORES, 1)}
 
 
 def register(home: Path, fleet) -> list[str]:
@@ -91,6 +111,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bench-runs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fleet.json")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="Write a cProfile (pstats) of one 8-device push here.")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the fleet benchmark needs the test fleet: run it as root")
@@ -141,6 +163,24 @@ def main() -> None:
                                            "all_s": [round(w, 3) for w in walls],
                                            "host_process_cpu_s": round(statistics.median(own_cpu), 3),
                                            "machine_cpu_s": round(statistics.median(all_cpu), 3)}
+            if args.profile is not None:
+                import cProfile
+
+                prof = cProfile.Profile()
+                model = load_model_dir(model_dir(work, source, seed))
+                prof.runcall(push, store, home, [devices[d] for d in order], model, "bench")
+                prof.dump_stats(str(args.profile))
+            from edgenas.fleet.status import status_rows
+
+            walls, own_cpu = [], []
+            for _ in range(args.repeats):
+                t0, (c0, _m) = time.perf_counter(), cpu_seconds()
+                got, _fan = status_rows(store, home, [devices[d] for d in order], "bench")
+                walls.append(time.perf_counter() - t0)
+                own_cpu.append(cpu_seconds()[0] - c0)
+                assert all(not r.get("error") for r in got), got
+            results["status"] = {"devices": len(order), "median_s": round(statistics.median(walls), 3),
+                                 "host_process_cpu_s": round(statistics.median(own_cpu), 3)}
         results["phases_s"] = phases
         push_res = results["push"]
         ratio = push_res["8"]["median_s"] / push_res["1"]["median_s"]
@@ -149,14 +189,27 @@ def main() -> None:
 
         from edgenas.fleet.bench import fleet_bench
 
-        t0 = time.perf_counter()
+        t0, (c0, _m) = time.perf_counter(), cpu_seconds()
         rows, outcome = fleet_bench(home, [devices[d] for d in order], None, "bench",
                                     runs=args.bench_runs, min_secs=0.2)
+        bench_cpu = cpu_seconds()[0] - c0
         results["fleet_bench"] = {
             "devices": len(order), "runs": args.bench_runs, "min_secs": 0.2,
             "wall_s": round(time.perf_counter() - t0, 2), "failures": outcome.failures,
+            "host_process_cpu_s": round(bench_cpu, 3),
             "median_ms": {r["device"]: r.get("median_ms") for r in rows},
         }
+        n = len(order)
+        push_n, push_1 = (results["push"][k]["host_process_cpu_s"] for k in (str(n), "1"))
+        results["cpu_per_device"] = {
+            "push": {**per_device(push_n, n),
+                     "marginal_ms": round(1000 * (push_n - push_1) / (n - 1), 2)},
+            "status": per_device(results["status"]["host_process_cpu_s"], n),
+            "bench": per_device(bench_cpu, n),
+            "floor_push_ms": 20.0,
+        }
+        results["cpu_per_device"]["push"]["floor_met"] = \
+            results["cpu_per_device"]["push"]["cpu_ms_per_device"] <= 20.0
         results["host"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                            "machine": platform.machine()}
     finally:
@@ -174,6 +227,16 @@ def main() -> None:
     fb = results["fleet_bench"]
     print(f"fleet bench over {fb['devices']} devices ({fb['runs']} runs, >= {fb['min_secs']} s each): "
           f"{fb['wall_s']} s, {fb['failures']} failures")
+    print(f"edgenas CPU per device (this process + children, {len(results['devices'])} devices), "
+          f"and {FLEET_SIZE} devices from one {HOST_CORES}-core host")
+    print(f"{'verb':>8}{'ms/device':>11}{f'cpu s/{FLEET_SIZE}':>14}{f'wall s/{FLEET_SIZE}':>15}")
+    for verb, r in results["cpu_per_device"].items():
+        if isinstance(r, dict):
+            print(f"{verb:>8}{r['cpu_ms_per_device']:>11.1f}{r[f'cpu_s_for_{FLEET_SIZE}']:>14.1f}"
+                  f"{r[f'wall_s_for_{FLEET_SIZE}_on_{HOST_CORES}_cores']:>15.1f}")
+    push_cpu = results["cpu_per_device"]["push"]
+    print(f"push floor <= 20 ms/device: {'met' if push_cpu['floor_met'] else 'NOT met'} "
+          f"({push_cpu['cpu_ms_per_device']} ms; marginal {push_cpu['marginal_ms']} ms)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
