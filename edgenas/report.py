@@ -146,8 +146,10 @@ def fleet_rows(store: Store) -> list[dict[str, Any]]:
     """Latest deployment per (device, model) from the workspace database."""
     from edgenas.records.deployments import latest_per_model
 
-    return [{"device": d.device, "model": d.model_name, "version": d.version, "sha256": d.sha256,
-             "action": d.action, "status": d.status, "reason": d.reason, "time": d.created_at}
+    return [{"device": d.device, "model": d.model_name, "version": d.version,
+             "sha256": (d.sha256 or "")[:16], "action": d.action, "status": d.status,
+             "reason": d.reason,
+             "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created_at))}
             for d in latest_per_model(store)]
 
 
