@@ -157,7 +157,7 @@ def test_a_cancelled_bench_stops_its_job_on_the_device_and_releases_the_lock(wor
     job = tmp_path / "here" / LOCK_DIR / "job.pid"
     try:
         _wait_for(job, proc)
-        pid = int(job.read_text())
+        pid = int(job.read_text().split()[0])  # "pid boot_id"
         time.sleep(0.5)
         os.kill(pid, 0)  # the runner is running on the device
         proc.send_signal(sig)

@@ -11,5 +11,7 @@ case "$owner" in
   "$tok "*) ;;
   *) echo "edgenas: this command no longer holds the device lock $d" >&2; exit 75 ;;
 esac
-echo $$ > "$d/job.pid" || exit 75
+# The boot id goes with the pid: after a reboot that pid may be any other process (unlock.sh checks).
+boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null) || boot=-
+echo "$$ ${boot:--}" > "$d/job.pid" || exit 75
 exec "$@"

@@ -22,7 +22,11 @@ else
   [ "${owner%% *}" = "$tok" ] || exit 0
 fi
 pid=
-[ "$kill" = 1 ] && pid=$(cat "$d/job.pid" 2>/dev/null)
+if [ "$kill" = 1 ] && read -r pid jobboot < "$d/job.pid" 2>/dev/null; then
+  boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null) || boot=-
+  # a job of an earlier boot is long gone; its pid now names some other process
+  [ "${jobboot:--}" = "${boot:--}" ] || pid=
+fi
 case "$pid" in
   ''|*[!0-9]*) ;;
   *)

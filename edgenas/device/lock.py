@@ -77,10 +77,11 @@ def stale_reason(owner: Owner | None, boot_id: str, uptime_s: int | None, *, hos
     """
     if owner is None:
         return "its owner record is unreadable"
-    if holder is not None and owner.host == holder:
-        return "it was left by this workspace, whose lock this command now holds"
+    # A reboot first: the caller must then not stop the holder's job (its pid is another process now).
     if boot_id != "-" and owner.boot_id != "-" and boot_id != owner.boot_id:
         return "the device rebooted since it was taken"
+    if holder is not None and owner.host == holder:
+        return "it was left by this workspace, whose lock this command now holds"
     if uptime_s is not None and owner.uptime_s is not None and uptime_s - owner.uptime_s > owner.ttl_s:
         return (f"held for {uptime_s - owner.uptime_s} s of device uptime, longer than its holder's "
                 f"limit of {owner.ttl_s} s")

@@ -254,7 +254,9 @@ def runner_result(device: str, python: str, res: RunResult, verb: str, *,
                 f"{device} --python PATH --replace`; for a phone without Python register LiteRT's "
                 "benchmark_model with --benchmark-binary)")
         last = (res.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise RunnerError(f"{device}: the runner's {verb} printed no result (exit {res.rc}): {last}")
+        killed = " (killed: out of memory on the device?)" if res.rc in (137, -9) else ""
+        raise RunnerError(f"{device}: the runner's {verb} printed no result (exit {res.rc}{killed}): "
+                          f"{last}")
     if res.rc == 0 and "error" not in data:
         return data
     why = str(data.get("error") or f"exit {res.rc}")[:500]
