@@ -113,6 +113,11 @@ def _push(
     result.previous_sha256 = held.current_sha256 if held else None
     before = held.current if held else None
     mdir = f"{MODELS_DIR}/{name}"
+    if not model_free_device(session):  # the health check runs the runner: make it current first
+        runner = session.runner_file()
+        if state.runner_sha256 != runner.sha256:
+            session.ensure([runner], timeout=transfer_timeout)
+            result.bytes_sent += runner.path.stat().st_size
     if held and held.current == version and held.current_sha256 == model.sha256:
         if held.current_manifest_sha256 == model.manifest_sha256:
             result.status, result.reason = "unchanged", f"{version} already current"
@@ -121,11 +126,6 @@ def _push(
         result.bytes_sent += model.manifest_path.stat().st_size
         result.status, result.reason = "ok", "manifest updated (same model)"
         return before
-    if not model_free_device(session):
-        runner = session.runner_file()
-        if state.runner_sha256 != runner.sha256:
-            session.ensure([runner], timeout=transfer_timeout)
-            result.bytes_sent += runner.path.stat().st_size
     tag = new_tag()
     stage = ""
     if state.target_sha256 != model.sha256:  # not on the device yet (or damaged): upload it
@@ -177,7 +177,8 @@ def _health_check(session: DeviceSession, model: LocalModel, name: str, result: 
     remote = f"{MODELS_DIR}/{name}/{model.version}/{MODEL_FILE}"
     t0 = time.monotonic()
     try:
-        session.ensure([backend.tool()])
+        if model_free_device(session):  # the runner was made current by the push itself
+            session.ensure([backend.tool()])
         backend.run_once(session, model, once, HEALTH_TIMEOUT_S, remote=remote)
     except EdgeNASError as exc:
         why = short_error(exc, session.name)

@@ -588,7 +588,12 @@ class SSHTransport(Transport):
                 raise TransportError(
                     f"{self.name}: command timed out after {timeout:g} s on {self.target}: {argv[0]}"
                 )
-            select.select([chan], [], [], min(remaining, wait))
+            if grace is not None:
+                # Exit status in, EOF not yet: the channel's pipe may stay readable with nothing to
+                # read, so select() would return at once and spin; EOF follows within milliseconds.
+                time.sleep(min(remaining, 0.001))
+            else:
+                select.select([chan], [], [], min(remaining, wait))
 
     # ------------------------------------------------------------------------------------- files
 
