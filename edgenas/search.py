@@ -647,6 +647,8 @@ class Searcher:
         on the searcher, ``generations=None`` runs until it is spent."""
         rng = self.np_rng
         seeds = self.feasible_seeds()  # every feasible seed is scored; the best start
+        if self.budget is not None:  # ... unless that would spend a small budget on seeds
+            seeds = seeds[:max(population, min(len(seeds), (self.remaining or 0) // 10))]
         if len(seeds) < population:
             extra = self.feasible_children(
                 lambda k: self.codec.mutate(seeds[rng.integers(0, len(seeds), k)], 0.3, rng),

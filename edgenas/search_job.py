@@ -114,15 +114,23 @@ def predicted_front(cands: list[Candidate]) -> list[Candidate]:
 def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constraints: Constraints,
                *, precision: str = "auto", objective: str = "accuracy", threads: int = 1,
                out_dir: Path | None = None, verify_top: int = 3, population: int = 60,
-               generations: int = 12, seed: int = 0, progress: bool = True) -> SearchOutcome:
-    """Search ``ckpt``'s space for ``targets`` (device names or groups); see the module doc."""
+               generations: int = 12, seed: int = 0, progress: bool = True,
+               strategy: str | None = None, budget: int | None = None,
+               accuracy: str = "predictor", data_source: str | None = None) -> SearchOutcome:
+    """Search ``ckpt``'s space for ``targets`` (device names or groups); see the module doc.
+
+    ``strategy`` (one of :data:`edgenas.strategies.STRATEGIES`) spends ``budget`` accuracy
+    evaluations of the ``accuracy`` source (``predictor``, ``proxy:NAME`` or ``supernet``);
+    without a strategy, OFA's evolution runs ``population`` × ``generations`` as before (NSGA-II
+    for ``objective="pareto"``)."""
     from edgenas.measure import list_measurements, measure
 
     data = load_checkpoint(ckpt)
     space = SearchSpace.from_spec(data["space"])
     num_classes = int(data["num_classes"])
     source_sha = sha256_file(ckpt)
-    acc_pred = AccuracyPredictor.load(predictor_path(home, source_sha))
+    acc_pred = (AccuracyPredictor.load(predictor_path(home, source_sha))
+                if accuracy == "predictor" else None)
     devices = select_devices(store, targets)
     models, chosen_precision, reasons = [], {}, {}
     preds: dict[str, LatencyPredictor] = {}
@@ -131,13 +139,21 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         chosen_precision[dev.name], reasons[dev.name], preds[dev.name] = prec, why, pred
         models.append(DeviceModel(dev.name, prec,
                                   lambda archs, p=pred: p.predict_many(space, archs), pred.error))
-    searcher = Searcher(space, lambda archs: acc_pred.predict_many(space, archs), models,
-                        constraints, num_classes, seed)
-    if objective == "pareto":
+    searcher = Searcher(space, _score(accuracy, space, ckpt, acc_pred, data_source, seed),
+                        models, constraints, num_classes, seed)
+    if strategy is not None or budget is not None:
+        from edgenas.strategies import DEFAULT_STRATEGY, default_budget, run_strategy
+
+        run_strategy(searcher, strategy or DEFAULT_STRATEGY,
+                     budget=budget or default_budget(accuracy))
+        ranked = searcher.front() if objective == "pareto" else searcher.ranked()
+    elif objective == "pareto":
         ranked = searcher.nsga2(population, generations)
-        to_verify = spread(ranked, verify_top)
     else:
         ranked = searcher.evolution(population, generations)
+    if objective == "pareto":
+        to_verify = spread(ranked, verify_top)
+    else:
         to_verify = with_safety_margin(ranked, models, constraints, verify_top)
 
     if verify_top > 0 and to_verify:
@@ -166,9 +182,10 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     result = {
         "supernet": str(ckpt), "supernet_sha256": source_sha, "space": space.name,
         "objective": objective, "constraints": vars(constraints), "threads": threads,
+        "strategy": strategy, "accuracy_source": accuracy, "evaluations": searcher.evaluations,
         "precision": chosen_precision, "precision_reason": reasons,
-        "predictors": {"accuracy": {"rmse": acc_pred.rmse, "spearman":
-                                    acc_pred.quality.get("spearman")},
+        "predictors": {"accuracy": None if acc_pred is None else {
+                           "rmse": acc_pred.rmse, "spearman": acc_pred.quality.get("spearman")},
                        "latency": {m.name: {"precision": m.precision, "p90_rel_error": m.error,
                                             "statistic": preds[m.name].statistic}
                                    for m in models}},
@@ -189,6 +206,26 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         path = atomic_write_json(out_dir / "search.json", result, indent=1)
         plot_pareto(result, out_dir / "pareto.png")
     return SearchOutcome(result, chosen, path)
+
+
+def _score(accuracy: str, space: SearchSpace, ckpt: Path, acc_pred: AccuracyPredictor | None,
+           data_source: str | None, seed: int) -> Any:
+    """The search's accuracy estimate (see :func:`edgenas.strategies.make_score`)."""
+    from edgenas.strategies import make_score
+
+    if accuracy == "predictor":
+        return make_score(accuracy, space, predictor=acc_pred)
+    from edgenas.data import load_data
+    from edgenas.export.api import training_data_source
+    from edgenas.supernets.checkpoint import load_supernet
+
+    net = load_supernet(ckpt)
+    source = data_source or training_data_source(net.meta)
+    if source is None:
+        raise EdgeNASError(f"{ckpt} does not record its data set; pass --data")
+    data = load_data(source, size=space.resolutions[-1])
+    data.normalization = dict(net.normalization)
+    return make_score(accuracy, space, net=net, data=data, num_classes=net.num_classes, seed=seed)
 
 
 def _bench_settings(protocol: dict[str, Any] | None, threads: int) -> Any:

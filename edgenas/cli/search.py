@@ -8,6 +8,10 @@ import click
 
 from edgenas.cli.common import Workspace, human, table
 
+# edgenas.strategies imports numpy only, but the CLI lists the names without importing it
+STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce")
+DEFAULT_STRATEGY = "evolution"
+
 
 @click.command("search")
 @click.argument("ckpt", type=click.Path(dir_okay=False, exists=True, path_type=Path))
@@ -24,6 +28,20 @@ from edgenas.cli.common import Workspace, human, table
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--verify-top", type=click.IntRange(min=0), default=3, show_default=True,
               help="Measure this many top candidates on the device(s) and re-rank on them.")
+@click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=None,
+              help="Search strategy (docs/search.md) spending --budget accuracy evaluations "
+              "[default: ofa-evolution over --population x --generations; with --budget or "
+              "--accuracy other than predictor: " + DEFAULT_STRATEGY + "].")
+@click.option("--budget", type=click.IntRange(min=1), default=None,
+              help="Accuracy evaluations to spend [default: 1000 with the predictor, 100 with a "
+              "proxy, 40 with the supernet].")
+@click.option("--accuracy", "accuracy", default="predictor", show_default=True,
+              help="Accuracy estimate: predictor (fitted by `predictor fit-accuracy`), "
+              "proxy:synflow|grad_norm|snip|naswot|jacob_cov (zero-cost, freshly initialised "
+              "subnets), or supernet (BN-recalibrated top-1; slow).")
+@click.option("--data", "data_source", default=None,
+              help="Images for a proxy's minibatch or the supernet's top-1 [default: the data "
+              "set CKPT trained on].")
 @click.option("--population", type=click.IntRange(min=4), default=60, show_default=True)
 @click.option("--generations", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -33,8 +51,10 @@ from edgenas.cli.common import Workspace, human, table
 @click.pass_obj
 def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tuple[str, ...],
                latency_ms: float | None, max_size_kb: float | None, max_macs: float | None,
-               precision: str, objective: str, threads: int, verify_top: int, population: int,
-               generations: int, seed: int, out_dir: Path) -> None:
+               precision: str, objective: str, threads: int, verify_top: int,
+               strategy: str | None, budget: int | None, accuracy: str,
+               data_source: str | None, population: int, generations: int, seed: int,
+               out_dir: Path) -> None:
     """Search CKPT's space for the most accurate subnet within the budget on the device(s).
 
     Needs the supernet's accuracy predictor (`edgenas predictor fit-accuracy`) and a latency
@@ -48,14 +68,22 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     targets = list(devices) + list(groups)
     if not targets:
         raise click.UsageError("give --device NAME or --group G")
+    if not (accuracy in ("predictor", "supernet") or accuracy.startswith("proxy:")):
+        raise click.BadParameter(f"{accuracy!r}: use predictor, proxy:NAME or supernet",
+                                 param_hint="--accuracy")
+    if accuracy != "predictor" and strategy is None:
+        strategy = DEFAULT_STRATEGY
     constraints = Constraints(latency_ms, max_size_kb, max_macs)
     with open_store(ws.ensure()) as store:
         outcome = run_search(store, ws.home, ckpt, targets, constraints, precision=precision,
                              objective=objective, threads=threads, out_dir=out_dir,
                              verify_top=verify_top, population=population,
-                             generations=generations, seed=seed)
+                             generations=generations, seed=seed, strategy=strategy,
+                             budget=budget, accuracy=accuracy, data_source=data_source)
     r = outcome.result
     errs = r["predictors"]["latency"]
+    click.echo(f"{r['strategy'] or 'ofa-evolution'}: {r['evaluations']} evaluations of "
+               f"{r['accuracy_source']} accuracy")
     click.echo(f"searched {r['space']} for {', '.join(r['precision'])} "
                f"({constraints.describe()}); precision: "
                + ", ".join(f"{d} {p} ({r['precision_reason'][d]})" for d, p in
