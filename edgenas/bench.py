@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +37,7 @@ from edgenas.device.session import (
 )
 from edgenas.errors import TransportError
 from edgenas.files import sha256_file
+from edgenas.fleet.model import LocalModel
 from edgenas.package import ModelPackage, PackageError, record_latency
 from edgenas.registry import Device, get_device
 from edgenas.store import Store, open_store
@@ -70,35 +70,20 @@ class BenchSettings:
         return argv if self.xnnpack else [*argv, "--no-xnnpack"]
 
 
+def for_device(device: Device, settings: BenchSettings) -> BenchSettings:
+    """``settings`` as ``device`` is measured.  A device registered ``--no-xnnpack`` (a runtime built
+    without it) is never measured with XNNPACK, whatever the caller asked: the profile belongs to the
+    device like its CPU does, so bench, measure, search verification and fleet bench all honour it
+    here, and the stored row's ``edgenas.settings`` says ``xnnpack: false``."""
+    return settings if device.xnnpack or not settings.xnnpack else replace(settings, xnnpack=False)
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 
-@dataclass(frozen=True)
-class ModelDir:
-    """An exported model folder, read and checked by :class:`edgenas.package.ModelPackage` (the one
-    reader: plain file names, sha256 and TFL3 checked, labels a list).  Torch- and TF-free."""
-
-    package: ModelPackage
-
-    @property
-    def directory(self) -> Path:
-        return self.package.folder
-
-    @property
-    def model_path(self) -> Path:
-        return self.package.model_path
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.package.data
-
-    @property
-    def sha256(self) -> str:
-        return self.package.sha256
-
-    @property
-    def size_bytes(self) -> int | None:
-        return self.package.size
+# An exported model folder, read and checked by :class:`edgenas.package.ModelPackage` (the one reader:
+# plain file names, sha256 and TFL3 checked, labels a list), seen through the fleet's view of it.
+ModelDir = LocalModel
 
 
 def load_model_dir(path: Path | str) -> ModelDir:
@@ -109,7 +94,7 @@ def load_model_dir(path: Path | str) -> ModelDir:
     if not path.is_dir():
         raise ModelFileError(f"{path}: no such model folder")
     try:
-        return ModelDir(ModelPackage.load(path))
+        return LocalModel(ModelPackage.load(path))
     except PackageError as exc:
         raise ModelFileError(str(exc)) from None
 
@@ -269,7 +254,7 @@ class DeviceBencher:
                  session: DeviceSession | None = None, cache_mib: int | None = None) -> None:
         self.home = Path(home)
         self.device = device
-        self.settings = settings or BenchSettings()
+        self.settings = for_device(device, settings or BenchSettings())
         self.session = session or DeviceSession(self.home, device, cancel=cancel,
                                                 lock_timeout=lock_timeout, transport=transport)
         self._own_session = session is None
@@ -296,6 +281,21 @@ class DeviceBencher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def runtime(self) -> tuple[str, str | None]:
+        """(name, version) of the runtime this device's benchmarks use now, named as a stored row
+        names it: a resumed campaign counts only rows of this runtime as done (an upgrade is measured
+        again)."""
+        backend = self.backend
+        if isinstance(backend, BinaryBackend):
+            with self.session.locked():
+                self.session.ensure([backend.tool()])
+                return bmb.NAME, _bounded(backend._version(self.session, backend.digest()))
+        rt = self.session.runner("info", ["--no-probe"]).get("runtime")
+        if not isinstance(rt, dict) or not rt.get("name"):
+            raise NoRuntimeError(f"{self.device.name}: no usable TFLite runtime (the runner names none; "
+                                 f"`edgenas device check {self.device.name}` says what to install)")
+        return str(rt["name"])[:64], _bounded(rt.get("version"))
+
     def bench(self, store: Store, model: ModelDir, *, campaign: str | None = None,
               settings: BenchSettings | None = None, update_manifest: bool = True,
               remote: str | None = None) -> dict[str, Any]:
@@ -303,7 +303,7 @@ class DeviceBencher:
 
         ``remote``: a model already on the device (a deployed version, checked by sha256 on the
         device by whoever names it) is timed where it is; nothing of the model is transferred."""
-        s = settings or self.settings
+        s = for_device(self.device, settings or self.settings)
         timeout = self.backend.timeout(s)
         session = self.session
         with session.locked(ttl_s=timeout * (s.retries + 1) + 120):
@@ -366,57 +366,51 @@ def bench_model(store: Store, home: Path, device_name: str, model_dir: Path | st
 
 # ---------------------------------------------------------------------------------------------- store
 
-_ROW_COLUMNS = (
-    "device", "arch", "space", "precision", "threads", "runtime", "runtime_version", "model_sha256",
-    "source_sha256", "campaign", "median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "cv", "init_ms",
-    "first_ms", "runs", "peak_rss_kib", "noisy", "governor", "freq_mhz_before", "freq_mhz_after",
-    "temp_c_before", "temp_c_after", "result_json", "created_at",
-)
-
-
 def _store_row(store: Store, device: str, model: ModelDir, r: dict[str, Any], threads: int,
                noisy: bool, campaign: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """Store the kept run as one ``measurements`` row (:mod:`edgenas.records.measurements` owns the
+    SQL) and return the row as a dict, its ``id`` and raw ``result_json`` included."""
+    from edgenas.records import measurements
+
     m = model.manifest
     before, after = r.get("state_before") or {}, r.get("state_after") or {}
     runtime = r.get("runtime") or {}
-    row = {
-        "device": device,
-        "arch": m.get("arch") or "?",
-        "space": m.get("space"),
-        "precision": m.get("precision") or "?",
-        "threads": threads,
-        "runtime": runtime.get("name"),
-        "runtime_version": runtime.get("version"),
-        "model_sha256": model.sha256,
-        "source_sha256": (m.get("provenance") or {}).get("source_sha256"),
-        "campaign": campaign,
-        "median_ms": float(r["median_ms"]),
-        "p90_ms": r.get("p90_ms"),
-        "mean_ms": r.get("mean_ms"),
-        "std_ms": r.get("std_ms"),
-        "min_ms": r.get("min_ms"),
-        "cv": r.get("cv"),
-        "init_ms": r.get("init_ms"),
-        "first_ms": r.get("first_inference_ms"),
-        "runs": r.get("count"),
-        "peak_rss_kib": (r.get("memory") or {}).get("peak_rss_kib"),
-        "noisy": int(noisy),
-        "governor": _governor(before),
-        "freq_mhz_before": _freq_mhz(before),
-        "freq_mhz_after": _freq_mhz(after),
-        "temp_c_before": _temp_c(before),
-        "temp_c_after": _temp_c(after),
-        "result_json": json.dumps({**r, "edgenas": meta}),
-        "created_at": time.time(),
-    }
-    with store.transaction() as conn:
-        cur = conn.execute(
-            f"INSERT INTO measurements ({', '.join(_ROW_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_ROW_COLUMNS))})",
-            tuple(row[c] for c in _ROW_COLUMNS),
-        )
-        row["id"] = cur.lastrowid
-    return row
+    stored = measurements.insert(store, measurements.Measurement(
+        device=device,
+        arch=m.get("arch") or "?",
+        space=m.get("space"),
+        precision=m.get("precision") or "?",
+        threads=threads,
+        runtime=_bounded(runtime.get("name")),
+        runtime_version=_bounded(runtime.get("version")),
+        model_sha256=model.sha256,
+        source_sha256=(m.get("provenance") or {}).get("source_sha256"),
+        campaign=campaign,
+        median_ms=float(r["median_ms"]),
+        p90_ms=r.get("p90_ms"),
+        mean_ms=r.get("mean_ms"),
+        std_ms=r.get("std_ms"),
+        min_ms=r.get("min_ms"),
+        cv=r.get("cv"),
+        init_ms=r.get("init_ms"),
+        first_ms=r.get("first_inference_ms"),
+        runs=r.get("count"),
+        peak_rss_kib=(r.get("memory") or {}).get("peak_rss_kib"),
+        noisy=noisy,
+        governor=_governor(before),
+        freq_mhz_before=_freq_mhz(before),
+        freq_mhz_after=_freq_mhz(after),
+        temp_c_before=_temp_c(before),
+        temp_c_after=_temp_c(after),
+        protocol=measurements.Protocol.of(meta["settings"]),
+        result_json=json.dumps({**r, "edgenas": meta}),
+    ))
+    return {**stored.to_dict(), "result_json": stored.result_json}
+
+
+def _bounded(value: Any) -> str | None:
+    """A device-supplied name or version as a short string (None stays None)."""
+    return None if value is None else str(value)[:64]
 
 
 def _governor(state: dict[str, Any]) -> str | None:

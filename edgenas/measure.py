@@ -20,7 +20,10 @@ How a campaign runs, and why:
   its cores with the benchmark and inflate its numbers.
 * **Every result is stored as it arrives**, so an interrupted campaign loses at most the benchmarks in
   flight.  Re-run with the same arguments, it skips every (device, space, arch, precision, threads)
-  already in the database and measures nothing twice.
+  already measured with the device's runtime and runtime version of now, from the same supernet
+  (sha256) and with the same bench protocol (runs, min-secs, warm-up, XNNPACK) — a runtime upgrade
+  is measured again, the old rows stay (:mod:`edgenas.records.measurements`).  A second run of the
+  same campaign in the workspace is refused while the first runs (``locks/campaign-<id>.lock``).
 * **Repeats are spread over time** (``repeats=K``): every subnet is measured once in export order, then
   again in a second pass over the whole list, and so on, so that a device that drifts for a minute
   (another job on its core, thermal throttling) spoils one of an arch's K measurements rather than all
@@ -35,7 +38,6 @@ import os
 import queue
 import random
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,12 +52,15 @@ from edgenas.bench import (
     DeviceBusyError,
     ModelDir,
     ModelFileError,
+    for_device,
     load_model_dir,
 )
 from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.session import NoRuntimeError
 from edgenas.errors import EdgeNASError
 from edgenas.files import sha256_file
+from edgenas.progress import ProgressFn, Reporter, reporter
+from edgenas.records import measurements
 from edgenas.registry import Device, select_devices
 from edgenas.space import NUM_STAGES, Arch, SearchSpace
 from edgenas.store import Store, open_store
@@ -148,8 +153,13 @@ def _valid(path: Path) -> ModelDir | None:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(ckpt: str, source_sha: str, nice: int) -> None:
+def _worker_init(ckpt: str, source_sha: str, nice: int, cpus: set[int] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if cpus:  # keep off the core the host's own benchmarks run on (see _export_cpus)
+        try:
+            os.sched_setaffinity(0, cpus)
+        except (OSError, AttributeError):
+            pass
     if nice:
         try:
             os.nice(nice)  # the host may be benchmarking beside us
@@ -193,19 +203,29 @@ def _export_job(arch_id: str, precision: str, final: str, calibration: int) -> s
     else:  # latency does not depend on the values; the parity check still runs on these
         images = np.random.default_rng(0).standard_normal(
             (calibration, 3, arch.resolution, arch.resolution)).astype(np.float32)
-    model = net.extract(arch).eval()
-    if _WORKER["data"] is not None:
-        # The supernet's BN statistics fit no single subnet; without recalibration activations
-        # can grow large enough that float32 rounding alone breaks the parity check.
-        from edgenas.evaluate import recalibrate_bn
+    last = _WORKER.get("last")  # the previous precision of this subnet: one graph for all of them
+    if last is not None and last[0] == (arch_id, calibration):
+        model, prepared = last[1], last[2]
+    else:
+        _WORKER.pop("last", None)
+        model = net.extract(arch).eval()
+        if _WORKER["data"] is not None:
+            # The supernet's BN statistics fit no single subnet; without recalibration activations
+            # can grow large enough that float32 rounding alone breaks the parity check.
+            from edgenas.evaluate import recalibrate_bn
 
-        recalibrate_bn(model, _WORKER["data"].calibration_images(LATENCY_BN_IMAGES, arch.resolution))
+            recalibrate_bn(model, _WORKER["data"].calibration_images(LATENCY_BN_IMAGES,
+                                                                     arch.resolution))
+        from edgenas.export.pipeline import prepare
+
+        prepared = prepare(model, arch, images)
+        _WORKER["last"] = ((arch_id, calibration), model, prepared)
     provenance = {"source": _WORKER["ckpt"], "source_sha256": _WORKER["source_sha"],
                   "source_format": "edgenas-supernet", "purpose": "latency-measurement",
                   "bn_recalibrated": _WORKER["data"] is not None}
     try:
         export_model(model, arch, net.space, list(net.labels), dict(net.normalization), precision,
-                     tmp, images, None, provenance, signatures=False)
+                     tmp, images, None, provenance, signatures=False, prepared=prepared)
         try:
             os.rename(tmp, final_path)  # atomic; fails if another campaign got there first
         except OSError:
@@ -217,22 +237,20 @@ def _export_job(arch_id: str, precision: str, final: str, calibration: int) -> s
     return final
 
 
+def _export_arch_jobs(jobs: list[tuple[str, str]], arch_id: str, calibration: int) -> list[str | None]:
+    """Export one subnet at several precisions [(precision, final)] in this worker, reusing its graph;
+    the error text of each (None: exported), so one failed precision does not hide the others."""
+    errors: list[str | None] = []
+    for precision, final in jobs:
+        try:
+            _export_job(arch_id, precision, final, calibration)
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - reported per job by the campaign
+            errors.append(str(exc) or type(exc).__name__)
+    return errors
+
+
 # ------------------------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """One line per event per device on stderr, e.g. ``[ssh1] 4/12 r28-...: 1.23 ms``."""
-
-    def __init__(self, enabled: bool, stream: IO[str] | None = None) -> None:
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.lock = threading.Lock()
-
-    def __call__(self, who: str, text: str) -> None:
-        if self.enabled:
-            with self.lock:
-                self.stream.write(f"[{who}] {text}\n")
-                self.stream.flush()
 
 
 @dataclass
@@ -288,24 +306,26 @@ def campaign_id(source_sha: str, space: str, samples: int, seed: int, precisions
     return "c-" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def done_counts(store: Store, device: str, space: str, threads: int) -> dict[tuple[str, str], int]:
-    """How many measurements this device already has per (arch, precision) at these threads: what a
-    resume does not measure again."""
-    rows = store.query("SELECT arch, precision, COUNT(*) AS n FROM measurements "
-                       "WHERE device = ? AND space = ? AND threads = ? GROUP BY arch, precision",
-                       (device, space, threads))
-    return {(r["arch"], r["precision"]): int(r["n"]) for r in rows}
+def resume_key(device: Device, space: str, threads: int, source_sha: str,
+               runtime: tuple[str, str | None], settings: BenchSettings) -> measurements.ResumeKey:
+    """What a stored row must share to count as done for this campaign on ``device``: its runtime and
+    version *now* (a runtime upgrade is measured again), the supernet, and the protocol as the device
+    is measured (a ``--no-xnnpack`` device without XNNPACK)."""
+    return measurements.ResumeKey(device.name, space, threads, source_sha, runtime[0], runtime[1],
+                                  measurements.Protocol.of(for_device(device, settings)))
 
 
 def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable[str], samples: int,
             precisions: Sequence[str] = ("fp32",), threads: int = 1, seed: int = 0, workers: int = 2,
-            progress: bool = True, *, export_cache: Path | None = None,
+            progress: bool | ProgressFn = True, *, export_cache: Path | None = None,
             settings: BenchSettings | None = None, archs: Sequence[Arch | str] | None = None,
             stream: IO[str] | None = None, repeats: int = 1) -> MeasureReport:
     """Run (or resume) a campaign; see the module docstring.  ``devices`` are names or groups.
 
     ``workers`` export processes (0: export in this process).  ``archs`` replaces the sampled list.
     ``repeats``: measurements per (device, arch, precision), taken in successive passes.
+    ``progress``: a callback receiving :class:`edgenas.progress.Progress` events, or True to render
+    them on ``stream`` (stderr), False to log them at DEBUG.
     Returns a :class:`MeasureReport`; device failures are reported there, not raised, so one dead
     device does not stop the others.
     """
@@ -337,35 +357,49 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     if settings.threads != threads:
         settings = BenchSettings(**{**settings.__dict__, "threads": threads})
     cache = Path(export_cache) if export_cache else export_cache_dir(home)
-    say = _Progress(progress, stream)
+    say = reporter(progress, stream)
 
     jobs = [(a, p) for a in arch_ids for p in precisions]
+    stop = threading.Event()
+    cancel = Cancel()
+    # Before any device is touched: a second run of this campaign stops here, with one clear line.
+    campaign_lock = _campaign_lock(home, cid)
     reports: dict[str, DeviceReport] = {}
     todo: dict[str, dict[tuple[str, str], int]] = {}  # device -> job -> measurements still to take
-    for d in devs:
-        done = done_counts(store, d.name, space.name, threads)
-        todo[d.name] = {j: repeats - done.get(j, 0) for j in jobs if done.get(j, 0) < repeats}
-        left = sum(todo[d.name].values())
-        reports[d.name] = DeviceReport(d.name, left, len(jobs) - len(todo[d.name]))
-        say(d.name, f"{left} to measure, {len(jobs) - len(todo[d.name])} subnet(s) already measured"
-                    + (f" {repeats} times" if repeats > 1 else ""))
+    try:
+        runtimes = _device_runtimes(home, devs, settings, cancel)
+        for d in devs:
+            runtime = runtimes[d.name]
+            if isinstance(runtime, str):  # unreachable, or no runtime: reported, nothing exported for it
+                reports[d.name], todo[d.name] = DeviceReport(d.name, 0, 0, aborted=runtime), {}
+                say(d.name, f"ABORTED: {runtime}", level="error")
+                continue
+            done = measurements.done_counts(
+                store, resume_key(d, space.name, threads, source_sha, runtime, settings))
+            todo[d.name] = {j: repeats - done.get(j, 0) for j in jobs if done.get(j, 0) < repeats}
+            left = sum(todo[d.name].values())
+            reports[d.name] = DeviceReport(d.name, left, len(jobs) - len(todo[d.name]))
+            say(d.name, f"{left} to measure, {len(jobs) - len(todo[d.name])} subnet(s) already measured"
+                        + (f" {repeats} times" if repeats > 1 else "")
+                        + f" with {runtime[0]} {runtime[1] or ''}".rstrip())
+    except BaseException:
+        os.close(campaign_lock)
+        raise
     needed = [j for j in jobs if any(j in todo[d] for d in todo)]
     report = MeasureReport(cid, space.name, arch_ids, list(precisions), threads, reports)
 
-    stop = threading.Event()
-    cancel = Cancel()
     exports_done = threading.Event()
+    export_cpus = _export_cpus(workers) if any(d.kind == "local" for d in devs) else None
     queues: dict[str, queue.Queue] = {d.name: queue.Queue() for d in devs}
     # Not daemon threads: on Ctrl-C/SIGTERM each worker's session stops its benchmark on the device
     # and releases the device lock before the process exits (see the except clause below).
     threads_ = [
         threading.Thread(target=_device_worker, name=f"measure-{d.name}",
                          args=(home, d, settings, cid, queues[d.name], reports[d.name], stop,
-                               exports_done if d.kind == "local" else None, say,
+                               exports_done if d.kind == "local" and not export_cpus else None, say,
                                dict(todo[d.name]), cancel))
         for d in devs
     ]
-    campaign_lock = _campaign_lock(home, cid)
     for t in threads_:
         t.start()
 
@@ -391,10 +425,11 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(pending),
+                                                       len(export_cpus or pending)),
                                        mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_worker_init,
-                                       initargs=(str(source_ckpt), source_sha, 10))
+                                       initargs=(str(source_ckpt), source_sha, 10, export_cpus))
         _run_exports(pending, pool, str(source_ckpt), source_sha, report, deliver, say, stop)
         exports_done.set()
         for q in queues.values():
@@ -419,6 +454,20 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     return report
 
 
+def _export_cpus(workers: int) -> set[int] | None:
+    """The cores export workers may use while this host is also being benchmarked: all but one, which
+    is left to the benchmark, so the two overlap (the benchmark starts with the first export instead
+    of after the last) without sharing a core.  None (wait for the exports instead) with one core or
+    in-process exports."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return None
+    if workers <= 0 or len(cpus) < 2:
+        return None
+    return cpus - {max(cpus)}
+
+
 def _campaign_lock(home: Path, cid: str) -> int:
     """Refuse a second run of the same campaign in this workspace while the first one runs: both would
     measure what neither has stored yet, and store every row twice.  (The device lock keeps different
@@ -438,9 +487,25 @@ def _campaign_lock(home: Path, cid: str) -> int:
     return fd
 
 
+def _device_runtimes(home: Path, devs: Sequence[Device], settings: BenchSettings,
+                     cancel: Cancel) -> dict[str, tuple[str, str | None] | str]:
+    """Each device's runtime (name, version) now, asked in parallel before anything is exported: what
+    a stored row must have been measured with to count as done.  A device that cannot answer maps to
+    the one-line reason (it is reported aborted, and nothing is exported for it alone)."""
+    from edgenas.fleet.common import DeviceResult, fan_out
+
+    def work(dev: Device, cancel: Cancel) -> DeviceResult:
+        with DeviceBencher(home, dev, settings, cancel=cancel) as bencher:
+            return DeviceResult(dev.name, "ok", extra={"runtime": bencher.runtime()})
+
+    fan = fan_out(devs, work, parallel=min(16, max(1, len(devs))), max_fail_percent=100.0, cancel=cancel)
+    return {r.device: r.extra["runtime"] if r.status == "ok" else (r.reason or "failed")
+            for r in fan.results}
+
+
 def _run_exports(pending: list[tuple[tuple[str, str], Path]], pool: Any, ckpt: str, source_sha: str,
                  report: MeasureReport, deliver: Callable[[tuple[str, str], Path], None],
-                 say: _Progress, stop: threading.Event) -> None:
+                 say: Reporter, stop: threading.Event) -> None:
     """Export ``pending`` (in ``pool``'s worker processes, or here if None), delivering each as it
     lands."""
     if not pending:
@@ -451,11 +516,11 @@ def _run_exports(pending: list[tuple[tuple[str, str], Path]], pool: Any, ckpt: s
         if error is None and _valid(final) is not None:
             report.exported += 1
             deliver(job, final)
-            say("export", f"{report.exported}/{total} {job[0]} {job[1]}")
+            say("export", f"{job[0]} {job[1]}", done=report.exported, total=total)
         else:
             msg = str(error) if error else "export produced no valid model"
             report.export_failed[f"{job[0]}/{job[1]}"] = msg
-            say("export", f"FAILED {job[0]} {job[1]}: {msg}")
+            say("export", f"FAILED {job[0]} {job[1]}: {msg}", level="error")
 
     if pool is None:
         _worker_init(ckpt, source_sha, 0)
@@ -470,11 +535,16 @@ def _run_exports(pending: list[tuple[tuple[str, str], Path]], pool: Any, ckpt: s
         return
     from concurrent.futures import as_completed
 
-    futures = {pool.submit(_export_job, job[0], job[1], str(final), LATENCY_CALIBRATION): (job, final)
-               for job, final in pending}
+    by_arch: dict[str, list[tuple[tuple[str, str], Path]]] = {}
+    for job, final in pending:  # every precision of a subnet in one task: one graph, converted N times
+        by_arch.setdefault(job[0], []).append((job, final))
+    futures = {pool.submit(_export_arch_jobs, [(job[1], str(final)) for job, final in items], arch,
+                           LATENCY_CALIBRATION): items for arch, items in by_arch.items()}
     for fut in as_completed(futures):
-        job, final = futures[fut]
-        landed(job, final, fut.exception())
+        items = futures[fut]
+        errors = fut.result() if fut.exception() is None else [str(fut.exception())] * len(items)
+        for (job, final), err in zip(items, errors):
+            landed(job, final, None if err is None else MeasureError(err))
 
 
 def _shutdown(pool: Any) -> None:
@@ -489,7 +559,7 @@ def _shutdown(pool: Any) -> None:
 
 def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign: str,
                    items: queue.Queue, rep: DeviceReport, stop: threading.Event,
-                   wait_for: threading.Event | None, say: _Progress,
+                   wait_for: threading.Event | None, say: Reporter,
                    left: dict[tuple[str, str], int], cancel: Cancel) -> None:
     """Benchmark everything queued for one device, one at a time, storing each result at once; then
     the further passes of a repeated campaign (``left``: measurements still owed per job)."""
@@ -513,15 +583,15 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
                 except BenchError as exc:  # this model failed; the device is fine
                     rep.failed += 1
                     rep.errors.append(f"{arch} {precision}: {exc}")
-                    say(device.name, f"FAILED {arch} {precision}: {exc}")
+                    say(device.name, f"FAILED {arch} {precision}: {exc}", level="error")
                     left[job] = 0  # a model that fails once fails again: no further passes
                     return
                 rep.measured += 1
                 eta = (time.monotonic() - t0) / rep.measured * (rep.todo - rep.measured - rep.failed)
                 say(device.name,
-                    f"{rep.measured + rep.failed}/{rep.todo} {arch} {precision}: "
-                    f"{rec['median_ms']:.3f} ms (CV {100 * (rec['cv'] or 0):.1f} %"
-                    f"{', noisy' if rec['noisy'] else ''})  ETA {eta:.0f} s")
+                    f"{arch} {precision}: {rec['median_ms']:.3f} ms (CV {100 * (rec['cv'] or 0):.1f} %"
+                    f"{', noisy' if rec['noisy'] else ''})  ETA {eta:.0f} s",
+                    done=rep.measured + rep.failed, total=rep.todo)
 
             delivered: list[tuple[tuple[str, str], Path]] = []
             while not stop.is_set():
@@ -538,38 +608,25 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
                         one(job, model_dir)
     except EdgeNASError as exc:
         rep.aborted = str(exc)
-        say(device.name, f"ABORTED after {rep.measured} measurement(s): {exc}")
+        say(device.name, f"ABORTED after {rep.measured} measurement(s): {exc}", level="error")
     except Exception as exc:  # noqa: BLE001 - a bug must still leave a reason in the report
         rep.aborted = f"internal error: {exc!r}"
-        say(device.name, f"ABORTED after {rep.measured} measurement(s): {rep.aborted}")
+        say(device.name, f"ABORTED after {rep.measured} measurement(s): {rep.aborted}",
+            level="error")
     finally:
         rep.seconds = time.monotonic() - t0
 
 
 # -------------------------------------------------------------------------------------- measurements
 
-MEASUREMENT_FIELDS = (
-    "id", "device", "arch", "space", "precision", "threads", "runtime", "runtime_version",
-    "model_sha256", "source_sha256", "campaign", "median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms",
-    "cv", "init_ms", "first_ms", "runs", "peak_rss_kib", "noisy", "governor", "freq_mhz_before",
-    "freq_mhz_after", "temp_c_before", "temp_c_after", "created_at",
-)
+MEASUREMENT_FIELDS = measurements.FIELDS  # the columns of `measurements export`
 
 
 def list_measurements(store: Store, device: str | None = None, precision: str | None = None,
                       threads: int | None = None, space: str | None = None,
                       campaign: str | None = None) -> list[dict[str, Any]]:
     """Stored measurements (without the raw runner JSON), oldest first, filtered as given."""
-    where, params = [], []
-    for column, value in (("device", device), ("precision", precision), ("threads", threads),
-                          ("space", space), ("campaign", campaign)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    sql = f"SELECT {', '.join(MEASUREMENT_FIELDS)} FROM measurements"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    return [dict(r) for r in store.query(sql + " ORDER BY id", tuple(params))]
+    return [m.to_dict() for m in measurements.find(store, device, precision, threads, space, campaign)]
 
 
 __all__ = ["MeasureError", "MeasureReport", "list_measurements", "measure", "sample_archs"]

@@ -46,6 +46,7 @@ _COLUMNS = (
     "host_key_fingerprint",
     "benchmark_binary",
     "adb_serialno",
+    "xnnpack",
     "probe_json",
     "probed_at",
     "created_at",
@@ -63,6 +64,10 @@ class Device:
     ``host_key_fingerprint`` (SSH): the pinned ``SHA256:…`` (``device add --host-key``, or the key
     trusted on first use); a connection offering another key is refused.  ``adb_serialno`` (ADB): the
     device's ``ro.serialno`` seen at ``device add``; another serial at that address is refused.
+
+    ``xnnpack``: False for a device profile whose runtime runs without XNNPACK (``device add
+    --no-xnnpack``): every benchmark of the device then uses the builtin kernels only, and a latency
+    predictor fitted with XNNPACK is refused for it (the costs differ, int8's most of all).
     """
 
     name: str
@@ -79,6 +84,7 @@ class Device:
     host_key_fingerprint: str | None = None
     benchmark_binary: str | None = None
     adb_serialno: str | None = None
+    xnnpack: bool = True
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -148,6 +154,7 @@ def make_device(
     benchmark_binary: str | os.PathLike[str] | None = None,
     host_key: str | None = None,
     adb_serialno: str | None = None,
+    xnnpack: bool = True,
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
@@ -202,6 +209,7 @@ def make_device(
         host_key_fingerprint=host_key,
         benchmark_binary=binary,
         adb_serialno=adb_serialno if kind == "adb" else None,
+        xnnpack=bool(xnnpack),
         groups=group_list,
     )
 
@@ -251,6 +259,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.host_key_fingerprint,
                 device.benchmark_binary,
                 device.adb_serialno,
+                int(device.xnnpack),
                 probe_json,
                 probed_at,
                 created,
@@ -369,6 +378,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         host_key_fingerprint=row["host_key_fingerprint"],
         benchmark_binary=row["benchmark_binary"],
         adb_serialno=row["adb_serialno"],
+        xnnpack=bool(row["xnnpack"]) if row["xnnpack"] is not None else True,
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

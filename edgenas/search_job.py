@@ -46,13 +46,13 @@ class SearchOutcome:
 
 
 def measured_ratio(store: Store, device: str, threads: int, space: str,
-                   statistic: str = "median") -> float | None:
-    """Median of int8/fp32 latency (of ``statistic``) over archs measured in both precisions."""
-    column = STATISTICS[statistic]
-    rows = store.query(
-        f"SELECT arch, precision, MIN(COALESCE({column}, median_ms)) FROM measurements "
-        "WHERE device = ? AND threads = ? AND space = ? GROUP BY arch, precision",
-        (device, threads, space))
+                   statistic: str = "median", xnnpack: bool = True) -> float | None:
+    """Median of int8/fp32 latency (of ``statistic``) over archs measured in both precisions with
+    the device's XNNPACK setting."""
+    from edgenas.records.measurements import best_by_arch_precision
+
+    rows = best_by_arch_precision(store, device, threads, space, STATISTICS[statistic],
+                                  xnnpack=xnnpack)
     by: dict[str, dict[str, float]] = {}
     for arch, precision, ms in rows:
         by.setdefault(arch, {})[precision] = float(ms)
@@ -61,14 +61,15 @@ def measured_ratio(store: Store, device: str, threads: int, space: str,
 
 
 def choose_precision(store: Store, home: Path, device: str, threads: int, space: str,
-                     asked: str) -> tuple[str, LatencyPredictor, str]:
-    """The precision to search with on ``device`` and why (``auto``: whichever measured faster)."""
+                     asked: str, xnnpack: bool = True) -> tuple[str, LatencyPredictor, str]:
+    """The precision to search with on ``device`` and why (``auto``: whichever measured faster).
+    Only predictors fitted with the device's XNNPACK setting are used."""
     if asked != "auto":
-        return asked, load_predictor(home, device, asked, threads), "as asked"
+        return asked, load_predictor(home, device, asked, threads, xnnpack=xnnpack), "as asked"
     available = {}
     for precision in PRECISIONS:
         try:
-            available[precision] = load_predictor(home, device, precision, threads)
+            available[precision] = load_predictor(home, device, precision, threads, xnnpack=xnnpack)
         except EdgeNASError:
             continue
     if not available:
@@ -77,7 +78,7 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     if len(available) == 1:
         (precision, pred), = available.items()
         return precision, pred, f"only {precision} was measured"
-    ratio = measured_ratio(store, device, threads, space, available["fp32"].statistic)
+    ratio = measured_ratio(store, device, threads, space, available["fp32"].statistic, xnnpack)
     if ratio is None:
         return "int8", available["int8"], "no arch measured in both precisions; int8 by default"
     precision = "int8" if ratio < 1.0 else "fp32"
@@ -135,7 +136,8 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     models, chosen_precision, reasons = [], {}, {}
     preds: dict[str, LatencyPredictor] = {}
     for dev in devices:
-        prec, pred, why = choose_precision(store, home, dev.name, threads, space.name, precision)
+        prec, pred, why = choose_precision(store, home, dev.name, threads, space.name, precision,
+                                           dev.xnnpack)
         chosen_precision[dev.name], reasons[dev.name], preds[dev.name] = prec, why, pred
         models.append(DeviceModel(dev.name, prec,
                                   lambda archs, p=pred: p.predict_many(space, archs), pred.error))

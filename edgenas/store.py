@@ -148,6 +148,32 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deployments_v5 RENAME TO deployments;
     CREATE INDEX deployments_device ON deployments(device, model_name, created_at);
     """,
+    # 5 -> 6: a device profile without XNNPACK (`device add --no-xnnpack`): the runtime build of some
+    # devices lacks it, and their costs differ (int8 most of all), so bench, measure, predictors and
+    # search measure such a device with the builtin kernels only.  1: XNNPACK (the default).
+    """
+    ALTER TABLE devices ADD COLUMN xnnpack INTEGER NOT NULL DEFAULT 1;
+    """,
+    # 6 -> 7: the bench protocol of each measurement in columns of its own, back-filled from the row's
+    # result_json (``edgenas.settings``; rows from before the XNNPACK switch were measured with it), so
+    # that a resumed campaign counts a row as done only when runtime, version, supernet and protocol
+    # match, with an exact indexed query (edgenas.records.measurements.done_counts).
+    """
+    ALTER TABLE measurements ADD COLUMN protocol_runs INTEGER;
+    ALTER TABLE measurements ADD COLUMN protocol_min_secs REAL;
+    ALTER TABLE measurements ADD COLUMN protocol_warmup_runs INTEGER;
+    ALTER TABLE measurements ADD COLUMN protocol_warmup_secs REAL;
+    ALTER TABLE measurements ADD COLUMN xnnpack INTEGER;
+    UPDATE measurements SET
+        protocol_runs = json_extract(result_json, '$.edgenas.settings.runs'),
+        protocol_min_secs = json_extract(result_json, '$.edgenas.settings.min_secs'),
+        protocol_warmup_runs = json_extract(result_json, '$.edgenas.settings.warmup_runs'),
+        protocol_warmup_secs = json_extract(result_json, '$.edgenas.settings.warmup_secs'),
+        xnnpack = COALESCE(json_extract(result_json, '$.edgenas.settings.xnnpack'), 1)
+    WHERE CASE WHEN json_valid(result_json)
+               THEN json_type(result_json, '$.edgenas.settings') = 'object' ELSE 0 END;
+    CREATE INDEX measurements_resume ON measurements(device, space, threads, source_sha256);
+    """,
 )
 
 

@@ -22,9 +22,9 @@ from click.testing import CliRunner
 
 from edgenas import build_supernet
 from edgenas.bench import DeviceBusyError, ModelFileError, bench_model
-from edgenas.device.lock import DeviceLock
 from edgenas.cli import main
 from edgenas.data import load_data
+from edgenas.device.lock import DeviceLock
 from edgenas.errors import TransportError
 from edgenas.files import sha256_file
 from edgenas.measure import _export_job, _worker_init, cached_export, sample_archs

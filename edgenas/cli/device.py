@@ -77,6 +77,13 @@ def device() -> None:
     help="LiteRT's benchmark_model built for the device, for devices without Python (Android "
     "phones): `edgenas bench` pushes it and parses its output instead of running the Python runner.",
 )
+@click.option(
+    "--no-xnnpack",
+    "no_xnnpack",
+    is_flag=True,
+    help="A device profile without XNNPACK (a runtime built without it): every benchmark, measurement "
+    "campaign, latency predictor and search verification of this device uses the builtin kernels only.",
+)
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
 @click.pass_obj
 def add(
@@ -94,6 +101,7 @@ def add(
     python: str | None,
     timeout: float | None,
     benchmark_binary: Path | None,
+    no_xnnpack: bool,
     replace: bool,
 ) -> None:
     """Register device NAME (exactly one of --ssh, --adb, --local).
@@ -116,6 +124,7 @@ def add(
         timeout_s=timeout,
         groups=groups,
         benchmark_binary=benchmark_binary,
+        xnnpack=not no_xnnpack,
     )
     if ssh_target:
         target = registry.parse_ssh_target(ssh_target, ssh_config)
@@ -154,6 +163,8 @@ def add(
     click.echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
     if dev.benchmark_binary:
         click.echo(f"  benchmarks run {dev.benchmark_binary} (pushed to the device when it changes)")
+    if not dev.xnnpack:
+        click.echo("  without XNNPACK: benchmarks use the runtime's builtin kernels only")
     if dev.kind == "ssh" and not (accept_new_host_key or host_key):
         click.echo(
             "  host key not checked yet: an unknown key will be refused on first use "

@@ -51,11 +51,15 @@ def _install_sigterm() -> Any:
               help="Where exports are cached [default: HOME/cache/exports].")
 @click.option("--json", "as_json", is_flag=True, help="Print the campaign report as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.option("--adaptive", is_flag=True,
+              help="One device: choose the most informative subnets for its few-shot predictor, "
+                   "measure them in rounds and stop once the held-out estimate holds ±10 % "
+                   "(SAMPLES is the most it measures; see docs/measurement.md).")
 @click.pass_obj
 def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups: tuple[str, ...],
                 samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,
                 min_secs: float, repeats: int, export_cache: Path | None, as_json: bool,
-                quiet: bool) -> None:
+                quiet: bool, adaptive: bool = False) -> None:
     """Measure SAMPLES subnets of the supernet CKPT on devices and store every result.
 
     Subnets are sampled evenly over depth, kernel, expand and resolution; exports are cached and
@@ -65,16 +69,26 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     """
     from edgenas.bench import BenchSettings
     from edgenas.measure import measure
+    from edgenas.progress import ProgressRenderer
     from edgenas.store import open_store
 
     settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
     previous = _install_sigterm()
+    renderer = None if quiet else ProgressRenderer()  # a bar on a terminal, plain lines otherwise
     try:
         with open_store(ws.ensure()) as store:
+            if adaptive:
+                from edgenas.adaptive import run_cli
+
+                return run_cli(store, ws.home, ckpt, [*device_names, *groups], samples, precisions,
+                               threads, seed, workers, settings, export_cache, quiet, as_json)
             report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
-                             precisions.split(","), threads, seed, workers, progress=not quiet,
-                             export_cache=export_cache, settings=settings, repeats=repeats)
+                             precisions.split(","), threads, seed, workers,
+                             progress=renderer or False, export_cache=export_cache,
+                             settings=settings, repeats=repeats)
     finally:
+        if renderer is not None:
+            renderer.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if as_json:
@@ -101,11 +115,11 @@ def measurements() -> None:
 
 def _rows(ws: Workspace, device: str | None, precision: str | None,
           threads: int | None) -> list[dict[str, Any]]:
-    from edgenas.measure import list_measurements
+    from edgenas.records import measurements
     from edgenas.store import open_store
 
     with open_store(ws.ensure()) as store:
-        return list_measurements(store, device=device, precision=precision, threads=threads)
+        return [m.to_dict() for m in measurements.find(store, device, precision, threads)]
 
 
 _filters = [
@@ -152,7 +166,7 @@ def list_cmd(ws: Workspace, device: str | None, precision: str | None, threads: 
 def export_cmd(ws: Workspace, device: str | None, precision: str | None, threads: int | None,
                fmt: str, out: Path | None) -> None:
     """All stored fields of the measurements, as CSV or JSON, for analysis elsewhere."""
-    from edgenas.measure import MEASUREMENT_FIELDS
+    from edgenas.records.measurements import FIELDS as MEASUREMENT_FIELDS
 
     rows = _rows(ws, device, precision, threads)
     if fmt == "json":

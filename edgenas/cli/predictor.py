@@ -35,10 +35,14 @@ _QUALITY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE ms", "Spea
               help="Predict the median run, the fastest (steadier on a shared device) or the mean "
                    "(a device under a CPU quota).  Search and fleet bench compare measurements of "
                    "the same statistic.")
+@click.option("--method", type=click.Choice(["auto", "transfer", "per-device"]), default="auto",
+              show_default=True,
+              help="auto: transfer from the workspace's other device profiles when there are any and "
+                   "it cross-validates at least as well as the device's own fit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the saved predictor as JSON.")
 @click.pass_obj
 def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space: str | None,
-            statistic: str, as_json: bool) -> None:
+            statistic: str, method: str, as_json: bool) -> None:
     """Fit the latency predictor of a device from its stored measurements.
 
     Prints held-out quality (k-fold cross-validation): the share of subnets predicted within
@@ -50,7 +54,7 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
 
     with open_store(ws.ensure()) as store:
         pred = fit(store, device_name, precision, threads, space=space, save_to=ws.home,
-                   statistic=statistic)
+                   statistic=statistic, method=method)
         base = evaluate_baseline(store, device_name, precision, threads, space=pred.space,
                                  statistic=statistic)
     path = predictor_path(ws.home, device_name, precision, threads)
@@ -63,7 +67,21 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
     click.echo(table(["model", *_QUALITY_HEADERS],
                      [[pred.model_name, *_quality_row(pred.quality)],
                       ["MACs only", *_quality_row(base)]]))
+    click.echo(f"method: {_method_line(pred.extra)}")
     click.echo(f"saved {path}")
+
+
+def _method_line(extra: dict) -> str:
+    """Which fit was used, and why (the other one's held-out share within ±10 % beside it)."""
+    compared = extra.get("compared") or {}
+    other = "per-device" if extra.get("method") == "transfer" else "transfer"
+    versus = (f" (held-out within ±10 %: {other} {100 * compared[other]['within_10']:.0f} %)"
+              if compared.get(other) else "")
+    if extra.get("method") == "transfer":
+        return f"{extra.get('describe', 'transfer')}{versus}"
+    if compared:
+        return f"per-device fit, better than the transfer from the other profiles{versus}"
+    return "per-device fit (no other device profiles in this workspace to transfer from)"
 
 
 @predictor.command("show")
@@ -96,10 +114,13 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
                 threads: int, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
-    from edgenas.predictors.latency import load_predictor
+    from edgenas.predictors.latency import device_xnnpack, load_predictor
     from edgenas.space import SearchSpace
+    from edgenas.store import open_store
 
-    pred = load_predictor(ws.home, device_name, precision, threads)
+    with open_store(ws.ensure()) as store:  # a predictor of the other XNNPACK profile is refused
+        xnnpack = device_xnnpack(store, device_name)
+    pred = load_predictor(ws.home, device_name, precision, threads, xnnpack=xnnpack)
     space = SearchSpace.load(pred.space)
     rows = [(a, pred.predict(space, a)) for a in arch_ids]
     if as_json:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -232,13 +233,20 @@ class LatencyPredictor:
         proto = self.extra.get("protocol")
         return dict(proto) if isinstance(proto, dict) else None
 
+    @property
+    def xnnpack(self) -> bool:
+        """Whether its training measurements ran with XNNPACK (a device profile: ``device add
+        --no-xnnpack``); predictors from before the setting existed were fitted with it."""
+        value = self.extra.get("xnnpack", (self.protocol or {}).get("xnnpack", True))
+        return bool(value)
+
     def measured(self, row: Any) -> float:
         """The run time of a stored measurement row that this predictor's predictions compare to."""
         return measured_latency(row, self.statistic)
 
     @property
     def model_name(self) -> str:
-        return f"nnls-{self.feature_set}"
+        return str(self.extra.get("model") or f"nnls-{self.feature_set}")
 
     def predict(self, space: SearchSpace, arch: Arch | str) -> float:
         """Predicted latency in ms on this device (of the run-time :attr:`statistic`)."""
@@ -309,8 +317,9 @@ def predictor_path(home: Path, device: str, precision: str, threads: int) -> Pat
 
 
 def load_predictor(home: Path, device: str, precision: str = "fp32", threads: int = 1,
-                   statistic: str | None = None) -> LatencyPredictor:
-    """The device's predictor; with ``statistic``, refuse one fitted to a different statistic."""
+                   statistic: str | None = None, xnnpack: bool | None = None) -> LatencyPredictor:
+    """The device's predictor; with ``statistic``, refuse one fitted to a different statistic; with
+    ``xnnpack`` (the device's setting), refuse one fitted to the other XNNPACK profile."""
     path = predictor_path(home, device, precision, threads)
     try:
         pred = LatencyPredictor.from_json(json.loads(path.read_text()))
@@ -326,6 +335,15 @@ def load_predictor(home: Path, device: str, precision: str = "fp32", threads: in
             f"the latency predictor for {device} ({precision}, {threads} thread(s)) predicts the "
             f"{pred.statistic} run time, not the {statistic}: refit it with "
             f"`edgenas predictor fit --device {device} --statistic {statistic}`")
+    if xnnpack is not None and pred.xnnpack != bool(xnnpack):
+        def say(on: bool) -> str:
+            return "with XNNPACK" if on else "without XNNPACK"
+
+        raise LatencyPredictorError(
+            f"the latency predictor for {device} ({precision}, {threads} thread(s)) was fitted to "
+            f"measurements {say(pred.xnnpack)}, but the device is registered {say(bool(xnnpack))}: "
+            f"measure it again (`edgenas measure`) and refit "
+            f"(`edgenas predictor fit --device {device}`)")
     return pred
 
 
@@ -354,25 +372,30 @@ class TrainingSet:
     runtime: str | None
     num_classes: int
     protocol: dict[str, Any] | None = None
+    xnnpack: bool = True
 
 
 def training_set(store: Store, device: str, precision: str, threads: int,
-                 space: str | None = None, statistic: str = "median") -> TrainingSet:
+                 space: str | None = None, statistic: str = "median",
+                 xnnpack: bool | None = None) -> TrainingSet:
+    """The device's measurements of one setting; ``xnnpack`` (default: the registered device's
+    setting) keeps only rows measured with (True) or without (False) XNNPACK."""
     if statistic not in STATISTICS:
         raise LatencyPredictorError(f"unknown statistic {statistic!r} (one of {', '.join(STATISTICS)})")
     column = STATISTICS[statistic]
-    rows = store.query(f"SELECT arch, space, {column} AS y, noisy, runtime, runtime_version, "
-                       "result_json FROM measurements "
-                       "WHERE device = ? AND precision = ? AND threads = ?",
-                       (device, precision, threads))
+    if xnnpack is None:
+        xnnpack = device_xnnpack(store, device)
+    from edgenas.records.measurements import for_predictor
+
+    rows = for_predictor(store, device, precision, threads, xnnpack=bool(xnnpack))
     if space is None:
-        spaces = sorted({r["space"] for r in rows if r["space"]})
+        spaces = sorted({r.space for r in rows if r.space})
         if len(spaces) > 1:
-            counts = {s: sum(r["space"] == s for r in rows) for s in spaces}
+            counts = {s: sum(r.space == s for r in rows) for s in spaces}
             space = max(spaces, key=lambda s: counts[s])
         elif spaces:
             space = spaces[0]
-    rows = [r for r in rows if r["space"] == space]
+    rows = [r for r in rows if r.space == space]
     if len(rows) == 0:
         raise LatencyPredictorError(
             f"no measurements for {device} ({precision}, {threads} thread(s)); run "
@@ -380,7 +403,7 @@ def training_set(store: Store, device: str, precision: str, threads: int,
     sp = SearchSpace.load(space)
     by_arch: dict[str, list[tuple[float, int]]] = {}
     for r in rows:
-        by_arch.setdefault(r["arch"], []).append((float(r["y"]), int(r["noisy"])))
+        by_arch.setdefault(r.arch, []).append((float(getattr(r, column)), int(r.noisy)))
     archs, ys = [], []
     for arch_id in sorted(by_arch):
         vals = by_arch[arch_id]
@@ -392,8 +415,18 @@ def training_set(store: Store, device: str, precision: str, threads: int,
             f"only {len(archs)} measured subnet(s) for {device} ({precision}, {threads} thread(s)); "
             f"a predictor needs at least {MIN_SAMPLES} (60-150 for ±10 %): run `edgenas measure`")
     last = rows[-1]
-    runtime = f"{last['runtime']} {last['runtime_version'] or ''}".strip() if last["runtime"] else None
-    return TrainingSet(sp, archs, np.asarray(ys), runtime, _num_classes(rows), _protocol(rows))
+    runtime = f"{last.runtime} {last.runtime_version or ''}".strip() if last.runtime else None
+    return TrainingSet(sp, archs, np.asarray(ys), runtime, _num_classes(rows), _protocol(rows),
+                       bool(xnnpack))
+
+
+def device_xnnpack(store: Store, device: str) -> bool:
+    """The registered device's XNNPACK setting (True for a name not in the registry)."""
+    try:
+        rows = store.query("SELECT xnnpack FROM devices WHERE name = ?", (device,))
+    except sqlite3.OperationalError:  # a store without the column predates the setting: XNNPACK on
+        return True
+    return bool(rows[0]["xnnpack"]) if rows and rows[0]["xnnpack"] is not None else True
 
 
 def _protocol(rows: Sequence[Any]) -> dict[str, Any] | None:
@@ -402,7 +435,7 @@ def _protocol(rows: Sequence[Any]) -> dict[str, Any] | None:
     counts: dict[str, int] = {}
     for r in rows:
         try:
-            settings = json.loads(r["result_json"]).get("edgenas", {}).get("settings")
+            settings = json.loads(r.result_json).get("edgenas", {}).get("settings")
         except (ValueError, TypeError, AttributeError):
             continue
         if isinstance(settings, dict):
@@ -415,7 +448,7 @@ def _num_classes(rows: Sequence[Any]) -> int:
     """The classifier width of the measured models (from the runner's output shape), default 10."""
     for r in rows:
         try:
-            outputs = json.loads(r["result_json"]).get("outputs") or []
+            outputs = json.loads(r.result_json).get("outputs") or []
             shape = outputs[0].get("shape") if outputs else None
             if shape:
                 return int(shape[-1])
@@ -426,13 +459,30 @@ def _num_classes(rows: Sequence[Any]) -> int:
 
 def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
         space: str | None = None, save_to: Path | None = None, statistic: str = "median",
-        feature_sets: Sequence[str] | None = None) -> LatencyPredictor:
+        feature_sets: Sequence[str] | None = None, xnnpack: bool | None = None,
+        method: str = "auto") -> LatencyPredictor:
     """Fit (and, with ``save_to`` = the workspace home, save) the predictor for one device setting.
 
     The returned predictor's ``quality`` is from k-fold cross-validation with the feature-set choice
-    nested inside each fold, so it is an honest estimate for unmeasured subnets.
+    nested inside each fold, so it is an honest estimate for unmeasured subnets.  ``method``:
+    ``auto`` transfers from the workspace's other device profiles when there are any and that
+    cross-validates at least as well (:mod:`edgenas.predictors.transfer`), ``transfer`` insists,
+    ``per-device`` never transfers; ``extra["method"]`` says which was used.
     """
-    ts = training_set(store, device, precision, threads, space, statistic)
+    if method not in ("auto", "transfer", "per-device"):
+        raise LatencyPredictorError(f"unknown fit method {method!r} (auto, transfer or per-device)")
+    compared = None
+    if method != "per-device" and not feature_sets:
+        from edgenas.predictors.transfer import fit_from_store
+
+        found = fit_from_store(store, device, precision, threads, space=space, statistic=statistic,
+                               home=save_to, method=method, xnnpack=xnnpack)
+        if found is not None and found[0] is not None:
+            if save_to is not None:
+                found[0].save(save_to)
+            return found[0]
+        compared = found[1] if found is not None else None  # transfer lost to the per-device fit
+    ts = training_set(store, device, precision, threads, space, statistic, xnnpack)
     n = len(ts.archs)
     cands = list(feature_sets or _candidates(n))
     folds = _folds(n, FOLDS)
@@ -456,7 +506,8 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
     pred = LatencyPredictor(device, precision, threads, ts.space.name, fs, names,
                             [float(c) for c in coef], [float(s) for s in scale], ts.num_classes, q,
                             ts.runtime, n, time.time(),
-                            {"statistic": statistic, "protocol": ts.protocol,
+                            {"statistic": statistic, "protocol": ts.protocol, "xnnpack": ts.xnnpack,
+                             "method": "per-device", "compared": compared,
                              "fold_feature_sets": chosen,
                              "latency_range_ms": [float(ts.latency_ms.min()),
                                                   float(ts.latency_ms.max())]})
