@@ -57,6 +57,10 @@ LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, math.inf)
 HUBER = 0.05  # relative error beyond which a sample's weight falls (robust fit)
 ROBUST_PASSES = 2
 COMPARE_FROM = 40  # below this many subnets `auto` does not let the per-device fit's estimate win
+# A candidate beside the λ grid: no prior at all, the device's own per-kind fit (the per-kind set:
+# 13 costs, not 24).  When the known profiles do not resemble the new one (XNNPACK off while every
+# known profile has it on), shrinking toward their mix hurts; cross-validation then picks this.
+OWN = -1.0
 LOO_MAX = 40  # above this many samples the held-out estimate uses 10 folds instead of leave-one-out
 
 
@@ -167,11 +171,15 @@ def _correct(x: np.ndarray, y: np.ndarray, c0: np.ndarray, lam: float, rw: np.nd
     return _nnls(a, b)
 
 
-def _fit_scaled(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _fit_scaled(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float,
+                own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Both stages, twice reweighted (Huber, δ = HUBER relative error): a measurement spoiled by
     a busy device (30 % slow, say) pulls the few-shot fit far less than under plain least squares,
     which matters when K is 10 and one of them is an outlier."""
+    if lam == OWN:  # the device's own per-kind fit, no prior (see OWN)
+        assert own is not None
+        coef, sc = lat._nnls_fit(x @ own, y)
+        return own @ (coef / sc), np.zeros(len(sources))
     rw = np.ones_like(y)
     for _ in range(1 + ROBUST_PASSES):
         w, c0 = _combine(x, y, sources, rw)
@@ -187,23 +195,24 @@ def _folds(n: int) -> list[np.ndarray]:
     return lat._folds(n, 10, seed=2)
 
 
-def _cv_errors(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float) -> np.ndarray:
+def _cv_errors(x: np.ndarray, y: np.ndarray, sources: np.ndarray, lam: float,
+               own: np.ndarray | None) -> np.ndarray:
     """Cross-validated absolute relative error of each sample for one λ."""
     err = np.empty_like(y)
     for test in _folds(len(y)):
         train = np.setdiff1d(np.arange(len(y)), test)
-        c, _ = _fit_scaled(x[train], y[train], sources, lam)
+        c, _ = _fit_scaled(x[train], y[train], sources, lam, own)
         err[test] = np.abs(x[test] @ c - y[test]) / y[test]
     return err
 
 
 def _choose_lambda(x: np.ndarray, y: np.ndarray, sources: np.ndarray,
-                   lambdas: Sequence[float]) -> float:
+                   lambdas: Sequence[float], own: np.ndarray | None = None) -> float:
     """The strongest shrinkage whose cross-validated error is within one standard error of the best
     (the one-standard-error rule: with 10 noisy samples the plain minimum overfits the correction)."""
     if len(lambdas) == 1 or len(y) < 4:
         return lambdas[-1]  # too few samples to cross-validate: trust the prior
-    errs = [_cv_errors(x, y, sources, lam) for lam in lambdas]
+    errs = [_cv_errors(x, y, sources, lam, own) for lam in lambdas]
     means = np.asarray([e.mean() for e in errs])
     best = int(np.argmin(means))
     limit = means[best] + errs[best].std(ddof=1) / math.sqrt(len(y))
@@ -231,13 +240,17 @@ class TransferFit:
             return "per-device fit (no other device profiles to transfer from)"
         top = sorted(self.weights.items(), key=lambda kv: -kv[1])
         mix = ", ".join(f"{k} ×{v:.2f}" for k, v in top if v > 0) or "none"
+        if self.lam == OWN:
+            return ("per-device fit: cross-validation found the other profiles' mix no help here "
+                    f"({len(self.weights)} profile(s) tried)")
         shrink = "prior only" if self.lam is None or math.isinf(self.lam) else f"λ = {self.lam:g}"
         return f"transfer from {len(self.weights)} profile(s): {mix}; correction {shrink}"
 
 
 def fit_transfer(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray,
                  sources: Sequence[SourceProfile], *, correction: bool = True, estimate: bool = True,
-                 num_classes: int = 10, lambdas: Sequence[float] = LAMBDAS) -> TransferFit:
+                 num_classes: int = 10, lambdas: Sequence[float] = LAMBDAS,
+                 own_fit: bool = True) -> TransferFit:
     """Fit the new profile's costs from ``archs``/``y`` (ms) on top of ``sources`` (see module doc).
 
     ``estimate``: also compute the held-out quality (leave-one-out, λ chosen inside each fold)."""
@@ -249,20 +262,34 @@ def fit_transfer(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray,
     scale = _reference_scale(space, num_classes)
     x = common_matrix(space, archs, num_classes) / scale
     src = np.vstack([s.costs * scale for s in sources])
-    grid = tuple(lambdas) if correction else (math.inf,)
-    lam = _choose_lambda(x, y, src, grid)
-    c, w = _fit_scaled(x, y, src, lam)
+    grid = ((OWN, *lambdas) if own_fit else tuple(lambdas)) if correction else (math.inf,)
+    own = _ops_map(space, scale) if own_fit else None
+    lam = _choose_lambda(x, y, src, grid, own)
+    c, w = _fit_scaled(x, y, src, lam, own)
     q = None
     if estimate and len(y) >= 4:
         held = np.empty_like(y)
         for test in _folds(len(y)):
             train = np.setdiff1d(np.arange(len(y)), test)
-            lam_f = _choose_lambda(x[train], y[train], src, grid)
-            held[test] = x[test] @ _fit_scaled(x[train], y[train], src, lam_f)[0]
+            lam_f = _choose_lambda(x[train], y[train], src, grid, own)
+            held[test] = x[test] @ _fit_scaled(x[train], y[train], src, lam_f, own)[0]
         q = quality(y, held)
         q["method"] = "leave-one-out" if len(y) <= LOO_MAX else "10-fold cross-validation"
     return TransferFit("transfer", c / scale, {s.name: float(wj) for s, wj in zip(sources, w)},
                        None if math.isinf(lam) else float(lam), len(y), q, num_classes)
+
+
+def _ops_map(space: SearchSpace, scale: np.ndarray) -> np.ndarray:
+    """(common × per-kind) matrix M with ``x_scaled @ M`` = the per-kind features: the per-kind fit
+    expressed in the common coordinates (``M @ per-kind costs`` = scaled common costs)."""
+    common = common_names(space)
+    ops = lat.feature_names(space, "ops")
+    m = np.zeros((len(common), len(ops)))
+    for j, name in enumerate(ops):
+        for i, cname in enumerate(common):
+            if cname == name or (name == "pw_macs" and cname.endswith("_pw_macs")):
+                m[i, j] = 1.0
+    return m * scale[:, None]
 
 
 def fit_per_device(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray, *,
