@@ -333,8 +333,7 @@ class DeviceBencher:
 
 def device_cache_mib(device: Device) -> int:
     """The device's model-cache bound (``device add --cache-mib``), or the default."""
-    value = getattr(device, "cache_mib", None)
-    return int(value) if isinstance(value, int) and value >= 0 else layout.DEFAULT_CACHE_MIB
+    return layout.DEFAULT_CACHE_MIB if device.cache_mib is None else int(device.cache_mib)
 
 
 def touch_and_prune(session: DeviceSession, cache_mib: int, keep: str,

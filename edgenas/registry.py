@@ -47,6 +47,7 @@ _COLUMNS = (
     "benchmark_binary",
     "adb_serialno",
     "xnnpack",
+    "cache_mib",
     "probe_json",
     "probed_at",
     "created_at",
@@ -68,6 +69,9 @@ class Device:
     ``xnnpack``: False for a device profile whose runtime runs without XNNPACK (``device add
     --no-xnnpack``): every benchmark of the device then uses the builtin kernels only, and a latency
     predictor fitted with XNNPACK is refused for it (the costs differ, int8's most of all).
+
+    ``cache_mib``: the bound of the device's model/input cache (``device add --cache-mib``; None: the
+    default), trimmed least recently used first.
     """
 
     name: str
@@ -85,6 +89,7 @@ class Device:
     benchmark_binary: str | None = None
     adb_serialno: str | None = None
     xnnpack: bool = True
+    cache_mib: int | None = None
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -155,6 +160,7 @@ def make_device(
     host_key: str | None = None,
     adb_serialno: str | None = None,
     xnnpack: bool = True,
+    cache_mib: int | None = None,
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
@@ -192,6 +198,8 @@ def make_device(
         python = python or sys.executable
     if timeout_s is not None and timeout_s <= 0:
         raise DeviceError(f"device {name}: timeout must be positive")
+    if cache_mib is not None and not 0 <= int(cache_mib) <= 1 << 20:
+        raise DeviceError(f"device {name}: --cache-mib must be within 0..1048576")
     group_list = sorted({validate_group(g) for g in groups})
     binary = validate_benchmark_binary(benchmark_binary) if benchmark_binary else None
     return Device(
@@ -210,6 +218,7 @@ def make_device(
         benchmark_binary=binary,
         adb_serialno=adb_serialno if kind == "adb" else None,
         xnnpack=bool(xnnpack),
+        cache_mib=None if cache_mib is None else int(cache_mib),
         groups=group_list,
     )
 
@@ -260,6 +269,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.benchmark_binary,
                 device.adb_serialno,
                 int(device.xnnpack),
+                device.cache_mib,
                 probe_json,
                 probed_at,
                 created,
@@ -379,6 +389,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         benchmark_binary=row["benchmark_binary"],
         adb_serialno=row["adb_serialno"],
         xnnpack=bool(row["xnnpack"]) if row["xnnpack"] is not None else True,
+        cache_mib=row["cache_mib"],
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

@@ -174,6 +174,11 @@ MIGRATIONS: tuple[str, ...] = (
                THEN json_type(result_json, '$.edgenas.settings') = 'object' ELSE 0 END;
     CREATE INDEX measurements_resume ON measurements(device, space, threads, source_sha256);
     """,
+    # 7 -> 8: the bound of a device's cache (cache/models, cache/manifests, cache/inputs) in MiB;
+    # NULL: the default (edgenas.device.layout.DEFAULT_CACHE_MIB).
+    """
+    ALTER TABLE devices ADD COLUMN cache_mib INTEGER;
+    """,
 )
 
 

@@ -269,19 +269,21 @@ def test_two_workspaces_pushing_to_one_device_serialise_on_the_device_lock(model
 
 
 def test_the_device_model_cache_is_bounded_and_device_clean_empties_it(workspace, tmp_path, models):
-    from edgenas.bench import DeviceBencher, load_model_dir
-
-    with _local(workspace, tmp_path):
+    cli = Cli(workspace)
+    cli("device", "add", "tight", "--local", "--workdir", str(tmp_path / "tight"), "--python", PYTHON,
+        "--cache-mib", "0")  # keep only what is in use
+    assert cli.json("device", "show", "tight")["cache_mib"] == 0
+    cache = tmp_path / "tight" / layout.MODEL_CACHE
+    for key in ("v1", "v2"):
+        with open_store(workspace) as store:
+            row = bench_model(store, workspace, "tight", models[key], **FAST)
+        assert [p.name for p in cache.iterdir()] == [f"{row['model_sha256']}.tflite"]
+    with _local(workspace, tmp_path):  # the default bound: both fit
         pass
-    cache = tmp_path / "here" / layout.MODEL_CACHE
     with open_store(workspace) as store:
-        dev = get_device(store, "here")
-        with DeviceBencher(workspace, dev, cache_mib=0) as bencher:  # keep only what is in use
-            for key in ("v1", "v2"):
-                model = load_model_dir(models[key])
-                bencher.bench(store, model, settings=None, update_manifest=False)
-                assert [p.name for p in cache.iterdir()] == [f"{model.sha256}.tflite"]
-        bench_model(store, workspace, "here", models["v1"], **FAST)  # default bound: both fit
-    assert len(list(cache.iterdir())) == 2
-    out = Cli(workspace)("device", "clean", "here")
-    assert "here" in out and not list(cache.iterdir())
+        for key in ("v1", "v2"):
+            bench_model(store, workspace, "here", models[key], **FAST)
+    here = tmp_path / "here" / layout.MODEL_CACHE
+    assert len(list(here.iterdir())) == 2
+    out = cli("device", "clean", "here")
+    assert "here" in out and not list(here.iterdir())

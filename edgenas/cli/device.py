@@ -84,6 +84,9 @@ def device() -> None:
     help="A device profile without XNNPACK (a runtime built without it): every benchmark, measurement "
     "campaign, latency predictor and search verification of this device uses the builtin kernels only.",
 )
+@click.option("--cache-mib", type=click.IntRange(0, 1 << 20), default=None, metavar="MIB",
+              help="Bound of the device's cache of benchmarked models and sent inputs (least recently "
+              "used first) [default: 512].")
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
 @click.pass_obj
 def add(
@@ -102,6 +105,7 @@ def add(
     timeout: float | None,
     benchmark_binary: Path | None,
     no_xnnpack: bool,
+    cache_mib: int | None,
     replace: bool,
 ) -> None:
     """Register device NAME (exactly one of --ssh, --adb, --local).
@@ -125,6 +129,7 @@ def add(
         groups=groups,
         benchmark_binary=benchmark_binary,
         xnnpack=not no_xnnpack,
+        cache_mib=cache_mib,
     )
     if ssh_target:
         target = registry.parse_ssh_target(ssh_target, ssh_config)
