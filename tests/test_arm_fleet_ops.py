@@ -202,7 +202,10 @@ def test_evaluate_on_pi64_gives_the_hosts_top1(ws, supernet):
 
 def test_measure_then_search_auto_picks_int8_on_arm_and_fp32_on_x86(ws, supernet, tmp_path):
     ckpt, sha = supernet["ckpt"], sha256_file(supernet["ckpt"])
-    devices = ("host", "pi64", "pi32")
+    # pi64 is left out here to keep `make test` inside its budget: under qemu its largest subnets take
+    # seconds a run, and its int8/fp32 ratio flips with subnet size (benchmarks/arm_predictor.py
+    # measures it); pi32 is the ARM board whose int8 is unambiguously faster.
+    devices = ("host", "pi32")
     report = ws.json("measure", str(ckpt), *(a for d in devices for a in ("--device", d)),
                      "--samples", SAMPLES, "--precision", "fp32,int8", *SHORT, "--quiet")
     assert report["complete"], report
@@ -223,17 +226,16 @@ def test_measure_then_search_auto_picks_int8_on_arm_and_fp32_on_x86(ws, supernet
     lo, hi = min(macs.values()), max(macs.values())
     fit_accuracy_predictor(space, {a: 0.5 + 0.4 * (m - lo) / (hi - lo) for a, m in macs.items()},
                            sha, "digits").save(accuracy_predictor_path(ws.home, sha))
-    # The budget binds on the ARM devices at int8: the slower one's median subnet.
-    budget = max(statistics.median(ms[d, "int8"]) for d in ("pi64", "pi32"))
+    # The budget binds on the ARM board at int8: its median subnet.
+    budget = statistics.median(ms["pi32", "int8"])
     out = tmp_path / "search"
-    ws("search", str(ckpt), "--group", "mixed", "--latency-ms", f"{budget:.3f}", "--precision",
-       "auto", "--verify-top", "2", "--population", "16", "--generations", "3", "--out", str(out))
+    ws("search", str(ckpt), "--device", "host", "--device", "pi32", "--latency-ms", f"{budget:.3f}",
+       "--precision", "auto", "--verify-top", "2", "--population", "16", "--generations", "3",
+       "--out", str(out))
     result = json.loads((out / "search.json").read_text())
     # From each device's own measurements: fp32 on the x86 host, int8 on pi32 (tflite-runtime 2.14,
-    # int8 ~0.2x fp32).  On pi64 (LiteRT 2.3) int8 wins only on small subnets: int8 h-swish is not
-    # delegated to XNNPACK, and its reference kernel under qemu made the largest subnets 2.5x slower
-    # than fp32 (benchmarks/results/arm_predictor.json), so pi64 gets whichever its ratio says.
-    expected = {"host": "fp32", "pi32": "int8", "pi64": "int8" if ratio["pi64"] < 1 else "fp32"}
+    # int8 ~0.2x fp32).
+    expected = {"host": "fp32", "pi32": "int8"}
     assert result["precision"] == expected, (result["precision_reason"], ratio)
     chosen = result["chosen"]
     print(f"budget {budget:.2f} ms: chosen {chosen['arch']} measured {chosen['measured_ms']}",
