@@ -143,11 +143,11 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
                                   lambda archs, p=pred: p.predict_many(space, archs), pred.error))
     searcher = Searcher(space, _score(accuracy, space, ckpt, acc_pred, data_source, seed),
                         models, constraints, num_classes, seed)
-    if strategy is not None or budget is not None:
-        from edgenas.strategies import DEFAULT_STRATEGY, default_budget, run_strategy
+    if strategy is not None or budget is not None or accuracy != "predictor":
+        from edgenas.strategies import default_budget, default_strategy, run_strategy
 
-        run_strategy(searcher, strategy or DEFAULT_STRATEGY,
-                     budget=budget or default_budget(accuracy))
+        budget = budget or default_budget(accuracy)
+        run_strategy(searcher, strategy or default_strategy(budget), budget=budget)
         ranked = searcher.front() if objective == "pareto" else searcher.ranked()
     elif objective == "pareto":
         ranked = searcher.nsga2(population, generations)

@@ -31,7 +31,17 @@ from edgenas.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
+# What benchmarks/search_strategies.py measured (docs/search.md): TPE finds the best subnet with
+# few evaluations (50), aging evolution with more (200); TPE also costs ~0.1 s per trial, nothing
+# next to a proxy or supernet evaluation but far more than a predictor's.
 DEFAULT_STRATEGY = "evolution"
+SMALL_BUDGET_STRATEGY = "tpe"
+SMALL_BUDGET = 100
+
+
+def default_strategy(budget: int) -> str:
+    """The strategy that won at this many evaluations: ``tpe`` up to 100, then ``evolution``."""
+    return SMALL_BUDGET_STRATEGY if budget <= SMALL_BUDGET else DEFAULT_STRATEGY
 ACCURACY_SOURCES = ("predictor", "proxy:NAME", "supernet")
 # evaluations a search spends by default: accuracy predictions cost microseconds, a proxy about a
 # second on a laptop, a supernet evaluation (BN recalibration + validation) several

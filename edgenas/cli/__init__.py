@@ -22,6 +22,7 @@ from edgenas.cli.fleet import fleet
 from edgenas.cli.measure import measure_cmd, measurements
 from edgenas.cli.predictor import predictor
 from edgenas.cli.predictor_accuracy import fit_accuracy_cmd
+from edgenas.cli.proxies import proxies_cmd
 from edgenas.cli.quickstart import quickstart_cmd, report_cmd
 from edgenas.cli.search import search_cmd
 from edgenas.cli.subnet import subnet
@@ -78,5 +79,6 @@ main.add_command(measurements)
 main.add_command(predictor)
 predictor.add_command(fit_accuracy_cmd)
 main.add_command(search_cmd)
+main.add_command(proxies_cmd)
 main.add_command(quickstart_cmd)
 main.add_command(report_cmd)

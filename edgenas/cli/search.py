@@ -10,7 +10,6 @@ from edgenas.cli.common import Workspace, human, table
 
 # edgenas.strategies imports numpy only, but the CLI lists the names without importing it
 STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce")
-DEFAULT_STRATEGY = "evolution"
 
 
 @click.command("search")
@@ -31,7 +30,8 @@ DEFAULT_STRATEGY = "evolution"
 @click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=None,
               help="Search strategy (docs/search.md) spending --budget accuracy evaluations "
               "[default: ofa-evolution over --population x --generations; with --budget or "
-              "--accuracy other than predictor: " + DEFAULT_STRATEGY + "].")
+              "--accuracy other than predictor, the measured winner: tpe up to 100 "
+              "evaluations, evolution above].")
 @click.option("--budget", type=click.IntRange(min=1), default=None,
               help="Accuracy evaluations to spend [default: 1000 with the predictor, 100 with a "
               "proxy, 40 with the supernet].")
@@ -71,8 +71,6 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     if not (accuracy in ("predictor", "supernet") or accuracy.startswith("proxy:")):
         raise click.BadParameter(f"{accuracy!r}: use predictor, proxy:NAME or supernet",
                                  param_hint="--accuracy")
-    if accuracy != "predictor" and strategy is None:
-        strategy = DEFAULT_STRATEGY
     constraints = Constraints(latency_ms, max_size_kb, max_macs)
     with open_store(ws.ensure()) as store:
         outcome = run_search(store, ws.home, ckpt, targets, constraints, precision=precision,
