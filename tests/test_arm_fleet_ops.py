@@ -200,6 +200,7 @@ def test_evaluate_on_pi64_gives_the_hosts_top1(ws, supernet):
 # -------------------------------------------------------------------------------- measure + search
 
 
+@pytest.mark.campaign
 def test_measure_then_search_auto_picks_int8_on_arm_and_fp32_on_x86(ws, supernet, tmp_path):
     ckpt, sha = supernet["ckpt"], sha256_file(supernet["ckpt"])
     # pi64 is left out here to keep `make test` inside its budget: under qemu its largest subnets take
