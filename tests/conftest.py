@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet import Fleet, FleetError
+from tests.fleet import Fleet
 from tests.fleet.arm_fixture import arm_fleet  # noqa: F401  (session fixture: emulated Pis)
+from tests.fleet.fleet import standing
 
 REPO = Path(__file__).resolve().parent.parent
 LITERT_PYTHON = REPO / ".venv" / "bin" / "python"  # ai-edge-litert, numpy 2 (and TensorFlow)
@@ -26,12 +27,9 @@ def fleet() -> Iterator[Fleet]:
     for python in (LITERT_PYTHON, TFLITE_PYTHON):
         if not python.exists():
             pytest.fail(f"the fleet needs {python}: run `make setup` first", pytrace=False)
-    try:
-        fleet = Fleet()
-    except FleetError as exc:
-        pytest.fail(f"cannot stand up the test fleet: {exc}", pytrace=False)
     with pytest.MonkeyPatch.context() as mp:
-        try:
+
+        def build(fleet: Fleet) -> None:
             fleet.add_ssh("ssh1", str(LITERT_PYTHON))
             fleet.add_ssh("ssh2", str(TFLITE_PYTHON))
             fleet.add_ssh("slow", str(TFLITE_PYTHON), cpu_quota=SLOW_QUOTA, cpus="0")
@@ -41,16 +39,9 @@ def fleet() -> Iterator[Fleet]:
             assert fleet.adb_server is not None
             # edgenas and the adb client find the fleet's private adb server through this variable.
             mp.setenv("ANDROID_ADB_SERVER_PORT", str(fleet.adb_server.port))
-        except FleetError as exc:
-            fleet.teardown()
-            pytest.fail(f"cannot stand up the test fleet: {exc}", pytrace=False)
-        except BaseException:
-            fleet.teardown()
-            raise
-        try:
+
+        with standing("the test fleet", build) as fleet:
             yield fleet
-        finally:
-            fleet.teardown()
 
 
 @pytest.fixture

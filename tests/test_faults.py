@@ -33,8 +33,9 @@ from edgenas.registry import get_device
 from edgenas.store import open_store
 from tests import fleet_models, runner_models
 from tests.cli_runner import Cli
-from tests.fleet import Fleet, FleetError
+from tests.fleet import Fleet
 from tests.fleet.disk import small_fs, sshd_pid
+from tests.fleet.fleet import standing
 from tests.fleet.system import pid_alive
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
@@ -56,21 +57,14 @@ def faults() -> Iterator[Fleet]:
     for python in (LITERT, TFLITE):
         if not Path(python).exists():
             pytest.fail(f"the fault devices need {python}: run `make setup` first", pytrace=False)
-    try:
-        fleet = Fleet()
-    except FleetError as exc:
-        pytest.fail(f"cannot stand up the fault devices: {exc}", pytrace=False)
-    try:
+
+    def build(fleet: Fleet) -> None:
         fleet.add_ssh("fnet", LITERT, boot_id="0" * 32)
         fleet.add_ssh("foom", TFLITE, memory_bytes=MEMORY)
         fleet.add_ssh("fclock", TFLITE, fake_clock=True)
-    except BaseException:
-        fleet.teardown()
-        raise
-    try:
+
+    with standing("the fault devices", build) as fleet:
         yield fleet
-    finally:
-        fleet.teardown()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fleet import arm
-from tests.fleet.fleet import Fleet
+from tests.fleet.fleet import Fleet, standing
 from tests.fleet.system import FleetError
 
 # device name -> board; the device is named after its board so test output reads plainly.
@@ -27,19 +27,12 @@ def arm_fleet() -> Iterator[Fleet]:
     (netns mode) namespace; ``fleet.ssh[name].python`` is the device's qemu wrapper."""
     try:
         arm.ensure_built()
-        fleet = Fleet()
     except FleetError as exc:
         pytest.fail(f"cannot stand up the emulated ARM fleet: {exc}", pytrace=False)
-    try:
+
+    def build(fleet: Fleet) -> None:
         for name, board in ARM_DEVICES.items():
             fleet.add_arm_ssh(name, board)
-    except FleetError as exc:
-        fleet.teardown()
-        pytest.fail(f"cannot stand up the emulated ARM fleet: {exc}", pytrace=False)
-    except BaseException:
-        fleet.teardown()
-        raise
-    try:
+
+    with standing("the emulated ARM fleet", build) as fleet:
         yield fleet
-    finally:
-        fleet.teardown()

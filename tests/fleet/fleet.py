@@ -12,7 +12,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -256,3 +256,27 @@ class Fleet:
                 dev.cgroup.delete()
         cleanup_resources(self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def standing(what: str, build: Callable[[Fleet], None]) -> Iterator[Fleet]:
+    """A new :class:`Fleet` with the devices ``build`` adds, torn down when the block ends or when the
+    build fails; a FleetError fails the test with one line naming ``what``."""
+    import pytest
+
+    try:
+        fleet = Fleet()
+    except FleetError as exc:
+        pytest.fail(f"cannot stand up {what}: {exc}", pytrace=False)
+    try:
+        build(fleet)
+    except FleetError as exc:
+        fleet.teardown()
+        pytest.fail(f"cannot stand up {what}: {exc}", pytrace=False)
+    except BaseException:
+        fleet.teardown()
+        raise
+    try:
+        yield fleet
+    finally:
+        fleet.teardown()
