@@ -23,7 +23,6 @@ from edgenas_device.facts import install_advice, parse_facts_sh
 from edgenas.device.scripts import script
 from edgenas.device.session import DeviceSession, NoRuntimeError, RunnerError
 from edgenas.errors import DeviceError, EdgeNASError, TransportError
-from edgenas.paths import devices_dir
 from edgenas.registry import Device
 from edgenas.transports import Transport, open_transport
 
@@ -111,14 +110,6 @@ def _round_trip_ms(transport: Transport, n: int = 3) -> float:
     return best * 1000
 
 
-def runner_path() -> Path:
-    """The on-device package's folder in this installation (what runner.pyz is built from)."""
-    path = devices_dir() / "edgenas_device"
-    if not path.is_dir():
-        raise DeviceError(f"the on-device package is missing from this installation ({path})")
-    return path
-
-
 def setup(session: DeviceSession, *, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """Put the runner on the device (by sha256) and run its ``info`` there.
 
@@ -188,4 +179,4 @@ def check(
 
 
 
-__all__ = ["CheckResult", "TransportError", "check", "install_advice", "probe", "runner_path", "setup"]
+__all__ = ["CheckResult", "TransportError", "check", "install_advice", "probe", "setup"]
