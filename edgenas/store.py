@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgenas.errors import EdgeNASError
-from edgenas.files import open_private, private_dir, private_file
+from edgenas.files import PRIVATE_FILE_MODE, private_dir, private_file
 
 DB_NAME = "edgenas.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -225,8 +225,24 @@ class Store:
 def _private_database(path: Path) -> None:
     """Create the database file 0600 before SQLite opens it, and tighten an existing one and its
     ``-wal``/``-shm`` files: SQLite creates those with the database file's permissions, so a private
-    database keeps its journal private too, whatever the umask."""
-    os.close(open_private(path))
+    database keeps its journal private too, whatever the umask.
+
+    An existing database is never opened here, only chmod-ed by path: SQLite's locks are POSIX
+    record locks, which belong to the process, and closing *any* descriptor of the file drops all of
+    them — every other connection of this process would silently lose its locks (another process
+    could then switch the journal mode or checkpoint under it: "disk I/O error", reads that miss
+    committed rows).  Only a file this call creates (O_EXCL, so nobody has it open) is closed.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     PRIVATE_FILE_MODE)
+    except FileExistsError:
+        private_file(path)
+    else:
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)  # os.open's mode is filtered by the umask
+        finally:
+            os.close(fd)
     for suffix in ("-wal", "-shm", "-journal"):
         private_file(path.with_name(path.name + suffix))
 

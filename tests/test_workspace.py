@@ -258,3 +258,29 @@ def test_no_new_fixed_temp_names_in_the_library() -> None:
     assert "edgenas/predictors/accuracy.py" not in offenders
     assert offenders - KNOWN_FIXED_TEMP_NAMES == set(), "write these through edgenas.files.atomic_write"
     assert KNOWN_FIXED_TEMP_NAMES - offenders == set(), "fixed: take it off KNOWN_FIXED_TEMP_NAMES"
+
+
+def test_a_second_open_store_keeps_the_first_connections_locks(tmp_path: Path) -> None:
+    """SQLite's locks are per-process POSIX locks: closing any descriptor of the database file drops
+    all of them.  Opening a second store in the same process (a campaign's device workers do) must
+    not do that, or another process can switch the journal mode under the first connection (seen as
+    "disk I/O error" mid-campaign, and as reads that missed committed rows)."""
+    first = open_store(tmp_path)
+    second = open_store(tmp_path)
+    try:
+        first.query("SELECT count(*) FROM devices")  # holds its shared lock on the database file
+        other = subprocess.run(
+            [sys.executable, "-c",
+             "import sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], timeout=0.2)\n"
+             "try:\n"
+             "    print(c.execute('PRAGMA journal_mode = DELETE').fetchone()[0])\n"
+             "except sqlite3.OperationalError as e:\n"
+             "    print('refused', e)\n",
+             str(tmp_path / DB_NAME)],
+            capture_output=True, text=True, timeout=60)
+        assert other.stdout.startswith("refused"), other.stdout + other.stderr
+        assert first.query("PRAGMA journal_mode")[0][0] == "wal"
+    finally:
+        second.close()
+        first.close()
