@@ -239,5 +239,11 @@ def test_unsigned_fast_conversion_gives_the_same_model_outputs(trained, digits, 
         return sorted(op["op_name"] for op in it._get_ops_details())
 
     assert ops(fast) == ops(signed)
+
+    def shapes(blob: bytes) -> list[list[int]]:  # the batch stays unknown (-1), as shipped
+        it = Interpreter(model_content=blob)
+        return [d["shape_signature"].tolist() for d in it.get_input_details() + it.get_output_details()]
+
+    assert shapes(fast) == shapes(signed)
     assert Interpreter(model_content=signed).get_signature_list()
     assert not Interpreter(model_content=fast).get_signature_list()
