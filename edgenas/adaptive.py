@@ -204,20 +204,20 @@ class AdaptiveReport:
                 "complete": self.complete, "errors": self.errors}
 
 
-def _profile_data(store: Store, device: str, precision: str, threads: int, space: SearchSpace,
-                  statistic: str
+def _profile_data(store: Store, device_class: str, precision: str, threads: int,
+                  space: SearchSpace, statistic: str
                   ) -> tuple[list[Arch], np.ndarray, list[tuple[float, float]], float | None]:
-    """(archs, latency per arch, (first, second) measurement pairs, median CV) of a profile."""
+    """(archs, latency per arch, (first, second) measurement pairs, median CV) of a class's profile."""
     column = lat.STATISTICS[statistic]
-    rows = store.query(f"SELECT arch, {column} AS y, median_ms, cv FROM measurements WHERE device = ? "
-                       "AND precision = ? AND threads = ? AND space = ? ORDER BY id",
-                       (device, precision, threads, space.name))
+    from edgenas.records.measurements import profile_rows
+
     by: dict[str, list[float]] = {}
     cvs = []
-    for r in rows:
-        by.setdefault(r["arch"], []).append(float(r["y"] if r["y"] is not None else r["median_ms"]))
-        if r["cv"] is not None:
-            cvs.append(float(r["cv"]))
+    for arch, y_ms, _median, cv in profile_rows(store, device_class, precision, threads, space.name,
+                                                column):
+        by.setdefault(arch, []).append(y_ms)
+        if cv is not None:
+            cvs.append(cv)
     archs = [space.parse(a) for a in by]
     y = np.asarray([float(np.median(v)) for v in by.values()])
     pairs = [(v[0], v[1]) for v in by.values() if len(v) >= 2]
@@ -236,6 +236,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
 
     ``statistic``: the run time the predictor will predict (default: that of the device's saved
     predictor of this setting, else the median) — the stop decision is about that predictor."""
+    from edgenas.classes import class_of
     from edgenas.measure import measure, sample_archs
     from edgenas.registry import select_devices
     from edgenas.supernets.checkpoint import load_checkpoint
@@ -246,15 +247,16 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     if len(devs) != 1:
         raise AdaptiveError("--adaptive measures one device at a time (give one --device)")
     device = devs[0].name
+    klass = class_of(devs[0])  # its predictor and its measurements are its class's
     if statistic is None:
         try:
-            statistic = lat.load_predictor(home, device, precision, threads).statistic
+            statistic = lat.load_predictor(home, klass, precision, threads).statistic
         except lat.LatencyPredictorError:
             statistic = "median"
     out = stream or sys.stderr
     started = time.monotonic()
     space = SearchSpace.from_spec(load_checkpoint(Path(source_ckpt))["space"])
-    sources = transfer.sources_from_store(store, space, (device, precision, threads), statistic, home)
+    sources = transfer.sources_from_store(store, space, (klass, precision, threads), statistic, home)
     pool = sample_archs(space, candidates, seed)
     report = AdaptiveReport(device, precision, threads)
     first = first_round or min(samples, max(min_samples - round_size, 5, samples // 2))
@@ -268,7 +270,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
                                                      if sources else " — fitting per device"))
     current = None
     while True:
-        archs, y, pairs, cv = _profile_data(store, device, precision, threads, space, statistic)
+        archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
         have = {a.to_string() for a in archs}
         budget = samples - len(archs)
         if budget <= 0:
@@ -298,7 +300,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
                 report.stopped = f"device aborted: {d.aborted}"
                 break
         before = len(have)
-        archs, y, pairs, cv = _profile_data(store, device, precision, threads, space, statistic)
+        archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
         if len(archs) == before:  # every pick failed (exports or benchmarks): do not loop on them
             report.stopped = "nothing could be measured in the last round"
             break

@@ -323,7 +323,7 @@ class DeviceBencher:
         meta = {"attempts_cv": [a.get("cv") for a in attempts], "uploaded": uploaded,
                 "host": socket.gethostname(), "cv_threshold": s.cv_threshold,
                 "settings": s.__dict__}
-        record = _store_row(store, self.device.name, model, best, s.threads, noisy, campaign, meta)
+        record = _store_row(store, self.device, model, best, s.threads, noisy, campaign, meta)
         record["uploaded"] = uploaded
         record["attempts"] = len(attempts)
         if update_manifest:
@@ -365,17 +365,20 @@ def bench_model(store: Store, home: Path, device_name: str, model_dir: Path | st
 
 # ---------------------------------------------------------------------------------------------- store
 
-def _store_row(store: Store, device: str, model: ModelDir, r: dict[str, Any], threads: int,
+def _store_row(store: Store, device: Device, model: ModelDir, r: dict[str, Any], threads: int,
                noisy: bool, campaign: str | None, meta: dict[str, Any]) -> dict[str, Any]:
     """Store the kept run as one ``measurements`` row (:mod:`edgenas.records.measurements` owns the
-    SQL) and return the row as a dict, its ``id`` and raw ``result_json`` included."""
+    SQL), stamped with the device's class, and return the row as a dict, its ``id`` and raw
+    ``result_json`` included."""
+    from edgenas.classes import class_of
     from edgenas.records import measurements
 
     m = model.manifest
     before, after = r.get("state_before") or {}, r.get("state_after") or {}
     runtime = r.get("runtime") or {}
     stored = measurements.insert(store, measurements.Measurement(
-        device=device,
+        device=device.name,
+        device_class=class_of(device),
         arch=m.get("arch") or "?",
         space=m.get("space"),
         precision=m.get("precision") or "?",

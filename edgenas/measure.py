@@ -55,6 +55,7 @@ from edgenas.bench import (
     for_device,
     load_model_dir,
 )
+from edgenas.classes import class_of
 from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.session import NoRuntimeError
 from edgenas.errors import EdgeNASError
@@ -265,6 +266,7 @@ class DeviceReport:
     errors: list[str] = field(default_factory=list)
     aborted: str | None = None
     seconds: float = 0.0
+    served_by: str | None = None  # another device of its class measured for it
 
 
 @dataclass
@@ -308,10 +310,11 @@ def campaign_id(source_sha: str, space: str, samples: int, seed: int, precisions
 
 def resume_key(device: Device, space: str, threads: int, source_sha: str,
                runtime: tuple[str, str | None], settings: BenchSettings) -> measurements.ResumeKey:
-    """What a stored row must share to count as done for this campaign on ``device``: its runtime and
-    version *now* (a runtime upgrade is measured again), the supernet, and the protocol as the device
-    is measured (a ``--no-xnnpack`` device without XNNPACK)."""
-    return measurements.ResumeKey(device.name, space, threads, source_sha, runtime[0], runtime[1],
+    """What a stored row must share to count as done for this campaign on ``device``: its class (a
+    row from any device of the class counts), its runtime and version *now* (a runtime upgrade is
+    measured again), the supernet, and the protocol as the device is measured (a ``--no-xnnpack``
+    device without XNNPACK)."""
+    return measurements.ResumeKey(class_of(device), space, threads, source_sha, runtime[0], runtime[1],
                                   measurements.Protocol.of(for_device(device, settings)))
 
 
@@ -368,12 +371,20 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     todo: dict[str, dict[tuple[str, str], int]] = {}  # device -> job -> measurements still to take
     try:
         runtimes = _device_runtimes(home, devs, settings, cancel)
+        serving: dict[str, str] = {}  # class -> the one device measuring for it
         for d in devs:
             runtime = runtimes[d.name]
             if isinstance(runtime, str):  # unreachable, or no runtime: reported, nothing exported for it
                 reports[d.name], todo[d.name] = DeviceReport(d.name, 0, 0, aborted=runtime), {}
                 say(d.name, f"ABORTED: {runtime}", level="error")
                 continue
+            klass = class_of(d)
+            if klass in serving:  # one device measures for its whole class (edgenas.classes)
+                reports[d.name] = DeviceReport(d.name, 0, 0, served_by=serving[klass])
+                todo[d.name] = {}
+                say(d.name, f"class {klass}: measured on {serving[klass]}")
+                continue
+            serving[klass] = d.name
             done = measurements.done_counts(
                 store, resume_key(d, space.name, threads, source_sha, runtime, settings))
             todo[d.name] = {j: repeats - done.get(j, 0) for j in jobs if done.get(j, 0) < repeats}

@@ -117,9 +117,10 @@ def local_device_step(store: Store, cfg: QuickstartConfig) -> dict[str, Any]:
 def choose_budget(store: Store, space: str, threads: int, quantile: float
                   ) -> tuple[float, str, str]:
     """A latency budget inside the measured range: the ``quantile`` of the faster precision."""
+    from edgenas.classes import resolve
     from edgenas.records import measurements
 
-    rows = measurements.medians(store, "local", space, threads)
+    rows = measurements.medians(store, resolve(store, "local"), space, threads)
     by: dict[str, list[float]] = {}
     for precision, ms in rows:
         by.setdefault(precision, []).append(float(ms))

@@ -48,6 +48,8 @@ _COLUMNS = (
     "adb_serialno",
     "xnnpack",
     "cache_mib",
+    "device_class",
+    "latency_budget_ms",
     "probe_json",
     "probed_at",
     "created_at",
@@ -72,6 +74,12 @@ class Device:
 
     ``cache_mib``: the bound of the device's model/input cache (``device add --cache-mib``; None: the
     default), trimmed least recently used first.
+
+    ``device_class``: the class the user named (``device add --class``); None: derived from the probe
+    (:func:`edgenas.classes.class_of` gives the class either way).
+
+    ``latency_budget_ms``: the latency this device's model must keep (``fleet specialize`` gives each
+    class the strictest budget of its devices); None: none set.
     """
 
     name: str
@@ -90,6 +98,8 @@ class Device:
     adb_serialno: str | None = None
     xnnpack: bool = True
     cache_mib: int | None = None
+    device_class: str | None = None
+    latency_budget_ms: float | None = None
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -109,8 +119,11 @@ class Device:
         return "local"
 
     def to_dict(self) -> dict[str, Any]:
+        from edgenas.classes import class_of
+
         data = asdict(self)
         data["address"] = self.address
+        data["class"] = class_of(self)
         return data
 
 
@@ -161,6 +174,8 @@ def make_device(
     adb_serialno: str | None = None,
     xnnpack: bool = True,
     cache_mib: int | None = None,
+    device_class: str | None = None,
+    latency_budget_ms: float | None = None,
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
@@ -201,6 +216,16 @@ def make_device(
     if cache_mib is not None and not 0 <= int(cache_mib) <= 1 << 20:
         raise DeviceError(f"device {name}: --cache-mib must be within 0..1048576")
     group_list = sorted({validate_group(g) for g in groups})
+    if device_class is not None:
+        from edgenas.classes import ClassError, validate_class
+
+        try:
+            validate_class(device_class)
+        except ClassError as exc:
+            raise DeviceError(f"device {name}: {exc}") from None
+    if latency_budget_ms is not None and not (isinstance(latency_budget_ms, (int, float))
+                                              and 0 < float(latency_budget_ms) < 1e7):
+        raise DeviceError(f"device {name}: the latency budget must be a positive number of ms")
     binary = validate_benchmark_binary(benchmark_binary) if benchmark_binary else None
     return Device(
         name=name,
@@ -219,6 +244,8 @@ def make_device(
         adb_serialno=adb_serialno if kind == "adb" else None,
         xnnpack=bool(xnnpack),
         cache_mib=None if cache_mib is None else int(cache_mib),
+        device_class=device_class,
+        latency_budget_ms=None if latency_budget_ms is None else float(latency_budget_ms),
         groups=group_list,
     )
 
@@ -270,6 +297,8 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.adb_serialno,
                 int(device.xnnpack),
                 device.cache_mib,
+                device.device_class,
+                device.latency_budget_ms,
                 probe_json,
                 probed_at,
                 created,
@@ -342,6 +371,11 @@ def set_groups(store: Store, names: Iterable[str], group: str, member: bool) -> 
 
 
 def save_probe(store: Store, name: str, probe: Mapping[str, Any]) -> None:
+    """Store a device's probe.  Its first probe also takes the measurements it took unprobed into the
+    class the probe derives (:func:`edgenas.classes.adopt_on_probe`)."""
+    from edgenas.classes import adopt_on_probe
+
+    device = get_device(store, name)
     now = time.time()
     with store.transaction() as conn:
         cur = conn.execute(
@@ -350,6 +384,22 @@ def save_probe(store: Store, name: str, probe: Mapping[str, Any]) -> None:
         )
         if cur.rowcount == 0:
             raise DeviceError(f"no device named {name!r}")
+        adopt_on_probe(conn, device, probe)
+
+
+def set_device_class(store: Store, names: Iterable[str], device_class: str | None) -> None:
+    """Name the class of the devices (None: derive it from the probe again).  Measurements already
+    taken stay with the class they were taken in."""
+    from edgenas.classes import validate_class
+
+    if device_class is not None:
+        validate_class(device_class)
+    with store.transaction() as conn:
+        for name in names:
+            cur = conn.execute("UPDATE devices SET device_class = ?, updated_at = ? WHERE name = ?",
+                               (device_class, time.time(), name))
+            if cur.rowcount == 0:
+                raise DeviceError(f"no device named {name!r} (see `edgenas device list`)")
 
 
 def set_host_key_fingerprint(store: Store, name: str, fingerprint: str | None) -> None:
@@ -390,6 +440,8 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         adb_serialno=row["adb_serialno"],
         xnnpack=bool(row["xnnpack"]) if row["xnnpack"] is not None else True,
         cache_mib=row["cache_mib"],
+        device_class=row["device_class"],
+        latency_budget_ms=row["latency_budget_ms"],
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

@@ -47,8 +47,8 @@ class SearchOutcome:
 
 def measured_ratio(store: Store, device: str, threads: int, space: str,
                    statistic: str = "median", xnnpack: bool = True) -> float | None:
-    """Median of int8/fp32 latency (of ``statistic``) over archs measured in both precisions with
-    the device's XNNPACK setting."""
+    """Median of int8/fp32 latency (of ``statistic``) over archs measured in both precisions on the
+    device class ``device`` with its XNNPACK setting."""
     from edgenas.records.measurements import best_by_arch_precision
 
     rows = best_by_arch_precision(store, device, threads, space, STATISTICS[statistic],
@@ -64,12 +64,15 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
                      asked: str, xnnpack: bool = True) -> tuple[str, LatencyPredictor, str]:
     """The precision to search with on ``device`` and why (``auto``: whichever measured faster).
     Only predictors fitted with the device's XNNPACK setting are used."""
+    from edgenas.classes import resolve
+
+    klass = resolve(store, device)  # the device's class: its predictors and measurements
     if asked != "auto":
-        return asked, load_predictor(home, device, asked, threads, xnnpack=xnnpack), "as asked"
+        return asked, load_predictor(home, klass, asked, threads, xnnpack=xnnpack), "as asked"
     available = {}
     for precision in PRECISIONS:
         try:
-            available[precision] = load_predictor(home, device, precision, threads, xnnpack=xnnpack)
+            available[precision] = load_predictor(home, klass, precision, threads, xnnpack=xnnpack)
         except EdgeNASError:
             continue
     if not available:
@@ -78,7 +81,7 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     if len(available) == 1:
         (precision, pred), = available.items()
         return precision, pred, f"only {precision} was measured"
-    ratio = measured_ratio(store, device, threads, space, available["fp32"].statistic, xnnpack)
+    ratio = measured_ratio(store, klass, threads, space, available["fp32"].statistic, xnnpack)
     if ratio is None:
         return "int8", available["int8"], "no arch measured in both precisions; int8 by default"
     precision = "int8" if ratio < 1.0 else "fp32"

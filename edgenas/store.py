@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -179,7 +179,35 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE devices ADD COLUMN cache_mib INTEGER;
     """,
+    # 8 -> 9: device classes (edgenas.classes).  ``devices.device_class``: the class the user named
+    # (NULL: derived from the probe); ``devices.latency_budget_ms``: the device's latency budget
+    # (``device add --latency-budget-ms``, inventory ``edgenas_latency_ms``) for ``fleet specialize``.
+    # ``measurements.device_class``: the class of the device when the
+    # row was measured; rows from before are stamped by the Python step of this migration
+    # (edgenas.classes.backfill: the device's class derived from its stored probe, else its name).
+    # A row inserted without a class is a class of its own device (the trigger).
+    """
+    ALTER TABLE devices ADD COLUMN device_class TEXT;
+    ALTER TABLE devices ADD COLUMN latency_budget_ms REAL;
+    ALTER TABLE measurements ADD COLUMN device_class TEXT;
+    UPDATE measurements SET device_class = device;
+    CREATE INDEX measurements_class ON measurements(device_class, space, threads, precision);
+    CREATE TRIGGER measurements_own_class AFTER INSERT ON measurements
+    WHEN NEW.device_class IS NULL BEGIN
+        UPDATE measurements SET device_class = NEW.device WHERE id = NEW.id;
+    END;
+    """,
 )
+
+
+def _backfill_classes(conn: sqlite3.Connection) -> None:
+    from edgenas.classes import backfill
+
+    backfill(conn)
+
+
+# Python steps run after a migration's SQL, in its transaction: {version reached: step}.
+MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {9: _backfill_classes}
 
 
 class StoreError(EdgeNASError):
@@ -309,6 +337,9 @@ def _migrate(store: Store, migrations: tuple[str, ...]) -> None:
             # executescript would COMMIT our transaction; run the statements one by one instead.
             for statement in _statements(migrations[current]):
                 conn.execute(statement)
+            step = MIGRATION_STEPS.get(current + 1) if migrations is MIGRATIONS else None
+            if step is not None:
+                step(conn)
             conn.execute(f"PRAGMA user_version = {current + 1}")
 
 

@@ -10,11 +10,22 @@ import click
 
 from edgenas import devices as devlib
 from edgenas import registry
+from edgenas.classes import ClassError, class_of, how, validate_class
 from edgenas.cli.common import Workspace, echo_json, table
 from edgenas.device.session import DeviceSession
 from edgenas.errors import DeviceError
 from edgenas.store import Store, open_store
 from edgenas.transports import known_hosts_path, open_transport
+
+
+def _class_option(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    """``--class``: checked before anything is contacted."""
+    if value is None:
+        return None
+    try:
+        return validate_class(value)
+    except ClassError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _store(ws: Workspace) -> Store:
@@ -87,6 +98,12 @@ def device() -> None:
 @click.option("--cache-mib", type=click.IntRange(0, 1 << 20), default=None, metavar="MIB",
               help="Bound of the device's cache of benchmarked models and sent inputs (least recently "
               "used first) [default: 512].")
+@click.option("--class", "device_class", default=None, metavar="CLASS", callback=_class_option,
+              help="The device's class, instead of the one derived from its probe (CPU, cores, arch, "
+              "runtime and version): devices of one class share measurements and latency predictors.")
+@click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="MS", help="The latency this device's model must keep: `fleet specialize` gives "
+              "each class the strictest budget of its devices.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
 @click.pass_obj
 def add(
@@ -106,6 +123,8 @@ def add(
     benchmark_binary: Path | None,
     no_xnnpack: bool,
     cache_mib: int | None,
+    device_class: str | None,
+    latency_budget_ms: float | None,
     replace: bool,
 ) -> None:
     """Register device NAME (exactly one of --ssh, --adb, --local).
@@ -127,6 +146,8 @@ def add(
         python=python,
         timeout_s=timeout,
         groups=groups,
+        device_class=device_class,
+        latency_budget_ms=latency_budget_ms,
         benchmark_binary=benchmark_binary,
         xnnpack=not no_xnnpack,
         cache_mib=cache_mib,
@@ -242,13 +263,15 @@ def list_(ws: Workspace, group: str | None, as_json: bool) -> None:
                 d.kind,
                 d.address,
                 ",".join(d.groups),
+                class_of(d),
                 p.get("arch"),
                 p.get("python_version"),
                 p.get("runtime"),
                 _age(d.probed_at),
             ]
         )
-    click.echo(table(["name", "kind", "address", "groups", "arch", "python", "runtime", "probed"], rows))
+    click.echo(table(["name", "kind", "address", "groups", "class", "arch", "python", "runtime",
+                      "probed"], rows))
 
 
 def _age(ts: float | None) -> str:
@@ -284,6 +307,8 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
         ("benchmark binary", d.benchmark_binary),
         ("timeout", f"{d.timeout_s:g} s"),
         ("groups", ", ".join(d.groups)),
+        ("class", f"{class_of(d)} ({how(d)})"),
+        ("latency budget", d.latency_budget_ms and f"{d.latency_budget_ms:g} ms"),
         ("probed", _age(d.probed_at)),
     ]
     p = d.probe or {}
@@ -310,6 +335,24 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
     for key, value in fields:
         if value not in (None, ""):
             click.echo(f"{key.ljust(width)}  {value}")
+
+
+@device.command("set-class")
+@click.argument("args", nargs=-1, required=True, metavar="NAME... (CLASS | --derived)")
+@click.option("--derived", is_flag=True, help="Forget the name given; derive the class from the probe.")
+@click.pass_obj
+def set_class(ws: Workspace, args: tuple[str, ...], derived: bool) -> None:
+    """Name the class of devices NAME... (or groups): they share measurements and latency predictors.
+
+    Measurements already taken stay with the class they were taken in."""
+    names, device_class = (args, None) if derived else (args[:-1], _class_option(None, None, args[-1]))
+    if not names:
+        raise click.UsageError("give NAME... CLASS, or NAME... --derived")
+    with _store(ws) as store:
+        devs = registry.select_devices(store, names)
+        registry.set_device_class(store, [d.name for d in devs], device_class)
+        for d in registry.select_devices(store, [d.name for d in devs]):
+            click.echo(f"{d.name}: class {class_of(d)} ({how(d)})")
 
 
 @device.command("remove")

@@ -96,7 +96,9 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     else:
         models = len(report.archs) * len(report.precisions)
         rows = [[d.device, models, d.skipped, d.measured, d.failed, f"{d.seconds:.0f} s",
-                 d.aborted or "; ".join(d.errors[:1])] for d in report.devices.values()]
+                 d.aborted or "; ".join(d.errors[:1])
+                 or (f"same class as {d.served_by}: measured there" if d.served_by else "")]
+                for d in report.devices.values()]
         click.echo(table(["device", "models", "already done", "measured", "failed", "time", "error"],
                          rows))
         click.echo(f"campaign {report.campaign}: {len(report.archs)} archs x {report.precisions}, "

@@ -57,11 +57,12 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
                    statistic=statistic, method=method)
         base = evaluate_baseline(store, device_name, precision, threads, space=pred.space,
                                  statistic=statistic)
-    path = predictor_path(ws.home, device_name, precision, threads)
+    path = predictor_path(ws.home, pred.device, precision, threads)
     if as_json:
         echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base})
         return
-    click.echo(f"latency predictor for {device_name} ({precision}, {threads} thread(s), "
+    served = "" if pred.device == device_name else f" (class {pred.device})"
+    click.echo(f"latency predictor for {device_name}{served} ({precision}, {threads} thread(s), "
                f"{pred.space}, {pred.runtime or 'runtime unknown'}, {statistic} run time): "
                f"{pred.model_name}")
     click.echo(table(["model", *_QUALITY_HEADERS],
@@ -92,6 +93,12 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
     """The saved latency predictors and their measured (held-out) error."""
     from edgenas.predictors.latency import list_predictors
 
+    if device_name is not None:
+        from edgenas.classes import resolve
+        from edgenas.store import open_store
+
+        with open_store(ws.ensure()) as store:
+            device_name = resolve(store, device_name)  # a device's predictors are its class's
     found = list_predictors(ws.home, device_name)
     if as_json:
         echo_json([{**p.to_json(), "path": str(path)} for path, p in found])
@@ -99,7 +106,7 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
     if not found:
         click.echo("no latency predictors (fit one with `edgenas predictor fit --device NAME`)")
         return
-    click.echo(table(["device", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
+    click.echo(table(["class", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
                      [[p.device, p.precision, p.threads, p.space, p.statistic, p.model_name,
                        *_quality_row(p.quality)] for _, p in found]))
 
@@ -114,13 +121,15 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
                 threads: int, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
+    from edgenas.classes import resolve
     from edgenas.predictors.latency import device_xnnpack, load_predictor
     from edgenas.space import SearchSpace
     from edgenas.store import open_store
 
     with open_store(ws.ensure()) as store:  # a predictor of the other XNNPACK profile is refused
         xnnpack = device_xnnpack(store, device_name)
-    pred = load_predictor(ws.home, device_name, precision, threads, xnnpack=xnnpack)
+        klass = resolve(store, device_name)
+    pred = load_predictor(ws.home, klass, precision, threads, xnnpack=xnnpack)
     space = SearchSpace.load(pred.space)
     rows = [(a, pred.predict(space, a)) for a in arch_ids]
     if as_json:

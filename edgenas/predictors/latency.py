@@ -200,7 +200,10 @@ def _candidates(n: int) -> list[str]:
 
 @dataclass
 class LatencyPredictor:
-    """A fitted predictor: ``predict(space, arch)`` in ms; ``error`` its held-out p90 relative error."""
+    """A fitted predictor: ``predict(space, arch)`` in ms; ``error`` its held-out p90 relative error.
+
+    ``device``: the device class it serves (:mod:`edgenas.classes`; for a device never probed, the
+    device's own name) — the field keeps its name so that saved predictors stay readable."""
 
     device: str
     precision: str
@@ -312,8 +315,10 @@ def measured_latency(row: Any, statistic: str = "median") -> float:
     return float(value if value is not None else row["median_ms"])
 
 
-def predictor_path(home: Path, device: str, precision: str, threads: int) -> Path:
-    return Path(home) / "predictors" / f"latency-{device}-{precision}-t{threads}.json"
+def predictor_path(home: Path, device_class: str, precision: str, threads: int) -> Path:
+    """Where the predictor of a device class (one setting) is saved: one file serves every device of
+    the class."""
+    return Path(home) / "predictors" / f"latency-{device_class}-{precision}-t{threads}.json"
 
 
 def load_predictor(home: Path, device: str, precision: str = "fp32", threads: int = 1,
@@ -378,8 +383,9 @@ class TrainingSet:
 def training_set(store: Store, device: str, precision: str, threads: int,
                  space: str | None = None, statistic: str = "median",
                  xnnpack: bool | None = None) -> TrainingSet:
-    """The device's measurements of one setting; ``xnnpack`` (default: the registered device's
-    setting) keeps only rows measured with (True) or without (False) XNNPACK."""
+    """The measurements of one setting of ``device``'s class (a device name stands for its class; any
+    other name is taken as a class name), from every device of the class; ``xnnpack`` (default: the
+    registered device's setting) keeps only rows measured with (True) or without (False) XNNPACK."""
     if statistic not in STATISTICS:
         raise LatencyPredictorError(f"unknown statistic {statistic!r} (one of {', '.join(STATISTICS)})")
     column = STATISTICS[statistic]
@@ -387,7 +393,7 @@ def training_set(store: Store, device: str, precision: str, threads: int,
         xnnpack = device_xnnpack(store, device)
     from edgenas.records.measurements import for_predictor
 
-    rows = for_predictor(store, device, precision, threads, xnnpack=bool(xnnpack))
+    rows = for_predictor(store, _class_key(store, device), precision, threads, xnnpack=bool(xnnpack))
     if space is None:
         spaces = sorted({r.space for r in rows if r.space})
         if len(spaces) > 1:
@@ -421,12 +427,29 @@ def training_set(store: Store, device: str, precision: str, threads: int,
 
 
 def device_xnnpack(store: Store, device: str) -> bool:
-    """The registered device's XNNPACK setting (True for a name not in the registry)."""
+    """The registered device's XNNPACK setting, or that of the devices of the class of that name
+    (True for a name that is neither)."""
     try:
         rows = store.query("SELECT xnnpack FROM devices WHERE name = ?", (device,))
     except sqlite3.OperationalError:  # a store without the column predates the setting: XNNPACK on
         return True
-    return bool(rows[0]["xnnpack"]) if rows and rows[0]["xnnpack"] is not None else True
+    if not rows:
+        from edgenas.classes import class_of
+        from edgenas.registry import list_devices
+
+        members = [d for d in list_devices(store) if class_of(d) == device]
+        return members[0].xnnpack if members else True
+    return bool(rows[0]["xnnpack"]) if rows[0]["xnnpack"] is not None else True
+
+
+def _class_key(store: Store, name: str) -> str:
+    """The class a predictor command's target names (edgenas.classes.resolve), as a predictor error."""
+    from edgenas.classes import ClassError, resolve
+
+    try:
+        return resolve(store, name)
+    except ClassError as exc:
+        raise LatencyPredictorError(str(exc)) from None
 
 
 def _protocol(rows: Sequence[Any]) -> dict[str, Any] | None:
@@ -475,7 +498,8 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
     if method != "per-device" and not feature_sets:
         from edgenas.predictors.transfer import fit_from_store
 
-        found = fit_from_store(store, device, precision, threads, space=space, statistic=statistic,
+        found = fit_from_store(store, _class_key(store, device), precision, threads, space=space,
+                               statistic=statistic,
                                home=save_to, method=method, xnnpack=xnnpack)
         if found is not None and found[0] is not None:
             if save_to is not None:
@@ -503,7 +527,7 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
     fs = _select(ts.space, ts.archs, ts.latency_ms, ts.num_classes, cands)
     names = feature_names(ts.space, fs)
     coef, scale = _nnls_fit(_matrix(ts.space, ts.archs, names, fs, ts.num_classes), ts.latency_ms)
-    pred = LatencyPredictor(device, precision, threads, ts.space.name, fs, names,
+    pred = LatencyPredictor(_class_key(store, device), precision, threads, ts.space.name, fs, names,
                             [float(c) for c in coef], [float(s) for s in scale], ts.num_classes, q,
                             ts.runtime, n, time.time(),
                             {"statistic": statistic, "protocol": ts.protocol, "xnnpack": ts.xnnpack,

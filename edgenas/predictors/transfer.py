@@ -335,14 +335,14 @@ def sources_from_store(store: Store, space: SearchSpace, exclude: tuple[str, str
                        min_samples: int = MIN_SOURCE_SAMPLES) -> list[SourceProfile]:
     """Every other profile of the workspace with ≥ ``min_samples`` measured subnets of ``space``
     (fitted on all of them), plus saved predictors of profiles with no measurements here."""
-    rows = store.query("SELECT device, precision, threads, COUNT(DISTINCT arch) AS n FROM measurements "
-                       "WHERE space = ? GROUP BY device, precision, threads", (space.name,))
+    from edgenas.records.measurements import profiles
+
     out: list[SourceProfile] = []
     seen: set[tuple[str, str, int]] = set()
-    for r in rows:
-        key = (r["device"], r["precision"], int(r["threads"]))
+    for klass, precision, threads, n in profiles(store, space.name):  # one profile per device class
+        key = (klass, precision, threads)
         seen.add(key)
-        if key == tuple(exclude) or int(r["n"]) < min_samples:
+        if key == tuple(exclude) or n < min_samples:
             continue
         try:
             ts = lat.training_set(store, *key, space=space.name, statistic=statistic)

@@ -95,6 +95,7 @@ class Measurement:
     temp_c_before: float | None = None
     temp_c_after: float | None = None
     protocol: Protocol | None = None
+    device_class: str | None = None
     result_json: str = "{}"
     created_at: float = field(default_factory=time.time)
     id: int | None = None
@@ -123,8 +124,9 @@ class Measurement:
 
 # The flat columns, in export order (CSV header of `measurements export`).
 FIELDS = (
-    "id", "device", "arch", "space", "precision", "threads", "runtime", "runtime_version",
-    "model_sha256", "source_sha256", "campaign", "median_ms", "p90_ms", "mean_ms", "std_ms", "min_ms",
+    "id", "device", "device_class", "arch", "space", "precision", "threads", "runtime",
+    "runtime_version", "model_sha256", "source_sha256", "campaign", "median_ms", "p90_ms", "mean_ms",
+    "std_ms", "min_ms",
     "cv", "init_ms", "first_ms", "runs", "peak_rss_kib", "noisy", "governor", "freq_mhz_before",
     "freq_mhz_after", "temp_c_before", "temp_c_after", "protocol_runs", "protocol_min_secs",
     "protocol_warmup_runs", "protocol_warmup_secs", "xnnpack", "created_at",
@@ -136,9 +138,10 @@ _SELECT = f"SELECT {', '.join(FIELDS)}, result_json FROM measurements"
 @dataclass(frozen=True)
 class ResumeKey:
     """What a stored measurement must share with the one a campaign is about to take to count as
-    already done (see the module docstring)."""
+    already done (see the module docstring).  ``device_class``: a row taken on any device of the
+    class counts (edgenas.classes)."""
 
-    device: str
+    device_class: str
     space: str
     threads: int
     source_sha256: str
@@ -155,6 +158,7 @@ def insert(store: Store, m: Measurement) -> Measurement:
     if not (isinstance(m.median_ms, (int, float)) and math.isfinite(m.median_ms) and m.median_ms >= 0):
         raise MeasurementError(f"{m.device}: refusing to store median {m.median_ms!r} ms for {m.arch}")
     row = m.to_dict()
+    row["device_class"] = m.device_class or m.device  # a device without a class is one of its own
     row["result_json"] = m.result_json
     with store.transaction() as conn:
         cur = conn.execute(
@@ -162,7 +166,7 @@ def insert(store: Store, m: Measurement) -> Measurement:
             f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})",
             tuple(row[c] for c in _INSERT_COLUMNS),
         )
-    return replace(m, id=cur.lastrowid)
+    return replace(m, id=cur.lastrowid, device_class=row["device_class"])
 
 
 # ---------------------------------------------------------------------------------------------- read
@@ -185,11 +189,12 @@ _XNNPACK = "COALESCE(xnnpack, 1) = ?"  # rows without a recorded protocol ran th
 
 def find(store: Store, device: str | None = None, precision: str | None = None,
          threads: int | None = None, space: str | None = None,
-         campaign: str | None = None, *, xnnpack: bool | None = None) -> list[Measurement]:
+         campaign: str | None = None, *, xnnpack: bool | None = None,
+         device_class: str | None = None) -> list[Measurement]:
     """Stored measurements filtered as given (``xnnpack``: measured with / without it), oldest first."""
     where, params = [], []
     for column, value in (("device", device), ("precision", precision), ("threads", threads),
-                          ("space", space), ("campaign", campaign)):
+                          ("space", space), ("campaign", campaign), ("device_class", device_class)):
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
@@ -200,11 +205,12 @@ def find(store: Store, device: str | None = None, precision: str | None = None,
     return [_from_row(r) for r in store.query(sql, tuple(params))]
 
 
-def for_predictor(store: Store, device: str, precision: str, threads: int, *,
+def for_predictor(store: Store, device_class: str, precision: str, threads: int, *,
                   xnnpack: bool | None = None) -> list[Measurement]:
-    """Every row a latency predictor of (device, precision, threads) and this XNNPACK profile may be
-    fitted on, oldest first."""
-    return find(store, device=device, precision=precision, threads=threads, xnnpack=xnnpack)
+    """Every row a latency predictor of (device class, precision, threads) and this XNNPACK profile
+    may be fitted on — measured on any device of the class — oldest first."""
+    return find(store, device_class=device_class, precision=precision, threads=threads,
+                xnnpack=xnnpack)
 
 
 def done_counts(store: Store, key: ResumeKey) -> dict[tuple[str, str], int]:
@@ -213,25 +219,25 @@ def done_counts(store: Store, key: ResumeKey) -> dict[tuple[str, str], int]:
     p = key.protocol
     rows = store.query(
         "SELECT arch, precision, COUNT(*) AS n FROM measurements "
-        "WHERE device = ? AND space = ? AND threads = ? AND source_sha256 = ? AND runtime = ? "
+        "WHERE device_class = ? AND space = ? AND threads = ? AND source_sha256 = ? AND runtime = ? "
         "AND runtime_version IS ? AND protocol_runs = ? AND protocol_min_secs = ? "
         "AND protocol_warmup_runs = ? AND protocol_warmup_secs = ? AND xnnpack = ? "
         "GROUP BY arch, precision",
-        (key.device, key.space, key.threads, key.source_sha256, key.runtime, key.runtime_version,
+        (key.device_class, key.space, key.threads, key.source_sha256, key.runtime, key.runtime_version,
          p.runs, p.min_secs, p.warmup_runs, p.warmup_secs, int(p.xnnpack)))
     return {(r["arch"], r["precision"]): int(r["n"]) for r in rows}
 
 
-def best_by_arch(store: Store, device: str, precision: str, threads: int,
+def best_by_arch(store: Store, device_class: str, precision: str, threads: int,
                  space: str) -> list[tuple[str, float]]:
-    """(arch, fastest median) per measured arch, by arch."""
-    rows = store.query("SELECT arch, MIN(median_ms) FROM measurements WHERE device = ? AND "
+    """(arch, fastest median) per measured arch of the class, by arch."""
+    rows = store.query("SELECT arch, MIN(median_ms) FROM measurements WHERE device_class = ? AND "
                        "precision = ? AND threads = ? AND space = ? GROUP BY arch ORDER BY arch",
-                       (device, precision, threads, space))
+                       (device_class, precision, threads, space))
     return [(str(r[0]), float(r[1])) for r in rows]
 
 
-def best_by_arch_precision(store: Store, device: str, threads: int, space: str,
+def best_by_arch_precision(store: Store, device_class: str, threads: int, space: str,
                            column: str = "median_ms", *,
                            xnnpack: bool | None = None) -> list[tuple[str, str, float]]:
     """(arch, precision, fastest ``column`` — the median where that is missing) per measured pair."""
@@ -240,26 +246,54 @@ def best_by_arch_precision(store: Store, device: str, threads: int, space: str,
     extra, params = ("", ()) if xnnpack is None else (f" AND {_XNNPACK}", (int(xnnpack),))
     rows = store.query(
         f"SELECT arch, precision, MIN(COALESCE({column}, median_ms)) FROM measurements "
-        f"WHERE device = ? AND threads = ? AND space = ?{extra} GROUP BY arch, precision",
-        (device, threads, space, *params))
+        f"WHERE device_class = ? AND threads = ? AND space = ?{extra} GROUP BY arch, precision",
+        (device_class, threads, space, *params))
     return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
 
-def medians(store: Store, device: str, space: str, threads: int) -> list[tuple[str, float]]:
-    """(precision, median) of every row of ``device`` in ``space`` at ``threads``."""
-    rows = store.query("SELECT precision, median_ms FROM measurements WHERE device = ? "
-                       "AND space = ? AND threads = ? ORDER BY id", (device, space, threads))
+def medians(store: Store, device_class: str, space: str, threads: int) -> list[tuple[str, float]]:
+    """(precision, median) of every row of the class in ``space`` at ``threads``."""
+    rows = store.query("SELECT precision, median_ms FROM measurements WHERE device_class = ? "
+                       "AND space = ? AND threads = ? ORDER BY id", (device_class, space, threads))
     return [(str(r[0]), float(r[1])) for r in rows]
 
 
 def profiles(store: Store, space: str) -> list[tuple[str, str, int, int]]:
-    """(device, precision, threads, distinct archs measured) of every profile measured in ``space``."""
-    rows = store.query("SELECT device, precision, threads, COUNT(DISTINCT arch) FROM measurements "
-                       "WHERE space = ? GROUP BY device, precision, threads ORDER BY device, precision, "
-                       "threads", (space,))
+    """(device class, precision, threads, distinct archs measured) of every profile measured in
+    ``space``."""
+    rows = store.query("SELECT device_class, precision, threads, COUNT(DISTINCT arch) "
+                       "FROM measurements WHERE space = ? GROUP BY device_class, precision, threads "
+                       "ORDER BY device_class, precision, threads", (space,))
     return [(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+
+def profile_rows(store: Store, device_class: str, precision: str, threads: int, space: str,
+                 column: str = "median_ms") -> list[tuple[str, float, float, float | None]]:
+    """(arch, ``column`` or the median, median, cv) of every row of one class's profile, oldest first:
+    what the adaptive campaign scores its predictor and noise floor on."""
+    if column not in STAT_COLUMNS:
+        raise MeasurementError(f"unknown statistic column {column!r} (one of {', '.join(STAT_COLUMNS)})")
+    rows = store.query(f"SELECT arch, COALESCE({column}, median_ms), median_ms, cv FROM measurements "
+                       "WHERE device_class = ? AND precision = ? AND threads = ? AND space = ? "
+                       "ORDER BY id", (device_class, precision, threads, space))
+    return [(str(r[0]), float(r[1]), float(r[2]), None if r[3] is None else float(r[3]))
+            for r in rows]
+
+
+def move_class(conn: sqlite3.Connection, device: str, to_class: str,
+               from_class: str | None = None) -> int:
+    """Inside the caller's transaction: stamp ``device``'s rows (only those of ``from_class``, if
+    given) with ``to_class``; the number of rows moved.  Used by edgenas.classes when a device's first
+    probe adopts its unprobed rows, and by the migration that introduced classes."""
+    if from_class is None:
+        cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ?",
+                           (to_class, device))
+    else:
+        cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ? "
+                           "AND device_class = ?", (to_class, device, from_class))
+    return int(cur.rowcount)
 
 
 __all__ = ["FIELDS", "Measurement", "MeasurementError", "Protocol", "ResumeKey", "best_by_arch",
            "best_by_arch_precision", "done_counts", "find", "for_predictor", "insert", "medians",
-           "profiles"]
+           "move_class", "profile_rows", "profiles"]
