@@ -329,3 +329,74 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
           r["model_name"], r["action"], r["status"], r["version"] or "", r["reason"] or ""]
          for r in rows],
     ))
+
+
+@fleet.command("specialize")
+@click.argument("ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--group", required=True, help="The devices to specialise for (an inventory group).")
+@click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Latency budget for every class [default: each class's strictest device budget, "
+                   "from `device add --latency-budget-ms` or the inventory's edgenas_latency_ms].")
+@click.option("--precision", default="auto", show_default=True,
+              type=click.Choice(["auto", "fp32", "fp16", "int8", "dynamic"]),
+              help="auto: measure fp32 and int8 and let each class's search pick the faster.")
+@click.option("--name", default=None, help="Model name on the devices [default: the group's name].")
+@click.option("--samples", type=click.IntRange(min=4), default=20, show_default=True,
+              help="At most this many subnets measured per class and precision (adaptive, stops "
+                   "early once the predictor holds).")
+@click.option("--canary", type=int, default=0, show_default=True, metavar="N",
+              help="Push to N devices of each class first; stop that class if any fails.")
+@click.option("--per-class", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Devices of each class benchmarked after the push.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Bench protocol of the campaigns and the final benchmark: timed runs ...")
+@click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="... and at least this many seconds of them.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Probe and print the plan; measure and push nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | None, precision: str,
+                   name: str | None, samples: int, canary: int, per_class: int, threads: int,
+                   runs: int, min_secs: float, seed: int, dry_run: bool, as_json: bool) -> None:
+    """Give every class of device in GROUP its own best subnet of the supernet CKPT.
+
+    Per class (devices whose latency is the same: see `device list`): a few-shot latency campaign
+    on one of its devices when it has no predictor yet, a search under its budget, an export
+    calibrated on the training data, a push with health check (and canary) to all its devices, and
+    a benchmark of a sample compared with the promise.  Resumable: a re-run skips every finished
+    step (state in <home>/specialize/GROUP/state.json), so a finished group does nothing.
+    """
+    from edgenas.fleet import specialize as sp
+
+    home = ws.ensure()
+    with _store(ws) as store:
+        plan = sp.make_plan(store, home, ckpt, group, latency_ms=latency_ms, precision=precision,
+                            threads=threads, name=name)
+        for line in sp.describe_plan(plan, samples):  # the plan is the output of a dry run
+            click.echo(line, err=as_json or not dry_run)
+        if dry_run:
+            if as_json:
+                echo_json(plan.to_dict())
+            return
+        outcomes = sp.run(store, home, plan, samples=samples, canary=canary, per_class=per_class,
+                          seed=seed, runs=runs, min_secs=min_secs,
+                          say=lambda m: click.echo(m, err=True))
+    if as_json:
+        echo_json({"plan": plan.to_dict(), "classes": [vars(o) for o in outcomes]})
+    else:
+        def ms(v: float | None) -> str:
+            return "" if v is None else f"{v:.3g}"
+
+        click.echo(table(
+            ["class", "devices", "subnet", "precision", "top-1", "promised ms", "measured ms",
+             "status"],
+            [[o.key, len(o.devices), o.arch or "", o.precision or "",
+              "" if o.accuracy is None else f"{o.accuracy:.1%}", ms(o.promised_ms),
+              ", ".join(f"{d} {ms(v)}" for d, v in o.measured_ms.items()),
+              o.status + (" (nothing to do)" if len(o.skipped_steps) == len(sp.STEPS) else "")
+              + (f": {o.reason}" if o.reason else "")]
+             for o in outcomes]))
+    if any(o.status == "failed" for o in outcomes):
+        sys.exit(EXIT_FAILED)
