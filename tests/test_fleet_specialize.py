@@ -106,7 +106,7 @@ def test_specialize_gives_each_class_its_model_and_a_rerun_does_nothing(setup):
         assert measured_on[klass["lite-a"]] == {"lite-a"}, measured_on
         assert set(measured_on) == set(klass.values())
         state = json.loads((home / "specialize" / "edge" / "state.json").read_text())
-        for name, d in devices.items():  # every device runs its class's model
+        for name in devices:  # every device runs its class's model
             entry = state["classes"][klass[name]]
             sha = entry["steps"]["export"]["sha256"]
             current = deployments.history(store, name, "edge", 1)[0]
