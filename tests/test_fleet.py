@@ -240,3 +240,34 @@ def test_adb_device_killed_mid_push_keeps_its_previous_version(fleet, cli, model
     assert (again["adb2"]["status"], again["ssh1"]["status"]) == ("ok", "unchanged")
     status = cli.json("fleet", "status", "--group", "p")
     assert {(r["sha256"], r["drift"]) for r in status} == {(big.sha256, None)}
+
+
+def test_ssh_upload_is_checked_on_the_device_against_the_given_sha256(fleet, workspace, tmp_path):
+    """A push hands the transport the sha256 its package records (no hashing pass on the host); the
+    device checks the bytes it received against it: a mismatch leaves nothing under the final name
+    and no temporary file.  The connection prefers AES-GCM (cheaper per packet for the host)."""
+    import hashlib
+
+    from edgenas.errors import TransportError
+    from edgenas.transports.ssh import SSHTransport
+
+    dev = fleet.ssh["ssh1"]
+    sub = f"edgenas/putknown-{time.monotonic_ns()}"
+    src = tmp_path / "m.bin"
+    src.write_bytes(np.random.default_rng(0).bytes(300_000))
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    t = SSHTransport(dev.name, dev.host, dev.port, dev.user, str(dev.client_key),
+                     known_hosts=workspace / "known_hosts", workdir=sub, accept_new_host_key=True)
+    root = dev.home / sub
+    try:
+        assert t.run(["mkdir", "-p", t.remote_path(".")]).rc == 0
+        assert t.connect().get_transport().remote_cipher == "aes128-gcm@openssh.com"
+        with pytest.raises(TransportError, match="sha256 differs.*nothing was written"):
+            t.put_known(src, "m.bin", "0" * 64)
+        assert sorted(p.name for p in root.iterdir()) == []
+        t.put_known(src, "m.bin", good)
+        assert (root / "m.bin").read_bytes() == src.read_bytes()
+        assert sorted(p.name for p in root.iterdir()) == ["m.bin"]
+    finally:
+        t.run(["rm", "-rf", t.remote_path(".")])
+        t.close()

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from edgenas import registry
+from edgenas.device.session import DeviceSession
 from edgenas.fleet.common import DeviceResult, FleetError, fan_out, validate_model_name
 from edgenas.fleet.model import load_model_dir
 from edgenas.fleet.push import push_one
+from edgenas.fleet.state import read_state
 from edgenas.store import open_store
 from tests import fleet_models
 from tests.cli_runner import Cli
@@ -108,6 +110,8 @@ def test_full_disk_keeps_the_previous_version(cli, models, tmp_path, workspace):
         cli("fleet", "push", str(models["v1"]), "--device", "tiny")
         out = cli("fleet", "push", str(models["big2"]), "--device", "tiny", code=1)
         assert "not enough space on the device" in out and "previous version stays current" in out
+        # the staging folder the state read made for it is gone again
+        assert not [p for p in os.listdir(small / "wd/models/net") if p.startswith(".incoming")]
         v1 = load_model_dir(models["v1"])
         assert os.readlink(small / "wd/models/net/current") == v1.version
         # Past the free-space check (another writer filled the disk meanwhile): ENOSPC mid-upload.
@@ -120,6 +124,34 @@ def test_full_disk_keeps_the_previous_version(cli, models, tmp_path, workspace):
         assert "DRIFT" not in cli("fleet", "status", "--device", "tiny")
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_state_read_makes_the_staging_folder_only_when_the_version_must_be_uploaded(
+        cli, models, tmp_path, workspace):
+    """A push's mkdir rides on its state read (one round trip less per device): the folder is made,
+    and reported, only when the version is not already on the device with that sha256; leftovers
+    of an earlier upload are removed."""
+    v1 = load_model_dir(models["v1"])
+    with open_store(workspace) as store:
+        dev = registry.get_device(store, "here1")
+    net = tmp_path / "here1" / "models" / "net"
+    with DeviceSession(workspace, dev) as session, session.locked():
+        state = read_state(session, "net", version=v1.version, create=True,
+                           stage=(".incoming-aaaa", v1.sha256))
+        assert state.staged == ".incoming-aaaa" and (net / ".incoming-aaaa").is_dir()
+        state = read_state(session, "net", version=v1.version, create=True,
+                           stage=(".incoming-bbbb", v1.sha256))
+        assert state.staged == ".incoming-bbbb"
+        assert sorted(p.name for p in net.iterdir()) == [".incoming-bbbb"]  # the old one dropped
+    assert push_one(dev, workspace, v1, "net").status == "ok"
+    with DeviceSession(workspace, dev) as session, session.locked():
+        state = read_state(session, "net", version=v1.version, create=True,
+                           stage=(".incoming-cccc", v1.sha256))
+        assert state.staged is None and state.target_sha256 == v1.sha256
+        state = read_state(session, "net", version=v1.version, create=True,  # damaged copy: upload
+                           stage=(".incoming-dddd", "0" * 64))
+        assert state.staged == ".incoming-dddd"
+    assert not (net / ".incoming-cccc").exists()
 
 
 def test_bad_model_folders_and_names_are_clear_errors(cli, models, tmp_path):

@@ -200,12 +200,8 @@ class DeviceSession:
         missing = [f for f in files if have.get(self.path(f.remote)) != f.sha256]
         if not missing:
             return []
-        need_kib = sum(math.ceil(f.path.stat().st_size / 1024) for f in missing) + SPACE_MARGIN_KIB
-        if free_kib is not None and free_kib < need_kib:
-            raise NoSpaceError(
-                f"{self.name}: not enough space on the device: {need_kib / 1024:.1f} MiB needed, "
-                f"{free_kib / 1024:.1f} MiB free under {self.path('.')}; nothing was uploaded "
-                f"(`edgenas device clean {self.name}` frees the cache)")
+        check_space(self.name, free_kib, [f.path.stat().st_size for f in missing], self.path("."),
+                    f"nothing was uploaded (`edgenas device clean {self.name}` frees the cache)")
         uploaded = []
         for f in missing:
             self.cancel.check()
@@ -241,6 +237,15 @@ class DeviceSession:
             self.ensure([self.runner_file(), *files])
             res = self.run([self.python, layout.RUNNER, verb, *args], timeout, job=True)
         return runner_result(self.name, self.python, res, verb, model=model)
+
+
+def check_space(device: str, free_kib: int | None, sizes: Sequence[int], where: str, kept: str) -> None:
+    """The one free-space rule (``ensure``, ``fleet push``): refuse before sending anything when the
+    files plus SPACE_MARGIN_KIB exceed what the device reported free (unknown: not refused)."""
+    need = sum(math.ceil(n / 1024) for n in sizes) + SPACE_MARGIN_KIB
+    if free_kib is not None and free_kib < need:
+        raise NoSpaceError(f"{device}: not enough space on the device: {need / 1024:.1f} MiB needed, "
+                           f"{free_kib / 1024:.1f} MiB free under {where}; {kept}")
 
 
 def runner_result(device: str, python: str, res: RunResult, verb: str, *,
@@ -294,4 +299,4 @@ def open_session(home: Path, device: Device, **kwargs: Any) -> Iterator[DeviceSe
 
 
 __all__ = ["Cancelled", "DeviceSession", "EdgeNASError", "LocalFile", "ModelFileError", "NoRuntimeError",
-           "NoSpaceError", "RunnerError", "open_session", "runner_file", "runner_result"]
+           "NoSpaceError", "RunnerError", "check_space", "open_session", "runner_file", "runner_result"]

@@ -1,9 +1,10 @@
 """``fleet push``: put a model on many devices so that each one ends up either on the new version or
 still on its old one — never on half a file — and, once switched, proven to load and run there.
 
-Per device, under the one device lock (:mod:`edgenas.device.session`): read the state (one command),
-upload model and manifest into ``models/NAME/.incoming-<tag>/`` (each file through the transport's own
-temp-name + sha256 check on the device; free space checked first), then one command checks the staged
+Per device, under the one device lock (:mod:`edgenas.device.session`): read the state and create the
+staging folder (one command), upload model and manifest into ``models/NAME/.incoming-<tag>/`` (each
+file through the transport's own temp-name + sha256 check on the device, against the sha256 the
+package records; free space checked first), then one command checks the staged
 folder, renames it to ``VERSION`` and switches ``previous`` then ``current`` by renaming fresh symlinks
 over them.  A device that dies at any point before the last rename still runs its old version; one that
 dies after it runs the new one.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgenas.device.cancel import Cancel
-from edgenas.device.session import DeviceSession
+from edgenas.device.session import SPACE_MARGIN_KIB, DeviceSession, NoSpaceError, check_space
 from edgenas.errors import EdgeNASError
 from edgenas.fleet.common import (
     DEFAULT_MAX_FAIL_PERCENT,
@@ -51,7 +52,6 @@ from edgenas.store import Store
 from edgenas.transports import Transport, open_transport
 
 DEFAULT_TRANSFER_TIMEOUT_S = 300.0
-SPACE_MARGIN_KIB = 64  # directory entries, the manifest's temp copy, filesystem rounding
 HEALTH_TIMEOUT_S = 300.0
 
 
@@ -107,7 +107,11 @@ def _push(
         phases[what] = round(phases.get(what, 0.0) + now - mark, 4)
         mark = now
 
-    state = read_state(session, name, version=version, create=True, timeout=command_timeout)
+    tag = new_tag()
+    stage = f".incoming-{tag}"
+    # One round trip reads the state, frees old uploads and makes the staging folder when needed.
+    state = read_state(session, name, version=version, create=True, timeout=command_timeout,
+                       stage=(stage, model.sha256))
     phase("state")
     held = state.models.get(name)
     result.previous_sha256 = held.current_sha256 if held else None
@@ -122,29 +126,35 @@ def _push(
         if held.current_manifest_sha256 == model.manifest_sha256:
             result.status, result.reason = "unchanged", f"{version} already current"
             return before
-        t.put(model.manifest_path, f"{mdir}/{version}/{MANIFEST_FILE}", timeout=transfer_timeout)
+        t.put_known(model.manifest_path, f"{mdir}/{version}/{MANIFEST_FILE}", model.manifest_sha256,
+                    timeout=transfer_timeout)
         result.bytes_sent += model.manifest_path.stat().st_size
         result.status, result.reason = "ok", "manifest updated (same model)"
         return before
-    tag = new_tag()
-    stage = ""
     if state.target_sha256 != model.sha256:  # not on the device yet (or damaged): upload it
-        _check_space(state, model, session.device, check_space)
-        stage = f".incoming-{tag}"
-        rc, _, err = session.run(["mkdir", "-p", "--", f"{mdir}/{stage}"], command_timeout)
-        if rc != 0:
-            raise PushError(f"cannot create {workdir}/{mdir}/{stage}: {err.strip()[:200]}")
         try:
-            t.put(model.model_path, f"{mdir}/{stage}/{MODEL_FILE}", timeout=transfer_timeout)
+            _check_space(state, model, session.device, check_space)
+        except PushError:
+            session.run(["rm", "-rf", "--", f"{mdir}/{stage}"], command_timeout)  # the empty folder
+            raise
+        if state.staged != stage:
+            raise PushError(f"cannot create {workdir}/{mdir}/{stage} (read-only or full workdir?)")
+        try:  # the package knows both sha256: the device checks them, the host hashes nothing
+            t.put_known(model.model_path, f"{mdir}/{stage}/{MODEL_FILE}", model.sha256,
+                        timeout=transfer_timeout)
             result.bytes_sent += model.size
-            t.put(model.manifest_path, f"{mdir}/{stage}/{MANIFEST_FILE}", timeout=transfer_timeout)
+            t.put_known(model.manifest_path, f"{mdir}/{stage}/{MANIFEST_FILE}", model.manifest_sha256,
+                        timeout=transfer_timeout)
             result.bytes_sent += model.manifest_path.stat().st_size
             phase("upload")
         except EdgeNASError as exc:
             raise PushError(_upload_failure(session, name, stage, model, exc, workdir)) from exc
-    elif state.target_manifest_sha256 != model.manifest_sha256:
-        t.put(model.manifest_path, f"{mdir}/{version}/{MANIFEST_FILE}", timeout=transfer_timeout)
-        result.bytes_sent += model.manifest_path.stat().st_size
+    else:
+        stage = ""  # the version is on the device: fleet-commit checks it instead
+        if state.target_manifest_sha256 != model.manifest_sha256:
+            t.put_known(model.manifest_path, f"{mdir}/{version}/{MANIFEST_FILE}",
+                        model.manifest_sha256, timeout=transfer_timeout)
+            result.bytes_sent += model.manifest_path.stat().st_size
     args = [name, version, stage, model.sha256, model.manifest_sha256, tag]
     rc, out, err = run_fleet_script(session, "fleet-commit", args, command_timeout)
     phase("switch")
@@ -206,13 +216,15 @@ def _undo(session: DeviceSession, name: str, before: str | None) -> str:
 
 
 def _check_space(state: DeviceState, model: LocalModel, device: Device, check: bool) -> None:
-    need = math.ceil(model.bytes_total / 1024) + SPACE_MARGIN_KIB
-    if check and state.free_kib is not None and state.free_kib < need:
-        raise PushError(
-            f"not enough space on the device: the model needs {_mib(need)} and only "
-            f"{_mib(state.free_kib)} is free under {device.workdir}/{MODELS_DIR}; the previous "
-            "version stays current (free space, or give the device another --workdir)"
-        )
+    """The session's one free-space rule, on the free space the state read already reported."""
+    if not check:
+        return
+    try:
+        check_space(device.name, state.free_kib, [model.bytes_total], f"{device.workdir}/{MODELS_DIR}",
+                    "the previous version stays current (free space, or give the device another "
+                    "--workdir)")
+    except NoSpaceError as exc:
+        raise PushError(short_error(exc, device.name)) from None
 
 
 def _upload_failure(session: DeviceSession, name: str, stage: str, model: LocalModel,

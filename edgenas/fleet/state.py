@@ -80,6 +80,7 @@ class DeviceState:
     target_manifest_sha256: str | None = None
     free_kib: int | None = None
     workdir_exists: bool = True
+    staged: str | None = None  # the staging folder fleet-state.sh created (read_state's ``stage``)
 
 
 def new_tag() -> str:
@@ -102,16 +103,19 @@ def read_state(
     version: str | None = None,
     create: bool = False,
     timeout: float = STATE_TIMEOUT_S,
+    stage: tuple[str, str] | None = None,
 ) -> DeviceState:
     """Read the models on a device (one model when ``name`` is given), checking every current file's
-    sha256 on the device itself.  ``create`` also makes ``models/NAME`` and reports free space.
+    sha256 on the device itself.  ``create`` also makes ``models/NAME`` and reports free space;
+    ``stage`` = (folder, sha256) then also creates that staging folder unless ``version`` is already
+    there with that model sha256 (``state.staged`` says it was made).
 
     Untrusted answer: a record whose fields do not have the layout's shapes is dropped (a model whose
     link is not a version name reads as having no current version: damaged, never followed)."""
     if create and not name:
         raise FleetError("internal: create needs a model name")
-    rc, out, err = run_fleet_script(session, "fleet-state",
-                                    [name or "", version or "", "1" if create else ""], timeout)
+    args = [name or "", version or "", "1" if create else "", *(stage or ())]
+    rc, out, err = run_fleet_script(session, "fleet-state", args, timeout)
     if rc != 0:
         raise FleetError(
             f"{session.name}: reading the deployed models failed (exit {rc}): "
@@ -135,6 +139,8 @@ def read_state(
         elif kind == "T" and len(rest) >= 2:
             state.target_sha256 = layout.sha256(rest[0])
             state.target_manifest_sha256 = layout.sha256(rest[1])
+        elif kind == "S" and stage and rest and rest[0] == stage[0]:
+            state.staged = stage[0]
         elif kind == "F" and rest and rest[0] and rest[0].isdigit() and len(rest[0]) < 20:
             state.free_kib = int(rest[0])
     return state

@@ -102,6 +102,14 @@ class Transport(ABC):
         """Copy a local file to the device.  Written under a temporary name, checked (size and sha256)
         and renamed, so the final name holds either the old file or the complete new one."""
 
+    def put_known(self, local: Path | str, remote: str, sha256: str | None,
+                  timeout: float | None = None) -> None:
+        """:meth:`put` of a file whose sha256 the caller already knows (a model package records it):
+        a transport that checks the upload against a digest given up front (SSH) needs no hashing
+        pass on the host; the device checks the bytes it received against ``sha256`` and refuses a
+        file that does not match.  The others ignore it and hash while sending, as put does."""
+        self.put(local, remote, timeout)
+
     @abstractmethod
     def get(
         self,
