@@ -6,8 +6,10 @@ they are checked as POSIX sh, not bash.  The loader is tested on the real files.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,50 @@ def test_install_advice(python, arch, bits, expected):
     from edgenas_device.facts import install_advice
 
     assert expected in install_advice(python, arch, bits)
+
+
+def _prune(folder: Path, max_kib: int, *keep: str) -> str:
+    res = subprocess.run(["sh", "-c", scripts.script("prune"), "prune", str(folder), str(max_kib),
+                          *keep], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_prune_removes_temps_of_killed_uploads_but_never_one_in_use(tmp_path: Path):
+    """A killed upload leaves a hidden ``.NAME.edgenas-tmp-*`` file that nothing else ever removes.
+    prune.sh removes one only when it is both old (the age covers writers /proc does not show) and
+    open in no process (which does not trust the device's wall clock): an upload that is running,
+    even a stalled one, keeps its file."""
+    folder = tmp_path / "cache dir"  # a space: the list of temps is not split on it
+    folder.mkdir()
+    two_hours_ago = time.time() - 7200
+    orphan = folder / f".{'a' * 64}.tflite.edgenas-tmp-0123abcd"
+    fresh = folder / f".{'b' * 64}.tflite.edgenas-tmp-4567cdef"
+    held = folder / f".{'c' * 64}.tflite.edgenas-tmp-89abcdef"
+    model = folder / f"{'d' * 64}.tflite"
+    for path in (orphan, fresh, held, model):
+        path.write_bytes(b"x" * 4096)
+    # a running upload whose writer has not written for hours (stalled): it holds the file open
+    writer = subprocess.Popen(["sh", "-c", 'exec 3>>"$1"; echo ready; exec sleep 60', "w", str(held)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        for path in (orphan, held):
+            os.utime(path, (two_hours_ago, two_hours_ago))
+        said = _prune(folder, 1 << 20)
+        assert said.endswith("deleted 0 temps 1"), said
+        assert not orphan.exists()
+        assert fresh.exists() and held.exists() and model.exists()
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+    # once its writer is gone, the old temp is an orphan too; the young one stays until it is old
+    assert _prune(folder, 1 << 20).endswith("temps 1") and not held.exists() and fresh.exists()
+    # the cache bound itself still works, and never counts or deletes by the hidden temps
+    said = _prune(folder, 0)
+    assert said.startswith("kept ") and "deleted 1 temps 0" in said, said
+    assert sorted(p.name for p in folder.iterdir()) == [fresh.name]
+
+
+def test_prune_of_a_missing_folder_says_nothing_was_there(tmp_path: Path):
+    assert _prune(tmp_path / "nope", 0) == "kept 0 deleted 0 temps 0"
