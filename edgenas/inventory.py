@@ -24,15 +24,17 @@ import posixpath
 import re
 import shlex
 import shutil
+import sqlite3
 import stat
 import string
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import yaml
 
@@ -1120,21 +1122,46 @@ def inventory_view(path: Path, *, ansible_inventory: str | None = None) -> dict[
     return out
 
 
+class _Joined:
+    """The store as seen from inside one open transaction: registry writes join it instead of
+    starting their own (``Store.transaction`` is not re-entrant: SQLite has one transaction per
+    connection).  Everything else is the store's own."""
+
+    def __init__(self, store: Store, conn: sqlite3.Connection) -> None:
+        self._store, self._conn = store, conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        yield self._conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str], list[str]]:
     """Record inventory devices; the inventory is the source of truth, so existing names are updated
     (keeping their probe results, stored host-key fingerprint and, unless the inventory names one, the
     registered benchmark binary).  Returns (added, updated) names.
 
     Called only with devices :func:`load_inventory` has validated in full, so a bad inventory writes
-    nothing."""
+    nothing; and all devices are written in one transaction, so a failure in the middle (the database
+    refusing a row, a full disk, Ctrl-C) leaves the registry exactly as it was, never half an import."""
     added, updated = [], []
-    existing = {d.name: d for d in list_devices(store)}
-    for device in devices:
-        old = existing.get(device.name)
-        if old is not None and (device.kind, device.host, device.port) == (old.kind, old.host, old.port):
-            device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
-        if old is not None and device.benchmark_binary is None:
-            device = replace(device, benchmark_binary=old.benchmark_binary)
-        add_device(store, device, replace_existing=True)
-        (updated if old is not None else added).append(device.name)
+    try:
+        with store.transaction() as conn:
+            joined = cast(Store, _Joined(store, conn))
+            existing = {d.name: d for d in list_devices(joined)}
+            for device in devices:
+                old = existing.get(device.name)
+                if old is not None and (device.kind, device.host, device.port) == (
+                        old.kind, old.host, old.port):
+                    device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
+                if old is not None and device.benchmark_binary is None:
+                    device = replace(device, benchmark_binary=old.benchmark_binary)
+                add_device(joined, device, replace_existing=True)
+                (updated if old is not None else added).append(device.name)
+    except sqlite3.Error as exc:
+        where = f" at device {device.name}" if "device" in locals() else ""
+        raise DeviceError(f"importing the inventory failed{where}: {exc}; nothing was changed "
+                             "(the registry is as it was)") from exc
     return added, updated

@@ -492,3 +492,49 @@ def test_example_inventories_import_and_agree(workspace):
     assert by_name["pi03"].python == "/home/pi/tfl32/bin/python" and "pi3" in by_name["pi03"].groups
     assert by_name["pixel7"].kind == "adb" and "canary" in by_name["pixel7"].groups
     assert (by_name["pi-garage"].host, by_name["pi-garage"].port) == ("10.0.0.9", 2222)
+
+
+def _registry(workspace: Path) -> list[tuple]:
+    """Everything the registry holds about devices, as plain tuples (groups included)."""
+    from edgenas.registry import list_devices
+
+    with open_store(workspace) as store:
+        return [(d.name, d.kind, d.host, d.user, d.port, tuple(d.groups)) for d in list_devices(store)]
+
+
+def test_import_is_one_transaction_a_failure_midway_changes_nothing(workspace):
+    """Devices are written in one transaction: when the database refuses one in the middle (here a
+    row its CHECK constraint rejects) or the user interrupts, the devices before it (new ones and
+    updates of existing ones) are not left behind; a corrected import then completes."""
+    from edgenas.registry import Device
+
+    def ssh(name: str, user: str, groups: list[str]) -> Device:
+        return Device(name=name, kind="ssh", host=f"{name}.lan", user=user, port=22, groups=groups)
+
+    with open_store(workspace) as store:
+        inventory.import_inventory(store, [ssh("pi1", "pi", ["pis"]), ssh("pi2", "pi", ["pis"])])
+    before = _registry(workspace)
+    assert [row[0] for row in before] == ["pi1", "pi2"]
+    refused = Device(name="bad", kind="telnet", host="bad.lan")  # the schema allows ssh/adb/local
+    batch = [ssh("pi1", "admin", ["pis", "lab"]), ssh("pi3", "pi", ["pis"]), refused,
+             ssh("pi4", "pi", ["pis"])]
+    with open_store(workspace) as store, pytest.raises(DeviceError) as err:
+        inventory.import_inventory(store, batch)
+    assert "at device bad" in str(err.value) and "nothing was changed" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert _registry(workspace) == before
+
+    def interrupted():  # Ctrl-C after two devices were written
+        yield ssh("pi1", "admin", ["pis"])
+        yield ssh("pi5", "pi", [])
+        raise KeyboardInterrupt
+
+    with open_store(workspace) as store, pytest.raises(KeyboardInterrupt):
+        inventory.import_inventory(store, interrupted())
+    assert _registry(workspace) == before
+
+    with open_store(workspace) as store:
+        added, updated = inventory.import_inventory(store, [d for d in batch if d is not refused])
+    assert (added, updated) == (["pi3", "pi4"], ["pi1"])
+    after = {row[0]: row for row in _registry(workspace)}
+    assert after["pi1"][3] == "admin" and after["pi1"][5] == ("lab", "pis")
