@@ -3,6 +3,8 @@ concurrent ``edgenas device add`` — none of it needs the fleet."""
 
 from __future__ import annotations
 
+import json
+
 import multiprocessing
 import os
 import shutil
@@ -226,3 +228,21 @@ def test_concurrent_device_add_from_two_processes(workspace):
     conn = sqlite3.connect(workspace / "edgenas.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_device_add_checks_python_and_workdir_as_an_inventory_would(tmp_path: Path) -> None:
+    """`device add` takes --python and --workdir by the inventory's rules: edgenas deletes files in a
+    work folder, and runs the interpreter as one program."""
+    from tests.cli_runner import Cli
+
+    cli = Cli(tmp_path / "ws")
+    for bad in ("/", "/etc/edgenas", "/usr", "/tmp", "/home/pi", "../x", "~/edgenas"):
+        out = cli("device", "add", "x", "--local", "--workdir", bad, code=2)
+        assert "--workdir" in out, (bad, out)
+    out = cli("device", "add", "x", "--local", "--python", "python3 -u", code=2)
+    assert "--python" in out and "command line" in out
+    assert "no devices" in cli("device", "list")  # nothing was registered
+    cli("device", "add", "x", "--ssh", "pi@192.0.2.1", "--python", "/usr/bin/env python3",
+        "--workdir", "edgenas")
+    shown = json.loads(cli("device", "show", "x", "--json"))
+    assert (shown["python"], shown["workdir"]) == ("python3", "edgenas")

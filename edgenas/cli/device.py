@@ -28,6 +28,24 @@ def _class_option(_ctx: Any, _param: Any, value: str | None) -> str | None:
         raise click.BadParameter(str(exc)) from None
 
 
+def _checked_paths(python: str | None, workdir: str | None, kind: str) -> tuple[str | None, str | None]:
+    """--python and --workdir by the same rules as an inventory's (edgenas.inventory): one interpreter
+    program (``env python3`` becomes ``python3``; a command line is refused), and a work folder that
+    is not /, a home or shared root, or inside a system folder — edgenas deletes files in it."""
+    from edgenas.inventory import python_command, validate_workdir
+
+    try:
+        python = python_command(python) if python is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--python") from None
+    try:
+        workdir = validate_workdir(workdir, kind, host_home=Path.home()) if workdir is not None \
+            else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workdir") from None
+    return python, workdir
+
+
 def _store(ws: Workspace) -> Store:
     return open_store(ws.ensure())
 
@@ -139,6 +157,8 @@ def add(
         raise click.UsageError("--accept-new-host-key and --host-key only apply to --ssh devices")
     if accept_new_host_key and host_key:
         raise click.UsageError("give --host-key (a pinned key) or --accept-new-host-key, not both")
+    python, workdir = _checked_paths(python, workdir, "ssh" if ssh_target else
+                                     "adb" if adb_serial else "local")
     home = ws.ensure()
     common: dict[str, Any] = dict(
         home=home,
