@@ -4,7 +4,6 @@ concurrent ``edgenas device add`` — none of it needs the fleet."""
 from __future__ import annotations
 
 import json
-
 import multiprocessing
 import os
 import shutil
