@@ -242,6 +242,11 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
 @_targets
 @click.option("--name", help="Without MODEL_DIR: the deployed model to measure (needed when a device "
               "holds several).")
+@click.option("--per-class", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Spot check: only N devices of each device class, drawn at random [default: every "
+                   "selected device].")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the --per-class draw (printed; the same seed draws the same devices).")
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=50, show_default=True, help="At least this many timed runs.")
 @click.option("--min-secs", type=float, default=1.0, show_default=True,
@@ -250,26 +255,35 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Bar plot PNG [default: <home>/reports/<campaign>.png].")
 @click.option("--fail-on-drift", is_flag=True,
-              help="Exit 1 when a device drifts past the predictor's error band.")
+              help="Exit 1 when a device drifts past the promise's band or its class's median.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], names: tuple[str, ...],
-              name: str | None, threads: int, runs: int, min_secs: float, parallel: int,
-              plot_path: Path | None, fail_on_drift: bool, as_json: bool) -> None:
+              name: str | None, per_class: int | None, seed: int | None, threads: int, runs: int,
+              min_secs: float, parallel: int, plot_path: Path | None, fail_on_drift: bool,
+              as_json: bool) -> None:
     """Benchmark MODEL_DIR (or each device's current model) on every device in parallel.
 
-    Stores one measurement per device, prints device, runtime, precision, median, p90 and CV next to
-    the latency the search predicted (from the manifest's `search` block or a latency predictor), flags
-    devices outside the predictor's error band, and writes a bar plot.
+    Stores one measurement per device, prints device, class, runtime, precision, median, p90 and CV
+    next to the latency the search promised (the manifest's `search` block for the device or its
+    class, else the class's latency predictor), flags devices outside the promise's error band or
+    off their class's median in this run (classes with two or more devices measured), prints one
+    summary line per class and writes a bar plot.  With --per-class N only a sample of each class
+    is measured (a spot check).
     """
-    from edgenas.fleet.bench import fleet_bench, plot
+    import random
+
+    from edgenas.fleet.bench import class_summary, fleet_bench, plot
 
     if name:
         validate_model_name(name)
+    if per_class is not None and seed is None:
+        seed = random.SystemRandom().randrange(2**31)  # printed, so that a draw can be repeated
     with _store(ws) as store:
         devices = _select(store, groups, names, required=True)
     rows, outcome = fleet_bench(ws.home, devices, model_dir, name, threads=threads, runs=runs,
-                                min_secs=min_secs, parallel=parallel)
+                                min_secs=min_secs, parallel=parallel, per_class=per_class, seed=seed)
+    summary = class_summary(rows, devices)
     campaign = rows[0]["campaign"] if rows else "fleet-bench"
     png = None
     if any(not r.get("error") for r in rows):
@@ -277,28 +291,48 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
                    f"{name or (model_dir.name if model_dir else 'current model')} on the fleet")
     drifted = [r["device"] for r in rows if r.get("drift")]
     if as_json:
-        echo_json({"campaign": campaign, "plot": str(png) if png else None, "rows": rows})
+        echo_json({"campaign": campaign, "plot": str(png) if png else None, "per_class": per_class,
+                   "seed": seed, "rows": rows, "classes": summary})
     else:
         def pct(v: float | None) -> str:
             return "" if v is None else f"{v * 100:+.1f}%"
 
+        def flag(r: dict[str, Any]) -> str:
+            if r.get("error"):
+                return f"FAIL {r['error']}"
+            why = [w for w, on in (("promise", r.get("promise_drift")),
+                                   ("class median", r.get("class_drift"))) if on]
+            return f"DRIFT ({', '.join(why)})" if why else "noisy" if r.get("noisy") else ""
+
+        shown = sorted(rows, key=lambda r: (str(r.get("class")), r["device"]))
         click.echo(table(
-            ["device", "runtime", "precision", "median ms", "p90 ms", "CV", "predicted ms", "band",
-             "delta", "flag"],
-            [[r["device"], r.get("runtime") or "", r.get("precision") or "", r.get("median_ms"),
-              r.get("p90_ms"), pct(r.get("cv")).lstrip("+"),
+            ["device", "class", "runtime", "precision", "median ms", "p90 ms", "CV", "predicted ms",
+             "band", "delta", "vs class", "flag"],
+            [[r["device"], r.get("class") or "", r.get("runtime") or "", r.get("precision") or "",
+              r.get("median_ms"), r.get("p90_ms"), pct(r.get("cv")).lstrip("+"),
               "" if r.get("predicted_ms") is None else
               f"{r['predicted_ms']:.4g}" + ("" if r.get("statistic", "median") == "median"
                                             else f" ({r['statistic']})"),
               f"±{r['error_band'] * 100:.0f}%" if r.get("error_band") else "", pct(r.get("delta")),
-              f"FAIL {r['error']}" if r.get("error") else "DRIFT" if r.get("drift") else
-              "noisy" if r.get("noisy") else ""]
-             for r in rows],
+              pct(r.get("class_delta")), flag(r)]
+             for r in shown],
         ))
+        for c in summary:
+            med = "–" if c["median_ms"] is None else f"{c['median_ms']:.4g} ms"
+            worst = [f"worst vs {what} {pct(c[key])}" for what, key in
+                     (("promise", "worst_delta"), ("class median", "worst_class_delta"))
+                     if c[key] is not None]
+            click.echo(f"class {c['class']}: {c['measured']}/{c['total']} devices measured"
+                       + (f" ({c['failed']} failed)" if c["failed"] else "") + f", median {med}"
+                       + "".join(f", {w}" for w in worst)
+                       + (f", drift on {', '.join(c['drift'])}" if c["drift"] else ""))
+        if per_class is not None:
+            click.echo(f"sample: {per_class} per class, seed {seed} (--seed {seed} draws it again)")
         if png:
             click.echo(f"plot: {png}")
     if drifted:
-        click.echo(f"drift past the predictor's error band on: {', '.join(drifted)}", err=True)
+        click.echo(f"drift past the promise's band or the class median on: {', '.join(drifted)}",
+                   err=True)
     if outcome.failures:
         _finish(outcome, "bench")
     if drifted and fail_on_drift:

@@ -11,16 +11,30 @@ Why compare with the search's prediction: the search picked this subnet because 
 said it fits the budget on each device.  A device measuring outside the predictor's error band means the
 predictor (or the device: thermal throttling, another governor, another runtime) is off, and the
 promise the search made does not hold there — worth flagging before users notice.
+
+Spot checks (``fleet bench --per-class N``, :func:`spot_check`): devices of one class
+(:mod:`edgenas.classes`) run a model at the same speed, so a sample of each class tells how the class
+is doing, and a device
+of the class that measures far from the others is the one worth looking at (a board that throttles,
+a phone in power-save mode, a board someone put in the wrong class).  A device is therefore held to
+two references: the promise (the manifest's ``search`` block for the device's name, then for its
+class, then the class's latency predictor) and, when its class has at least two devices measured in
+this run, the class's own median in this run.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import random
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgenas.classes import by_class, class_of
 from edgenas.device.cancel import Cancel
 from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out, session_for
 from edgenas.fleet.model import MODEL_FILE, VERSION_HEX
@@ -32,7 +46,10 @@ from edgenas.registry import Device
 from edgenas.store import open_store
 from edgenas.transports import Transport, open_transport
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ERROR_BAND = 0.10  # nn-Meter's ±10 %, used when the manifest gives a prediction but no band
+DEFAULT_PER_CLASS = 2  # what `fleet specialize` samples; `fleet bench` measures every device by default
 
 
 class LatencyPredictor(Protocol):
@@ -56,32 +73,63 @@ class Promise:
 
 
 def promised_latency(manifest: Mapping[str, Any], device: str,
-                     predictor: LatencyPredictor | None = None) -> Promise | None:
+                     predictor: LatencyPredictor | None = None,
+                     device_class: str | None = None) -> Promise | None:
     """Where the search's prediction is found, in order: the manifest's ``search`` block (``latency_ms``
     per device and ``error`` per device or for all, as the search writes a candidate), the same under
-    ``provenance.search``, then a latency predictor for the device."""
-    for block, source in ((manifest.get("search"), "manifest"),
-                          ((manifest.get("provenance") or {}).get("search"), "manifest")):
-        if not isinstance(block, Mapping):
-            continue
-        latency = block.get("latency_ms")
-        ms = latency.get(device) if isinstance(latency, Mapping) else None
-        if isinstance(ms, (int, float)) and ms > 0:
-            err = block.get("error")
-            err = err.get(device) if isinstance(err, Mapping) else err
-            band = float(err) if isinstance(err, (int, float)) and err > 0 else DEFAULT_ERROR_BAND
-            stat = block.get("statistic")
-            stat = stat.get(device) if isinstance(stat, Mapping) else stat
-            return Promise(float(ms), band, source if err else f"{source} (default band)",
-                           stat if stat in STATISTICS else "median")
+    ``provenance.search``; in each, the device's name first, then its class (``fleet specialize``
+    keys its promise by class: every device of the class is held to it); then ``predictor`` (the
+    device's, or its class's latency predictor)."""
+    keys = [device] + ([device_class] if device_class and device_class != device else [])
+    for key in keys:
+        for block in (manifest.get("search"), (manifest.get("provenance") or {}).get("search")):
+            promise = _from_block(block, key, "manifest")
+            if promise is not None:
+                return promise
     if predictor is not None and manifest.get("arch"):
         try:
-            ms = float(predictor.predict(manifest.get("space"), manifest["arch"]))
+            ms = float(predictor.predict(_space_of(manifest), manifest["arch"]))
         except Exception:  # noqa: BLE001 - a predictor that cannot read this arch only means no promise
             return None
-        return Promise(ms, float(getattr(predictor, "error", DEFAULT_ERROR_BAND) or DEFAULT_ERROR_BAND),
-                       "latency predictor", str(getattr(predictor, "statistic", "median")))
+        if not (math.isfinite(ms) and ms > 0):
+            return None
+        return Promise(ms, _band(getattr(predictor, "error", None)), "latency predictor",
+                       str(getattr(predictor, "statistic", "median")))
     return None
+
+
+def _band(err: Any) -> float:
+    """A usable relative error band: the given one when it is a positive finite number."""
+    ok = isinstance(err, (int, float)) and not isinstance(err, bool) and math.isfinite(err) and err > 0
+    return float(err) if ok else DEFAULT_ERROR_BAND
+
+
+def _from_block(block: Any, key: str, source: str) -> Promise | None:
+    if not isinstance(block, Mapping):
+        return None
+    latency = block.get("latency_ms")
+    ms = latency.get(key) if isinstance(latency, Mapping) else None
+    if not (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0):
+        return None
+    err = block.get("error")
+    err = err.get(key) if isinstance(err, Mapping) else err
+    given = isinstance(err, (int, float)) and not isinstance(err, bool) and err > 0
+    stat = block.get("statistic")
+    stat = stat.get(key) if isinstance(stat, Mapping) else stat
+    return Promise(float(ms), _band(err), source if given else f"{source} (default band)",
+                   stat if stat in STATISTICS else "median")
+
+
+def _space_of(manifest: Mapping[str, Any]) -> Any:
+    """The manifest's search space as the predictor needs it: a built-in space by name (a manifest is
+    never a reason to read another file); anything else is handed over as it is."""
+    space = manifest.get("space")
+    if isinstance(space, str):
+        from edgenas.space import SearchSpace, available_spaces
+
+        if space in available_spaces():
+            return SearchSpace.load(space)
+    return space
 
 
 def compare(measured_ms: float, promise: Promise | None) -> tuple[float | None, bool]:
@@ -103,6 +151,44 @@ class DeployedModel:
     size_bytes: int | None = None
 
 
+def sample_per_class(devices: Sequence[Device], per_class: int, seed: int | None = None) -> list[Device]:
+    """``per_class`` devices of each class (every device of a smaller class), drawn with ``seed``
+    (None: a fresh random draw), in name order.  The same devices and seed give the same sample."""
+    if per_class < 1:
+        raise FleetError(f"--per-class must be at least 1, not {per_class}")
+    rng = random.Random(seed)
+    picked: list[Device] = []
+    for _key, members in by_class(devices).items():
+        picked += members if len(members) <= per_class else rng.sample(members, per_class)
+    return sorted(picked, key=lambda d: d.name)
+
+
+def spot_check(
+    home: Path,
+    devices: Sequence[Device],
+    name: str | None,
+    *,
+    per_class: int = DEFAULT_PER_CLASS,
+    threads: int = 1,
+    runs: int = 50,
+    min_secs: float = 1.0,
+    seed: int | None = None,
+    parallel: int = DEFAULT_PARALLEL,
+    campaign: str | None = None,
+    opener: Callable[[Device, Path], Transport] = open_transport,
+) -> tuple[list[dict[str, Any]], FanOut]:
+    """Time the deployed model ``name`` on ``per_class`` devices of each class of ``devices``.
+
+    One row per sampled device (see :func:`fleet_bench`): its ``class``, the promise it was held to
+    (name, then class key in the manifest, then the class's predictor) and ``drift`` when it is off
+    that promise's band or off its class's median in this run (``class_drift``).  Summarise the rows
+    per class with :func:`class_summary`.  Failed devices are rows with an ``error``; nothing raises
+    for one device's failure."""
+    return fleet_bench(home, devices, None, name, threads=threads, runs=runs, min_secs=min_secs,
+                       parallel=parallel, campaign=campaign, opener=opener, per_class=per_class,
+                       seed=seed)
+
+
 def fleet_bench(
     home: Path,
     devices: Sequence[Device],
@@ -116,17 +202,25 @@ def fleet_bench(
     campaign: str | None = None,
     predictors: Mapping[str, LatencyPredictor] | None = None,
     opener: Callable[[Device, Path], Transport] = open_transport,
+    per_class: int | None = None,
+    seed: int | None = None,
 ) -> tuple[list[dict[str, Any]], FanOut]:
     """Benchmark on every device in parallel; one row per device (see :func:`_row`).
 
     ``model_dir``: benchmark this folder everywhere (its manifest also gets each device's measured
     latency, as ``edgenas bench`` does); otherwise each device's current model of ``name``, timed in
     place on the device (read, sha256-checked and benchmarked under one hold of the device lock).
+    ``per_class``: only a sample of that many devices of each class (``seed`` draws it).
+    ``predictors``: latency predictors by device name; a device without one is held to its class's
+    saved predictor (for the model's precision and ``threads``) when the manifest promises nothing.
     """
     from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
 
     if not devices:
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")
+    if per_class is not None:
+        devices = sample_per_class(devices, per_class, seed)
+    classes = {d.name: class_of(d) for d in devices}
     campaign = campaign or f"fleet-bench-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
     local = load_model_dir(model_dir) if model_dir is not None else None
@@ -155,20 +249,114 @@ def fleet_bench(
                             extra={"record": record, "manifest": target.manifest})
 
     outcome = fan_out(devices, work, parallel=parallel, max_fail_percent=100.0)
-    rows = [_row(r, (predictors or {}).get(r.device)) for r in outcome.results]
+    class_predictor = _class_predictors(home, threads)
+    rows = []
+    for r in outcome.results:
+        key = classes.get(r.device, r.device)
+        predictor = (predictors or {}).get(r.device)
+        if predictor is None and not r.failed:
+            precision = r.extra["manifest"].get("precision") or r.extra["record"].get("precision")
+            predictor = class_predictor(key, precision)
+        rows.append(_row(r, predictor, key))
+    check_against_class(rows)
     for row in rows:
         row["campaign"] = campaign
     return rows, outcome
 
 
-def _row(result: DeviceResult, predictor: LatencyPredictor | None) -> dict[str, Any]:
+def _class_predictors(home: Path, threads: int) -> Callable[[str, Any], LatencyPredictor | None]:
+    """Each class's saved latency predictor for a precision, loaded once per run; None where there is
+    none or it cannot be read (then the device simply has no promise)."""
+    from edgenas.predictors.latency import LatencyPredictorError, load_predictor
+
+    cache: dict[tuple[str, str], LatencyPredictor | None] = {}
+
+    def get(key: str, precision: Any) -> LatencyPredictor | None:
+        if not isinstance(precision, str):
+            return None
+        if (key, precision) not in cache:
+            try:
+                cache[key, precision] = load_predictor(home, key, precision, threads)
+            except (LatencyPredictorError, OSError, ValueError) as exc:
+                log.debug("no latency predictor for class %s (%s): %s", key, precision, exc)
+                cache[key, precision] = None
+        return cache[key, precision]
+
+    return get
+
+
+def check_against_class(rows: Sequence[dict[str, Any]]) -> None:
+    """Hold every measured device to its class's median in this run (classes with ≥ 2 measured
+    devices), within the band of its promise (±10 % without one): sets ``class_median_ms``,
+    ``class_delta`` and ``class_drift``, and ``drift`` when either check failed.
+
+    With an even number of devices the lower middle value is the reference: what goes wrong on a
+    device (throttling, power-save, a background load) makes it slower, so of two devices the slow
+    one is flagged, not both."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        row.setdefault("class_median_ms", None)
+        row.setdefault("class_delta", None)
+        row.setdefault("class_drift", False)
+        if not row.get("error") and isinstance(row.get("median_ms"), (int, float)):
+            groups.setdefault(str(row.get("class")), []).append(row)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ref = statistics.median_low(float(r["median_ms"]) for r in members)
+        if ref <= 0:
+            continue
+        for row in members:
+            delta = (float(row["median_ms"]) - ref) / ref
+            band = row.get("error_band") or DEFAULT_ERROR_BAND
+            row.update(class_median_ms=ref, class_delta=delta, class_drift=abs(delta) > band)
+            row["drift"] = bool(row["promise_drift"] or row["class_drift"])
+
+
+def class_summary(rows: Sequence[Mapping[str, Any]],
+                  devices: Sequence[Device] | None = None) -> list[dict[str, Any]]:
+    """One line per class: devices measured of ``total`` (the class's devices among ``devices``, the
+    selection the sample was drawn from), the median of their medians, the worst difference from
+    the promise and from the class median (largest in size, with its sign), and who drifted."""
+    totals = {key: len(members) for key, members in by_class(devices or []).items()}
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = str(row.get("class") or row["device"])
+        s = out.setdefault(key, {"class": key, "measured": 0, "failed": 0, "medians": [],
+                                 "worst_delta": None, "worst_class_delta": None, "drift": []})
+        if row.get("error"):
+            s["failed"] += 1
+            continue
+        s["measured"] += 1
+        s["medians"].append(float(row["median_ms"]))
+        for field_, name in (("delta", "worst_delta"), ("class_delta", "worst_class_delta")):
+            v = row.get(field_)
+            if isinstance(v, (int, float)) and (s[name] is None or abs(v) > abs(s[name])):
+                s[name] = float(v)
+        if row.get("drift"):
+            s["drift"].append(row["device"])
+    result = []
+    for key in sorted(out):
+        s = out[key]
+        medians = s.pop("medians")
+        s["total"] = totals.get(key, s["measured"] + s["failed"])
+        s["median_ms"] = statistics.median(medians) if medians else None
+        result.append(s)
+    return result
+
+
+def _row(result: DeviceResult, predictor: LatencyPredictor | None,
+         device_class: str | None = None) -> dict[str, Any]:
+    key = device_class or result.device
     if result.failed:
-        return {"device": result.device, "error": result.reason, "drift": False}
+        return {"device": result.device, "class": key, "error": result.reason, "drift": False,
+                "promise_drift": False}
     rec, manifest = result.extra["record"], result.extra["manifest"]
-    promise = promised_latency(manifest, result.device, predictor)
+    promise = promised_latency(manifest, result.device, predictor, key)
     delta, drifted = compare(measured_latency(rec, promise.statistic) if promise else 0.0, promise)
     return {
         "device": result.device,
+        "class": key,
         "version": result.version,
         "runtime": rec.get("runtime"),
         "runtime_version": rec.get("runtime_version"),
@@ -183,6 +371,7 @@ def _row(result: DeviceResult, predictor: LatencyPredictor | None) -> dict[str, 
         "prediction_source": promise.source if promise else None,
         "delta": delta,
         "drift": drifted,
+        "promise_drift": drifted,
         "measurement_id": rec.get("id"),
         "error": None,
     }
