@@ -213,7 +213,7 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
     """Collect what the workspace holds for :func:`edgenas.report.write_report`."""
     from edgenas.predictors.latency import list_predictors
     from edgenas.records import measurements
-    from edgenas.report import ReportInputs, fleet_rows
+    from edgenas.report import ReportInputs, fleet_classes, fleet_rows, specialize_states
     from edgenas.space import SearchSpace
 
     inputs = ReportInputs(title="edgenas report", summary=summary or [])
@@ -246,6 +246,7 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
         if (d / "manifest.json").exists():
             inputs.models.append(json.loads((d / "manifest.json").read_text()))
     inputs.fleet = fleet_rows(store)
+    inputs.classes, inputs.specialized = fleet_classes(home, store), specialize_states(home)
     return inputs
 
 

@@ -69,3 +69,56 @@ def test_empty_workspace_report_says_what_to_run(tmp_path) -> None:
     dom = render_dom(out, tmp_path)
     assert "edgenas supernet train" in dom and "edgenas fleet push" in dom
     assert 'data-images-loaded="0"' in dom
+
+
+def test_fleet_by_device_class_section(workspace, tmp_path, request) -> None:
+    """A real workspace: local devices in three classes, a real model pushed and benchmarked, and a
+    `fleet specialize` state file (one class finished, one half-way, as the command writes it)."""
+    from pathlib import Path
+
+    from tests import fleet_models, runner_models
+    from tests.cli_runner import Cli
+
+    python = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
+    src = runner_models.cached_models(Path(request.config.cache.mkdir("runner_models")))
+    model = fleet_models.make_model_dir(tmp_path / "net", src["fp32"], name="net", precision="fp32",
+                                        extra={"search": {"latency_ms": {"pi4": 0.5},
+                                                          "error": {"pi4": 0.25}}})
+    cli = Cli(workspace)
+    for name, cls in (("a1", "pi4"), ("a2", "pi4"), ("b1", "pi5"), ("lone", None),
+                      *((f"z{i}", "pi3") for i in range(8))):
+        cli("device", "add", name, "--local", "--workdir", str(tmp_path / name), "--python", python,
+            *(("--class", cls) if cls else ()))
+    cli("fleet", "push", str(model), "--device", "a1", "--device", "a2", "--device", "b1")
+    bench = cli.json("fleet", "bench", "--device", "a1", "--device", "a2", "--name", "net",
+                     "--runs", "10", "--min-secs", "0.1")
+    version = bench["rows"][0]["version"]
+    state = workspace / "specialize" / "lab" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"group": "lab", "updated": "2026-12-01T07:58:04Z", "classes": {
+        "pi4": {"devices": ["a1", "a2"], "representative": "a1", "precision": "int8",
+                "budget_ms": 0.5600130001766956, "arch": "r32-3434-3434-3434-3434-3434",
+                "accuracy": 0.7123, "promised_ms": 0.5012, "measured_ms": {"a1": 0.49876, "a2": 0.51},
+                "status": "ok", "model_dir": "/x", "steps": {"measure": {}, "search": {}}},
+        "pi5": {"devices": ["b1"], "steps": {"measure": {"at": 1.0}}},  # written half-way
+        "bad": "not a class entry"}}))
+    cli("report", "--out", str(tmp_path / "r.html"))
+    dom = render_dom(tmp_path / "r.html", tmp_path)
+    section = dom[dom.index('id="fleet-classes"'):]
+    assert "<td>pi4</td><td>set by the user</td><td>2: a1, a2</td>" in section
+    assert f"<td>net {version}</td><td>0.5 ms ±25.0 %</td>" in section
+    assert re.search(r"<td>[0-9.e-]+ ms \([+-]\d+\.\d %\), 2 devices, 20\d\d-\d\d-\d\d \d\d:\d\d</td>",
+                     section), section[:3000]
+    assert re.search(r"<td>(ok|drift on a[12](, a2)?)</td>", section)  # vs ±25 % of 0.5 ms
+    # pi5 runs the same model, but the promise is pi4's and no device of pi5 was measured
+    assert (f"<td>pi5</td><td>set by the user</td><td>1: b1</td><td>net {version}</td><td>–</td>"
+            "<td>–</td><td>not measured yet (no promise)</td>") in section
+    assert "not probed yet: a class of its own" in section and "nothing deployed" in section
+    assert "8: z0, z1, z2, z3, z4, z5 … and 2 more" in section
+    spec = section[section.index('id="specialize-lab"'):]
+    assert ("<td>pi4</td><td>2: a1, a2</td><td>a1</td><td>≤ 0.56 ms</td>"
+            "<td>r32-3434-3434-3434-3434-3434</td><td>int8</td><td>71.2 %</td><td>0.501 ms</td>"
+            "<td>a1 0.499 ms, a2 0.51 ms</td><td>ok</td>") in spec
+    assert "<td>pi5</td><td>1: b1</td><td>–</td><td>–</td>" in spec
+    assert "in progress (measure done)" in spec and "not a class entry" not in spec
+    assert "{" not in section.split("<script>")[0] and "0.5600130001766956" not in dom
