@@ -43,6 +43,9 @@ def _install_sigterm() -> Any:
               help="At least this many timed runs per benchmark.")
 @click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="And at least this many seconds per benchmark.")
+@click.option("--warmup-secs", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Untimed runs for this long first (XNNPACK packs its weights at load time; "
+                   "0.1 s is enough for small models).")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure every subnet this many times, in successive passes over the list, so a "
                    "device that drifts for a while spoils one measurement of a subnet, not all "
@@ -58,7 +61,8 @@ def _install_sigterm() -> Any:
 @click.pass_obj
 def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups: tuple[str, ...],
                 samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,
-                min_secs: float, repeats: int, export_cache: Path | None, as_json: bool,
+                min_secs: float, warmup_secs: float, repeats: int, export_cache: Path | None,
+                as_json: bool,
                 quiet: bool, adaptive: bool = False) -> None:
     """Measure SAMPLES subnets of the supernet CKPT on devices and store every result.
 
@@ -72,7 +76,7 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     from edgenas.progress import ProgressRenderer
     from edgenas.store import open_store
 
-    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
+    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs, warmup_secs=warmup_secs)
     previous = _install_sigterm()
     renderer = None if quiet else ProgressRenderer()  # a bar on a terminal, plain lines otherwise
     try:
