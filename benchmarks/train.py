@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from edgenas.cli.common import table
 from edgenas.data import load_data
-from edgenas.progress import JsonLog, ProgressBar
+from edgenas.progress import JsonLog
 from edgenas.schedule import DEFAULT_SCHEDULE, PhasePlan
 from edgenas.space import SearchSpace
 from edgenas.supernets import build_supernet
@@ -139,7 +139,7 @@ def main() -> None:
         net = build_supernet(space, data.num_classes, data.labels, data.normalization)
         plans = [PhasePlan(p, args.steps + 1, p.lr) for p in DEFAULT_SCHEDULE]
         marks: list[tuple[int, float, float]] = []
-        trainer = Trainer(cfg, data, net, plans, DistInfo(), progress=ProgressBar(enabled=False),
+        trainer = Trainer(cfg, data, net, plans, DistInfo(),  # no progress: silent
                           log=JsonLog(None), save_seconds=1e9,
                           on_step=lambda t: marks.append((t.phase, time.perf_counter(),
                                                           time.process_time())))

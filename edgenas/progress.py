@@ -4,9 +4,10 @@ Why split it: a library function (a measurement campaign, the quickstart, traini
 how its progress looks — a terminal wants a bar redrawn in place, a CI log or a pipe wants one plain
 line per event, an embedding program wants the events themselves.  So the library takes a callback
 (:data:`ProgressFn`) and, without one, logs each event to the ``edgenas.progress`` logger; the CLI passes
-a :class:`ProgressRenderer`, which draws the bar on a TTY (over :class:`ProgressBar`, the in-place line
-the trainer uses too) and plain lines otherwise.  :class:`JsonLog` is the machine-readable record of a
-long job: one JSON object per line, flushed at once so a killed run leaves a complete record.
+a :class:`ProgressRenderer`, which draws the bar on a TTY (over :class:`ProgressBar`, its in-place
+line) and plain lines otherwise; measurement campaigns, the quickstart and training all report this
+way.  :class:`JsonLog` is the machine-readable record of a long job: one JSON object per line,
+flushed at once so a killed run leaves a complete record.
 """
 
 from __future__ import annotations
@@ -167,14 +168,20 @@ def reporter(progress: bool | ProgressFn | None, stream: IO[str] | None = None) 
 class ProgressRenderer:
     """Draws :class:`Progress` events for a person.  On a TTY: counted events update one bar line in
     place (every source's ``done/total`` and the latest message), everything else is a permanent line
-    above it.  Otherwise (a pipe, a file, CI): one plain line per event, nothing redrawn."""
+    above it.  Otherwise (a pipe, a file, CI): one plain line per event, nothing redrawn.
+
+    ``every``: on a non-TTY, a source's counted events are printed at most once per that many
+    seconds (its last one, ``done == total``, always).  Training reports every step; a CI log wants
+    a line every few seconds, not thousands.  0 (the default) prints them all."""
 
     def __init__(self, stream: IO[str] | None = None, *, tty: bool | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, every: float = 0.0) -> None:
         self.bar = ProgressBar(stream, enabled=enabled, every=0.0)
         if tty is not None:
             self.bar.tty = tty
+        self.every = every
         self._counts: dict[str, tuple[int, int]] = {}
+        self._printed: dict[str, float] = {}  # source -> when its last counted line was printed
         self._lock = threading.Lock()
 
     @property
@@ -185,6 +192,13 @@ class ProgressRenderer:
         with self._lock:
             counted = event.done is not None and event.total is not None and event.level == "info"
             if not (self.bar.tty and counted):
+                if counted and self.every > 0:
+                    assert event.done is not None and event.total is not None
+                    now = time.monotonic()
+                    last = self._printed.get(event.source)
+                    if event.done < event.total and last is not None and now - last < self.every:
+                        return
+                    self._printed[event.source] = now
                 self.bar.message(event.line())
                 return
             assert event.done is not None and event.total is not None

@@ -39,7 +39,14 @@ from edgenas.data.stream import BatchOrder, StepBatchSampler
 from edgenas.errors import CheckpointError, EdgeNASError
 from edgenas.evaluate import evaluate_archs
 from edgenas.plan import net_plan
-from edgenas.progress import JsonLog, ProgressBar, fmt_seconds
+from edgenas.progress import (
+    JsonLog,
+    ProgressFn,
+    ProgressRenderer,
+    Reporter,
+    fmt_seconds,
+    reporter,
+)
 from edgenas.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_plan
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernets.checkpoint import apply_state_dict, atomic_torch_save, read_torch_file
@@ -49,6 +56,8 @@ from edgenas.supernets.static import MobileNetV3, fold_batchnorm
 STATE_FORMAT = "edgenas-train-state"
 STATE_VERSION = 1
 CL = torch.channels_last
+PROGRESS_SOURCE = "train"  # the source of training's edgenas.progress events
+PLAIN_EVERY_S = 5.0  # when stderr is no terminal: a progress line at most this often, not every step
 
 
 class TrainingInterrupted(EdgeNASError):
@@ -232,12 +241,14 @@ class Trainer:
     """Owns the network, optimizer, counters and teacher of one run; no module-level state."""
 
     def __init__(self, cfg: TrainConfig, data: AnyImageData, net: MobileNetV3Supernet,
-                 plans: list[PhasePlan], dist: DistInfo, *, progress: ProgressBar,
+                 plans: list[PhasePlan], dist: DistInfo, *, progress: Reporter | None = None,
                  log: JsonLog, save_seconds: float = 60.0, budget: float | None = None,
                  on_step: Callable[[Trainer], None] | None = None) -> None:
         self.cfg, self.data, self.net, self.plans, self.dist = cfg, data, net, plans, dist
         self.space = net.space
-        self.progress, self.log = progress, log
+        # edgenas.progress: one counted event per step ("train" done/total steps); silent by default
+        self.progress = progress or Reporter(_silent)
+        self.log = log
         self.save_seconds = save_seconds
         self.budget = budget  # seconds for the training steps (a --minutes run), else None
         self.est_done = 0.0  # estimated seconds of the phases finished so far
@@ -485,7 +496,8 @@ class Trainer:
         text = (f"phase {self.phase + 1}/{len(self.plans)} {plan.phase.name:<8} "
                 f"ep {self.epoch:>3}  step {self.phase_step}/{plan.steps}  "
                 f"loss {self._last_loss:.3f}  {rate:6.0f} img/s  ETA {fmt_seconds(eta)}")
-        self.progress.update(text)
+        self.progress(PROGRESS_SOURCE, text, done=self.global_step,
+                      total=sum(p.steps for p in self.plans))
         if self.global_step % 10 == 0 or self.phase_step == plan.steps:
             self.log.write("step", phase=plan.phase.name, epoch=self.epoch,
                            step=self.global_step, phase_step=self.phase_step,
@@ -555,8 +567,12 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _silent(event: object) -> None:
+    """The progress sink of ranks other than the main one (and of a Trainer given none)."""
+
+
 def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = False,
-                   data: AnyImageData | None = None, progress: bool = True,
+                   data: AnyImageData | None = None, progress: bool | ProgressFn | None = True,
                    save_seconds: float = 60.0, handle_signals: bool = True,
                    threads: int | None = None,
                    on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
@@ -564,13 +580,31 @@ def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = Fals
 
     On resume the stored config and step plan win over ``cfg`` (except ``out``): they determine
     the result, and the point of resuming is to get the result the first run would have given.
+
+    ``progress`` (:mod:`edgenas.progress`, as ``measure`` takes it): True renders on stderr (a bar
+    on a terminal, a plain line every PLAIN_EVERY_S seconds otherwise), a callback receives the
+    events (one counted "train" event per step, uncounted ones for the run's start, resume and end),
+    False logs them at DEBUG, None at INFO.  Only the main rank reports.
     """
     started = time.monotonic()
     if threads is not None:
         torch.set_num_threads(threads)
     out = Path(cfg.out)
     dist = init_distributed(device)
-    bar = ProgressBar(enabled=progress and dist.main)
+    renderer = ProgressRenderer(every=PLAIN_EVERY_S) if progress is True and dist.main else None
+    say = Reporter(renderer) if renderer is not None else \
+        reporter(progress) if dist.main else Reporter(_silent)
+    try:
+        return _train(cfg, out, dist, say, started, resume=resume, data=data,
+                      save_seconds=save_seconds, handle_signals=handle_signals, on_step=on_step)
+    finally:
+        if renderer is not None:
+            renderer.close()  # end the bar line: what follows (an error, the shell) starts afresh
+
+
+def _train(cfg: TrainConfig, out: Path, dist: DistInfo, say: Reporter, started: float, *,
+           resume: bool, data: AnyImageData | None, save_seconds: float, handle_signals: bool,
+           on_step: Callable[[Trainer], None] | None) -> TrainResult:
     log = JsonLog(log_path(out) if dist.main else None)
     state = None
     if resume:
@@ -581,7 +615,8 @@ def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = Fals
         state = load_state(spath)
         cfg = replace(TrainConfig(**state["config"]), out=str(out))
     elif dist.main and state_path(out).exists():
-        bar.message(f"note: starting afresh; overwriting the earlier state {state_path(out)}")
+        say(PROGRESS_SOURCE, f"note: starting afresh; overwriting the earlier state "
+            f"{state_path(out)}", level="warning")
     space = SearchSpace.load(cfg.space) if state is None else \
         SearchSpace.from_spec(state["supernet"]["space"])
     if data is None:
@@ -597,25 +632,24 @@ def train_supernet(cfg: TrainConfig, *, device: str = "cpu", resume: bool = Fals
         budget = None
     else:
         plans, budget = _plan(cfg, net, data, dist, started)
-    trainer = Trainer(cfg, data, net, plans, dist, progress=bar, log=log,
+    trainer = Trainer(cfg, data, net, plans, dist, progress=say, log=log,
                       save_seconds=save_seconds, budget=budget, on_step=on_step)
     if state is not None:
         trainer.restore(state)
         log.write("resume", step=trainer.global_step, phase=trainer.phase)
-        bar.message(f"resuming at step {trainer.global_step} "
-                    f"(phase {min(trainer.phase + 1, len(plans))}/{len(plans)}) with the stored "
-                    "configuration and plan")
+        say(PROGRESS_SOURCE, f"resuming at step {trainer.global_step} "
+            f"(phase {min(trainer.phase + 1, len(plans))}/{len(plans)}) with the stored "
+            "configuration and plan")
     else:
         log.write("start", config=asdict(cfg), data=data.describe(),
                   plan=[p.to_json() for p in plans], world=dist.world, device=str(dist.device))
         total = sum(p.steps for p in plans)
-        bar.message(f"training {space.name} on {data.name} ({data.num_train} train / "
-                    f"{data.num_val} val images, {data.num_classes} classes): {total} steps in "
-                    f"{len(plans)} phases, batch {trainer.global_batch}, device {dist.device}")
+        say(PROGRESS_SOURCE, f"training {space.name} on {data.name} ({data.num_train} train / "
+            f"{data.num_val} val images, {data.num_classes} classes): {total} steps in "
+            f"{len(plans)} phases, batch {trainer.global_batch}, device {dist.device}")
     with _signals(trainer, handle_signals):
         trainer.run()
-    bar.message("")
-    return _finish(trainer, cfg, data, out, log, bar, dist)
+    return _finish(trainer, cfg, data, out, log, say, dist)
 
 
 def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: AnyImageData, dist: DistInfo,
@@ -634,7 +668,7 @@ def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: AnyImageData, dist: 
 
 
 def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, log: JsonLog,
-            bar: ProgressBar, dist: DistInfo) -> TrainResult:
+            say: Reporter, dist: DistInfo) -> TrainResult:
     net = trainer.net
     space = net.space
     val: dict[str, float] = {}
@@ -663,8 +697,8 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
         state_path(out).unlink(missing_ok=True)
         log.write("done", out=str(out), val_top1=val, steps=trainer.global_step,
                   seconds=round(trainer.elapsed, 1))
-        bar.message(f"done in {fmt_seconds(trainer.elapsed)}: val top-1 min {val['min']:.2%}, "
-                    f"max {val['max']:.2%} (BN recalibrated) -> {out}")
+        say(PROGRESS_SOURCE, f"done in {fmt_seconds(trainer.elapsed)}: val top-1 min "
+            f"{val['min']:.2%}, max {val['max']:.2%} (BN recalibrated) -> {out}")
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -74,3 +74,19 @@ def test_reporter_is_safe_across_threads():
         t.join()
     lines = out.getvalue().splitlines()
     assert len(lines) == 800 and all(line.startswith("[d") and " m" in line for line in lines)
+
+
+def test_plain_counted_lines_can_be_throttled_per_source():
+    """A source that reports every step (training) prints at most one counted line per ``every``
+    seconds off a terminal; its last one and every uncounted line are always printed."""
+    out = io.StringIO()
+    render = ProgressRenderer(out, every=3600.0)
+    say = Reporter(render)
+    for i in range(1, 6):
+        say("train", f"step {i}", done=i, total=10)
+    say("train", "note: something happened")
+    say("ssh1", "a", done=1, total=2)  # another source is throttled on its own
+    say("train", "step 10", done=10, total=10)
+    render.close()
+    assert out.getvalue() == ("[train] 1/10 step 1\n[train] note: something happened\n"
+                              "[ssh1] 1/2 a\n[train] 10/10 step 10\n")

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from edgenas.data import load_data
+from edgenas.progress import Progress
 from edgenas.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_plan
 from edgenas.space import SearchSpace
 from edgenas.supernets.checkpoint import load_checkpoint, load_supernet
@@ -82,9 +83,16 @@ def test_loss_falls_and_checkpoint_loads(tmp_path: Path, small_digits) -> None:
     losses: list[float] = []
     full_only = [asdict(Phase("full", 1, 1, 1, share=1.0, lr=0.1, kd=False))]
     cfg = TrainConfig(out=str(tmp_path / "net.pt"), batch_size=32, epochs=4, schedule=full_only)
-    result = train_supernet(cfg, data=small_digits, progress=False,
+    events: list[Progress] = []
+    result = train_supernet(cfg, data=small_digits, progress=events.append,
                             on_step=lambda t: losses.append(t._last_loss))
     assert len(losses) == 24
+    # progress goes through edgenas.progress: one counted "train" event per step, then the result
+    steps = [e for e in events if e.done is not None]
+    assert [(e.source, e.done, e.total) for e in steps] == [("train", i, 24) for i in range(1, 25)]
+    assert "loss" in steps[-1].message and "ETA" in steps[-1].message
+    assert events[0].message.startswith("training ") and events[0].done is None
+    assert events[-1].message.startswith("done in ") and "val top-1" in events[-1].message
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
     net = load_supernet(result.out)
     assert net.meta["data"] == "digits" and net.meta["training"]["complete"]
@@ -192,3 +200,22 @@ def test_resume_without_state_is_a_clear_error(tmp_path: Path) -> None:
     proc = _cli(tmp_path / "none.pt", "--resume")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "nothing to resume" in err
+
+
+def test_cli_progress_off_a_terminal_is_a_few_plain_lines(tmp_path: Path) -> None:
+    """Without --quiet and with stderr not a terminal (CI, a pipe, a log file): the run's start, a
+    step line at most every few seconds (not one per step) and its result, each on its own line,
+    nothing redrawn."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", "from edgenas.cli import main; main()", "supernet",
+                           "train", "--out", str(tmp_path / "net.pt"), "--data", "digits", "--limit",
+                           "48", "--batch-size", "16", "--epochs", "4", "--threads", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "\r" not in proc.stderr
+    assert lines[0].startswith("[train] training ") and lines[-1].startswith("[train] done in ")
+    steps = [line for line in lines if line.startswith("[train] ") and " img/s " in line]
+    total = int(steps[-1].split()[1].split("/")[1])
+    assert steps[-1].split()[1] == f"{total}/{total}"  # the last step is always shown
+    assert total > 10 and len(steps) < total  # throttled: not one line per step
