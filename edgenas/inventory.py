@@ -909,6 +909,29 @@ def _timeout(value: Any) -> float:
     return seconds
 
 
+def _latency_ms(value: Any) -> float:
+    """``edgenas_latency_ms``: the device's latency budget for ``fleet specialize``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected milliseconds, got {value!r}")
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected milliseconds, got {value!r}") from None
+    if not 0 < ms < 1e7:
+        raise ValueError(f"expected a positive number of milliseconds, got {value!r}")
+    return ms
+
+
+def _device_class(value: Any) -> str:
+    """``edgenas_class``: the device's class, named by the user (edgenas.classes)."""
+    from edgenas.classes import ClassError, validate_class
+
+    try:
+        return validate_class(value)
+    except ClassError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _text(regex: re.Pattern[str], what: str) -> Any:
     def check(value: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -985,7 +1008,11 @@ def _device(
         "edgenas_benchmark_binary", check=lambda v: check_benchmark_binary(v, inventory_dir, binary_dirs)
     )
     timeout = ctx.get("edgenas_timeout", check=_timeout)
+    budget = ctx.get("edgenas_latency_ms", check=_latency_ms)
+    device_class = ctx.get("edgenas_class", check=_device_class)
     common: dict[str, Any] = dict(
+        latency_budget_ms=budget,
+        device_class=device_class,
         benchmark_binary=binary,
         workdir=workdir,
         python=python,
@@ -1089,7 +1116,9 @@ def load_inventory(
     ``ansible_ssh_private_key_file``, ``ansible_python_interpreter``, ``ansible_connection``
     (``local``), and edgenas' own ``edgenas_kind`` (``ssh``/``adb``/``local``), ``edgenas_serial``,
     ``edgenas_python``, ``edgenas_workdir``, ``edgenas_timeout``, ``edgenas_benchmark_binary``
-    (relative to the inventory's folder) and ``edgenas_skip``.  Every group a host is in, except
+    (relative to the inventory's folder), ``edgenas_latency_ms`` (the device's latency budget for
+    ``fleet specialize``), ``edgenas_class`` (its device class, instead of the one derived from its
+    probe) and ``edgenas_skip``.  Every group a host is in, except
     ``all`` and ``ungrouped``, becomes an edgenas group.
     """
     path = Path(path)

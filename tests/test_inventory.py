@@ -330,6 +330,9 @@ BAD = [
     ("inv.yml", _yaml("ansible_host: '-oProxyCommand=x'"), {}, ["ansible_host", "host name"]),
     ("inv.yml", _yaml("ansible_user: 'a b'"), {}, ["ansible_user"]),
     ("inv.yml", _yaml("edgenas_timeout: soon"), {}, ["edgenas_timeout", "seconds"]),
+    ("inv.yml", _yaml("edgenas_latency_ms: -3"), {}, ["edgenas_latency_ms", "positive"]),
+    ("inv.yml", _yaml("edgenas_latency_ms: fast"), {}, ["edgenas_latency_ms", "milliseconds"]),
+    ("inv.yml", _yaml("edgenas_class: ../pi4"), {}, ["edgenas_class", "invalid device class"]),
     ("inv.yml", _yaml("edgenas_kind: winrm"), {}, ["edgenas_kind", "unknown"]),
     ("inv.yml", _yaml("ansible_connection: winrm"), {}, ["ansible_connection", "edgenas_skip"]),
     ("inv.yml", _yaml("ansible_host: '{{ inventory_hostname }}.lan'"), {}, ["ansible_host", "Jinja"]),
@@ -538,3 +541,18 @@ def test_import_is_one_transaction_a_failure_midway_changes_nothing(workspace):
     assert (added, updated) == (["pi3", "pi4"], ["pi1"])
     after = {row[0]: row for row in _registry(workspace)}
     assert after["pi1"][3] == "admin" and after["pi1"][5] == ("lab", "pis")
+
+
+def test_budget_and_class_variables_reach_the_registry(tmp_path, workspace):
+    """``edgenas_latency_ms`` and ``edgenas_class`` (group or host vars) are what `fleet specialize`
+    reads: a class's budget is the strictest of its devices'."""
+    import json
+
+    inv = tmp_path / "inv.yml"
+    inv.write_text("all:\n  children:\n    pis:\n      vars: {edgenas_latency_ms: 40, edgenas_class: "
+                   "pi4}\n      hosts:\n        pi01: {ansible_host: 10.0.0.1}\n"
+                   "        pi02: {ansible_host: 10.0.0.2, edgenas_latency_ms: 25.5}\n")
+    assert cli(workspace, "device", "import", str(inv)).exit_code == 0
+    shown = json.loads(cli(workspace, "device", "list", "--json").output)
+    assert {d["name"]: (d["class"], d["latency_budget_ms"]) for d in shown} == {
+        "pi01": ("pi4", 40.0), "pi02": ("pi4", 25.5)}
