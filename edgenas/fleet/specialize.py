@@ -15,8 +15,9 @@ for each class in the group, in order:
    own training data; the manifest's promise is keyed by class, so ``fleet bench`` checks every
    device of the class against it.
 4. **push** it to every device of the class (the health check and ``--canary`` of ``fleet push``).
-5. **bench** a sample of the class's devices (``--per-class``) where the model is deployed, and
-   compare with the promise: ``ok`` within the predictor's error band, ``drift`` outside it.
+5. **bench** a sample of the class's devices (``--per-class``, drawn with ``--seed``) where the model
+   is deployed (:func:`edgenas.fleet.bench.spot_check`): ``ok`` when every sampled device is within
+   the promise's band and near its class's median, ``drift`` otherwise.
 
 The accuracy predictor is per supernet, not per device: it is fitted once (``predictor fit-accuracy``'s
 evaluation, resumable) before the first search.
@@ -355,9 +356,9 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
         cp.todo = list(dict.fromkeys([*cp.todo, "bench"]))
         done("push", results=results)
     if fresh("bench"):
-        sample = cp.devices[:max(1, per_class)]
-        say(f"class {cp.key}: benchmarking the deployed model on {', '.join(sample)}")
-        measured, drifted = _bench(home, plan, cp, sample, found, protocol, opener)
+        say(f"class {cp.key}: benchmarking the deployed model on {min(per_class, len(cp.devices))} "
+            f"of its {len(cp.devices)} device(s)")
+        measured, drifted = _bench(home, plan, cp, per_class, seed, protocol, opener)
         done("bench", measured_ms=measured, drift=drifted)
     bench = steps["bench"]
     out.measured_ms = dict(bench.get("measured_ms") or {})
@@ -438,23 +439,24 @@ def _push(store: Store, home: Path, plan: Plan, cp: ClassPlan, model_dir: Path, 
             f"{r.status}: {r.reason or ''}".strip(": ")[:200] for r in fan.results}
 
 
-def _bench(home: Path, plan: Plan, cp: ClassPlan, sample: list[str], found: dict[str, Any],
+def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
            protocol: tuple[int, float], opener: Callable[[Device, Path], Transport]
            ) -> tuple[dict[str, float], list[str]]:
-    from edgenas.fleet.bench import Promise, compare, fleet_bench
+    """Spot-check the deployed model on a sample of the class (:func:`edgenas.fleet.bench.spot_check`:
+    seeded sample; each device held to the class's promise in the manifest and to the class's median
+    in this run).  ({device: measured ms}, [drifted devices])."""
+    from edgenas.fleet.bench import spot_check
     from edgenas.store import open_store
 
     with open_store(home) as store:
-        devices = select_devices(store, sample)
-    rows, _ = fleet_bench(home, devices, None, plan.name, threads=plan.threads, runs=protocol[0],
-                          min_secs=protocol[1], opener=opener)
+        devices = select_devices(store, cp.devices)
+    rows, _ = spot_check(home, devices, plan.name, per_class=per_class, threads=plan.threads,
+                         runs=protocol[0], min_secs=protocol[1], seed=seed, opener=opener)
     failed = [f"{r['device']} ({r['error']})" for r in rows if r.get("error")]
     if failed:
         raise SpecializeError("bench failed on " + ", ".join(failed))
-    promise = Promise(found["promised_ms"], found["error"], "search", found.get("statistic", "median"))
     measured = {r["device"]: float(r["median_ms"]) for r in rows}
-    drifted = [d for d, ms in measured.items() if compare(ms, promise)[1]]
-    return measured, drifted
+    return measured, [r["device"] for r in rows if r.get("drift")]
 
 
 class _group_lock:
