@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from edgenas.data import ImageData
 from edgenas.evaluate import evaluate_subnet, recalibrate_bn
-from edgenas.progress import ProgressBar, fmt_seconds
+from edgenas.progress import ProgressFn, ProgressRenderer, fmt_seconds, reporter
 from edgenas.space import Arch
 from edgenas.supernets.mbv3 import MobileNetV3Supernet, build_supernet
 from edgenas.supernets.static import MobileNetV3
@@ -42,7 +42,7 @@ def train_subnet(net: MobileNetV3Supernet, arch: Arch, data: ImageData, *, epoch
                  minutes: float | None = None, from_scratch: bool = False, batch_size: int = 64,
                  lr: float | None = None, seed: int = 0, weight_decay: float = 3e-5,
                  label_smoothing: float = 0.1, device: str = "cpu",
-                 progress: bool = True) -> FinetuneResult:
+                 progress: bool | ProgressFn = True) -> FinetuneResult:
     """Train the static subnet ``arch`` at its own resolution; BN recalibrated before the last eval.
 
     ``lr`` defaults to 0.1 from scratch and 0.01 for inherited weights (per 64 images), since
@@ -72,7 +72,11 @@ def train_subnet(net: MobileNetV3Supernet, arch: Arch, data: ImageData, *, epoch
     opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
                            {"params": plain, "weight_decay": 0.0}],
                           lr=lr, momentum=0.9, nesterov=True)
-    bar = ProgressBar(enabled=progress)
+    # edgenas.progress, as training and measurement report: a bar on a terminal, a plain line every
+    # few seconds otherwise, a callback's own sink, or DEBUG logging with progress=False.
+    renderer = ProgressRenderer(every=PLAIN_EVERY_S) if progress is True else None
+    say = reporter(renderer if renderer is not None else progress)
+    what = "scratch" if from_scratch else "fine-tune"
     start = time.monotonic()
     perm = torch.randperm(data.num_train, generator=gen)
     pos = 0
@@ -92,14 +96,18 @@ def train_subnet(net: MobileNetV3Supernet, arch: Arch, data: ImageData, *, epoch
         opt.step()
         elapsed = time.monotonic() - start
         eta = elapsed / (step + 1) * (steps - step - 1)
-        bar.update(f"subnet {'scratch' if from_scratch else 'fine-tune'}  step {step + 1}/{steps}"
-                   f"  ep {step // per_epoch}  loss {loss.item():.3f}  "
-                   f"{(step + 1) * bs / max(elapsed, 1e-6):5.0f} img/s  ETA {fmt_seconds(eta)}")
-    bar.message("")
+        say(what, f"ep {step // per_epoch}  loss {loss.item():.3f}  "
+                  f"{(step + 1) * bs / max(elapsed, 1e-6):5.0f} img/s  ETA {fmt_seconds(eta)}",
+            done=step + 1, total=steps)
+    if renderer is not None:
+        renderer.close()
     top1 = evaluate_subnet(model, res, data)
     model.eval()
     return FinetuneResult(model.to("cpu").to(memory_format=torch.contiguous_format), before, top1,
                           steps, time.monotonic() - start)
+
+
+PLAIN_EVERY_S = 5.0  # off a terminal: a progress line at most this often, not one per step
 
 
 def _time_step(model: MobileNetV3, data: ImageData, bs: int, res: int, dev: torch.device) -> float:
