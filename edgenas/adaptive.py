@@ -70,7 +70,11 @@ def _design(space: SearchSpace, archs: Sequence[Arch], sources: Sequence[transfe
     if guess is not None:
         yhat = np.asarray(guess, float)
     yhat = np.maximum(yhat, 1e-12)
-    xs = x / np.maximum(np.median(x, axis=0), 1e-12)
+    # Each kind in units of its typical amount; a kind most subnets lack (a kernel size in one stage)
+    # has median 0, so its mean is its unit there, or it would swamp the criterion.
+    unit = np.median(x, axis=0)
+    unit = np.where(unit > 0, unit, x.mean(axis=0))
+    xs = x / np.maximum(unit, 1e-12)
     g = np.hstack([p, xs]) / yhat[:, None]
     return g, yhat, p.shape[1]
 

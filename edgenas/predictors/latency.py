@@ -47,7 +47,7 @@ FORMAT = "edgenas-latency-predictor"
 VERSION = 1
 MIN_SAMPLES = 8
 FOLDS = 5
-FEATURE_SETS = ("ops", "stages")
+FEATURE_SETS = ("ops", "dwstages", "stages")
 # What is predicted: the median run (the default, what edgenas reports everywhere), the fastest run
 # (far steadier on a device shared with other work: interference only ever adds time), or the mean
 # (amortises a CPU quota's throttling periods, which make single runs bimodal).
@@ -66,6 +66,9 @@ def features(space: SearchSpace, arch: Arch, feature_set: str,
     """The named per-kind (and per-stage) work of ``arch``; see the module docstring."""
     plan = net_plan(space, arch)
     per_stage = feature_set == "stages"
+    # Depthwise MACs per stage and kernel size: what a runtime's int8 depthwise kernels make uneven
+    # (on this host's XNNPACK, int8 7x7 depthwise costs ~20x its fp32 per MAC, and by stage).
+    per_stage_dw = feature_set in ("stages", "dwstages")
     f: dict[str, float] = {"invoke": 1.0}
 
     def add(name: str, value: float) -> None:
@@ -86,6 +89,8 @@ def features(space: SearchSpace, arch: Arch, feature_set: str,
         add(f"dw{block.kernel}_macs", dw)  # kernel sizes differ in efficiency
         if per_stage:
             add(f"{tag}dw_macs", dw)
+        if per_stage_dw:
+            add(f"s{stage + 1}_dw{block.kernel}_macs", dw)
         elems = block.mid_ch * ((block.in_size**2 if block.expand != 1 else 0) + block.out_size**2)
         add("hswish_elems" if block.act == "h_swish" else "relu_elems", elems)
         if block.se_ch:
@@ -102,6 +107,8 @@ def feature_names(space: SearchSpace, feature_set: str) -> list[str]:
     names = set(features(space, space.largest(), feature_set))
     for k in space.kernel_choices:
         names.add(f"dw{k}_macs")
+        if feature_set in ("stages", "dwstages"):
+            names |= {f"s{st + 1}_dw{k}_macs" for st in net_plan(space, space.largest()).stage_of_block}
     names |= {"se_elems", "se_blocks", "residual_elems", "relu_elems", "hswish_elems"}
     return sorted(names)
 
@@ -191,8 +198,9 @@ def _select(space: SearchSpace, archs: list[Arch], y: np.ndarray, num_classes: i
 
 
 def _candidates(n: int) -> list[str]:
-    # The per-stage set has ~25 coefficients; below 40 samples it mostly fits noise.
-    return ["ops", "stages"] if n >= 40 else ["ops"]
+    # The per-stage set has ~40 coefficients; below 40 samples it mostly fits noise.  The per-kind
+    # set plus depthwise per stage and kernel (~25) competes from 16 (where it wins is held out).
+    return ["ops"] + (["dwstages"] if n >= 16 else []) + (["stages"] if n >= 40 else [])
 
 
 # ------------------------------------------------------------------------------------------ predictor
