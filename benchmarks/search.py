@@ -11,6 +11,17 @@ predictors, constraint check; median of ``--repeats``), and the best predicted a
 evolution and NSGA-II reach for the same number of accuracy evaluations, over seeds.  The machine
 is shared, so its load average is printed with the numbers.
 
+In the same run, the original once-for-all ``EvolutionFinder`` (mit-han-lab/once-for-all,
+``ofa/nas/search_algorithm/evolution.py``) searches 10 000 candidates (population 100, 99
+generations) under the same latency budget.  Nothing of OFA is copied into this repository: its
+finder, ``AccuracyPredictor`` and ``MobileNetArchEncoder`` are read from a git mirror of that
+repository at run time (``--ofa-mirror``, made by the ``fetch`` tool; the comparison is skipped
+with a message when it is absent).  Their finder calls an efficiency predictor per candidate and
+an accuracy predictor per generation; it is given the same synthetic latency predictor ours
+tabulates, called per candidate as their finder does, and either their own ``AccuracyPredictor``
+(a torch MLP, 3 x 400, on their one-hot encoding; random weights: the cost is the point, not the
+values) or our ridge accuracy predictor (so that the best accuracy found can be compared too).
+
 Prints a table and writes ``benchmarks/results/search.json``.
 """
 
@@ -26,18 +37,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from edgenas import SearchSpace
+from edgenas import Arch, SearchSpace
 from edgenas.cli.common import table
 from edgenas.predictors.accuracy import fit_accuracy_predictor
 from edgenas.predictors.latency import LatencyPredictor, feature_names
 from edgenas.search import Constraints, DeviceModel, Searcher, predictor_score
 
 OLD = "ab77257"
+OFA_MIRROR = "/work/.mirror/mit-han-lab+once-for-all/repo"
+OFA_FILES = {"ofa_evolution": "ofa/nas/search_algorithm/evolution.py",
+             "ofa_acc_predictor": "ofa/nas/accuracy_predictor/acc_predictor.py",
+             "ofa_arch_encoder": "ofa/nas/accuracy_predictor/arch_encoder.py"}
 ROOT = Path(__file__).resolve().parents[1]
 # made-up per-kind costs (ms per unit); realistic orders of magnitude for a phone core
 COSTS = {"invoke": 0.05, "blocks": 0.004, "stem_macs": 2e-8, "head_macs": 1.2e-8,
@@ -60,6 +76,105 @@ def old_search_module():  # noqa: ANN201 - a module object
     return mod
 
 
+def load_ofa(mirror: Path) -> tuple[dict[str, types.ModuleType], str] | None:
+    """OFA's finder, accuracy predictor and arch encoder from a git mirror, or None (with why).
+
+    Each file is read with ``git show HEAD:<path>`` into a temporary folder and loaded as a
+    standalone module.  ``arch_encoder.py`` imports ``ofa.imagenet_classification.networks`` for
+    its ResNet encoder only (which needs torchvision); a stub stands in for that import while the
+    file loads and is removed afterwards."""
+    try:
+        commit = subprocess.run(["git", "-C", str(mirror), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        print(f"OFA comparison skipped: no git mirror of once-for-all at {mirror} "
+              "(fetch github:mit-han-lab/once-for-all, or pass --ofa-mirror)")
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="ofa-"))
+    stubs = {name: types.ModuleType(name) for name in
+             ("ofa", "ofa.imagenet_classification", "ofa.imagenet_classification.networks")}
+    stubs["ofa.imagenet_classification.networks"].ResNets = None  # type: ignore[attr-defined]
+    saved = {name: sys.modules.get(name) for name in stubs}
+    mods: dict[str, types.ModuleType] = {}
+    try:
+        sys.modules.update(stubs)
+        for name, rel in OFA_FILES.items():
+            text = subprocess.run(["git", "-C", str(mirror), "show", f"HEAD:{rel}"], check=True,
+                                  capture_output=True, text=True).stdout
+            path = tmp / f"{name}.py"
+            path.write_text(text)
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec and spec.loader
+            mods[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mods[name])
+    except (subprocess.CalledProcessError, ImportError) as exc:
+        print(f"OFA comparison skipped: cannot load OFA's files from {mirror}: {exc}")
+        return None
+    finally:
+        for name, old_mod in saved.items():
+            if old_mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old_mod
+    return mods, commit
+
+
+class OFAEfficiency:
+    """OFA's efficiency-predictor interface (``get_efficiency(arch_dict)``, one candidate per
+    call) over our latency predictor; counts its calls (their finder re-samples rejected ones)."""
+
+    def __init__(self, space: SearchSpace, lat_pred: LatencyPredictor) -> None:
+        self.space, self.lat_pred, self.calls = space, lat_pred, 0
+
+    def get_efficiency(self, arch_dict: dict) -> float:
+        self.calls += 1
+        arch = Arch.from_ofa(arch_dict, arch_dict["image_size"])
+        return float(self.lat_pred.predict(self.space, arch))
+
+
+class OFARidge:
+    """OFA's accuracy-predictor interface (``arch_encoder``, ``predict_acc(list of dicts)``, one
+    batch per generation) over our ridge accuracy predictor."""
+
+    def __init__(self, space: SearchSpace, acc_pred, encoder) -> None:  # noqa: ANN001
+        self.space, self.acc_pred, self.arch_encoder = space, acc_pred, encoder
+
+    def predict_acc(self, arch_dicts: list[dict]) -> np.ndarray:
+        archs = [Arch.from_ofa(d, d["image_size"]) for d in arch_dicts]
+        return np.asarray(self.acc_pred.predict_many(self.space, archs), dtype=np.float64)
+
+
+def run_ofa(mods: dict[str, types.ModuleType], space: SearchSpace, acc_pred,  # noqa: ANN001
+            lat_pred: LatencyPredictor, budget: float, accuracy: str, seed: int) -> dict:
+    """One OFA EvolutionFinder search of 10 000 candidates (100 + 99 generations x 100)."""
+    import random
+
+    import torch
+
+    encoder = mods["ofa_arch_encoder"].MobileNetArchEncoder(
+        image_size_list=list(space.resolutions), ks_list=list(space.kernel_choices),
+        expand_list=list(space.expand_choices), depth_list=list(space.depth_choices), n_stage=5)
+    if accuracy == "mlp":
+        torch.manual_seed(seed)
+        predictor = mods["ofa_acc_predictor"].AccuracyPredictor(encoder, hidden_size=400,
+                                                                n_layers=3, device="cpu")
+    else:
+        predictor = OFARidge(space, acc_pred, encoder)
+    efficiency = OFAEfficiency(space, lat_pred)
+    finder = mods["ofa_evolution"].EvolutionFinder(efficiency, predictor, population_size=100,
+                                                   max_time_budget=99)
+    random.seed(seed)  # their finder draws from the global generators
+    np.random.seed(seed)
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    with torch.no_grad():
+        _, best = finder.run_evolution_search(budget, verbose=False)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "best": float(best[0]), "best_latency_ms": float(best[2]),
+            "candidates": 100 * 100, "efficiency_calls": efficiency.calls,
+            "load_avg_1min": load}
+
+
 def predictors(space: SearchSpace):  # noqa: ANN201
     """A fitted accuracy predictor and a latency predictor with :data:`COSTS`."""
     truth = {}
@@ -78,6 +193,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--ofa-mirror", default=OFA_MIRROR,
+                    help="git mirror of mit-han-lab/once-for-all (skipped when absent)")
+    ap.add_argument("--ofa-repeats", type=int, default=3)
     args = ap.parse_args()
     space = SearchSpace.load("mbv3-w1.0")
     acc_pred, lat_pred = predictors(space)
@@ -114,6 +232,33 @@ def main() -> None:
         s_new2.propose(s_new2.codec.encode(archs))  # from Arch objects: encode included
         new_arch_t.append(time.perf_counter() - t)
     med = statistics.median
+
+    # ---- the original OFA EvolutionFinder against ours: 10 000 candidates, same predictors
+    ofa: dict[str, object] = {}
+    loaded = load_ofa(Path(args.ofa_mirror))
+    if loaded is not None:
+        mods, commit = loaded
+        runs: dict[str, list[dict]] = {"ofa_mlp": [], "ofa_ridge": [], "ours_evolution": []}
+        for rep in range(args.ofa_repeats):
+            runs["ofa_mlp"].append(run_ofa(mods, space, acc_pred, lat_pred, budget, "mlp", rep))
+            runs["ofa_ridge"].append(run_ofa(mods, space, acc_pred, lat_pred, budget, "ridge",
+                                             rep))
+            # ours: the same algorithm (Searcher.evolution, OFA's), 10 000 accuracy
+            # evaluations, the tables built inside the timing
+            s_new = Searcher(space, score, [device], constraints, 1000, seed=rep, budget=10_000)
+            load = os.getloadavg()[0]
+            t = time.perf_counter()
+            best = s_new.evolution(population=100, generations=None)[0]
+            runs["ours_evolution"].append({"seconds": time.perf_counter() - t,
+                                           "best": best.accuracy,
+                                           "evaluations": s_new.evaluations,
+                                           "load_avg_1min": load})
+            print(f"OFA finder repeat {rep + 1}: mlp {runs['ofa_mlp'][-1]['seconds']:.2f} s, "
+                  f"ridge {runs['ofa_ridge'][-1]['seconds']:.2f} s; ours "
+                  f"{runs['ours_evolution'][-1]['seconds']:.2f} s (load {load:.1f})", flush=True)
+        ofa = {"commit": commit, "runs": runs,
+               "median_seconds": {k: med([r["seconds"] for r in v]) for k, v in runs.items()},
+               "mean_best": {k: float(np.mean([r["best"] for r in v])) for k, v in runs.items()}}
 
     # ---- quality at equal evaluation budgets
     quality: dict[str, list[dict[str, float]]] = {"evolution": [], "nsga2": []}
@@ -163,6 +308,20 @@ def main() -> None:
             ["tables, built once per search", f"{med(build_t):.2f} s",
              "probe + verify every predictor"],
             ["first 10 000 incl. tables", f"{med(build_t) + med(new_t):.2f} s", "goal <= 1 s"]]
+    if ofa:
+        ms, mb = ofa["median_seconds"], ofa["mean_best"]  # type: ignore[index]
+        ours_10k = med(build_t) + med(new_t)
+        rows += [
+            ["OFA EvolutionFinder, 10 000 candidates, their MLP predictor",
+             f"{ms['ofa_mlp']:.2f} s", f"{ms['ofa_mlp'] / ours_10k:.1f}x ours incl. tables; "
+             f"{ms['ofa_mlp'] / ms['ours_evolution']:.1f}x our evolution"],
+            ["OFA EvolutionFinder, 10 000 candidates, our ridge predictor",
+             f"{ms['ofa_ridge']:.2f} s", f"{ms['ofa_ridge'] / ours_10k:.1f}x ours incl. tables; "
+             f"{ms['ofa_ridge'] / ms['ours_evolution']:.1f}x our evolution; "
+             f"best {mb['ofa_ridge']:.4f}"],
+            ["ours, evolution (OFA's) to 10 000 evaluations, tables incl.",
+             f"{ms['ours_evolution']:.2f} s", f"best {mb['ours_evolution']:.4f}, "
+             f"{args.ofa_repeats} seeds"]]
     for name, q in quality.items():
         rows.append([f"{name}: best before / after", f"{mean(q, 'old_best'):.4f} / "
                      f"{mean(q, 'new_best'):.4f}",
@@ -181,7 +340,16 @@ def main() -> None:
                                "vectorised_from_archs": med(new_arch_t),
                                "tables_build": med(build_t), "all_before": old_t,
                                "all_vectorised_rows": new_t},
-        "quality": quality}, indent=2))
+        "quality": quality,
+        "ofa_comparison": ofa or {"skipped": f"no OFA mirror at {args.ofa_mirror}"},
+        "ofa_comparison_setup": {
+            "ofa_mlp": "OFA EvolutionFinder (population 100, 99 generations: 10 000 candidates) "
+                       "with OFA's AccuracyPredictor (torch MLP 3x400, random weights, their "
+                       "MobileNetArchEncoder) and our synthetic latency predictor per candidate",
+            "ofa_ridge": "the same finder with our ridge accuracy predictor (per generation) and "
+                         "the same latency predictor per candidate",
+            "ours_evolution": "Searcher.evolution (OFA's algorithm, vectorised) to 10 000 "
+                              "accuracy evaluations, table build included"}}, indent=2))
     print(f"wrote {out}")
 
 

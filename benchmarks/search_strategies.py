@@ -38,8 +38,16 @@ from edgenas.search import Constraints, DeviceModel, Searcher, predictor_score  
 from edgenas.strategies import STRATEGIES, default_strategy, run_strategy  # noqa: E402
 
 
-def measure_on_host(space: SearchSpace, archs: dict[str, str]) -> dict[str, float]:
-    """Median latency (ms, fp32, 1 thread) of each strategy's chosen arch on this machine."""
+def measure_on_host(space: SearchSpace, archs: dict[str, str], repeats: int = 2,
+                    runs: int = 30, min_secs: float = 0.5) -> dict[str, dict[str, object]]:
+    """Measure each distinct chosen arch on this machine (fp32, 1 thread) ``repeats`` times.
+
+    The passes are interleaved (every arch once, then every arch again), so a change of host load
+    during the run shows as a difference between passes of the same model rather than as a
+    difference between models: the spread between passes and the bench's own coefficient of
+    variation are the noise floor against which the measured order of the strategies is judged.
+    Returns, per distinct arch, every pass's median, p90, CV, noisy flag and the host load average
+    at that moment."""
     from edgenas.bench import bench_model
     from edgenas.device.session import DeviceSession
     from edgenas.devices import setup
@@ -51,20 +59,45 @@ def measure_on_host(space: SearchSpace, archs: dict[str, str]) -> dict[str, floa
     home = Path(tempfile.mkdtemp(prefix="edgenas-strategies-"))
     net = build_supernet(space, 10)
     net.meta = {"data": "digits"}
-    out: dict[str, float] = {}
+    distinct = list(dict.fromkeys(archs.values()))
+    out: dict[str, dict[str, object]] = {a: {"passes": []} for a in distinct}
     with open_store(home) as store:
         device = add_device(store, make_device("host", "local", home=home, python=sys.executable))
         with DeviceSession(home, device) as session:
             setup(session)
-        done: dict[str, float] = {}
-        for name, arch in archs.items():
-            if arch not in done:
-                model_dir = home / "models" / arch
-                export(net, arch, "fp32", model_dir, data="digits", calibration_samples=8)
-                row = bench_model(store, home, "host", model_dir, runs=30, min_secs=0.5)
-                done[arch] = float(row["median_ms"])
-            out[name] = done[arch]
+        for arch in distinct:
+            t = time.perf_counter()
+            export(net, arch, "fp32", home / "models" / arch, data="digits",
+                   calibration_samples=8)
+            out[arch]["export_s"] = time.perf_counter() - t
+            print(f"exported {arch} in {out[arch]['export_s']:.1f} s", flush=True)
+        for rep in range(repeats):
+            for arch in distinct:
+                load = os.getloadavg()[0]
+                row = bench_model(store, home, "host", home / "models" / arch, runs=runs,
+                                  min_secs=min_secs)
+                p = {"median_ms": float(row["median_ms"]), "p90_ms": row.get("p90_ms"),
+                     "cv": row.get("cv"), "noisy": bool(row.get("noisy")),
+                     "runs": row.get("runs"), "load_avg_1min": load}
+                out[arch]["passes"].append(p)  # type: ignore[union-attr]
+                print(f"pass {rep + 1}: {arch} {p['median_ms']:.3f} ms (cv {p['cv']}, "
+                      f"load {load:.1f})", flush=True)
+    for m in out.values():
+        medians = [float(p["median_ms"]) for p in m["passes"]]  # type: ignore[union-attr]
+        m["median_ms"] = float(np.median(medians))
+        # relative spread between passes of the same model: the run-to-run noise floor
+        m["pass_spread"] = float((max(medians) - min(medians)) / np.mean(medians))
+        m["cv_max"] = float(max(float(p["cv"] or 0.0) for p in m["passes"]))  # type: ignore[union-attr]
     return out
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-a of two equally long lists (pairs tied in either count as discordant-free)."""
+    n, s = len(x), 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += float(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]))
+    return s / (n * (n - 1) / 2) if n > 1 else float("nan")
 
 
 def main() -> None:
@@ -77,6 +110,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--no-host", action="store_true", help="skip the on-host measurement")
+    ap.add_argument("--host-repeats", type=int, default=3,
+                    help="interleaved passes over the chosen subnets (their spread is the noise "
+                    "floor)")
+    ap.add_argument("--host-runs", type=int, default=30, help="timed runs per bench")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_strategies.json"))
     args = ap.parse_args()
     space = SearchSpace.load(args.space)
     acc_pred, lat_pred = predictors(space)
@@ -96,6 +134,7 @@ def main() -> None:
             results[cell] = {}
             for name in names:
                 bests, seconds, archs = [], [], []
+                load = os.getloadavg()[0]
                 for seed in range(args.seeds):
                     s = Searcher(space, predictor_score(space, acc_pred), [device],
                                  Constraints(latency_ms=limit), 1000, seed=seed)
@@ -109,50 +148,92 @@ def main() -> None:
                     archs.append(ranked[0].arch.to_string() if ranked else None)
                 results[cell][name] = {"mean": float(np.mean(bests)), "std": float(np.std(bests)),
                                        "bests": bests, "seconds": float(np.median(seconds)),
-                                       "archs": archs}
+                                       "archs": archs, "load_avg_1min": load}
                 print(f"{cell:24s} {name:14s} {np.mean(bests):.4f} ± {np.std(bests):.4f}  "
-                      f"{np.median(seconds):.2f} s", flush=True)
+                      f"{np.median(seconds):.2f} s  (load {load:.1f})", flush=True)
                 if frac == fractions[-1] and n == budgets[-1] and archs[0]:
                     chosen[name] = archs[0]
     load_after = os.getloadavg()
 
+    def winners(per: dict[str, dict[str, object]]) -> list[str]:
+        """Every strategy whose mean best equals the row's best (a converged space ties)."""
+        top = max(float(v["mean"]) for v in per.values())  # type: ignore[arg-type]
+        return [k for k, v in per.items() if float(v["mean"]) >= top - 1e-12]  # type: ignore[arg-type]
+
     wins = {name: 0 for name in names}
     rows = []
     for cell, per in results.items():
-        winner = max(per, key=lambda k: per[k]["mean"])  # type: ignore[index]
-        wins[winner] += 1
-        rows.append([cell] + [f"{per[k]['mean']:.4f}" + (" *" if k == winner else "")
-                              for k in names] + [winner])
-    print(f"\n{space.name}, {args.seeds} seeds, mean best predicted accuracy (* = best in the row); "
-          f"load average {load_before[0]:.1f} -> {load_after[0]:.1f} on {os.cpu_count()} CPUs")
+        tops = winners(per)
+        for w in tops:
+            wins[w] += 1
+        rows.append([cell] + [f"{per[k]['mean']:.4f} ±{per[k]['std']:.4f}"
+                              + (" *" if k in tops else "") for k in names] + ["/".join(tops)])
+    print(f"\n{space.name}, {args.seeds} seeds, mean best predicted accuracy ± std over seeds "
+          f"(* = best in the row); load average {load_before[0]:.1f} -> {load_after[0]:.1f} on "
+          f"{os.cpu_count()} CPUs")
     print(table(["evaluations, latency budget"] + names + ["winner"], rows))
     times = [[name] + [f"{results[c][name]['seconds']:.2f}" for c in results] for name in names]
     print(table(["strategy (median s)"] + list(results), times))
     overall = max(wins, key=lambda k: (wins[k], np.mean([results[c][k]["mean"]
                                                          for c in results])))
     mismatch = [c for c, per in results.items()
-                if default_strategy(int(c.split()[0])) != max(per, key=lambda k: per[k]["mean"])]
+                if default_strategy(int(c.split()[0])) not in winners(per)]
     print(f"wins: {wins}; the default for each budget "
           + ", ".join(f"{n}: {default_strategy(n)}" for n in budgets)
           + (f"; not the winner in {mismatch}" if mismatch else "; the winner in every row"))
 
-    host: dict[str, float] = {}
+    host: dict[str, dict[str, object]] = {}
+    host_summary: dict[str, object] = {}
     if not args.no_host and chosen:
-        host = measure_on_host(space, chosen)
+        host = measure_on_host(space, chosen, args.host_repeats, args.host_runs)
         limit = lo + fractions[-1] * (hi - lo)
-        rows = [[name, chosen[name], f"{lat_pred.predict(space, space.parse(chosen[name])):.2f}",
-                 f"{host[name]:.2f}"] for name in chosen]
-        print(f"\nchosen subnets ({budgets[-1]} evaluations, predicted budget {limit:.2f} ms), "
-              "measured on this machine (fp32, 1 thread, median):")
-        print(table(["strategy", "arch", "predicted ms (synthetic)", "host ms"], rows))
-    out = Path(__file__).parent / "results" / "search_strategies.json"
+        predicted = {a: float(lat_pred.predict(space, space.parse(a))) for a in host}
+        noise = max(float(m["pass_spread"]) for m in host.values())  # type: ignore[arg-type]
+        cv = max(float(m["cv_max"]) for m in host.values())  # type: ignore[arg-type]
+        # the floor for a difference of medians is their run-to-run spread; a bench's CV is the
+        # spread of single runs (outliers included), far wider than that of their median
+        floor = noise
+        arch_list = list(host)
+        tau = kendall_tau([predicted[a] for a in arch_list],
+                          [float(host[a]["median_ms"]) for a in arch_list])  # type: ignore[arg-type]
+        # pairs of distinct subnets whose measured medians differ by more than the noise floor
+        resolved = sum(1 for i, a in enumerate(arch_list) for b in arch_list[i + 1:]
+                       if abs(float(host[a]["median_ms"]) - float(host[b]["median_ms"]))  # type: ignore[arg-type]
+                       > floor * max(float(host[a]["median_ms"]), float(host[b]["median_ms"])))  # type: ignore[arg-type]
+        pairs = len(arch_list) * (len(arch_list) - 1) // 2
+        host_summary = {"noise_floor_rel": floor, "max_pass_spread_rel": noise, "max_cv": cv,
+                        "kendall_tau_predicted_vs_measured": tau,
+                        "pairs_resolved_above_noise": resolved, "pairs": pairs,
+                        "predicted_ms": predicted}
+        rows = []
+        for name in chosen:
+            m = host[chosen[name]]
+            passes = " / ".join(f"{float(p['median_ms']):.3f}" for p in m["passes"])  # type: ignore[union-attr]
+            rows.append([name, chosen[name], f"{results[list(results)[-1]][name]['bests'][0]:.4f}",
+                         f"{predicted[chosen[name]]:.3f}", f"{float(m['median_ms']):.3f}", passes,
+                         f"{100 * float(m['pass_spread']):.1f} %",
+                         f"{100 * float(m['cv_max']):.1f} %"])
+        print(f"\nchosen subnets ({budgets[-1]} evaluations, predicted budget {limit:.2f} ms, "
+              "seed 0), measured on this machine (fp32, 1 thread, median of the passes):")
+        print(table(["strategy", "arch", "predicted acc", "predicted ms (synthetic)", "host ms",
+                     "passes ms", "pass spread", "max CV"], rows))
+        print(f"noise floor {100 * floor:.1f} % (largest spread between passes of one subnet; "
+              f"single-run CV up to {100 * cv:.0f} %); Kendall tau "
+              f"predicted vs measured {tau:.2f} over {len(arch_list)} distinct subnets; "
+              f"{resolved}/{pairs} pairs differ by more than the noise floor")
+    load_end = os.getloadavg()
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"space": space.name, "seeds": args.seeds, "results": results,
-                               "wins": wins, "overall": overall,
+    out.write_text(json.dumps({"space": space.name, "seeds": args.seeds,
+                               "latency_budgets_ms": {f: lo + f * (hi - lo) for f in fractions},
+                               "results": results, "wins": wins, "overall": overall,
+                               "winners": {c: winners(per) for c, per in results.items()},
                                "default": {n: default_strategy(n) for n in budgets},
                                "default_not_winner": mismatch,
-                               "chosen": chosen, "host_median_ms": host,
-                               "load_avg": {"before": load_before, "after": load_after}},
+                               "chosen": chosen, "host": host, "host_summary": host_summary,
+                               "cpus": os.cpu_count(),
+                               "load_avg": {"before": load_before, "after_search": load_after,
+                                            "end": load_end}},
                               indent=1))
     print(f"wrote {out}")
 

@@ -31,16 +31,19 @@ from edgenas.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-# What benchmarks/search_strategies.py measured (docs/search.md): TPE finds the best subnet with
-# few evaluations (50), aging evolution with more (200); TPE also costs ~0.1 s per trial, nothing
-# next to a proxy or supernet evaluation but far more than a predictor's.
+# What benchmarks/search_strategies.py measured (docs/search.md, mbv3-tiny, 5 seeds): with few
+# evaluations (50) OFA's evolution (the top quarter breeds) finds the best subnet, with more (200)
+# aging evolution; TPE comes second or third in every row and costs seconds per search, where the
+# evolutions cost milliseconds.
 DEFAULT_STRATEGY = "evolution"
-SMALL_BUDGET_STRATEGY = "tpe"
+SMALL_BUDGET_STRATEGY = "ofa-evolution"
 SMALL_BUDGET = 100
 
 
 def default_strategy(budget: int) -> str:
-    """The strategy that won at this many evaluations: ``tpe`` up to 100, then ``evolution``."""
+    """The strategy that won at this many evaluations in ``benchmarks/search_strategies.py``:
+    ``ofa-evolution`` up to 100 (it exploits its best quarter at once, which pays when there is
+    little budget to explore), then ``evolution`` (aging keeps exploring, which pays later)."""
     return SMALL_BUDGET_STRATEGY if budget <= SMALL_BUDGET else DEFAULT_STRATEGY
 ACCURACY_SOURCES = ("predictor", "proxy:NAME", "supernet")
 # evaluations a search spends by default: accuracy predictions cost microseconds, a proxy about a

@@ -8,8 +8,10 @@ small budget of accuracy evaluations.
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +31,7 @@ from edgenas.search import (
     pareto_front,
     predictor_score,
 )
-from edgenas.strategies import STRATEGIES, run_strategy
+from edgenas.strategies import STRATEGIES, default_strategy, run_strategy
 
 SPACE = SearchSpace.load("mbv3-tiny")
 COSTS = {"invoke": 0.05, "blocks": 0.004, "stem_macs": 2e-8, "head_macs": 1.2e-8,
@@ -164,3 +166,16 @@ def test_nsga2_front_spans_latencies_with_the_budget(predictors) -> None:
     assert len(front) >= 5 and lat == sorted(lat) and lat[-1] > 1.5 * lat[0]
     points = [(-c.accuracy, c.worst_latency) for c in front]
     assert pareto_front(points) == list(range(len(front)))
+
+
+def test_the_default_strategy_is_the_measured_winner() -> None:
+    """docs/search.md and `edgenas search` promise the default is what won in
+    benchmarks/search_strategies.py; a rerun with another winner must change the default too."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/search_strategies.json"
+    measured = json.loads(path.read_text())
+    assert measured["winners"], "the benchmark result has no rows"
+    for cell, winners in measured["winners"].items():
+        evaluations = int(cell.split()[0])
+        assert default_strategy(evaluations) in winners, (cell, winners)
+    assert {default_strategy(n) for n in (1, 50, 100, 101, 1000)} <= set(STRATEGIES)
+    assert default_strategy(100) == "ofa-evolution" and default_strategy(101) == "evolution"

@@ -30,7 +30,7 @@ STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinf
 @click.option("--strategy", type=click.Choice(STRATEGY_NAMES), default=None,
               help="Search strategy (docs/search.md) spending --budget accuracy evaluations "
               "[default: ofa-evolution over --population x --generations; with --budget or "
-              "--accuracy other than predictor, the measured winner: tpe up to 100 "
+              "--accuracy other than predictor, the measured winner: ofa-evolution up to 100 "
               "evaluations, evolution above].")
 @click.option("--budget", type=click.IntRange(min=1), default=None,
               help="Accuracy evaluations to spend [default: 1000 with the predictor, 100 with a "
