@@ -125,3 +125,22 @@ def test_specialize_gives_each_class_its_model_and_a_rerun_does_nothing(setup):
     assert all(len(o["skipped_steps"]) == 5 for o in again["classes"]), again["classes"]
     table = cli(*args[:-len(FAST)], *FAST)
     assert "nothing to do" in table
+
+
+def test_a_changed_budget_redoes_search_export_push_and_bench_not_the_campaign(setup):
+    """Resumable step by step: a step is skipped when its inputs are unchanged, so a new budget keeps
+    every class's measurements and predictors and redoes only what depends on the budget."""
+    cli, home, ckpt = setup
+    args = ["fleet", "specialize", str(ckpt), "--group", "edge", "--precision", "fp32",
+            "--samples", "10", "--per-class", "1", *FAST]
+    first = cli.json(*args, "--latency-ms", BUDGET_MS)  # done already, or done now
+    assert all(o["status"] in ("ok", "drift") for o in first["classes"]), first["classes"]
+    state = home / "specialize" / "edge" / "state.json"
+    measured_at = {k: c["steps"]["measure"]["at"]
+                   for k, c in json.loads(state.read_text())["classes"].items()}
+    out = cli.json(*args, "--latency-ms", "0.9")
+    assert all(o["skipped_steps"] == ["measure"] for o in out["classes"]), out["classes"]
+    assert all(o["promised_ms"] <= 0.9 for o in out["classes"])
+    after = json.loads(state.read_text())["classes"]
+    assert {k: c["steps"]["measure"]["at"] for k, c in after.items()} == measured_at
+    assert {k: c["budget_ms"] for k, c in after.items()} == dict.fromkeys(measured_at, 0.9)
