@@ -46,9 +46,15 @@ class SearchOutcome:
 
 
 def measured_ratio(store: Store, device: str, threads: int, space: str,
-                   statistic: str = "median", xnnpack: bool = True) -> float | None:
-    """Median of int8/fp32 latency (of ``statistic``) over archs measured in both precisions on the
-    device class ``device`` with its XNNPACK setting."""
+                   statistic: str = "median", xnnpack: bool = True,
+                   near_ms: float | None = None) -> tuple[float | None, str]:
+    """(median of int8/fp32 latency of ``statistic`` over archs measured in both precisions on the
+    device class ``device`` with its XNNPACK setting, which archs it is over, in words).
+
+    ``near_ms`` (the search's latency budget): only archs that are within 1.5x of it in their faster
+    precision count — where the budget binds is what matters, and on some runtimes the ratio flips
+    with size (LiteRT's aarch64 int8 is faster on small subnets and slower on large ones).  All archs
+    count when fewer than 3 are that near."""
     from edgenas.records.measurements import best_by_arch_precision
 
     rows = best_by_arch_precision(store, device, threads, space, STATISTICS[statistic],
@@ -56,14 +62,22 @@ def measured_ratio(store: Store, device: str, threads: int, space: str,
     by: dict[str, dict[str, float]] = {}
     for arch, precision, ms in rows:
         by.setdefault(arch, {})[precision] = float(ms)
-    ratios = [v["int8"] / v["fp32"] for v in by.values() if "int8" in v and "fp32" in v]
-    return float(np.median(ratios)) if ratios else None
+    pairs = [(v["int8"], v["fp32"]) for v in by.values() if "int8" in v and "fp32" in v]
+    over = f"all {len(pairs)} subnets measured in both"
+    if near_ms is not None:
+        near = [(a, b) for a, b in pairs if min(a, b) <= 1.5 * near_ms]
+        if len(near) >= 3:
+            pairs, over = near, f"the {len(near)} subnets near the budget"
+    ratios = [a / b for a, b in pairs]
+    return (float(np.median(ratios)) if ratios else None), over
 
 
 def choose_precision(store: Store, home: Path, device: str, threads: int, space: str,
-                     asked: str, xnnpack: bool = True) -> tuple[str, LatencyPredictor, str]:
-    """The precision to search with on ``device`` and why (``auto``: whichever measured faster).
-    Only predictors fitted with the device's XNNPACK setting are used."""
+                     asked: str, xnnpack: bool = True,
+                     budget_ms: float | None = None) -> tuple[str, LatencyPredictor, str]:
+    """The precision to search with on ``device`` and why (``auto``: whichever measured faster on
+    the subnets near ``budget_ms``, see :func:`measured_ratio`).  Only predictors fitted with the
+    device's XNNPACK setting are used."""
     from edgenas.classes import resolve
 
     klass = resolve(store, device)  # the device's class: its predictors and measurements
@@ -81,11 +95,12 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     if len(available) == 1:
         (precision, pred), = available.items()
         return precision, pred, f"only {precision} was measured"
-    ratio = measured_ratio(store, klass, threads, space, available["fp32"].statistic, xnnpack)
+    ratio, over = measured_ratio(store, klass, threads, space, available["fp32"].statistic, xnnpack,
+                                 budget_ms)
     if ratio is None:
         return "int8", available["int8"], "no arch measured in both precisions; int8 by default"
     precision = "int8" if ratio < 1.0 else "fp32"
-    return precision, available[precision], f"int8 measured {ratio:.2f}x fp32 on this device"
+    return precision, available[precision], f"int8 measured {ratio:.2f}x fp32 on this device ({over})"
 
 
 def with_safety_margin(ranked: list[Candidate], models: list[DeviceModel],
@@ -140,7 +155,7 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     preds: dict[str, LatencyPredictor] = {}
     for dev in devices:
         prec, pred, why = choose_precision(store, home, dev.name, threads, space.name, precision,
-                                           dev.xnnpack)
+                                           dev.xnnpack, constraints.latency_ms)
         chosen_precision[dev.name], reasons[dev.name], preds[dev.name] = prec, why, pred
         models.append(DeviceModel(dev.name, prec,
                                   lambda archs, p=pred: p.predict_many(space, archs), pred.error))
