@@ -897,29 +897,26 @@ def _port(value: Any) -> int:
     return value
 
 
-def _timeout(value: Any) -> float:
+def _positive(value: Any, unit: str, most: float) -> float:
+    """A number of ``unit`` in (0, ``most``]; YAML booleans and text are refused, not coerced."""
     if isinstance(value, bool):
-        raise ValueError(f"expected seconds, got {value!r}")
+        raise ValueError(f"expected {unit}, got {value!r}")
     try:
-        seconds = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"expected seconds, got {value!r}") from None
-    if not 0 < seconds <= 3600:
-        raise ValueError(f"expected 0 < seconds <= 3600, got {value!r}")
-    return seconds
+        raise ValueError(f"expected {unit}, got {value!r}") from None
+    if not 0 < number <= most:
+        raise ValueError(f"expected a positive number of {unit} (at most {most:g}), got {value!r}")
+    return number
+
+
+def _timeout(value: Any) -> float:
+    return _positive(value, "seconds", 3600)
 
 
 def _latency_ms(value: Any) -> float:
     """``edgenas_latency_ms``: the device's latency budget for ``fleet specialize``."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected milliseconds, got {value!r}")
-    try:
-        ms = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected milliseconds, got {value!r}") from None
-    if not 0 < ms < 1e7:
-        raise ValueError(f"expected a positive number of milliseconds, got {value!r}")
-    return ms
+    return _positive(value, "milliseconds", 1e7)
 
 
 def _device_class(value: Any) -> str:
