@@ -133,7 +133,7 @@ def main() -> None:
             cell = f"{n} evals, {limit:.2f} ms"
             results[cell] = {}
             for name in names:
-                bests, seconds, archs = [], [], []
+                bests, seconds, archs, spent = [], [], [], []
                 load = os.getloadavg()[0]
                 for seed in range(args.seeds):
                     s = Searcher(space, predictor_score(space, acc_pred), [device],
@@ -145,12 +145,16 @@ def main() -> None:
                     seconds.append(time.perf_counter() - t)
                     tables = s._tables
                     bests.append(ranked[0].accuracy if ranked else float("nan"))
+                    spent.append(s.evaluations)  # a strategy may stop early (it converged)
                     archs.append(ranked[0].arch.to_string() if ranked else None)
                 results[cell][name] = {"mean": float(np.mean(bests)), "std": float(np.std(bests)),
                                        "bests": bests, "seconds": float(np.median(seconds)),
-                                       "archs": archs, "load_avg_1min": load}
+                                       "archs": archs, "evaluations": spent,
+                                       "load_avg_1min": load}
                 print(f"{cell:24s} {name:14s} {np.mean(bests):.4f} ± {np.std(bests):.4f}  "
-                      f"{np.median(seconds):.2f} s  (load {load:.1f})", flush=True)
+                      f"{np.median(seconds):.2f} s  (load {load:.1f})"
+                      + (f"  spent only {spent} evaluations" if min(spent) < n else ""),
+                      flush=True)
                 if frac == fractions[-1] and n == budgets[-1] and archs[0]:
                     chosen[name] = archs[0]
     load_after = os.getloadavg()
