@@ -478,6 +478,19 @@ class Searcher:
             ok &= cost[:, n_dev + 1] <= k.max_macs
         return ok
 
+    def overshoot(self, cost: np.ndarray) -> np.ndarray:
+        """(N,) how far past its constraints each row of ``cost`` is, relatively (0: feasible):
+        the largest of worst latency / budget - 1, size / limit - 1, MACs / limit - 1."""
+        k, n_dev = self.constraints, len(self.devices)
+        over = np.zeros(len(cost))
+        if k.latency_ms is not None and n_dev:
+            over = np.maximum(over, cost[:, :n_dev].max(axis=1) / k.latency_ms - 1.0)
+        if k.max_size_kb is not None:
+            over = np.maximum(over, cost[:, n_dev] / k.max_size_kb - 1.0)
+        if k.max_macs is not None:
+            over = np.maximum(over, cost[:, n_dev + 1] / k.max_macs - 1.0)
+        return over
+
     def _accuracy(self, enc: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
         table = self._build_tables()["accuracy"]
         if table is not None:

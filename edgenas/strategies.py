@@ -192,9 +192,12 @@ def reinforce(searcher: Searcher, batch: int = 32, lr: float = 0.2, baseline_dec
         reward[scored] = searcher._acc[rows[scored]]
         if scored.any():
             worst = min(worst, float(np.nanmin(reward)))
-        if not np.isfinite(worst):
-            worst = 0.0
-        reward[~ok] = worst  # infeasible: as bad as the worst feasible arch seen
+        floor = worst if np.isfinite(worst) else 0.0
+        # Infeasible: worse than the worst feasible arch seen, the more so the further past the
+        # constraints — under a tight budget almost every sample is infeasible at first, and a flat
+        # penalty gives the policy no direction to the feasible region (it stalled after 2-11
+        # evaluations where the others spent their budget).
+        reward[~ok] = floor - searcher.overshoot(searcher.costs(enc[~ok]))
         keep = ~np.isnan(reward)  # feasible but past the budget: no signal
         if keep.sum() >= 2:
             r = reward[keep]

@@ -128,6 +128,15 @@ def test_every_strategy_spends_its_budget_on_feasible_candidates(predictors, nam
     assert ranked[0].accuracy == pytest.approx(predictors[0].predict(SPACE, ranked[0].arch))
 
 
+@pytest.mark.parametrize("name", ["reinforce", "evolution", "ofa-evolution"])
+def test_a_tight_budget_is_still_searched_to_the_end(predictors, name) -> None:
+    """Under a budget few subnets meet, a strategy still spends its evaluations (REINFORCE used to
+    stall after a handful: a flat penalty for infeasible samples gave its policy no direction)."""
+    searcher = make(predictors, fraction=0.04, seed=2)
+    run_strategy(searcher, name, budget=50)
+    assert searcher.evaluations == 50
+
+
 def test_guided_strategies_beat_random_search_at_equal_budget(predictors) -> None:
     best = {}
     for name in ("random", "evolution", "ofa-evolution", "reinforce"):
