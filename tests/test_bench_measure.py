@@ -129,7 +129,8 @@ def test_bench_on_local_ssh_and_adb_stores_provenance_and_uploads_once(fleet, wo
     out = cli(workspace, "measurements", "list", "--device", "adb1")
     assert out.count("tflite_runtime") == 2
     csv_text = cli(workspace, "measurements", "export", "--csv")
-    assert csv_text.splitlines()[0].startswith("id,device,device_class,arch") and len(csv_text.splitlines()) == 7
+    header = csv_text.splitlines()[0]
+    assert header.startswith("id,device,device_class,arch") and len(csv_text.splitlines()) == 7
     assert len(json.loads(cli(workspace, "measurements", "export", "--json", "--device", "ssh1"))) == 2
 
 
