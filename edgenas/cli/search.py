@@ -21,8 +21,9 @@ STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinf
 @click.option("--max-size-kb", type=float, default=None, help="Model size limit (estimated).")
 @click.option("--max-macs", type=float, default=None, help="MAC limit, e.g. 5e6.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
-              show_default=True, help="auto: per device, whichever precision measured faster on the subnets near "
-                   "the latency budget.")
+              show_default=True,
+              help="auto: per device, whichever precision measured faster on the subnets near the "
+                   "latency budget.")
 @click.option("--objective", type=click.Choice(["accuracy", "pareto"]), default="accuracy",
               show_default=True, help="Best accuracy under the constraints, or a Pareto front.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
