@@ -32,7 +32,7 @@ from tests.cli_runner import Cli
 REPO = Path(__file__).resolve().parent.parent
 LITERT = str(REPO / ".venv" / "bin" / "python")
 TFLITE = str(REPO / ".venv-tflite" / "bin" / "python")
-BUDGET_MS = "0.6"  # inside both the XNNPACK and the builtin-kernel latency ranges of mbv3-tiny here
+BUDGET_MS = "1.0"  # inside the XNNPACK, builtin-kernel and tflite-runtime latency ranges, even under load
 FAST = ["--runs", "15", "--min-secs", "0.2"]  # the bench protocol, shortened for the test
 
 
@@ -138,9 +138,9 @@ def test_a_changed_budget_redoes_search_export_push_and_bench_not_the_campaign(s
     state = home / "specialize" / "edge" / "state.json"
     measured_at = {k: c["steps"]["measure"]["at"]
                    for k, c in json.loads(state.read_text())["classes"].items()}
-    out = cli.json(*args, "--latency-ms", "0.9")
+    out = cli.json(*args, "--latency-ms", "1.4")
     assert all(o["skipped_steps"] == ["measure"] for o in out["classes"]), out["classes"]
-    assert all(o["promised_ms"] <= 0.9 for o in out["classes"])
+    assert all(o["promised_ms"] <= 1.4 for o in out["classes"])
     after = json.loads(state.read_text())["classes"]
     assert {k: c["steps"]["measure"]["at"] for k, c in after.items()} == measured_at
-    assert {k: c["budget_ms"] for k, c in after.items()} == dict.fromkeys(measured_at, 0.9)
+    assert {k: c["budget_ms"] for k, c in after.items()} == dict.fromkeys(measured_at, 1.4)
