@@ -32,7 +32,7 @@ from tests.cli_runner import Cli
 REPO = Path(__file__).resolve().parent.parent
 LITERT = str(REPO / ".venv" / "bin" / "python")
 TFLITE = str(REPO / ".venv-tflite" / "bin" / "python")
-BUDGET_MS = "1.0"  # inside the XNNPACK, builtin-kernel and tflite-runtime latency ranges, even under load
+BUDGET_MS = "1.0"  # inside the XNNPACK, builtin-kernel and tflite-runtime ranges, even under load
 FAST = ["--runs", "15", "--min-secs", "0.2"]  # the bench protocol, shortened for the test
 
 
