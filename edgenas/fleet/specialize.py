@@ -106,6 +106,11 @@ def state_dir(home: Path, group: str) -> Path:
     return Path(home) / "specialize" / group
 
 
+def class_model_dir(home: Path, group: str, key: str) -> Path:
+    """Where a class's exported model lives (group and class key are validated names)."""
+    return state_dir(home, group) / "models" / key
+
+
 def load_state(home: Path, group: str) -> dict[str, Any]:
     """The group's state file ({} when there is none).  Written only by this module; still read
     defensively (a hand-edited or truncated file restarts the steps rather than crashing)."""
@@ -343,7 +348,7 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
         steps.pop("bench", None)
         cp.todo = list(dict.fromkeys([*cp.todo, "push", "bench"]))
         done("export", **_export(home, plan, cp, found))
-    model_dir = Path(steps["export"]["model_dir"])
+    model_dir = class_model_dir(home, plan.group, cp.key)  # never a path read back from the state
     entry["model_dir"] = str(model_dir)
     if fresh("push"):
         say(f"class {cp.key}: pushing to {len(cp.devices)} device(s)"
@@ -419,7 +424,7 @@ def promise_for_class(plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[
 def _export(home: Path, plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[str, Any]:
     from edgenas.export.api import export
 
-    out_dir = state_dir(home, plan.group) / "models" / cp.key
+    out_dir = class_model_dir(home, plan.group, cp.key)
     result = export(plan.ckpt, found["arch"], found["precision"], out_dir,
                     search=promise_for_class(plan, cp, found))
     acc = result.manifest.get("accuracy") or {}
