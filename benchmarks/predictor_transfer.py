@@ -23,7 +23,8 @@
    of the pool are measured a second time (a later pass): the profile's own noise floor.
 2. **Evaluate**: for each profile P, the other profiles are the prior; P's predictor is fitted from
    K = 5, 10, 20, 40 of its measurements (chosen at random ``--splits`` times, and once by the
-   adaptive design of edgenas.adaptive) and scored on P's subnets it did not see.  Methods: today's
+   adaptive campaign of edgenas.adaptive replayed round by round on the stored latencies) and
+   scored on P's subnets it did not see.  Methods: today's
    per-device fit (NNLS on per-kind features, edgenas.predictors.latency), the transfer prior alone
    (a non-negative combination of the other profiles' predictors) and the transfer predictor
    (combination + a correction shrunk toward it; edgenas.predictors.transfer).  Also printed: the
@@ -145,7 +146,7 @@ def load_profile(store, profile: str, statistic: str):
 def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) -> dict:
     import numpy as np
 
-    from edgenas.adaptive import select
+    from edgenas.adaptive import replay
     from edgenas.predictors import transfer
     from edgenas.space import SearchSpace
 
@@ -177,9 +178,8 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
             per: dict[str, list] = {}
             splits = [np.random.default_rng(1000 * k + s).permutation(len(archs))[:k]
                       for s in range(args.splits)]
-            if sources:  # the adaptive design picks from the same pool (the subnets this profile has)
-                chosen = select(space, parsed, sources, k, seed=0)
-                splits.append(np.asarray(chosen))
+            if sources:  # the adaptive campaign, round by round, on the subnets this profile has
+                splits.append(np.asarray(replay(space, parsed, y, sources, k)))
             for si, train in enumerate(splits):
                 test = np.setdiff1d(np.arange(len(archs)), train)
                 tag = "adaptive" if sources and si == len(splits) - 1 else "random"

@@ -1,21 +1,21 @@
 """Adaptive measurement: which subnets to measure on a new device, in rounds, until its predictor is
 good enough (``edgenas measure --device NEW --adaptive --samples 20``).
 
-Which subnets.  A fixed stratified list spends measurements on subnets that teach the predictor
-little.  What the few-shot predictor (:mod:`edgenas.predictors.transfer`) has to learn is (1) how to
-mix the known profiles' costs and (2) a correction to the per-kind costs shrunk toward that mix — a
-Bayesian linear model whose design vector for a subnet is ``g = [p / ŷ, x / ŷ]`` (the known profiles'
-predictions and the per-kind work, relative to the predicted latency ŷ because the loss is relative
-error).  The selection is greedy sequential D-optimal design on that model: each next subnet
-maximises the predictive variance ``gᵀ M⁻¹ g`` (M = prior precision + Σ g gᵀ over subnets measured
-or already chosen) — equivalently, the largest gain in log det M — so it is where the known devices
-*disagree* most, or where the kinds of work are least covered yet.  To cover the latency range, the
-predicted log-latency range is split into bins (one per two samples) and each pick comes from a bin
-with the fewest picks so far; within it the most informative subnet wins.  (Taking the smallest and
-largest predicted subnets first was tried: on a loaded host the largest is the noisiest measurement,
-and at K = 5 it cost 50 points of held-out accuracy.)  Candidates are a large sample of the space,
-sampled as ``edgenas measure`` samples (so every size is
-on offer).
+Which subnets. A fixed stratified list spends measurements on subnets that teach the predictor little.
+What the few-shot predictor (:mod:`edgenas.predictors.transfer`) has to learn is (1) how to mix the
+known profiles' costs and (2) a correction to the per-kind costs shrunk toward that mix — a Bayesian
+linear model whose design vector for a subnet is ``g = [p / ŷ, x / ŷ]`` (the known profiles'
+predictions, one per profile and group of kinds as the mix is fitted, and the per-kind work, relative
+to the predicted latency ŷ because the loss is relative error). The selection is greedy sequential
+D-optimal design on that model: each next subnet maximises the predictive variance ``gᵀ M⁻¹ g`` (M =
+prior precision + Σ g gᵀ over subnets measured or already chosen) — equivalently, the largest gain in
+log det M — so it is where the known devices *disagree* most, or where the kinds of work are least
+covered yet. To cover the latency range, the predicted log-latency range is split into bins (one per
+two samples) and each pick comes from a bin with the fewest picks so far; within it the most
+informative subnet wins. (Taking the smallest and largest predicted subnets first was tried: on a
+loaded host the largest is the noisiest measurement, and at K = 5 it cost 50 points of held-out
+accuracy.) Candidates are a large sample of the space, sampled as ``edgenas measure`` samples (so every
+size is on offer).
 
 Rounds.  The first round measures enough subnets for a first held-out estimate; then, after each
 round, the predictor is refitted, its held-out (leave-one-out) quality printed beside the device's
@@ -61,9 +61,15 @@ def _design(space: SearchSpace, archs: Sequence[Arch], sources: Sequence[transfe
     scale = transfer._reference_scale(space, num_classes)
     x = transfer.common_matrix(space, archs, num_classes) / scale
     if sources:
-        p = x @ np.vstack([s.costs * scale for s in sources]).T
-        p = p / np.median(p, axis=0)  # each profile in units of its own typical latency
-        yhat = np.exp(np.mean(np.log(np.maximum(p, 1e-12)), axis=1))
+        costs = np.vstack([s.costs * scale for s in sources])
+        whole = x @ costs.T
+        whole = whole / np.median(whole, axis=0)  # each profile in units of its own typical latency
+        yhat = np.exp(np.mean(np.log(np.maximum(whole, 1e-12)), axis=1))
+        parts, _ = transfer.split_by_group(space, costs)  # what the mix fits: (profile, group)
+        p = x @ parts.T
+        unit_p = np.median(p, axis=0)
+        unit_p = np.where(unit_p > 0, unit_p, p.mean(axis=0))
+        p = p / np.maximum(unit_p, 1e-12)
     else:
         p = np.zeros((len(archs), 0))
         yhat = x.sum(axis=1)
@@ -263,7 +269,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     sources = transfer.sources_from_store(store, space, (klass, precision, threads), statistic, home)
     pool = sample_archs(space, candidates, seed)
     report = AdaptiveReport(device, precision, threads)
-    first = first_round or min(samples, max(min_samples - round_size, 5, samples // 2))
+    first = first_round or first_round_size(samples, min_samples, round_size)
 
     def say(text: str) -> None:
         if progress:
@@ -281,11 +287,8 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
             report.stopped = report.stopped or f"{samples} subnets measured"
             break
         n = min(budget, first if not archs else round_size)
-        left = [a for a in pool if a.to_string() not in have]
-        guess = current.predict_many(space, left) if current is not None else None
-        picks = [left[i] for i in select(space, left, sources, n, measured=archs, total=samples,
-                                         guess=guess, seed=seed)]
-        todo = [a.to_string() for a in picks]
+        todo = [a.to_string() for a in next_round(space, pool, archs, sources, n, samples, current,
+                                                  seed)]
         again = _remeasure_pick(archs, pairs) if archs else None
         t0 = time.monotonic()
         rep = measure(store, home, source_ckpt, [device], len(todo), [precision], threads, seed,
@@ -323,6 +326,49 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     return report
 
 
+def first_round_size(samples: int, min_samples: int = 10, round_size: int = 4) -> int:
+    """How many subnets the first round measures: enough for a first held-out estimate."""
+    return min(samples, max(min_samples - round_size, 5, samples // 2))
+
+
+def next_round(space: SearchSpace, pool: Sequence[Arch], measured: Sequence[Arch],
+               sources: Sequence[transfer.SourceProfile], n: int, total: int,
+               current: transfer.TransferFit | None, seed: int = 0) -> list[Arch]:
+    """The ``n`` subnets of ``pool`` a campaign measures next, given what it has measured and the
+    predictor fitted after the last round (``None`` before the first): its predictions place the
+    candidates on the latency range, the prior's mix is only the first round's guess."""
+    have = {a.to_string() for a in measured}
+    left = [a for a in pool if a.to_string() not in have]
+    guess = current.predict_many(space, left) if current is not None else None
+    return [left[i] for i in select(space, left, sources, n, measured=list(measured), total=total,
+                                    guess=guess, seed=seed)]
+
+
+def replay(space: SearchSpace, pool: Sequence[Arch], latency_ms: Sequence[float],
+           sources: Sequence[transfer.SourceProfile], samples: int, *, round_size: int = 4,
+           min_samples: int = 10, seed: int = 0) -> list[int]:
+    """The indices into ``pool`` that an adaptive campaign of ``samples`` would measure, round by
+    round, on a device whose latencies are already known (``latency_ms``, one per pool subnet): the
+    benchmark's way to score the design exactly as ``measure --adaptive`` runs it, on stored data.
+    No early stop: every round is played until ``samples`` are chosen."""
+    index = {a.to_string(): i for i, a in enumerate(pool)}
+    y = np.asarray(latency_ms, dtype=np.float64)
+    chosen: list[int] = []
+    current: transfer.TransferFit | None = None
+    first = first_round_size(samples, min_samples, round_size)
+    while len(chosen) < samples:
+        n = min(samples - len(chosen), first if not chosen else round_size)
+        picks = next_round(space, pool, [pool[i] for i in chosen], sources, n, samples, current,
+                           seed)
+        if not picks:
+            break
+        chosen += [index[a.to_string()] for a in picks]
+        archs = [pool[i] for i in chosen]
+        current = (transfer.fit_transfer(space, archs, y[chosen], sources, estimate=False)
+                   if sources else transfer.fit_per_device(space, archs, y[chosen]))
+    return chosen
+
+
 def _remeasure_pick(archs: list[Arch], pairs: list[tuple[float, float]]) -> Arch | None:
     """The earliest subnet not measured twice yet (cycling through the list)."""
     return archs[len(pairs)] if len(pairs) < len(archs) else None
@@ -346,8 +392,8 @@ def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tup
                                fitted.estimate if fitted else None, len(pairs), within, cv, seconds)
 
 
-__all__ = ["AdaptiveError", "AdaptiveReport", "log_det_information", "measure_adaptive", "run_cli",
-           "select"]
+__all__ = ["AdaptiveError", "AdaptiveReport", "first_round_size", "log_det_information",
+           "measure_adaptive", "next_round", "replay", "run_cli", "select"]
 
 
 def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], samples: int,

@@ -112,6 +112,67 @@ def test_selection_is_informative_covers_the_range_and_never_repeats():
     assert len(set(alone)) == 8 and (macs.max() - macs.min()) > 0.6 * (all_macs.max() - all_macs.min())
 
 
+def _sources() -> list[transfer.SourceProfile]:
+    return [transfer.SourceProfile.fit(p, SPACE, [SPACE.parse(a) for a in sorted(PROFILES[p])],
+                                       np.asarray([PROFILES[p][a] for a in sorted(PROFILES[p])]))
+            for p in SOURCES]
+
+
+def test_the_mix_weighs_each_group_of_kinds_on_its_own():
+    """A device whose MACs cost twice a known profile's while its per-operator overhead is a third
+    (a second core: faster arithmetic, more synchronisation) is one mix per group, not one per
+    profile: the grouped prior alone recovers it from 8 subnets, and says so in its weights."""
+    sources = _sources()
+    names = transfer.common_names(SPACE)
+    factor = {"overhead": 1 / 3, "elementwise": 1.0, "pointwise": 2.0, "depthwise": 2.0}
+    costs = sources[0].costs * np.asarray([factor[transfer.group_of(n)] for n in names])
+    truth = transfer.SourceProfile("truth", costs)
+    pool = sample_archs(SPACE, 60, seed=5)
+    y = truth.predict_many(SPACE, pool)
+    train, test = pool[:8], pool[8:]
+    fit = transfer.fit_transfer(SPACE, train, y[:8], sources, correction=False, estimate=False)
+    q = transfer.quality(y[8:], fit.predict_many(SPACE, test))
+    assert q["within_5"] == 1.0, q
+    weights = fit.group_weights[sources[0].name]
+    assert weights["pointwise"] == pytest.approx(2.0, rel=0.05), fit.group_weights
+    assert weights["overhead"] < 0.6, fit.group_weights
+    assert "transfer from" in fit.describe() and sources[0].name in fit.describe()
+    # One weight per profile cannot express it: the same fit with the groups merged is worse.
+    merged = transfer.split_by_group
+    try:
+        transfer.split_by_group = lambda space, c: (np.atleast_2d(c),
+                                                    [(j, "all") for j in range(len(c))])
+        one = transfer.fit_transfer(SPACE, train, y[:8], sources, correction=False, estimate=False)
+    finally:
+        transfer.split_by_group = merged
+    q_one = transfer.quality(y[8:], one.predict_many(SPACE, test))
+    assert q_one["mape"] > 3 * q["mape"], (q_one, q)
+
+
+def test_replay_plays_the_adaptive_campaign_round_by_round():
+    """The benchmark scores the design as `measure --adaptive` runs it: a first round, then rounds
+    of 4 placed by the predictor refitted after each — on stored latencies instead of a device."""
+    from edgenas.adaptive import first_round_size, next_round, replay
+
+    pool = [SPACE.parse(a) for a in sorted(PROFILES[TARGET])]
+    y = np.asarray([PROFILES[TARGET][a.to_string()] for a in pool])
+    sources = _sources()
+    chosen = replay(SPACE, pool, y, sources, 18)
+    assert len(chosen) == len(set(chosen)) == 18
+    assert chosen == replay(SPACE, pool, y, sources, 18)  # deterministic
+    first = first_round_size(18)
+    assert first == 9
+    # The first round is what the campaign picks with nothing measured; the second what it picks
+    # after fitting those (the same functions measure_adaptive calls).
+    assert [pool[i] for i in chosen[:first]] == next_round(SPACE, pool, [], sources, first, 18, None)
+    fitted = transfer.fit_transfer(SPACE, [pool[i] for i in chosen[:first]], y[chosen[:first]],
+                                   sources, estimate=False)
+    second = next_round(SPACE, pool, [pool[i] for i in chosen[:first]], sources, 4, 18, fitted)
+    assert [pool[i] for i in chosen[first:first + 4]] == second
+    # And the latencies matter: the same pool with other latencies is played differently.
+    assert replay(SPACE, pool, y[::-1], sources, 18) != chosen
+
+
 def test_predictor_fit_says_which_method_it_used(tmp_path):
     cli = Cli(tmp_path)
     archs = sorted(PROFILES[TARGET])

@@ -8,13 +8,20 @@ But devices differ in a structured way: a Pi's per-kind costs are not arbitrary,
 of other CPUs' costs (int8 vs fp32, XNNPACK vs builtin kernels, 1 vs 2 threads, ARM vs x86 each move a
 few kinds up or down together).  So, in two stages:
 
-1. **Prior = a non-negative combination of the known profiles' costs.**  Every other stored profile
-   (device × precision × threads, same search space and run-time statistic) gets a per-device
-   predictor fitted on all of its measurements; its per-kind costs ``c_j`` are mapped into one common
-   coordinate system (the per-stage feature set, a superset of the per-kind one).  The new profile's
-   costs start as ``c0 = Σ_j w_j c_j`` with ``w ≥ 0`` fitted to the K measurements (relative error).
-   That is J ≈ 2-8 numbers instead of ~25: it works from K = 5, and non-negativity keeps it a
-   physically meaningful mix of devices instead of a difference of two large ones.
+1. **Prior = a non-negative combination of the known profiles' costs, per group of kinds.**  Every
+   other stored profile (device × precision × threads, same search space and run-time statistic)
+   gets a per-device predictor fitted on all of its measurements; its per-kind costs ``c_j`` are
+   mapped into one common coordinate system (the per-stage feature set, a superset of the per-kind
+   one).  The kinds fall into four groups whose costs move together between devices (:data:`GROUPS`:
+   per-operator overhead, elementwise work, 1×1/dense MACs, depthwise MACs): a second thread halves
+   the MAC costs but adds synchronisation to every operator; int8 changes depthwise far more than
+   1×1 convolutions.  The new profile's costs start as ``c0 = Σ_j Σ_g w_jg c_j|g`` (``c_j|g``: profile
+   j's costs of group g's kinds, zero elsewhere) with ``w ≥ 0`` fitted to the K measurements (relative
+   error).  That is at most 4·J numbers instead of ~25 — NNLS leaves most of them at zero — and
+   non-negativity keeps it a physically meaningful mix of devices instead of a difference of two
+   large ones.  One weight per profile (no groups) was the first version: at K = 20 it held 78 % of
+   the 1-thread host's held-out subnets within ±10 %, the groups 85-90 %
+   (benchmarks/predictor_transfer.py).
 2. **Correction, shrunk toward the prior.**  The full per-kind costs ``c ≥ 0`` are then fitted to the
    K measurements with a ridge penalty ``λ Σ_k ((c_k - c0_k) s_k / ȳ)²`` (s_k: the kind's work in the
    largest subnet, ȳ: the typical latency — the penalty is in "share of a typical latency" units, like
@@ -69,6 +76,34 @@ LOO_MAX = 40  # above this many samples the held-out estimate uses 10 folds inst
 
 def common_names(space: SearchSpace) -> list[str]:
     return lat.feature_names(space, COMMON)
+
+
+GROUPS = ("overhead", "elementwise", "pointwise", "depthwise")
+
+
+def group_of(name: str) -> str:
+    """Which of :data:`GROUPS` a common feature belongs to (see the module docstring)."""
+    if name in ("invoke", "blocks", "se_blocks"):
+        return "overhead"
+    if name.endswith("_elems"):
+        return "elementwise"
+    if "dw" in name:
+        return "depthwise"
+    return "pointwise"  # 1×1 convolutions, the stem and the head
+
+
+def split_by_group(space: SearchSpace, costs: np.ndarray) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Each row of ``costs`` (J profiles × common features) split into one row per group that has a
+    non-zero cost: (parts, [(profile index, group) per part])."""
+    groups = np.asarray([group_of(n) for n in common_names(space)])
+    parts, index = [], []
+    for j, row in enumerate(np.atleast_2d(costs)):
+        for g in GROUPS:
+            part = np.where(groups == g, row, 0.0)
+            if part.any():
+                parts.append(part)
+                index.append((j, g))
+    return (np.vstack(parts) if parts else np.zeros((0, len(groups)))), index
 
 
 def common_matrix(space: SearchSpace, archs: Sequence[Arch], num_classes: int = 10) -> np.ndarray:
@@ -149,10 +184,11 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _combine(x: np.ndarray, y: np.ndarray, sources: np.ndarray, rw: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1: ``w ≥ 0`` with ``Σ w_j · source_j`` closest to ``y`` in relative error.
+    """Stage 1: ``w ≥ 0`` with ``Σ w_p · part_p`` closest to ``y`` in relative error.
 
-    ``x``: scaled per-kind work (n × F); ``sources``: scaled costs (J × F); ``rw``: robustness
-    weights per sample.  Returns (w, c0 scaled)."""
+    ``x``: scaled per-kind work (n × F); ``sources``: scaled cost parts (P × F, one per known profile
+    and group, :func:`split_by_group`); ``rw``: robustness weights per sample.  Returns (w, c0
+    scaled)."""
     p = x @ sources.T  # each source's prediction of each sample
     norm = np.abs(p).max(axis=0)
     norm[norm == 0] = 1.0
@@ -226,11 +262,12 @@ class TransferFit:
 
     method: str  # "transfer" or "per-device"
     costs: np.ndarray
-    weights: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # each profile's overall multiplier
     lam: float | None = None
     samples: int = 0
     estimate: dict[str, Any] | None = None  # held-out quality over the K samples (None: not asked)
     num_classes: int = 10
+    group_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # profile -> group -> w
 
     def predict_many(self, space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
         return common_matrix(space, archs, self.num_classes) @ self.costs
@@ -261,7 +298,7 @@ def fit_transfer(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray,
         raise lat.LatencyPredictorError("a transfer fit needs at least 2 positive latencies")
     scale = _reference_scale(space, num_classes)
     x = common_matrix(space, archs, num_classes) / scale
-    src = np.vstack([s.costs * scale for s in sources])
+    src, index = split_by_group(space, np.vstack([s.costs * scale for s in sources]))
     grid = ((OWN, *lambdas) if own_fit else tuple(lambdas)) if correction else (math.inf,)
     own = _ops_map(space, scale) if own_fit else None
     lam = _choose_lambda(x, y, src, grid, own)
@@ -275,8 +312,24 @@ def fit_transfer(space: SearchSpace, archs: Sequence[Arch], y: np.ndarray,
             held[test] = x[test] @ _fit_scaled(x[train], y[train], src, lam_f, own)[0]
         q = quality(y, held)
         q["method"] = "leave-one-out" if len(y) <= LOO_MAX else "10-fold cross-validation"
-    return TransferFit("transfer", c / scale, {s.name: float(wj) for s, wj in zip(sources, w)},
-                       None if math.isinf(lam) else float(lam), len(y), q, num_classes)
+    groups: dict[str, dict[str, float]] = {s.name: {} for s in sources}
+    for (j, g), wp in zip(index, w):
+        groups[sources[j].name][g] = float(wp)
+    return TransferFit("transfer", c / scale, _overall(x, src, index, w, sources),
+                       None if math.isinf(lam) else float(lam), len(y), q, num_classes, groups)
+
+
+def _overall(x: np.ndarray, parts: np.ndarray, index: list[tuple[int, str]], w: np.ndarray,
+             sources: Sequence[SourceProfile]) -> dict[str, float]:
+    """Each profile's multiplier on its own predictions of these samples (its group weights
+    averaged by how much of its predicted latency each group is): what ``describe`` prints."""
+    pred = (x @ parts.T).sum(axis=0)  # each part's predicted total over the samples
+    num = np.zeros(len(sources))
+    den = np.zeros(len(sources))
+    for (j, _), wp, total in zip(index, w, pred):
+        num[j] += wp * total
+        den[j] += total
+    return {s.name: float(n / d) if d > 0 else 0.0 for s, n, d in zip(sources, num, den)}
 
 
 def _ops_map(space: SearchSpace, scale: np.ndarray) -> np.ndarray:
@@ -404,12 +457,13 @@ def fit_from_store(store: Store, device: str, precision: str, threads: int, *,
         [float(c) for c in tf.costs * scale], [float(s) for s in scale], ts.num_classes, q,
         ts.runtime, len(ts.archs), time.time(),
         {"statistic": statistic, "protocol": ts.protocol, "xnnpack": ts.xnnpack, "method": "transfer",
-         "model": f"transfer-{COMMON}", "prior": tf.weights, "lambda": tf.lam,
+         "model": f"transfer-{COMMON}", "prior": tf.weights, "prior_groups": tf.group_weights,
+         "lambda": tf.lam,
          "compared": compared, "describe": tf.describe(),
          "latency_range_ms": [float(ts.latency_ms.min()), float(ts.latency_ms.max())]})
     log.info("%s/%s/t%d: %s", device, precision, threads, tf.describe())
     return pred, compared
 
 
-__all__ = ["SourceProfile", "TransferFit", "fit_from_store", "fit_per_device", "fit_transfer",
-           "sources_from_store", "to_common"]
+__all__ = ["GROUPS", "SourceProfile", "TransferFit", "fit_from_store", "fit_per_device",
+           "fit_transfer", "group_of", "sources_from_store", "split_by_group", "to_common"]
