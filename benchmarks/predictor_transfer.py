@@ -22,9 +22,10 @@
    ``arm_fleet`` fixture's SSH devices, without an sshd in between.  The first ``--noise`` subnets
    of the pool are measured a second time (a later pass): the profile's own noise floor.
 2. **Evaluate**: for each profile P, the other profiles are the prior; P's predictor is fitted from
-   K = 5, 10, 20, 40 of its measurements (chosen at random ``--splits`` times, and once by the
-   adaptive campaign of edgenas.adaptive replayed round by round on the stored latencies) and
-   scored on P's subnets it did not see.  Methods: today's
+   K = 5, 10, 20, 40 of its measurements (chosen at random ``--splits`` times, and by the adaptive
+   campaign of edgenas.adaptive replayed round by round on the stored latencies, ``--replays``
+   times: on the whole pool, then on random 80 % sub-pools) and scored on P's subnets it did not
+   see.  Methods: today's
    per-device fit (NNLS on per-kind features, edgenas.predictors.latency), the transfer prior alone
    (a non-negative combination of the other profiles' predictors) and the transfer predictor
    (combination + a correction shrunk toward it; edgenas.predictors.transfer).  Also printed: the
@@ -178,11 +179,16 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
             per: dict[str, list] = {}
             splits = [np.random.default_rng(1000 * k + s).permutation(len(archs))[:k]
                       for s in range(args.splits)]
-            if sources:  # the adaptive campaign, round by round, on the subnets this profile has
-                splits.append(np.asarray(replay(space, parsed, y, sources, k)))
+            n_random = len(splits)
+            if sources:  # the adaptive campaign, round by round, on the subnets this profile has:
+                for r in range(args.replays):  # the whole pool, then random 80 % sub-pools of it
+                    cand = (np.arange(len(archs)) if r == 0 else np.sort(
+                        np.random.default_rng(r).permutation(len(archs))[:int(0.8 * len(archs))]))
+                    splits.append(cand[replay(space, [parsed[i] for i in cand], y[cand], sources,
+                                              k)])
             for si, train in enumerate(splits):
                 test = np.setdiff1d(np.arange(len(archs)), train)
-                tag = "adaptive" if sources and si == len(splits) - 1 else "random"
+                tag = "adaptive" if si >= n_random else "random"
                 tr = [parsed[i] for i in train]
                 te = [parsed[i] for i in test]
                 fits = {"per-device": transfer.fit_per_device(space, tr, y[train])}
@@ -190,7 +196,7 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
                     fits["prior only"] = transfer.fit_transfer(space, tr, y[train], sources,
                                                                correction=False, estimate=False)
                     fits["transfer"] = transfer.fit_transfer(space, tr, y[train], sources,
-                                                             estimate=(si == 0))
+                                                             estimate=si in (0, n_random))
                     if others and tag == "random":
                         fits["transfer, other devices only"] = transfer.fit_transfer(
                             space, tr, y[train], others, estimate=False)
@@ -288,6 +294,9 @@ def main() -> None:
                     help="Subnets of the pool measured on the emulated boards (the first N).")
     ap.add_argument("--profiles", default="all", help=f"Comma list of {', '.join(PROFILES)}.")
     ap.add_argument("--splits", type=int, default=10, help="Random training sets per K.")
+    ap.add_argument("--replays", type=int, default=5,
+                    help="Adaptive campaigns replayed per K: on the whole pool, then on random 80 %% "
+                         "sub-pools of it.")
     ap.add_argument("--statistic", default="median", choices=("median", "min", "mean"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--collect-only", action="store_true")
@@ -320,7 +329,8 @@ def main() -> None:
             write_test_data(store, args, profiles, results)
     report(results, args)
     out = {"benchmark": "predictor_transfer", "space": "mbv3-tiny", "pool": args.pool,
-           "statistic": args.statistic, "splits": args.splits, "ks": list(KS),
+           "statistic": args.statistic, "splits": args.splits, "replays": args.replays,
+           "ks": list(KS),
            "load_avg_at_start": load, "load_avg_at_end": os.getloadavg(),
            "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
            "profiles": {p: {"device": v[0], "precision": v[1], "threads": v[2],
