@@ -256,6 +256,20 @@ def write_test_data(store, args, profiles: list[str], results: dict) -> None:
     args.test_data.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
+def print_table(headers: list[str], lines: list[list]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines)]
+    for line in [headers, ["-" * w for w in widths], *lines]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+
+
+def write_json(path: Path, data: dict) -> None:
+    """The result file, stamped with when it was made."""
+    data = {**data, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    print(f"wrote {path}")
+
+
 def report(results: dict, args) -> None:
     headers = ["profile", "floor ±10%", "method", *[f"K={k} ±10%" for k in KS], "K=20 ±5%",
                "K=20 p90", "K=20 rho", "K=20 own estimate ±10%", "min to ±10%"]
@@ -280,9 +294,7 @@ def report(results: dict, args) -> None:
                           f"{100 * est['within_10']:.0f} %" if est else "", mins])
             r.setdefault("minutes_to_10pct", {})[method] = (
                 need * r["minutes_per_subnet"] if need and r["minutes_per_subnet"] else None)
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines)]
-    for line in [headers, ["-" * w for w in widths], *lines]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    print_table(headers, lines)
 
 
 def main() -> None:
@@ -335,10 +347,8 @@ def main() -> None:
            "host": {"machine": platform.machine(), "cpus": os.cpu_count()},
            "profiles": {p: {"device": v[0], "precision": v[1], "threads": v[2],
                             "emulated": bool(v[3]), "xnnpack": v[4]} for p, v in PROFILES.items()},
-           "results": results, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+           "results": results}
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,18 @@ noise floor, and the campaign stops as soon as the estimate holds the target (de
 ±10 % and p90 error ≤ 10 %, from at least ``min_samples`` subnets) — or ``samples`` are spent.  One
 already-measured subnet is measured again in each later round: its agreement with the first
 measurement is the device's own noise floor, which no predictor can beat.
+
+Protocol.  What a user feels is the time to a good predictor, so a campaign may start with the
+*trimmed* protocol (:data:`TRIMMED`: 20 runs, ≥ 0.25 s, 0.1 s warm-up — on a quiet host as repeatable
+as the default and nearly twice as fast, benchmarks/measure.py) and keep it only while the device's
+own re-measurements agree within ±5 % (:data:`TRIM_TOLERANCE`); the first one that does not switches
+the rest of the campaign to the full protocol, and each round says which protocol it used.  The
+first round then re-measures one of its own subnets, so the check starts at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -50,6 +58,15 @@ log = logging.getLogger(__name__)
 CANDIDATES = 400
 PRIOR_PRECISION_MIX = 1e-3  # the mixing weights: almost no prior (they are what is learnt first)
 PRIOR_PRECISION_KIND = 1.0  # the per-kind correction: shrunk toward the mix (transfer's λ ≈ 1)
+# The trimmed protocol (benchmarks/measure.py: 35 subnets/min at the default's noise floor on a quiet
+# host) and how far a re-measured subnet may move before a campaign goes back to the full protocol.
+TRIMMED = {"runs": 20, "min_secs": 0.25, "warmup_secs": 0.1}
+TRIM_TOLERANCE = 0.05
+
+
+def trimmed(settings: BenchSettings) -> BenchSettings:
+    """``settings`` with the trimmed run counts (threads, XNNPACK, timeouts kept)."""
+    return dataclasses.replace(settings, **TRIMMED)
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -182,6 +199,7 @@ class RoundReport:
     noise_within_10: float | None
     median_cv: float | None
     seconds: float
+    protocol: str = "full"
 
     def line(self) -> str:
         e = self.estimate
@@ -192,7 +210,7 @@ class RoundReport:
                  f"({self.noise_pairs} pair(s))" if self.noise_pairs
                  else "noise floor: not measured yet")
         cv = f", median CV {100 * self.median_cv:.1f} %" if self.median_cv is not None else ""
-        return f"K={self.k} [{self.method}] {q} | {floor}{cv}"
+        return f"K={self.k} [{self.method}] {q} | {floor}{cv} | protocol {self.protocol}"
 
 
 @dataclass
@@ -240,9 +258,13 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
                      first_round: int | None = None, round_size: int = 4, min_samples: int = 10,
                      target_within_10: float = 0.9, target_p90: float = 0.10,
                      candidates: int = CANDIDATES, export_cache: Path | None = None,
-                     progress: bool = True, stream: IO[str] | None = None) -> AdaptiveReport:
+                     progress: bool = True, stream: IO[str] | None = None,
+                     trim: bool = False, trim_tolerance: float = TRIM_TOLERANCE) -> AdaptiveReport:
     """Measure up to ``samples`` subnets of ``device`` in rounds, chosen by :func:`select`, and stop
     once the held-out estimate holds the target (see the module docstring).
+
+    ``trim``: start with the trimmed protocol and fall back to ``settings`` (the full one) as soon as
+    a re-measured subnet moves by more than ``trim_tolerance``.
 
     ``statistic``: the run time the predictor will predict (default: that of the device's saved
     predictor of this setting, else the median) — the stop decision is about that predictor."""
@@ -278,6 +300,9 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
 
     say(f"prior: {len(sources)} other profile(s)" + (f" ({', '.join(s.name for s in sources)})"
                                                      if sources else " — fitting per device"))
+    full = settings or BenchSettings(threads=threads)
+    active = trimmed(full) if trim else full
+    on_trimmed: set[str] = set()  # subnets measured with the trimmed protocol in this campaign
     current = None
     while True:
         archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
@@ -290,14 +315,23 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
         todo = [a.to_string() for a in next_round(space, pool, archs, sources, n, samples, current,
                                                   seed)]
         again = _remeasure_pick(archs, pairs) if archs else None
+        protocol = "full" if active is full else "trimmed"
         t0 = time.monotonic()
         rep = measure(store, home, source_ckpt, [device], len(todo), [precision], threads, seed,
-                      workers, progress=progress, export_cache=export_cache, settings=settings,
+                      workers, progress=progress, export_cache=export_cache, settings=active,
                       archs=todo, stream=stream)
+        if active is not full:
+            on_trimmed.update(todo)
+            if again is None:  # a trimmed protocol is checked from the first round on
+                done, _, done_pairs, _ = _profile_data(store, klass, precision, threads, space,
+                                                       statistic)
+                again = _remeasure_pick(done, done_pairs) if done else None
         if again is not None:  # the device's own noise floor: one earlier subnet, measured again
+            name = again.to_string()
+            # Repeats count per protocol: after a switch, one full measurement completes the pair.
             measure(store, home, source_ckpt, [device], 1, [precision], threads, seed, workers,
-                    progress=False, export_cache=export_cache, settings=settings,
-                    archs=[again.to_string()], repeats=2)
+                    progress=False, export_cache=export_cache, settings=active,
+                    archs=[name], repeats=1 if active is full and name in on_trimmed else 2)
         report.measured += todo
         if not rep.complete:
             report.complete = False
@@ -311,9 +345,14 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
         if len(archs) == before:  # every pick failed (exports or benchmarks): do not loop on them
             report.stopped = "nothing could be measured in the last round"
             break
-        current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0)
+        current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0, protocol)
         report.rounds.append(rr)
         say(rr.line())
+        moved = _largest_move(pairs)
+        if active is not full and moved > trim_tolerance:
+            active = full
+            say(f"a re-measured subnet moved {100 * moved:.1f} % (> {100 * trim_tolerance:.0f} %): "
+                "the rest is measured with the full protocol")
         e = rr.estimate
         if e and len(archs) >= min_samples and e["within_10"] >= target_within_10 \
                 and e["p90_rel_error"] <= target_p90:
@@ -374,9 +413,14 @@ def _remeasure_pick(archs: list[Arch], pairs: list[tuple[float, float]]) -> Arch
     return archs[len(pairs)] if len(pairs) < len(archs) else None
 
 
+def _largest_move(pairs: list[tuple[float, float]]) -> float:
+    """The largest relative difference between a subnet's first and second measurement."""
+    return max((abs(b - a) / a for a, b in pairs if a > 0), default=0.0)
+
+
 def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tuple[float, float]],
            cv: float | None, sources: Sequence[transfer.SourceProfile],
-           seconds: float) -> tuple[transfer.TransferFit | None, RoundReport]:
+           seconds: float, protocol: str = "full") -> tuple[transfer.TransferFit | None, RoundReport]:
     fitted: transfer.TransferFit | None = None
     if len(archs) >= 2:
         try:
@@ -389,16 +433,18 @@ def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tup
         a = np.asarray(pairs)
         within = float(np.mean(np.abs(a[:, 1] - a[:, 0]) / a[:, 0] <= 0.10))
     return fitted, RoundReport(len(archs), fitted.method if fitted else "none",
-                               fitted.estimate if fitted else None, len(pairs), within, cv, seconds)
+                               fitted.estimate if fitted else None, len(pairs), within, cv, seconds,
+                               protocol)
 
 
-__all__ = ["AdaptiveError", "AdaptiveReport", "first_round_size", "log_det_information",
-           "measure_adaptive", "next_round", "replay", "run_cli", "select"]
+__all__ = ["TRIMMED", "TRIM_TOLERANCE", "AdaptiveError", "AdaptiveReport", "first_round_size",
+           "log_det_information", "measure_adaptive", "next_round", "replay", "run_cli", "select",
+           "trimmed"]
 
 
 def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], samples: int,
             precisions: str, threads: int, seed: int, workers: int, settings: BenchSettings,
-            export_cache: Path | None, quiet: bool, as_json: bool) -> None:
+            export_cache: Path | None, quiet: bool, as_json: bool, trim: bool = False) -> None:
     """``edgenas measure --adaptive``: one device, one precision; prints the per-round quality."""
     import click
 
@@ -410,7 +456,7 @@ def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], sample
                             "one --precision)")
     rep = measure_adaptive(store, home, ckpt, devices[0], samples, precs[0], threads, seed=seed,
                            workers=workers, settings=settings, export_cache=export_cache,
-                           progress=not quiet)
+                           progress=not quiet, trim=trim)
     if as_json:
         echo_json(rep.to_dict())
     else:

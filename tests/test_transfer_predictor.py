@@ -195,25 +195,33 @@ def _prec_threads(profile: str) -> list[str]:
     return ["--precision", precision, "--threads", threads[1:]]
 
 
+def local_device_with_prior(home: Path) -> Path:
+    """A workspace with a local device ``here`` (no measurements) and the stored source profiles as
+    its prior; returns a random-weight mbv3-tiny checkpoint."""
+    import torch
+
+    from edgenas import registry
+    from edgenas.supernets import build_supernet
+
+    torch.manual_seed(0)
+    ckpt = build_supernet("mbv3-tiny", 10).save(home / "tiny.pt")
+    with open_store(home) as store:
+        registry.add_device(store, registry.make_device("here", "local", home=home))
+    for p in SOURCES:
+        store_profile(home, p, sorted(PROFILES[p]))
+    return ckpt
+
+
 @pytest.mark.usefixtures("user_home")
 def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
     """A real campaign on this host: rounds of chosen subnets, a held-out estimate and the noise floor
     per round, and a stop as soon as the estimate holds the target — before the budget is spent.
     The target here is loose (this shared test machine's own noise floor decides what a real target
     can reach: benchmarks/predictor_transfer.py); the stopping rule is what is tested."""
-    import torch
-
-    from edgenas import registry
     from edgenas.adaptive import measure_adaptive
     from edgenas.bench import BenchSettings
-    from edgenas.supernets import build_supernet
 
-    torch.manual_seed(0)
-    ckpt = build_supernet("mbv3-tiny", 10).save(tmp_path / "tiny.pt")
-    with open_store(tmp_path) as store:
-        registry.add_device(store, registry.make_device("here", "local", home=tmp_path))
-    for p in SOURCES:
-        store_profile(tmp_path, p, sorted(PROFILES[p]))
+    ckpt = local_device_with_prior(tmp_path)
     with open_store(tmp_path) as store:
         rep = measure_adaptive(store, tmp_path, ckpt, "here", 14, "fp32", 1, workers=0,
                                statistic="min", progress=False, first_round=5, round_size=3,
@@ -231,3 +239,31 @@ def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
     out = Cli(tmp_path)("measure", str(ckpt), "--device", "here", "--adaptive", "--samples", str(n),
                         "--quiet")
     assert f"stopped: {n} subnets measured" in out
+
+
+@pytest.mark.usefixtures("user_home")
+def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_itself(tmp_path):
+    """A campaign may start with the trimmed protocol; the first round already re-measures one of its
+    subnets, and once a re-measurement moves by more than the tolerance (0 here: any move) the rest
+    of the campaign runs the full protocol.  The stored rows carry the protocol each one ran."""
+    from edgenas.adaptive import TRIMMED, measure_adaptive
+    from edgenas.bench import BenchSettings
+
+    ckpt = local_device_with_prior(tmp_path)
+    full = BenchSettings(runs=7, min_secs=0.05, warmup_secs=0.05)
+    with open_store(tmp_path) as store:
+        rep = measure_adaptive(store, tmp_path, ckpt, "here", 8, "fp32", 1, workers=0,
+                               progress=False, first_round=5, round_size=3, min_samples=99,
+                               settings=full, trim=True, trim_tolerance=0.0)
+        rows = store.query("SELECT arch, protocol_runs, protocol_min_secs FROM measurements "
+                           "WHERE device = 'here' ORDER BY id")
+    assert rep.complete and [r.k for r in rep.rounds] == [5, 8], rep.to_dict()
+    first, second = rep.rounds
+    assert first.protocol == "trimmed" and first.noise_pairs == 1, rep.to_dict()
+    assert "protocol trimmed" in first.line()
+    assert second.protocol == "full" and second.noise_pairs == 2
+    runs = [r["protocol_runs"] for r in rows]
+    # Round 1: five subnets and one of them again, trimmed; round 2: three new ones and the second
+    # subnet of round 1 again (one full measurement completes its pair), all full.
+    assert runs == [TRIMMED["runs"]] * 6 + [full.runs] * 4, rows
+    assert rows[5]["arch"] == rows[0]["arch"] and rows[9]["arch"] == rows[1]["arch"], rows

@@ -57,7 +57,10 @@ def _install_sigterm() -> Any:
 @click.option("--adaptive", is_flag=True,
               help="One device: choose the most informative subnets for its few-shot predictor, "
                    "measure them in rounds and stop once the held-out estimate holds ±10 % "
-                   "(SAMPLES is the most it measures; see docs/measurement.md).")
+                   "(SAMPLES is the most it measures; see docs/measurement.md).  Unless --runs, "
+                   "--min-secs or --warmup-secs is given, it starts with a trimmed protocol (20 "
+                   "runs, 0.25 s, 0.1 s warm-up) and returns to the full one as soon as a "
+                   "re-measured subnet moves by more than 5 %.")
 @click.pass_obj
 def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups: tuple[str, ...],
                 samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,
@@ -84,8 +87,12 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
             if adaptive:
                 from edgenas.adaptive import run_cli
 
+                ctx = click.get_current_context()
+                trim = all(ctx.get_parameter_source(p) is click.core.ParameterSource.DEFAULT
+                           for p in ("runs", "min_secs", "warmup_secs"))
                 return run_cli(store, ws.home, ckpt, [*device_names, *groups], samples, precisions,
-                               threads, seed, workers, settings, export_cache, quiet, as_json)
+                               threads, seed, workers, settings, export_cache, quiet, as_json,
+                               trim=trim)
             report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
                              precisions.split(","), threads, seed, workers,
                              progress=renderer or False, export_cache=export_cache,
