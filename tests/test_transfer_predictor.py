@@ -252,18 +252,18 @@ def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_its
     ckpt = local_device_with_prior(tmp_path)
     full = BenchSettings(runs=7, min_secs=0.05, warmup_secs=0.05)
     with open_store(tmp_path) as store:
-        rep = measure_adaptive(store, tmp_path, ckpt, "here", 8, "fp32", 1, workers=0,
-                               progress=False, first_round=5, round_size=3, min_samples=99,
+        rep = measure_adaptive(store, tmp_path, ckpt, "here", 5, "fp32", 1, workers=0,
+                               progress=False, first_round=3, round_size=2, min_samples=99,
                                settings=full, trim=True, trim_tolerance=0.0)
         rows = store.query("SELECT arch, protocol_runs, protocol_min_secs FROM measurements "
                            "WHERE device = 'here' ORDER BY id")
-    assert rep.complete and [r.k for r in rep.rounds] == [5, 8], rep.to_dict()
+    assert rep.complete and [r.k for r in rep.rounds] == [3, 5], rep.to_dict()
     first, second = rep.rounds
     assert first.protocol == "trimmed" and first.noise_pairs == 1, rep.to_dict()
     assert "protocol trimmed" in first.line()
     assert second.protocol == "full" and second.noise_pairs == 2
     runs = [r["protocol_runs"] for r in rows]
-    # Round 1: five subnets and one of them again, trimmed; round 2: three new ones and the second
-    # subnet of round 1 again (one full measurement completes its pair), all full.
-    assert runs == [TRIMMED["runs"]] * 6 + [full.runs] * 4, rows
-    assert rows[5]["arch"] == rows[0]["arch"] and rows[9]["arch"] == rows[1]["arch"], rows
+    # Round 1: three subnets and the first of them again, trimmed; round 2: two new ones and the
+    # second subnet of round 1 again (one full measurement completes its pair), all full.
+    assert runs == [TRIMMED["runs"]] * 4 + [full.runs] * 3, rows
+    assert rows[3]["arch"] == rows[0]["arch"] and rows[6]["arch"] == rows[1]["arch"], rows
