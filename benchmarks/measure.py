@@ -32,8 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-PROTOCOLS = {"default": dict(runs=50, min_secs=1.0, warmup_secs=0.5),
-             "trimmed": dict(runs=20, min_secs=0.25, warmup_secs=0.1)}
+from edgenas.adaptive import TRIMMED  # noqa: E402  (the protocol `measure --adaptive` starts with)
+
+PROTOCOLS = {"default": dict(runs=50, min_secs=1.0, warmup_secs=0.5), "trimmed": dict(TRIMMED)}
 
 
 def run_protocol(name: str, samples: int, precisions: list[str], workers: int) -> dict:

@@ -348,7 +348,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
         current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0, protocol)
         report.rounds.append(rr)
         say(rr.line())
-        moved = _largest_move(pairs)
+        moved = float(_moves(pairs).max(initial=0.0))
         if active is not full and moved > trim_tolerance:
             active = full
             say(f"a re-measured subnet moved {100 * moved:.1f} % (> {100 * trim_tolerance:.0f} %): "
@@ -413,9 +413,10 @@ def _remeasure_pick(archs: list[Arch], pairs: list[tuple[float, float]]) -> Arch
     return archs[len(pairs)] if len(pairs) < len(archs) else None
 
 
-def _largest_move(pairs: list[tuple[float, float]]) -> float:
-    """The largest relative difference between a subnet's first and second measurement."""
-    return max((abs(b - a) / a for a, b in pairs if a > 0), default=0.0)
+def _moves(pairs: list[tuple[float, float]]) -> np.ndarray:
+    """Each re-measured subnet's relative difference between its first and second measurement."""
+    a = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    return np.abs(a[:, 1] - a[:, 0]) / a[:, 0]
 
 
 def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tuple[float, float]],
@@ -428,10 +429,7 @@ def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tup
                       else transfer.fit_per_device(space, archs, y, estimate=True))
         except lat.LatencyPredictorError as exc:
             log.warning("fit after this round failed: %s", exc)
-    within = None
-    if pairs:
-        a = np.asarray(pairs)
-        within = float(np.mean(np.abs(a[:, 1] - a[:, 0]) / a[:, 0] <= 0.10))
+    within = float(np.mean(_moves(pairs) <= 0.10)) if pairs else None
     return fitted, RoundReport(len(archs), fitted.method if fitted else "none",
                                fitted.estimate if fitted else None, len(pairs), within, cv, seconds,
                                protocol)
