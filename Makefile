@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEVICE_VENV := .venv-tflite
 DEVICE_STAMP := $(DEVICE_VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.edgenas
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 # The CI suite stays within its time budget; `make test-all` adds the campaign tier (tests marked
 # `campaign`: measurement campaigns on the emulated boards, several minutes each on 2 cores).
 TEST_SELECTION ?= -m "not campaign"

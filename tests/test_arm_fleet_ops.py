@@ -216,10 +216,15 @@ def test_measure_then_search_auto_picks_int8_on_arm_and_fp32_on_x86(ws, supernet
             ws("predictor", "fit", "--device", d, "--precision", p, "--method", "per-device")
 
     space = SearchSpace.load("mbv3-tiny")
+    ms: dict[tuple[str, str], dict[str, float]] = {}
     with open_store(ws.home) as store:
-        ms = {(d, p): [r["median_ms"] for r in list_measurements(store, d, p, 1, space.name)]
-              for d in devices for p in ("fp32", "int8")}
-    ratio = {d: statistics.median(ms[d, "int8"]) / statistics.median(ms[d, "fp32"]) for d in devices}
+        for d in devices:
+            for p in ("fp32", "int8"):
+                for r in list_measurements(store, d, p, 1, space.name):
+                    got = ms.setdefault((d, p), {})
+                    got[r["arch"]] = min(got.get(r["arch"], float("inf")), r["median_ms"])
+    ratio = {d: statistics.median(ms[d, "int8"].values()) / statistics.median(ms[d, "fp32"].values())
+             for d in devices}
     print(f"int8/fp32 medians (ARM: emulated, not a Pi): {ratio}", file=sys.stderr)
 
     # Synthetic accuracy, monotone in MACs: the best subnet is the biggest that fits everywhere.
@@ -228,9 +233,7 @@ def test_measure_then_search_auto_picks_int8_on_arm_and_fp32_on_x86(ws, supernet
     lo, hi = min(macs.values()), max(macs.values())
     fit_accuracy_predictor(space, {a: 0.5 + 0.4 * (m - lo) / (hi - lo) for a, m in macs.items()},
                            sha, "digits").save(accuracy_predictor_path(ws.home, sha))
-    # The budget binds on the ARM boards at int8: pi32's median subnet, or pi64's lower quartile.
-    budget = max(statistics.median(ms["pi32", "int8"]),
-                 sorted(ms["pi64", "int8"])[len(ms["pi64", "int8"]) // 4])
+    budget = _budget_where_int8_wins_on_pi64(ms)
     out = tmp_path / "search"
     targets = [a for d in devices for a in ("--device", d)]
     ws("search", str(ckpt), *targets, "--latency-ms", f"{budget:.3f}",
@@ -250,6 +253,25 @@ def test_measure_then_search_auto_picks_int8_on_arm_and_fp32_on_x86(ws, supernet
     with open_store(ws.home) as store:  # verified at the precision chosen for each device
         for d, p in result["precision"].items():
             assert any(r["arch"] == chosen["arch"] for r in list_measurements(store, d, p, 1))
+
+
+def _budget_where_int8_wins_on_pi64(ms: dict[tuple[str, str], dict[str, float]]) -> float:
+    """The tightest budget that binds on the ARM boards at int8 and lies where pi64's own measurements
+    favour int8 (int8 at most 0.9x fp32 on the subnets near it, the rule `--precision auto` applies).
+
+    Under qemu the emulated A72's int8 wins only on small subnets (h-swish int8 is not delegated to
+    XNNPACK there: 4.5x faster on the smallest, 2.4x slower on the largest of a quiet campaign), and
+    how far up it wins follows the host's load; a budget fixed by quantile missed it on a noisy VM.
+    Some measured subnet fits at int8 on both boards with a 25 % margin."""
+    int8_64, int8_32 = ms["pi64", "int8"], ms["pi32", "int8"]
+    pi64 = {a: (int8_64[a], f) for a, f in ms["pi64", "fp32"].items() if a in int8_64}
+    both = [max(int8_64[a], int8_32[a]) for a in int8_64 if a in int8_32]
+    for fits in sorted(both):
+        budget = 1.25 * fits
+        near = [i / f for i, f in pi64.values() if min(i, f) <= 1.5 * budget]
+        if len(near) >= 3 and statistics.median(near) <= 0.9:
+            return budget
+    pytest.fail(f"pi64 (emulated) measured int8 no faster than fp32 near any feasible budget: {pi64}")
 
 
 # ----------------------------------------------------------------------------- host without XNNPACK

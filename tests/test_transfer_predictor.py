@@ -216,8 +216,9 @@ def local_device_with_prior(home: Path) -> Path:
 def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
     """A real campaign on this host: rounds of chosen subnets, a held-out estimate and the noise floor
     per round, and a stop as soon as the estimate holds the target — before the budget is spent.
-    The target here is loose (this shared test machine's own noise floor decides what a real target
-    can reach: benchmarks/predictor_transfer.py); the stopping rule is what is tested."""
+    What is tested is the stopping rule, so the target is one any estimate meets: whether a real
+    target is reachable depends on the machine's own noise floor (a CI machine held 21 % within
+    ±10 % at K = 14 where a quiet host holds 90 %; benchmarks/predictor_transfer.py measures it)."""
     from edgenas.adaptive import measure_adaptive
     from edgenas.bench import BenchSettings
 
@@ -225,15 +226,16 @@ def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
     with open_store(tmp_path) as store:
         rep = measure_adaptive(store, tmp_path, ckpt, "here", 14, "fp32", 1, workers=0,
                                statistic="min", progress=False, first_round=5, round_size=3,
-                               min_samples=8, target_within_10=0.5, target_p90=0.6,
+                               min_samples=8, target_within_10=0.0, target_p90=float("inf"),
                                settings=BenchSettings(runs=20, min_secs=0.1, warmup_secs=0.05))
         n = store.query("SELECT COUNT(DISTINCT arch) AS n FROM measurements "
                         "WHERE device = 'here'")[0]["n"]
-    assert rep.complete and [r.k for r in rep.rounds][:2] == [5, 8], rep.to_dict()
+    # Round 1 (K = 5) is under min_samples, so it goes on; round 2 reaches it and stops there.
+    assert rep.complete and [r.k for r in rep.rounds] == [5, 8], rep.to_dict()
     assert rep.rounds[0].method == "transfer" and all(r.estimate for r in rep.rounds)
-    assert rep.stopped.startswith("held-out estimate good enough"), rep.to_dict()
+    assert rep.stopped.startswith("held-out estimate good enough at K=8"), rep.to_dict()
     last = rep.rounds[-1]
-    assert n == last.k < 14 and last.estimate["within_10"] >= 0.5
+    assert n == last.k == 8 and 0.0 <= last.estimate["within_10"] <= 1.0
     assert last.noise_pairs >= 1 and "noise floor: re-measured" in last.line()
     # The CLI flag: the same device asked for no more than it has stops at once and says so.
     out = Cli(tmp_path)("measure", str(ckpt), "--device", "here", "--adaptive", "--samples", str(n),
