@@ -171,17 +171,19 @@ def test_export_refuses_without_data_and_detects_tampering(tmp_path) -> None:
         read_manifest(folder)
 
 
-@pytest.mark.parametrize("space", ["mbv3-w1.0", "mbv3-w1.2"])
+# w1.2 differs from w1.0 only in width (same converter path): campaign tier, to keep the CI suite in
+# its time budget; its Keras rebuild is still checked exactly above.
+@pytest.mark.parametrize("space", ["mbv3-w1.0", pytest.param("mbv3-w1.2", marks=pytest.mark.campaign)])
 def test_fp32_tflite_matches_torch_for_min_max_and_random_archs(space: str, tmp_path) -> None:
     """The converted fp32 model (not just the Keras rebuild) computes the torch function.
 
     benchmarks/export.py and the issue's 20-random-arch check run the same path at scale; here
-    min, max and two random archs per width keep the suite fast.
+    min, max and one random arch keep the suite fast.
     """
     net = randomize(build_supernet(space, 10), seed=5).eval()
     rng = np.random.default_rng(3)
     for i, arch in enumerate([net.space.smallest(), net.space.largest(),
-                              *net.space.sample_many(2, seed=11)]):
+                              *net.space.sample_many(1, seed=11)]):
         model = net.extract(arch).eval()
         x = rng.standard_normal((2, 3, arch.resolution, arch.resolution)).astype(np.float32)
         result = export_model(model, arch, net.space, [str(c) for c in range(10)],
