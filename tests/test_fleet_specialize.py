@@ -13,6 +13,7 @@ budget there.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,11 +38,12 @@ CLASS_REPS = ("lite-a", "noxnn", "tfl")  # one device of each class
 
 
 def _budget(cli: Cli, ckpt: Path, root: Path, space) -> float:
-    """A budget inside every class's latency range on *this* machine: well above the slowest class's
-    smallest subnet (so every class has a subnet that fits even with a 10-sample predictor) and
-    below the fastest class's largest one (so the classes' cost structures give different answers).
-    A fixed number does not hold across CI machines: tflite-runtime's smallest subnet took 2 ms on
-    one, twice the budget that suited this host."""
+    """A budget inside every class's latency range on *this* machine: at least 1.5x the slowest class's
+    smallest subnet (every class has a subnet that fits, even with an 8-sample predictor) and below
+    the largest subnet of both LiteRT classes (it binds on each, so their cost structures give
+    different answers).  A fixed number does not hold across machines: tflite-runtime's smallest
+    subnet took 2 ms on CI and on a later VM (0.1 ms with LiteRT), twice the budget that suited the
+    host the test was written on."""
     ms: dict[str, dict[str, float]] = {}
     for label, arch in (("small", space.smallest()), ("large", space.largest())):
         out = root / "calibrate" / label
@@ -50,9 +52,11 @@ def _budget(cli: Cli, ckpt: Path, root: Path, space) -> float:
             rec = cli.json("bench", str(out), "--device", name, *FAST)
             ms.setdefault(name, {})[label] = rec["median_ms"]
     low = max(v["small"] for v in ms.values())
-    high = min(v["large"] for v in ms.values())
-    assert high > 2 * low, f"the classes' latency ranges do not overlap enough here: {ms}"
-    return min(2.5 * low, (low * high) ** 0.5)
+    high = min(ms[name]["large"] for name in ("lite-a", "noxnn"))
+    budget = max((low * high) ** 0.5, 1.5 * low)
+    print(f"budget {budget:.3f} ms from smallest/largest subnet medians {ms}", file=sys.stderr)
+    assert budget < high, f"the classes' latency ranges do not overlap enough here: {ms}"
+    return budget
 
 
 @pytest.fixture(scope="module")
