@@ -10,7 +10,8 @@ DEVICE_STAMP := $(DEVICE_VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.edgenas
 PYTEST_ARGS ?= --durations=15
 # The CI suite stays within its time budget; `make test-all` adds the campaign tier (tests marked
-# `campaign`: measurement campaigns on the emulated boards, several minutes each on 2 cores).
+# `campaign`: measurement campaigns on the emulated boards and slow variants of CI tests, minutes on
+# 2 cores).  PYTEST_ARGS prints the slowest tests so a run shows where the budget goes.
 TEST_SELECTION ?= -m "not campaign"
 
 .PHONY: demo test test-all lint setup system-packages bench clean
