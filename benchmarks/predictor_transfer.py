@@ -144,7 +144,16 @@ def load_profile(store, profile: str, statistic: str):
     return {a: float(np.median(v)) for a, v in by_arch.items()}, floor, rows
 
 
-def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) -> dict:
+def sha_dir(home: Path) -> str:
+    """The export cache's folder for the benchmark's supernet (``<home>/cache/exports/<this>``)."""
+    from edgenas.files import sha256_file
+
+    return sha256_file(ensure_supernet(home))[:12]
+
+
+def evaluate(args, data: dict, device_of: dict[str, str], minutes_per: dict[str, float]) -> dict:
+    """Leave each profile of ``data`` (profile -> (cost per arch, noise floor, stored rows or None))
+    out in turn; ``device_of`` names each profile's device (the other-devices-only prior)."""
     import numpy as np
 
     from edgenas.adaptive import replay
@@ -152,7 +161,7 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
     from edgenas.space import SearchSpace
 
     space = SearchSpace.load("mbv3-tiny")
-    data = {p: load_profile(store, p, args.statistic) for p in profiles}
+    profiles = list(data)
     results: dict = {}
     for target in profiles:
         lat, floor, rows = data[target]
@@ -169,7 +178,7 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
             sources.append(transfer.SourceProfile.fit(p, space, [space.parse(x) for x in a],
                                                       np.asarray([s_lat[x] for x in a])))
         # Stricter: a device none of whose profiles is known yet (only other devices as the prior).
-        others = [s for s in sources if PROFILES[s.name][0] != PROFILES[target][0]]
+        others = [s for s in sources if device_of[s.name] != device_of[target]]
         archs = sorted(lat)
         y = np.asarray([lat[a] for a in archs])
         parsed = [space.parse(a) for a in archs]
@@ -206,7 +215,8 @@ def evaluate(store, args, profiles: list[str], minutes_per: dict[str, float]) ->
                         q["estimate"] = model.estimate
                     per.setdefault(f"{name}/{tag}", []).append(q)
             out["k"][k] = {key: _mean_quality(qs) for key, qs in per.items()}
-        out["minutes_per_subnet"] = minutes_per.get(target) or _minutes_from_rows(rows)
+        out["minutes_per_subnet"] = minutes_per.get(target) or (_minutes_from_rows(rows) if rows
+                                                                 else None)
         results[target] = out
     return results
 
@@ -336,7 +346,8 @@ def main() -> None:
                                                      args.workers, args.arm_pool)
         if args.collect_only:
             return
-        results = evaluate(store, args, profiles, minutes)
+        data = {p: load_profile(store, p, args.statistic) for p in profiles}
+        results = evaluate(args, data, {p: PROFILES[p][0] for p in profiles}, minutes)
         if args.test_data:
             write_test_data(store, args, profiles, results)
     report(results, args)
