@@ -211,7 +211,12 @@ def test_cli_probe_reports_the_emulated_pi_its_runtime_and_python(ws):
         assert str(facts["python_version"]).startswith("3.11")
 
 
-@pytest.mark.parametrize("name", BOARDS_CI)
+# pi32's int8/fp32 (44 s on a slow 2-core VM) runs in the campaign tier; make test keeps pi32's probe
+# and predict, and this test on pi64.
+BENCH_BOARDS_CI = ["pi64", *(pytest.param(b, marks=pytest.mark.campaign) for b in ("pi5", "pi32"))]
+
+
+@pytest.mark.parametrize("name", BENCH_BOARDS_CI)
 def test_cli_bench_int8_beats_fp32_on_the_emulated_arm(ws, models, name):
     """XNNPACK's ARM int8 kernels are faster than its fp32 ones (the opposite of this x86 host's).
     The numbers are emulator timings, not a Pi's; the ratio is printed for the record."""
