@@ -224,12 +224,14 @@ class AdaptiveReport:
     seconds: float = 0.0
     complete: bool = True
     errors: list[str] = field(default_factory=list)
+    export_worker_starts: int = 0  # export worker pools started (1: shared by every round)
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "precision": self.precision, "threads": self.threads,
                 "rounds": [vars(r) for r in self.rounds], "stopped": self.stopped,
                 "measured": self.measured, "seconds": round(self.seconds, 1),
-                "complete": self.complete, "errors": self.errors}
+                "complete": self.complete, "errors": self.errors,
+                "export_worker_starts": self.export_worker_starts}
 
 
 def _profile_data(store: Store, device_class: str, precision: str, threads: int,
@@ -269,7 +271,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     ``statistic``: the run time the predictor will predict (default: that of the device's saved
     predictor of this setting, else the median) — the stop decision is about that predictor."""
     from edgenas.classes import class_of
-    from edgenas.measure import measure, sample_archs
+    from edgenas.measure import ExportWorkers, measure, sample_archs
     from edgenas.registry import select_devices
     from edgenas.supernets.checkpoint import load_checkpoint
 
@@ -304,61 +306,64 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     active = trimmed(full) if trim else full
     on_trimmed: set[str] = set()  # subnets measured with the trimmed protocol in this campaign
     current = None
-    while True:
-        archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
-        have = {a.to_string() for a in archs}
-        budget = samples - len(archs)
-        if budget <= 0:
-            report.stopped = report.stopped or f"{samples} subnets measured"
-            break
-        n = min(budget, first if not archs else round_size)
-        todo = [a.to_string() for a in next_round(space, pool, archs, sources, n, samples, current,
-                                                  seed)]
-        again = _remeasure_pick(archs, pairs) if archs else None
-        protocol = "full" if active is full else "trimmed"
-        t0 = time.monotonic()
-        rep = measure(store, home, source_ckpt, [device], len(todo), [precision], threads, seed,
-                      workers, progress=progress, export_cache=export_cache, settings=active,
-                      archs=todo, stream=stream)
-        if active is not full:
-            on_trimmed.update(todo)
-            if again is None:  # a trimmed protocol is checked from the first round on
-                done, _, done_pairs, _ = _profile_data(store, klass, precision, threads, space,
-                                                       statistic)
-                again = _remeasure_pick(done, done_pairs) if done else None
-        if again is not None:  # the device's own noise floor: one earlier subnet, measured again
-            name = again.to_string()
-            # Repeats count per protocol: after a switch, one full measurement completes the pair.
-            measure(store, home, source_ckpt, [device], 1, [precision], threads, seed, workers,
-                    progress=False, export_cache=export_cache, settings=active,
-                    archs=[name], repeats=1 if active is full and name in on_trimmed else 2)
-        report.measured += todo
-        if not rep.complete:
-            report.complete = False
-            d = rep.devices.get(device)
-            report.errors += (d.errors if d else []) + list(rep.export_failed.values())
-            if d is not None and d.aborted:
-                report.stopped = f"device aborted: {d.aborted}"
+    with ExportWorkers() as exporters:  # one set of export workers for every round
+        while True:
+            archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
+            have = {a.to_string() for a in archs}
+            budget = samples - len(archs)
+            if budget <= 0:
+                report.stopped = report.stopped or f"{samples} subnets measured"
                 break
-        before = len(have)
-        archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
-        if len(archs) == before:  # every pick failed (exports or benchmarks): do not loop on them
-            report.stopped = "nothing could be measured in the last round"
-            break
-        current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0, protocol)
-        report.rounds.append(rr)
-        say(rr.line())
-        moved = float(_moves(pairs).max(initial=0.0))
-        if active is not full and moved > trim_tolerance:
-            active = full
-            say(f"a re-measured subnet moved {100 * moved:.1f} % (> {100 * trim_tolerance:.0f} %): "
-                "the rest is measured with the full protocol")
-        e = rr.estimate
-        if e and len(archs) >= min_samples and e["within_10"] >= target_within_10 \
-                and e["p90_rel_error"] <= target_p90:
-            report.stopped = (f"held-out estimate good enough at K={len(archs)} (±10 % "
-                              f"{100 * e['within_10']:.0f} %, p90 {100 * e['p90_rel_error']:.1f} %)")
-            break
+            n = min(budget, first if not archs else round_size)
+            todo = [a.to_string() for a in next_round(space, pool, archs, sources, n, samples, current,
+                                                      seed)]
+            again = _remeasure_pick(archs, pairs) if archs else None
+            protocol = "full" if active is full else "trimmed"
+            t0 = time.monotonic()
+            rep = measure(store, home, source_ckpt, [device], len(todo), [precision], threads, seed,
+                          workers, progress=progress, export_cache=export_cache, settings=active,
+                          archs=todo, stream=stream, export_workers=exporters)
+            if active is not full:
+                on_trimmed.update(todo)
+                if again is None:  # a trimmed protocol is checked from the first round on
+                    done, _, done_pairs, _ = _profile_data(store, klass, precision, threads, space,
+                                                           statistic)
+                    again = _remeasure_pick(done, done_pairs) if done else None
+            if again is not None:  # the device's own noise floor: one earlier subnet, measured again
+                name = again.to_string()
+                # Repeats count per protocol: after a switch, one full measurement completes the pair.
+                measure(store, home, source_ckpt, [device], 1, [precision], threads, seed, workers,
+                        progress=False, export_cache=export_cache, settings=active,
+                        archs=[name], repeats=1 if active is full and name in on_trimmed else 2,
+                        export_workers=exporters)
+            report.measured += todo
+            if not rep.complete:
+                report.complete = False
+                d = rep.devices.get(device)
+                report.errors += (d.errors if d else []) + list(rep.export_failed.values())
+                if d is not None and d.aborted:
+                    report.stopped = f"device aborted: {d.aborted}"
+                    break
+            before = len(have)
+            archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
+            if len(archs) == before:  # every pick failed (exports or benchmarks): do not loop on them
+                report.stopped = "nothing could be measured in the last round"
+                break
+            current, rr = _round(space, archs, y, pairs, cv, sources, time.monotonic() - t0, protocol)
+            report.rounds.append(rr)
+            say(rr.line())
+            moved = float(_moves(pairs).max(initial=0.0))
+            if active is not full and moved > trim_tolerance:
+                active = full
+                say(f"a re-measured subnet moved {100 * moved:.1f} % (> {100 * trim_tolerance:.0f} %): "
+                    "the rest is measured with the full protocol")
+            e = rr.estimate
+            if e and len(archs) >= min_samples and e["within_10"] >= target_within_10 \
+                    and e["p90_rel_error"] <= target_p90:
+                report.stopped = (f"held-out estimate good enough at K={len(archs)} (±10 % "
+                                  f"{100 * e['within_10']:.0f} %, p90 {100 * e['p90_rel_error']:.1f} %)")
+                break
+        report.export_worker_starts = exporters.starts
     report.seconds = time.monotonic() - started
     say(f"stopped: {report.stopped}; fit it with `edgenas predictor fit --device {device} "
         f"--precision {precision} --threads {threads}`")

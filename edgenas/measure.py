@@ -322,10 +322,12 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
             precisions: Sequence[str] = ("fp32",), threads: int = 1, seed: int = 0, workers: int = 2,
             progress: bool | ProgressFn = True, *, export_cache: Path | None = None,
             settings: BenchSettings | None = None, archs: Sequence[Arch | str] | None = None,
-            stream: IO[str] | None = None, repeats: int = 1) -> MeasureReport:
+            stream: IO[str] | None = None, repeats: int = 1,
+            export_workers: ExportWorkers | None = None) -> MeasureReport:
     """Run (or resume) a campaign; see the module docstring.  ``devices`` are names or groups.
 
-    ``workers`` export processes (0: export in this process).  ``archs`` replaces the sampled list.
+    ``workers`` export processes (0: export in this process); ``export_workers`` keeps them for the
+    caller's next call (its owner closes them).  ``archs`` replaces the sampled list.
     ``repeats``: measurements per (device, arch, precision), taken in successive passes.
     ``progress``: a callback receiving :class:`edgenas.progress.Progress` events, or True to render
     them on ``stream`` (stderr), False to log them at DEBUG.
@@ -433,14 +435,11 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
             say("export", f"{len(pending)} to export ({report.export_cached} cached), "
                           f"{workers or 'no'} worker process(es)")
         if pending and workers > 0:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(pending),
-                                                       len(export_cpus or pending)),
-                                       mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_worker_init,
-                                       initargs=(str(source_ckpt), source_sha, 10, export_cpus))
+            if export_workers is not None:  # the caller's, kept across its calls
+                pool = export_workers.get(source_ckpt, source_sha, workers, export_cpus)
+            else:
+                pool = _new_pool(source_ckpt, source_sha,
+                                 min(workers, len(pending), len(export_cpus or pending)), export_cpus)
         _run_exports(pending, pool, str(source_ckpt), source_sha, report, deliver, say, stop)
         exports_done.set()
         for q in queues.values():
@@ -458,7 +457,7 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
             t.join(timeout=30)
         raise
     finally:
-        if pool is not None:
+        if pool is not None and export_workers is None:
             _shutdown(pool)
         os.close(campaign_lock)
         report.seconds = time.monotonic() - started
@@ -556,6 +555,49 @@ def _run_exports(pending: list[tuple[tuple[str, str], Path]], pool: Any, ckpt: s
         errors = fut.result() if fut.exception() is None else [str(fut.exception())] * len(items)
         for (job, final), err in zip(items, errors):
             landed(job, final, None if err is None else MeasureError(err))
+
+
+def _new_pool(source_ckpt: Path, source_sha: str, n: int, cpus: set[int] | None) -> Any:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init,
+                               initargs=(str(source_ckpt), source_sha, 10, cpus))
+
+
+class ExportWorkers:
+    """Export worker processes kept across the :func:`measure` calls of one job (the rounds of an
+    adaptive campaign): each worker imports torch and TensorFlow and loads the supernet once — 10 to
+    30 s on a 2-core host — instead of once per call.  Use as a context manager: leaving it stops the
+    workers (also on Ctrl-C: no TensorFlow process outlives the job).  A broken pool (a worker
+    killed, e.g. out of memory) is replaced on the next call."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._key: tuple[str, str, int, frozenset[int]] | None = None
+        self.starts = 0  # pools started: 1 for a whole campaign unless one broke
+
+    def get(self, source_ckpt: Path, source_sha: str, workers: int, cpus: set[int] | None) -> Any:
+        key = (str(source_ckpt), source_sha, workers, frozenset(cpus or ()))
+        if self._pool is not None and (key != self._key or getattr(self._pool, "_broken", False)):
+            self.close()
+        if self._pool is None:
+            self._pool = _new_pool(source_ckpt, source_sha, min(workers, len(cpus or range(workers))),
+                                   cpus)
+            self._key, self.starts = key, self.starts + 1
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            _shutdown(self._pool)
+            self._pool = None
+
+    def __enter__(self) -> ExportWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _shutdown(pool: Any) -> None:

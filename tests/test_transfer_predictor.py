@@ -247,19 +247,21 @@ def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
 def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_itself(tmp_path):
     """A campaign may start with the trimmed protocol; the first round already re-measures one of its
     subnets, and once a re-measurement moves by more than the tolerance (0 here: any move) the rest
-    of the campaign runs the full protocol.  The stored rows carry the protocol each one ran."""
+    of the campaign runs the full protocol.  The stored rows carry the protocol each one ran.  Both
+    rounds export in one export worker, started once (torch and TensorFlow imported once)."""
     from edgenas.adaptive import TRIMMED, measure_adaptive
     from edgenas.bench import BenchSettings
 
     ckpt = local_device_with_prior(tmp_path)
     full = BenchSettings(runs=7, min_secs=0.05, warmup_secs=0.05)
     with open_store(tmp_path) as store:
-        rep = measure_adaptive(store, tmp_path, ckpt, "here", 5, "fp32", 1, workers=0,
+        rep = measure_adaptive(store, tmp_path, ckpt, "here", 5, "fp32", 1, workers=1,
                                progress=False, first_round=3, round_size=2, min_samples=99,
                                settings=full, trim=True, trim_tolerance=0.0)
         rows = store.query("SELECT arch, protocol_runs, protocol_min_secs FROM measurements "
                            "WHERE device = 'here' ORDER BY id")
     assert rep.complete and [r.k for r in rep.rounds] == [3, 5], rep.to_dict()
+    assert rep.export_worker_starts == 1, rep.to_dict()
     first, second = rep.rounds
     assert first.protocol == "trimmed" and first.noise_pairs == 1, rep.to_dict()
     assert "protocol trimmed" in first.line()
