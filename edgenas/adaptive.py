@@ -40,9 +40,10 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +53,9 @@ from edgenas.predictors import latency as lat
 from edgenas.predictors import transfer
 from edgenas.space import Arch, SearchSpace
 from edgenas.store import Store
+
+if TYPE_CHECKING:
+    from edgenas.measure import ExportWorkers
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +228,7 @@ class AdaptiveReport:
     seconds: float = 0.0
     complete: bool = True
     errors: list[str] = field(default_factory=list)
-    export_worker_starts: int = 0  # export worker pools started (1: shared by every round)
+    export_worker_starts: int = 0  # export worker pools it started (1: shared by every round)
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "precision": self.precision, "threads": self.threads,
@@ -261,7 +265,8 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
                      target_within_10: float = 0.9, target_p90: float = 0.10,
                      candidates: int = CANDIDATES, export_cache: Path | None = None,
                      progress: bool = True, stream: IO[str] | None = None,
-                     trim: bool = False, trim_tolerance: float = TRIM_TOLERANCE) -> AdaptiveReport:
+                     trim: bool = False, trim_tolerance: float = TRIM_TOLERANCE,
+                     export_workers: ExportWorkers | None = None) -> AdaptiveReport:
     """Measure up to ``samples`` subnets of ``device`` in rounds, chosen by :func:`select`, and stop
     once the held-out estimate holds the target (see the module docstring).
 
@@ -269,7 +274,10 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     a re-measured subnet moves by more than ``trim_tolerance``.
 
     ``statistic``: the run time the predictor will predict (default: that of the device's saved
-    predictor of this setting, else the median) — the stop decision is about that predictor."""
+    predictor of this setting, else the median) — the stop decision is about that predictor.
+
+    ``export_workers``: the caller's export workers (``fleet specialize`` shares one set across its
+    classes and searches); by default the campaign starts its own, once for all its rounds."""
     from edgenas.classes import class_of
     from edgenas.measure import ExportWorkers, measure, sample_archs
     from edgenas.registry import select_devices
@@ -306,7 +314,8 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     active = trimmed(full) if trim else full
     on_trimmed: set[str] = set()  # subnets measured with the trimmed protocol in this campaign
     current = None
-    with ExportWorkers() as exporters:  # one set of export workers for every round
+    with nullcontext(export_workers) if export_workers else ExportWorkers() as exporters:
+        starts = exporters.starts  # one set of export workers for every round
         while True:
             archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)
             have = {a.to_string() for a in archs}
@@ -363,7 +372,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
                 report.stopped = (f"held-out estimate good enough at K={len(archs)} (±10 % "
                                   f"{100 * e['within_10']:.0f} %, p90 {100 * e['p90_rel_error']:.1f} %)")
                 break
-        report.export_worker_starts = exporters.starts
+        report.export_worker_starts = exporters.starts - starts
     report.seconds = time.monotonic() - started
     say(f"stopped: {report.stopped}; fit it with `edgenas predictor fit --device {device} "
         f"--precision {precision} --threads {threads}`")

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from edgenas.search import (
 from edgenas.space import SearchSpace
 from edgenas.store import Store
 from edgenas.supernets.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from edgenas.measure import ExportWorkers
 
 PRECISIONS = ("fp32", "int8")
 
@@ -135,13 +138,14 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
                out_dir: Path | None = None, verify_top: int = 3, population: int = 60,
                generations: int = 12, seed: int = 0, progress: bool = True,
                strategy: str | None = None, budget: int | None = None,
-               accuracy: str = "predictor", data_source: str | None = None) -> SearchOutcome:
+               accuracy: str = "predictor", data_source: str | None = None,
+               export_workers: ExportWorkers | None = None) -> SearchOutcome:
     """Search ``ckpt``'s space for ``targets`` (device names or groups); see the module doc.
 
     ``strategy`` (one of :data:`edgenas.strategies.STRATEGIES`) spends ``budget`` accuracy
     evaluations of the ``accuracy`` source (``predictor``, ``proxy:NAME`` or ``supernet``);
     without a strategy, OFA's evolution runs ``population`` × ``generations`` as before (NSGA-II
-    for ``objective="pareto"``)."""
+    for ``objective="pareto"``).  ``export_workers``: the caller's, for the verification's exports."""
     from edgenas.measure import list_measurements, measure
 
     data = load_checkpoint(ckpt)
@@ -186,7 +190,8 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         for (prec, proto), names in sorted(batches.items()):
             settings = _bench_settings(json.loads(proto), threads)
             measure(store, home, ckpt, names, 0, [prec], threads, seed, workers=min(2, os.cpu_count()
-                    or 1), progress=progress, archs=[c.arch for c in to_verify], settings=settings)
+                    or 1), progress=progress, archs=[c.arch for c in to_verify], settings=settings,
+                    export_workers=export_workers)
         for c in to_verify:
             for dev, prec in chosen_precision.items():
                 rows = [r for r in list_measurements(store, dev, prec, threads, space.name)

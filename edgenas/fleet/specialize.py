@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgenas.classes import by_class, how
 from edgenas.device.cancel import Cancel
@@ -51,6 +51,9 @@ from edgenas.fleet.common import DeviceResult, FleetError, fan_out, session_for,
 from edgenas.registry import Device, save_probe, select_devices
 from edgenas.store import Store
 from edgenas.transports import Transport, open_transport
+
+if TYPE_CHECKING:
+    from edgenas.measure import ExportWorkers
 
 log = logging.getLogger(__name__)
 
@@ -289,30 +292,35 @@ def run(store: Store, home: Path, plan: Plan, *, samples: int = DEFAULT_SAMPLES,
 
             fit_and_save(home, plan.ckpt, ACCURACY_SAMPLES, None, seed)
         outcomes = []
-        for cp in plan.classes:
-            entry = state["classes"].setdefault(cp.key, {})
-            entry.update(devices=cp.devices, representative=cp.representative,
-                         budget_ms=cp.budget_ms, how=cp.how)
-            entry.setdefault("steps", {})
-            out = ClassOutcome(cp.key, cp.devices)
-            try:
-                _run_class(store, home, plan, cp, entry, out, samples=samples, canary=canary,
-                           per_class=per_class, verify_top=verify_top, seed=seed, say=say,
-                           protocol=(runs, min_secs),
-                           save=lambda: _save_state(home, plan.group, state), opener=opener)
-            except EdgeNASError as exc:
-                out.status, out.reason = "failed", str(exc)
-                say(f"class {cp.key}: FAILED: {exc}")
-            entry["status"], entry["reason"] = out.status, out.reason
-            _save_state(home, plan.group, state)
-            outcomes.append(out)
+        from edgenas.measure import ExportWorkers
+
+        # One set of export workers for every class's campaign rounds and search verification.
+        with ExportWorkers() as exporters:
+            for cp in plan.classes:
+                entry = state["classes"].setdefault(cp.key, {})
+                entry.update(devices=cp.devices, representative=cp.representative,
+                             budget_ms=cp.budget_ms, how=cp.how)
+                entry.setdefault("steps", {})
+                out = ClassOutcome(cp.key, cp.devices)
+                try:
+                    _run_class(store, home, plan, cp, entry, out, samples=samples, canary=canary,
+                               per_class=per_class, verify_top=verify_top, seed=seed, say=say,
+                               protocol=(runs, min_secs), exporters=exporters,
+                               save=lambda: _save_state(home, plan.group, state), opener=opener)
+                except EdgeNASError as exc:
+                    out.status, out.reason = "failed", str(exc)
+                    say(f"class {cp.key}: FAILED: {exc}")
+                entry["status"], entry["reason"] = out.status, out.reason
+                _save_state(home, plan.group, state)
+                outcomes.append(out)
     return outcomes
 
 
 def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[str, Any],
                out: ClassOutcome, *, samples: int, canary: int, per_class: int, verify_top: int,
                seed: int, say: Callable[[str], None], save: Callable[[], None],
-               protocol: tuple[int, float], opener: Callable[[Device, Path], Transport]) -> None:
+               protocol: tuple[int, float], opener: Callable[[Device, Path], Transport],
+               exporters: ExportWorkers | None = None) -> None:
     steps: dict[str, Any] = entry["steps"]
 
     def done(step: str, **result: Any) -> None:
@@ -328,7 +336,7 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
     if fresh("measure"):
         for precision in cp.to_measure:
             say(f"class {cp.key}: measuring {precision} on {cp.representative} (≤ {samples} subnets)")
-            _measure(store, home, plan, cp, precision, samples, seed, protocol)
+            _measure(store, home, plan, cp, precision, samples, seed, protocol, exporters)
         done("measure", precisions=list(cp.to_measure))
     if fresh("search"):
         say(f"class {cp.key}: searching under {cp.budget_ms:g} ms")
@@ -336,7 +344,7 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
         steps.pop("push", None)
         steps.pop("bench", None)
         cp.todo = list(dict.fromkeys([*cp.todo, "export", "push", "bench"]))
-        done("search", **_search(store, home, plan, cp, verify_top, seed))
+        done("search", **_search(store, home, plan, cp, verify_top, seed, exporters))
     found = steps["search"]
     out.arch, out.precision = found["arch"], found["precision"]
     out.accuracy, out.promised_ms = found.get("accuracy"), found.get("promised_ms")
@@ -372,21 +380,22 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
 
 
 def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str, samples: int,
-             seed: int, protocol: tuple[int, float]) -> None:
+             seed: int, protocol: tuple[int, float], exporters: ExportWorkers | None = None) -> None:
     from edgenas.adaptive import measure_adaptive
     from edgenas.bench import BenchSettings
     from edgenas.predictors.latency import fit
 
     settings = BenchSettings(threads=plan.threads, runs=protocol[0], min_secs=protocol[1])
     rep = measure_adaptive(store, home, plan.ckpt, cp.representative, samples, precision,
-                           plan.threads, seed=seed, progress=False, settings=settings)
+                           plan.threads, seed=seed, progress=False, settings=settings,
+                           export_workers=exporters)
     if not rep.measured and rep.errors:
         raise SpecializeError(f"measuring {precision} on {cp.representative} failed: {rep.errors[0]}")
     fit(store, cp.representative, precision, plan.threads, space=plan.space, save_to=home)
 
 
 def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int,
-            seed: int) -> dict[str, Any]:
+            seed: int, exporters: ExportWorkers | None = None) -> dict[str, Any]:
     from edgenas.search import Constraints
     from edgenas.search_job import run_search
 
@@ -394,7 +403,8 @@ def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int
                          Constraints(latency_ms=cp.budget_ms), precision=plan.precision,
                          objective="accuracy", threads=plan.threads,
                          out_dir=state_dir(home, plan.group) / "search" / cp.key,
-                         verify_top=verify_top, seed=seed, progress=False)
+                         verify_top=verify_top, seed=seed, progress=False,
+                         export_workers=exporters)
     chosen, result = outcome.chosen, outcome.result
     if chosen is None:
         raise SpecializeError(f"no subnet fits {cp.budget_ms:g} ms on class {cp.key}")
