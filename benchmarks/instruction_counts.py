@@ -172,17 +172,10 @@ def collect(home: Path, archs: list[str], profiles: list[str], noise: int, invok
 
 def as_profiles(data: dict, profiles: list[str]) -> dict:
     """predictor_transfer.evaluate's input: millions of instructions per arch, the noise floor."""
-    import numpy as np
-
-    from edgenas.predictors.latency import quality
-
     out = {}
     for p in profiles:
         counts = data.get(p, {})
-        pairs = [v[:2] for v in counts.values() if len(v) >= 2]
-        floor = (quality(np.asarray([a for a, _ in pairs]), np.asarray([b for _, b in pairs]))
-                 if pairs else None)
-        out[p] = ({a: v[0] / 1e6 for a, v in counts.items() if v}, floor, None)
+        out[p] = ({a: v[0] / 1e6 for a, v in counts.items() if v}, pt.noise_floor(counts), None)
     return out
 
 

@@ -126,11 +126,22 @@ def collect(store, home: Path, ckpt: Path, pool: list[str], profiles: list[str],
     return minutes
 
 
+def noise_floor(by_arch: dict[str, list[float]]) -> dict | None:
+    """How a subnet's second measurement (or count) agrees with its first, over the repeated ones."""
+    import numpy as np
+
+    from edgenas.predictors.latency import quality
+
+    pairs = [v[:2] for v in by_arch.values() if len(v) >= 2]
+    return quality(np.asarray([a for a, _ in pairs]), np.asarray([b for _, b in pairs])) if pairs \
+        else None
+
+
 def load_profile(store, profile: str, statistic: str):
     """(archs, latency per arch (median of repeats), noise-floor quality) for one profile."""
     import numpy as np
 
-    from edgenas.predictors.latency import measured_latency, quality
+    from edgenas.predictors.latency import measured_latency
 
     device, precision, threads, _, _ = PROFILES[profile]
     rows = store.query("SELECT * FROM measurements WHERE device = ? AND precision = ? AND threads = ? "
@@ -138,10 +149,7 @@ def load_profile(store, profile: str, statistic: str):
     by_arch: dict[str, list[float]] = {}
     for r in rows:
         by_arch.setdefault(r["arch"], []).append(measured_latency(r, statistic))
-    pairs = [v[:2] for v in by_arch.values() if len(v) >= 2]
-    floor = quality(np.asarray([a for a, _ in pairs]), np.asarray([b for _, b in pairs])) if pairs \
-        else None
-    return {a: float(np.median(v)) for a, v in by_arch.items()}, floor, rows
+    return {a: float(np.median(v)) for a, v in by_arch.items()}, noise_floor(by_arch), rows
 
 
 def sha_dir(home: Path) -> str:

@@ -314,7 +314,7 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     active = trimmed(full) if trim else full
     on_trimmed: set[str] = set()  # subnets measured with the trimmed protocol in this campaign
     current = None
-    with nullcontext(export_workers) if export_workers else ExportWorkers() as exporters:
+    with nullcontext(export_workers) if export_workers is not None else ExportWorkers() as exporters:
         starts = exporters.starts  # one set of export workers for every round
         while True:
             archs, y, pairs, cv = _profile_data(store, klass, precision, threads, space, statistic)

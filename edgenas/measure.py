@@ -438,8 +438,8 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
             if export_workers is not None:  # the caller's, kept across its calls
                 pool = export_workers.get(source_ckpt, source_sha, workers, export_cpus)
             else:
-                pool = _new_pool(source_ckpt, source_sha,
-                                 min(workers, len(pending), len(export_cpus or pending)), export_cpus)
+                pool = _new_pool(source_ckpt, source_sha, _pool_size(workers, export_cpus, len(pending)),
+                                 export_cpus)
         _run_exports(pending, pool, str(source_ckpt), source_sha, report, deliver, say, stop)
         exports_done.set()
         for q in queues.values():
@@ -557,6 +557,11 @@ def _run_exports(pending: list[tuple[tuple[str, str], Path]], pool: Any, ckpt: s
             landed(job, final, None if err is None else MeasureError(err))
 
 
+def _pool_size(workers: int, cpus: set[int] | None, jobs: int | None = None) -> int:
+    """Export workers to start: at most ``workers``, one per core they may use, one per job known."""
+    return min(workers, len(cpus) if cpus else workers, jobs if jobs is not None else workers)
+
+
 def _new_pool(source_ckpt: Path, source_sha: str, n: int, cpus: set[int] | None) -> Any:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -583,8 +588,7 @@ class ExportWorkers:
         if self._pool is not None and (key != self._key or getattr(self._pool, "_broken", False)):
             self.close()
         if self._pool is None:
-            self._pool = _new_pool(source_ckpt, source_sha, min(workers, len(cpus or range(workers))),
-                                   cpus)
+            self._pool = _new_pool(source_ckpt, source_sha, _pool_size(workers, cpus), cpus)
             self._key, self.starts = key, self.starts + 1
         return self._pool
 
