@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgenas import benchmark_binary as bmb
-from edgenas.device import layout
+from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel
 from edgenas.device.lock import DEFAULT_LOCK_TIMEOUT_S, DeviceBusyError
 from edgenas.device.session import (
@@ -41,6 +41,7 @@ from edgenas.fleet.model import LocalModel
 from edgenas.package import ModelPackage, PackageError, record_latency
 from edgenas.registry import Device, get_device
 from edgenas.store import Store, open_store
+from edgenas.text import printable
 from edgenas.transports import Transport
 
 BenchError = RunnerError  # what a failed benchmark raises (the device-layer's runner error)
@@ -134,16 +135,15 @@ class RunnerBackend:
 
         remote = remote or layout.cached_model(model.sha256)
         res = session.run([session.python, layout.RUNNER, "bench", remote, *s.argv()], timeout, job=True)
+        # bounded before any JSON parser sees it: an answer nested 100 000 deep is refused, not a
+        # RecursionError (edgenas.device.answers)
+        answers.check_output(session.name, res.stdout, "bench")
         try:
             data = runner_result(session.name, session.python, res, "bench", model=str(model.model_path))
         except ModelFileError as exc:
             raise ModelFileError(f"{exc} (sha256 {model.sha256[:12]})") from None
-        if not isinstance(data.get("median_ms"), (int, float)) or not data["median_ms"] >= 0:
-            raise RunnerError(f"{session.name}: the runner's bench answer has no valid median_ms")
-        if (data.get("model") or {}).get("sha256") not in (None, model.sha256):
-            raise RunnerError(f"{session.name}: the device benchmarked a different file than "
-                              f"{model.sha256[:12]}")
-        return data
+        # every field the host stores or compares, checked: devices of a class share their rows
+        return answers.bench_answer(session.name, data, sha256=model.sha256)
 
 
 class BinaryBackend:
@@ -202,13 +202,14 @@ class BinaryBackend:
         if res.rc in (126, 127):
             raise NoRuntimeError(
                 f"{name}: the device cannot execute {session.path(layout.BENCHMARK_BINARY)} "
-                f"(exit {res.rc}: {bmb.tail(text, 2)}); is {self.binary} built for this device's "
-                f"CPU and OS (for example android_arm64)?")
+                f"(exit {res.rc}: {printable(bmb.tail(text, 2))}); is {self.binary} built for this "
+                f"device's CPU and OS (for example android_arm64)?")
         if res.rc != 0:
             if bmb.is_model_error(parsed["errors"]):
                 raise ModelFileError(f"{name}: benchmark_model cannot load {model.model_path} "
-                                     f"(sha256 {model.sha256[:12]}): {bmb.tail(text)}")
-            raise RunnerError(f"{name}: benchmark_model failed (exit {res.rc}): {bmb.tail(text)}")
+                                     f"(sha256 {model.sha256[:12]}): {printable(bmb.tail(text))}")
+            raise RunnerError(f"{name}: benchmark_model failed (exit {res.rc}): "
+                              f"{printable(bmb.tail(text))}")
         ignored = [f for f in parsed["unconsumed_flags"] if f in bmb.PROTOCOL_FLAGS]
         if ignored:
             raise RunnerError(
@@ -220,7 +221,7 @@ class BinaryBackend:
             data = bmb.to_measurement(parsed, threads=s.threads, protocol=protocol)
         except bmb.OutputError as exc:
             raise RunnerError(f"{name}: cannot read benchmark_model's output ({exc}): "
-                              f"{bmb.tail(text)}") from None
+                              f"{printable(bmb.tail(text))}") from None
         data.update(
             runtime={"name": bmb.NAME, "module": None, "version": version},
             benchmark_binary={"path": str(self.binary), "sha256": sha,
@@ -230,7 +231,7 @@ class BinaryBackend:
             state_before=before, state_after=after,
             output=text[-20000:],
         )
-        return data
+        return answers.bench_answer(name, data, sha256=model.sha256)
 
 
 def backend_for(device: Device, home: Path) -> Backend:
@@ -290,11 +291,15 @@ class DeviceBencher:
             with self.session.locked():
                 self.session.ensure([backend.tool()])
                 return bmb.NAME, _bounded(backend._version(self.session, backend.digest()))
-        rt = self.session.runner("info", ["--no-probe"]).get("runtime")
+        with answers.refuse_deep(self.device.name, "info"):
+            rt = self.session.runner("info", ["--no-probe"]).get("runtime")
         if not isinstance(rt, dict) or not rt.get("name"):
             raise NoRuntimeError(f"{self.device.name}: no usable TFLite runtime (the runner names none; "
                                  f"`edgenas device check {self.device.name}` says what to install)")
-        return str(rt["name"])[:64], _bounded(rt.get("version"))
+        name = answers.name(self.device.name, "info", "runtime.name", rt["name"], required=True)
+        version = answers.name(self.device.name, "info", "runtime.version", rt.get("version"))
+        assert name is not None
+        return name, version
 
     def bench(self, store: Store, model: ModelDir, *, campaign: str | None = None,
               settings: BenchSettings | None = None, update_manifest: bool = True,
@@ -411,8 +416,10 @@ def _store_row(store: Store, device: Device, model: ModelDir, r: dict[str, Any],
 
 
 def _bounded(value: Any) -> str | None:
-    """A device-supplied name or version as a short string (None stays None)."""
-    return None if value is None else str(value)[:64]
+    """A device-supplied name or version as a short printable string (None stays None).  Answers
+    are checked before they get here (:func:`edgenas.device.answers.bench_answer`); this is the
+    last guard for what reaches a row: escaped control characters, never raw ones."""
+    return None if value is None else printable(str(value), limit=64)
 
 
 def _governor(state: dict[str, Any]) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenas.device import layout
+from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel
 from edgenas.device.session import DeviceSession, LocalFile
 from edgenas.errors import EdgeNASError
@@ -65,7 +65,11 @@ def run_predict(session: DeviceSession, model_remote: str, data: LocalFile, top_
     args = [model_remote, data.remote, "--top-k", str(top_k)]
     if manifest_remote:
         args += ["--manifest", manifest_remote]
-    report = session.runner("predict", args, timeout=timeout, files=[*files, data], model=model_remote)
+    with answers.refuse_deep(session.name, "predict"):
+        report = session.runner("predict", args, timeout=timeout, files=[*files, data],
+                                model=model_remote)
+    # top-k, labels and runtime are printed and compared: checked like a bench answer's fields
+    report = answers.predict_answer(session.name, report, top_k)
     from edgenas.bench import device_cache_mib, touch_and_prune
 
     touch_and_prune(session, device_cache_mib(session.device), data.remote.rsplit("/", 1)[1],

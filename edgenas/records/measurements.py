@@ -153,10 +153,33 @@ class ResumeKey:
 # ---------------------------------------------------------------------------------------------- write
 
 
+# The numeric columns a device's answer fills, with their bounds: every device of a class reads these
+# rows (its latency predictor is fitted on them), so one board's garbage must never land here.
+# (column, upper bound, integer); all are non-negative.  edgenas.device.answers checks the answer
+# first, with the device and field named; this is the last guard for any other writer.
+_CHECKED = (("median_ms", 1e6, False), ("p90_ms", 1e6, False), ("mean_ms", 1e6, False),
+            ("std_ms", 1e6, False), ("min_ms", 1e6, False), ("cv", 1e4, False),
+            ("init_ms", 1e6, False), ("first_ms", 1e6, False), ("runs", 100_000_000, True),
+            ("peak_rss_kib", 1 << 30, True))
+
+
+def _check(m: Measurement) -> None:
+    """Refuse a row whose statistics are not finite, non-negative numbers under their bound (counts
+    real integers): :class:`MeasurementError` naming the device, the column and the value."""
+    for column, high, whole in _CHECKED:
+        value = getattr(m, column)
+        if value is None and column != "median_ms":
+            continue
+        kind_ok = isinstance(value, int) if whole else isinstance(value, (int, float))
+        if not (kind_ok and not isinstance(value, bool) and math.isfinite(value)
+                and 0 <= value <= high):
+            raise MeasurementError(f"{m.device}: refusing to store {column} {value!r}"[:200]
+                                   + f" for {m.arch}")
+
+
 def insert(store: Store, m: Measurement) -> Measurement:
     """Store ``m`` (its ``id`` is ignored) and return it with the id SQLite gave it."""
-    if not (isinstance(m.median_ms, (int, float)) and math.isfinite(m.median_ms) and m.median_ms >= 0):
-        raise MeasurementError(f"{m.device}: refusing to store median {m.median_ms!r} ms for {m.arch}")
+    _check(m)
     row = m.to_dict()
     row["device_class"] = m.device_class or m.device  # a device without a class is one of its own
     row["result_json"] = m.result_json
