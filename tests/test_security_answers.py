@@ -25,6 +25,7 @@ from edgenas.device.session import DeviceSession, RunnerError
 from edgenas.package import ModelPackage
 from edgenas.registry import get_device
 from edgenas.store import open_store
+from edgenas.text import printable
 from tests.cli_runner import Cli
 
 pytestmark = pytest.mark.usefixtures("user_home")
@@ -218,3 +219,61 @@ def test_a_predict_answer_is_checked_before_it_is_printed(liar, model, tmp_path)
         report = predict_package(session, model.model_path, model.sha256, model.manifest_path,
                                  input_file(sample), top_k=3)
     assert report["predictions"][0]["top_k"][0]["label"] == "dog"
+
+
+# ------------------------------------------------------------------------------------------ finding 9
+
+
+def test_printable_escapes_every_control_character_and_keeps_the_rest():
+    assert printable("aarch64" + OSC52) == "aarch64\\x1b]52;c;cm0gLXJmIH4K\\x07"
+    assert printable(C1_CSI + "\x7f\u202eok\r\n\t") == "\\x9b2J\\x7f\\u202eok\\x0d\\x0a\\x09"
+    assert printable("line 1\n\tline 2\r", multiline=True) == "line 1\n\tline 2\\x0d"
+    assert printable("Cortex-A72 · 1.8 GHz – 45 °C …") == "Cortex-A72 · 1.8 GHz – 45 °C …"
+    assert printable("x" * 100, limit=10) == "x" * 9 + "…"
+    assert printable(None) == "None"
+
+
+def test_device_text_reaches_the_terminal_escaped(liar, model):
+    """A device whose probe facts, runtime name and error text carry OSC 52 (clipboard write), a C1
+    CSI and a CR: ``device probe``, ``list``, ``show`` and a failing ``bench`` print them escaped —
+    no ESC, BEL, CSI or CR byte reaches the terminal (before: all of them did)."""
+    cli = Cli(liar.home)
+    info = {
+        "command": "info", "runtime": {"name": "litert", "version": "1.2.0"},
+        "runtimes": {"litert": {"installed": True, "importable": True, "version": "1.2" + OSC52}},
+        "python": {"version": "3.11.2" + C1_CSI, "executable": "/usr/bin/python3"},
+        "device": {"arch": "aarch64" + OSC52, "cpu_model": "Cortex-A72\r FAKE", "os": "Debian" + C1_CSI,
+                   "cores": 4, "mem_total_mib": 3906},
+    }
+    liar.answer("info", info)
+
+    def run(*args: str, code: int = 0) -> str:
+        out = cli(*args, code=code)
+        assert not [c for c in RAW_CONTROL if c in out], out
+        return out
+
+    probed = run("device", "probe", liar.name)
+    assert "aarch64\\x1b]52;c;" in probed and "Debian\\x9b2J" in probed
+    assert "aarch64\\x1b]52;c;" in run("device", "list")
+    assert "Cortex-A72\\x0d FAKE" in run("device", "show", liar.name)
+    assert "\\u001b]52" in run("device", "probe", liar.name, "--json")
+    liar.answer("bench", {"error": "cannot load model" + OSC52, "kind": "model_corrupt"}, rc=1)
+    assert ("error: liar: the runner's bench failed (exit 1): cannot load model\\x1b]52"
+            in run("bench", str(model.folder), "--device", liar.name, code=1))
+    liar.answer("bench", good_answer(model.sha256, runtime={"name": "lite" + OSC52}))
+    refused = run("bench", str(model.folder), "--device", liar.name, code=1)
+    assert "invalid runtime.name" in refused and "\\u001b]52" in refused
+    assert _rows(liar.home) == 0
+
+
+def test_log_lines_and_table_cells_escape_device_text(capsys):
+    import logging
+
+    from edgenas.cli.common import setup_logging, table
+
+    cell = table(["device", "arch"], [["pi", "aarch64" + OSC52 + "\nfake row"]])
+    assert "\x1b" not in cell and len(cell.splitlines()) == 3 and "\\x0afake row" in cell
+    setup_logging(logging.WARNING)
+    logging.getLogger("edgenas.bench").warning("stderr tail: %s", "oops" + OSC52 + C1_CSI)
+    err = capsys.readouterr().err
+    assert "warning: stderr tail: oops\\x1b]52" in err and not [c for c in RAW_CONTROL if c in err]

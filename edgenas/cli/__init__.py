@@ -29,6 +29,7 @@ from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
 from edgenas.errors import EdgeNASError
 from edgenas.paths import default_home
+from edgenas.text import printable
 
 
 class _Main(click.Group):
@@ -40,7 +41,8 @@ class _Main(click.Group):
             with sigterm_as_interrupt():
                 return super().invoke(ctx)
         except EdgeNASError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # messages quote device text (runner errors, stderr tails): escaped, never obeyed
+            click.echo(f"error: {printable(exc, multiline=True)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("cancelled: the jobs it started on devices were stopped", err=True)

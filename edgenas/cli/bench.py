@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.cli.common import Workspace, echo, echo_json, table
 
 
 @click.command("bench")
@@ -41,10 +41,10 @@ def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, ru
         return
     runtime = f"{rec['runtime']} {rec['runtime_version'] or ''}".strip()
     rss = f"{rec['peak_rss_kib'] / 1024:.1f} MiB" if rec.get("peak_rss_kib") else ""
-    click.echo(table(
+    echo(table(
         ["device", "runtime", "precision", "threads", "median ms", "p90 ms", "CV", "peak RSS"],
         [[rec["device"], runtime, rec["precision"], rec["threads"], rec["median_ms"], rec["p90_ms"],
           f"{100 * (rec['cv'] or 0):.1f} %" + (" noisy" if rec["noisy"] else ""), rss]],
     ))
     sent = ", ".join(rec["uploaded"]) or "nothing (already on the device)"
-    click.echo(f"arch {rec['arch']}  model {rec['model_sha256'][:12]}  uploaded: {sent}")
+    echo(f"arch {rec['arch']}  model {rec['model_sha256'][:12]}  uploaded: {sent}")

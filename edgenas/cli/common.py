@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from edgenas.text import printable
+
 LOG_ENV = "EDGENAS_LOG"
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
            "WARN": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
@@ -20,11 +22,12 @@ _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARN
 class _EchoHandler(logging.Handler):
     """Log records to stderr through ``click.echo``, which finds the *current* stderr at each call:
     a handler holding the stream it saw first would write into a closed one when the CLI runs again
-    in the same process (tests, notebooks)."""
+    in the same process (tests, notebooks).  Log lines carry device text (stderr tails, runner
+    errors), so control characters are escaped (:func:`edgenas.text.printable`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(self.format(record), err=True)
+            click.echo(printable(self.format(record), multiline=True), err=True)
         except Exception:  # noqa: BLE001 - logging must never take the command down
             self.handleError(record)
 
@@ -91,12 +94,24 @@ class Workspace:
         return private_dir(self.home)
 
 
+def echo(message: Any = "", *, err: bool = False, nl: bool = True) -> None:
+    """``click.echo`` for anything that may hold device text (probe facts, runtime names, error
+    reasons, stderr tails): control characters are shown escaped, never sent to the terminal, so a
+    device cannot write the operator's clipboard (``ESC ] 52``), retitle the window or overwrite
+    earlier lines.  Newlines and tabs are kept."""
+    click.echo(printable(message, multiline=True), err=err, nl=nl)
+
+
 def echo_json(data: Any) -> None:
+    """JSON output: ``json.dumps`` (``ensure_ascii``) writes every control character as ``\\uXXXX``,
+    so device text in it is inert too."""
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain aligned text table (numbers right-aligned)."""
+    """A plain aligned text table (numbers right-aligned).  Every cell is single-line printable text
+    (:func:`edgenas.text.printable`): cells often hold device text, and a newline or escape sequence
+    in one must neither reach the terminal nor fake rows."""
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     numeric = [all(_is_num(row[i]) for row in rows) if rows else False
@@ -120,7 +135,7 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return "" if value is None else str(value)
+    return "" if value is None else printable(value)
 
 
 def human(n: float) -> str:

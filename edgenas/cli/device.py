@@ -11,7 +11,7 @@ import click
 from edgenas import devices as devlib
 from edgenas import registry
 from edgenas.classes import ClassError, class_of, how, validate_class
-from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.device.session import DeviceSession
 from edgenas.errors import DeviceError
 from edgenas.store import Store, open_store
@@ -206,13 +206,13 @@ def add(
         elif dev.kind == "adb":
             dev.adb_serialno, note = _read_adb_serialno(dev)
         registry.add_device(store, dev, replace_existing=replace)
-    click.echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
+    echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
     if dev.benchmark_binary:
-        click.echo(f"  benchmarks run {dev.benchmark_binary} (pushed to the device when it changes)")
+        echo(f"  benchmarks run {dev.benchmark_binary} (pushed to the device when it changes)")
     if not dev.xnnpack:
-        click.echo("  without XNNPACK: benchmarks use the runtime's builtin kernels only")
+        echo("  without XNNPACK: benchmarks use the runtime's builtin kernels only")
     if dev.kind == "ssh" and not (accept_new_host_key or host_key):
-        click.echo(
+        echo(
             "  host key not checked yet: an unknown key will be refused on first use "
             "(add with --accept-new-host-key to trust it now)"
         )
@@ -272,7 +272,7 @@ def list_(ws: Workspace, group: str | None, as_json: bool) -> None:
         echo_json([d.to_dict() for d in devs])
         return
     if not devs:
-        click.echo("no devices (add one with `edgenas device add`)")
+        echo("no devices (add one with `edgenas device add`)")
         return
     rows = []
     for d in devs:
@@ -290,7 +290,7 @@ def list_(ws: Workspace, group: str | None, as_json: bool) -> None:
                 _age(d.probed_at),
             ]
         )
-    click.echo(table(["name", "kind", "address", "groups", "class", "arch", "python", "runtime",
+    echo(table(["name", "kind", "address", "groups", "class", "arch", "python", "runtime",
                       "probed"], rows))
 
 
@@ -354,7 +354,7 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         if value not in (None, ""):
-            click.echo(f"{key.ljust(width)}  {value}")
+            echo(f"{key.ljust(width)}  {value}")
 
 
 @device.command("set-class")
@@ -372,7 +372,7 @@ def set_class(ws: Workspace, args: tuple[str, ...], derived: bool) -> None:
         devs = registry.select_devices(store, names)
         registry.set_device_class(store, [d.name for d in devs], device_class)
         for d in registry.select_devices(store, [d.name for d in devs]):
-            click.echo(f"{d.name}: class {class_of(d)} ({how(d)})")
+            echo(f"{d.name}: class {class_of(d)} ({how(d)})")
 
 
 @device.command("remove")
@@ -394,7 +394,7 @@ def remove(ws: Workspace, names: tuple[str, ...]) -> None:
             ]
             if d.kind == "ssh" and d.host and not others:
                 forget_known_host(known_hosts_path(home), d.host, d.port or 22)
-            click.echo(f"removed {name}")
+            echo(f"removed {name}")
 
 
 @device.group("group")
@@ -410,7 +410,7 @@ def group_add(ws: Workspace, group_name: str, names: tuple[str, ...]) -> None:
     """Add devices NAMES to GROUP_NAME."""
     with _store(ws) as store:
         registry.set_groups(store, names, group_name, member=True)
-    click.echo(f"group {group_name}: added {', '.join(names)}")
+    echo(f"group {group_name}: added {', '.join(names)}")
 
 
 @group.command("remove")
@@ -421,7 +421,7 @@ def group_remove(ws: Workspace, group_name: str, names: tuple[str, ...]) -> None
     """Take devices NAMES out of GROUP_NAME."""
     with _store(ws) as store:
         registry.set_groups(store, names, group_name, member=False)
-    click.echo(f"group {group_name}: removed {', '.join(names)}")
+    echo(f"group {group_name}: removed {', '.join(names)}")
 
 
 @device.command("import")
@@ -467,11 +467,11 @@ def import_(
                 d.host_key_fingerprint, _ = _trust_host_key(d, home)
     with _store(ws) as store:
         added, updated = inv.import_inventory(store, devs)
-    click.echo(
+    echo(
         f"imported {len(devs)} devices from {inventory}: {len(added)} added, {len(updated)} updated"
     )
     for d in devs:
-        click.echo(f"  {d.name:<16} {d.kind:<5} {d.address:<28} {','.join(d.groups)}")
+        echo(f"  {d.name:<16} {d.kind:<5} {d.address:<28} {','.join(d.groups)}")
 
 
 @device.command("probe")
@@ -500,7 +500,7 @@ def probe(ws: Workspace, names: tuple[str, ...], all_runtimes: bool, as_json: bo
     for name, p in results.items():
         rt = p.get("runtime")
         runtime = f"{rt} {p['runtimes'][rt].get('version')}" if rt else f"none: {p.get('install_hint')}"
-        click.echo(
+        echo(
             f"{name}: {p.get('arch')}, {p.get('cores')} cores, {p.get('mem_total_mib')} MiB, "
             f"{p.get('os')}, Python {p.get('python_version') or '-'}, runtime {runtime}"
         )
@@ -521,11 +521,11 @@ def setup(ws: Workspace, names: tuple[str, ...]) -> None:
             except DeviceError as exc:
                 if len(names) == 1:
                     raise
-                click.echo(f"{d.name}: FAILED: {exc}", err=True)
+                echo(f"{d.name}: FAILED: {exc}", err=True)
                 failed.append(d.name)
                 continue
             rt = info["runtime"]
-            click.echo(
+            echo(
                 f"{d.name}: runner ready in {d.workdir} (Python {info['python']['version']}, "
                 f"{rt['name']} {rt['version']})"
             )
@@ -556,7 +556,7 @@ def clean(ws: Workspace, names: tuple[str, ...], keep_mib: int) -> None:
             for folder in (layout.MODEL_CACHE, layout.MANIFEST_CACHE, layout.INPUT_CACHE):
                 res = session.sh("prune", [session.path(folder), str(keep_mib * 1024)])
                 said.append(f"{folder.split('/')[-1]} {res.stdout.strip()[:80]}")
-        click.echo(f"{d.name}: " + "; ".join(said))
+        echo(f"{d.name}: " + "; ".join(said))
 
 
 @device.command("check")
@@ -603,7 +603,7 @@ def check(ws: Workspace, targets: tuple[str, ...], as_json: bool, workers: int) 
                     r.error or "",
                 ]
             )
-        click.echo(
+        echo(
             table(
                 ["name", "kind", "address", "status", "rtt ms", "arch", "python", "runtime", "error"],
                 rows,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgenas.cli.common import Workspace, echo_json
+from edgenas.cli.common import Workspace, echo, echo_json
 
 
 @click.command("evaluate")
@@ -26,7 +26,7 @@ def evaluate_cmd(ws: Workspace, model_dir: Path, device: str | None, data: str |
         echo_json(result)
         return
     recorded = result["recorded_exported_top1"]
-    click.echo(f"{result['arch']} {result['precision']} on {result['where']}: top-1 "
+    echo(f"{result['arch']} {result['precision']} on {result['where']}: top-1 "
                f"{result['top1']:.2%} over {result['images']} validation images of "
                f"{result['data']}" + (f" (at export: {recorded:.2%})" if recorded is not None
                                       else ""))

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from edgenas import registry
-from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.fleet.common import (
     DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
@@ -66,13 +66,13 @@ def _finish(outcome: FanOut, what: str) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     if outcome.limit_reached:
-        click.echo(f"{what} stopped: the failure limit was passed ({summary})", err=True)
+        echo(f"{what} stopped: the failure limit was passed ({summary})", err=True)
         sys.exit(EXIT_LIMIT)
     if outcome.failures:
-        click.echo(f"{what} failed on {outcome.failures} of {len(outcome.results)} devices "
+        echo(f"{what} failed on {outcome.failures} of {len(outcome.results)} devices "
                    f"({summary})", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"{what}: {summary}")
+    echo(f"{what}: {summary}")
 
 
 @click.group()
@@ -123,9 +123,9 @@ def push_cmd(ws: Workspace, model_dir: Path, groups: tuple[str, ...], names: tup
                    "ok": outcome.ok, "limit_reached": outcome.limit_reached,
                    "results": [r.to_dict() for r in outcome.results]})
     else:
-        click.echo(f"model {name} version {model.version} ({model.size / 1e6:.2f} MB) "
+        echo(f"model {name} version {model.version} ({model.size / 1e6:.2f} MB) "
                    f"to {len(devices)} devices")
-        click.echo(table(
+        echo(table(
             ["device", "status", "version", "was", "s", "MB sent", "reason"],
             [[r.device, r.status, r.version if r.status in ("ok", "unchanged") else "",
               _short(r.previous_sha256), r.seconds, round(r.bytes_sent / 1e6, 2), r.reason or ""]
@@ -156,7 +156,7 @@ def status_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], n
     if as_json:
         echo_json(rows)
     else:
-        click.echo(table(
+        echo(table(
             ["device", "model", "version", "sha256", "previous", "state"],
             [[r["device"], r.get("model") or "", r.get("version") or "", _short(r.get("sha256")),
               r.get("previous") or "",
@@ -165,7 +165,7 @@ def status_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], n
              for r in rows],
         ))
     if outcome.failures or drifted:
-        click.echo(f"{outcome.failures} unreachable, {len(drifted)} drifted", err=True)
+        echo(f"{outcome.failures} unreachable, {len(drifted)} drifted", err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -192,7 +192,7 @@ def rollback_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...],
     if as_json:
         echo_json({"ok": outcome.ok, "results": [r.to_dict() for r in outcome.results]})
     else:
-        click.echo(table(
+        echo(table(
             ["device", "model", "status", "now", "sha256", "reason"],
             [[r.device, r.model or "", r.status, r.version or "", _short(r.sha256), r.reason or ""]
              for r in outcome.results],
@@ -233,7 +233,7 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
             top = ", ".join(f"{t.get('label') if t.get('label') is not None else t.get('index')} "
                             f"{t.get('probability', 0):.3f}" for t in r.extra.get("top_k", []))
             rows.append([r.device, r.model, r.version, r.extra.get("runtime") or "", top])
-        click.echo(table(["device", "model", "version", "runtime", f"top-{top_k}"], rows))
+        echo(table(["device", "model", "version", "runtime", f"top-{top_k}"], rows))
     _finish(outcome, "predict")
 
 
@@ -305,7 +305,7 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
             return f"DRIFT ({', '.join(why)})" if why else "noisy" if r.get("noisy") else ""
 
         shown = sorted(rows, key=lambda r: (str(r.get("class")), r["device"]))
-        click.echo(table(
+        echo(table(
             ["device", "class", "runtime", "precision", "median ms", "p90 ms", "CV", "predicted ms",
              "band", "delta", "vs class", "flag"],
             [[r["device"], r.get("class") or "", r.get("runtime") or "", r.get("precision") or "",
@@ -322,16 +322,16 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
             worst = [f"worst vs {what} {pct(c[key])}" for what, key in
                      (("promise", "worst_delta"), ("class median", "worst_class_delta"))
                      if c[key] is not None]
-            click.echo(f"class {c['class']}: {c['measured']}/{c['total']} devices measured"
+            echo(f"class {c['class']}: {c['measured']}/{c['total']} devices measured"
                        + (f" ({c['failed']} failed)" if c["failed"] else "") + f", median {med}"
                        + "".join(f", {w}" for w in worst)
                        + (f", drift on {', '.join(c['drift'])}" if c["drift"] else ""))
         if per_class is not None:
-            click.echo(f"sample: {per_class} per class, seed {seed} (--seed {seed} draws it again)")
+            echo(f"sample: {per_class} per class, seed {seed} (--seed {seed} draws it again)")
         if png:
-            click.echo(f"plot: {png}")
+            echo(f"plot: {png}")
     if drifted:
-        click.echo(f"drift past the promise's band or the class median on: {', '.join(drifted)}",
+        echo(f"drift past the promise's band or the class median on: {', '.join(drifted)}",
                    err=True)
     if outcome.failures:
         _finish(outcome, "bench")
@@ -357,7 +357,7 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
     if as_json:
         echo_json(rows)
         return
-    click.echo(table(
+    echo(table(
         ["when", "device", "model", "action", "status", "version", "reason"],
         [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["device"],
           r["model_name"], r["action"], r["status"], r["version"] or "", r["reason"] or ""]
@@ -409,21 +409,21 @@ def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | No
         plan = sp.make_plan(store, home, ckpt, group, latency_ms=latency_ms, precision=precision,
                             threads=threads, name=name)
         for line in sp.describe_plan(plan, samples):  # the plan is the output of a dry run
-            click.echo(line, err=as_json or not dry_run)
+            echo(line, err=as_json or not dry_run)
         if dry_run:
             if as_json:
                 echo_json(plan.to_dict())
             return
         outcomes = sp.run(store, home, plan, samples=samples, canary=canary, per_class=per_class,
                           seed=seed, runs=runs, min_secs=min_secs,
-                          say=lambda m: click.echo(m, err=True))
+                          say=lambda m: echo(m, err=True))
     if as_json:
         echo_json({"plan": plan.to_dict(), "classes": [vars(o) for o in outcomes]})
     else:
         def ms(v: float | None) -> str:
             return "" if v is None else f"{v:.3g}"
 
-        click.echo(table(
+        echo(table(
             ["class", "devices", "subnet", "precision", "top-1", "promised ms", "measured ms",
              "status"],
             [[o.key, len(o.devices), o.arch or "", o.precision or "",

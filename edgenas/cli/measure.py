@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.cli.common import Workspace, echo, echo_json, table
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -110,13 +110,13 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
                  d.aborted or "; ".join(d.errors[:1])
                  or (f"same class as {d.served_by}: measured there" if d.served_by else "")]
                 for d in report.devices.values()]
-        click.echo(table(["device", "models", "already done", "measured", "failed", "time", "error"],
+        echo(table(["device", "models", "already done", "measured", "failed", "time", "error"],
                          rows))
-        click.echo(f"campaign {report.campaign}: {len(report.archs)} archs x {report.precisions}, "
+        echo(f"campaign {report.campaign}: {len(report.archs)} archs x {report.precisions}, "
                    f"exported {report.exported} (cached {report.export_cached}), "
                    f"{report.seconds:.0f} s" + ("" if report.complete else "  INCOMPLETE"))
         for job, err in report.export_failed.items():
-            click.echo(f"export failed: {job}: {err}", err=True)
+            echo(f"export failed: {job}: {err}", err=True)
     if not report.complete:
         sys.exit(1)
 
@@ -160,9 +160,9 @@ def list_cmd(ws: Workspace, device: str | None, precision: str | None, threads: 
         echo_json(rows)
         return
     if not rows:
-        click.echo("no measurements (run `edgenas bench` or `edgenas measure`)")
+        echo("no measurements (run `edgenas bench` or `edgenas measure`)")
         return
-    click.echo(table(
+    echo(table(
         ["id", "device", "arch", "precision", "thr", "runtime", "median ms", "p90 ms", "CV %", "noisy"],
         [[r["id"], r["device"], r["arch"], r["precision"], r["threads"],
           f"{r['runtime']} {r['runtime_version'] or ''}".strip(), r["median_ms"], r["p90_ms"],
@@ -192,6 +192,6 @@ def export_cmd(ws: Workspace, device: str | None, precision: str | None, threads
         text = buf.getvalue()
     if out:
         out.write_text(text)
-        click.echo(f"wrote {len(rows)} measurement(s) to {out}", err=True)
+        echo(f"wrote {len(rows)} measurement(s) to {out}", err=True)
     else:
-        click.echo(text, nl=False)
+        echo(text, nl=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.cli.common import Workspace, echo, echo_json, table
 
 
 @click.group("predictor")
@@ -62,14 +62,14 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
         echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base})
         return
     served = "" if pred.device == device_name else f" (class {pred.device})"
-    click.echo(f"latency predictor for {device_name}{served} ({precision}, {threads} thread(s), "
+    echo(f"latency predictor for {device_name}{served} ({precision}, {threads} thread(s), "
                f"{pred.space}, {pred.runtime or 'runtime unknown'}, {statistic} run time): "
                f"{pred.model_name}")
-    click.echo(table(["model", *_QUALITY_HEADERS],
+    echo(table(["model", *_QUALITY_HEADERS],
                      [[pred.model_name, *_quality_row(pred.quality)],
                       ["MACs only", *_quality_row(base)]]))
-    click.echo(f"method: {_method_line(pred.extra)}")
-    click.echo(f"saved {path}")
+    echo(f"method: {_method_line(pred.extra)}")
+    echo(f"saved {path}")
 
 
 def _method_line(extra: dict) -> str:
@@ -104,9 +104,9 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
         echo_json([{**p.to_json(), "path": str(path)} for path, p in found])
         return
     if not found:
-        click.echo("no latency predictors (fit one with `edgenas predictor fit --device NAME`)")
+        echo("no latency predictors (fit one with `edgenas predictor fit --device NAME`)")
         return
-    click.echo(table(["class", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
+    echo(table(["class", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
                      [[p.device, p.precision, p.threads, p.space, p.statistic, p.model_name,
                        *_quality_row(p.quality)] for _, p in found]))
 
@@ -137,5 +137,5 @@ def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], prec
                     "p90_rel_error": pred.error} for a, ms in rows])
         return
     for a, ms in rows:
-        click.echo(f"{space.parse(a).to_string()}  {pred.describe(ms)}  ({device_name}, {precision}, "
+        echo(f"{space.parse(a).to_string()}  {pred.describe(ms)}  ({device_name}, {precision}, "
                    f"t{threads}, {pred.statistic} run time)")

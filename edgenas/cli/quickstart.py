@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgenas.cli.common import Workspace, echo_json, table
+from edgenas.cli.common import Workspace, echo, echo_json, table
 
 
 @click.command("quickstart")
@@ -39,9 +39,9 @@ def quickstart_cmd(ws: Workspace, minutes: float, samples: int, accuracy_samples
     if as_json:
         echo_json(summary)
         return
-    click.echo("")
-    click.echo(table(["", ""], summary["table"]))
-    click.echo(f"\nreport: {summary['report']}   (total {summary['seconds']:.0f} s)")
+    echo("")
+    echo(table(["", ""], summary["table"]))
+    echo(f"\nreport: {summary['report']}   (total {summary['seconds']:.0f} s)")
 
 
 @click.command("report")
@@ -57,4 +57,4 @@ def report_cmd(ws: Workspace, out: Path | None) -> None:
 
     with open_store(ws.ensure()) as store:
         path = write_report(report_inputs(ws.home, store), out or ws.home / "report.html")
-    click.echo(f"wrote {path}")
+    echo(f"wrote {path}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgenas.cli.common import Workspace, human, table
+from edgenas.cli.common import Workspace, echo, human, table
 
 # edgenas.strategies imports numpy only, but the CLI lists the names without importing it
 STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce")
@@ -82,9 +82,9 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
                              budget=budget, accuracy=accuracy, data_source=data_source)
     r = outcome.result
     errs = r["predictors"]["latency"]
-    click.echo(f"{r['strategy'] or 'ofa-evolution'}: {r['evaluations']} evaluations of "
+    echo(f"{r['strategy'] or 'ofa-evolution'}: {r['evaluations']} evaluations of "
                f"{r['accuracy_source']} accuracy")
-    click.echo(f"searched {r['space']} for {', '.join(r['precision'])} "
+    echo(f"searched {r['space']} for {', '.join(r['precision'])} "
                f"({constraints.describe()}); precision: "
                + ", ".join(f"{d} {p} ({r['precision_reason'][d]})" for d, p in
                            r["precision"].items()))
@@ -95,13 +95,13 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
         meas = ", ".join(f"{v:.3f}" for v in c["measured_ms"].values()) or "-"
         rows.append([c["arch"], f"{c['accuracy']:.2%}", pred, meas, f"{c['size_kb']:.0f}",
                      human(c["macs"])])
-    click.echo(table(["arch", "pred. top-1", "pred. ms", "measured ms", "size KB", "MACs"], rows))
+    echo(table(["arch", "pred. top-1", "pred. ms", "measured ms", "size KB", "MACs"], rows))
     chosen = r["chosen"]
     if chosen:
-        click.echo(f"chosen: {chosen['arch']}")
+        echo(f"chosen: {chosen['arch']}")
         if chosen.get("measured_within_budget") is False:
-            click.echo("warning: no verified candidate measured within the latency budget on "
+            echo("warning: no verified candidate measured within the latency budget on "
                        "the device; the chosen one missed it least (see search.json)", err=True)
-        click.echo(f"next:   edgenas export {ckpt} --arch {chosen['arch']} --precision "
+        echo(f"next:   edgenas export {ckpt} --arch {chosen['arch']} --precision "
                    f"{next(iter(r['precision'].values()))} --search {outcome.path} --out model/")
-    click.echo(f"wrote {outcome.path} and {out_dir / 'pareto.png'}")
+    echo(f"wrote {outcome.path} and {out_dir / 'pareto.png'}")
