@@ -1183,7 +1183,12 @@ def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str]
                         old.kind, old.host, old.port):
                     device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
                 if old is not None and device.benchmark_binary is None:
-                    device = replace(device, benchmark_binary=old.benchmark_binary)
+                    device = replace(  # its pin too: it is the same registration, kept
+                        device,
+                        benchmark_binary=old.benchmark_binary,
+                        benchmark_binary_real=old.benchmark_binary_real,
+                        benchmark_binary_sha256=old.benchmark_binary_sha256,
+                    )
                 add_device(joined, device, replace_existing=True)
                 (updated if old is not None else added).append(device.name)
     except sqlite3.Error as exc:

@@ -10,9 +10,11 @@ inventories (the usual way a Pi fleet is written down) are read by :mod:`edgenas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -45,6 +47,8 @@ _COLUMNS = (
     "timeout_s",
     "host_key_fingerprint",
     "benchmark_binary",
+    "benchmark_binary_real",
+    "benchmark_binary_sha256",
     "adb_serialno",
     "xnnpack",
     "cache_mib",
@@ -63,6 +67,11 @@ class Device:
 
     ``benchmark_binary``: the host path of LiteRT's ``benchmark_model`` for this device (a phone without
     Python); when set, benchmarks push and run that binary instead of the Python runner.
+    ``benchmark_binary_real`` and ``benchmark_binary_sha256`` pin it: the file that path led to when the
+    device was registered (symlinks resolved) and that file's sha256.  The path is followed again only
+    through :func:`verify_benchmark_binary`, which refuses a change: a symlink re-pointed later (a ``git
+    pull`` of the inventory's repository) must not send another host file, a private key, to a device.
+    A record from before pinning has neither and is refused until it is registered again.
 
     ``host_key_fingerprint`` (SSH): the pinned ``SHA256:…`` (``device add --host-key``, or the key
     trusted on first use); a connection offering another key is refused.  ``adb_serialno`` (ADB): the
@@ -95,6 +104,8 @@ class Device:
     timeout_s: float = DEFAULT_TIMEOUT_S
     host_key_fingerprint: str | None = None
     benchmark_binary: str | None = None
+    benchmark_binary_real: str | None = None
+    benchmark_binary_sha256: str | None = None
     adb_serialno: str | None = None
     xnnpack: bool = True
     cache_mib: int | None = None
@@ -140,9 +151,9 @@ def validate_benchmark_binary(path: str | os.PathLike[str]) -> str:
     """The absolute host path of a ``benchmark_model`` binary, which must be an existing regular file.
 
     Checked when the device is registered, so a typo fails at ``device add`` and not halfway through a
-    measurement campaign.  The path is kept as given (made absolute, symlinks not resolved), so pointing
-    a symlink at a newer build is picked up: the bench pushes whatever the path holds when its sha256
-    differs from the device's copy.
+    measurement campaign.  The path is kept as given (made absolute, symlinks not resolved) for display;
+    :func:`pin_benchmark_binary` records what it leads to, and a newer build behind the same path is
+    refused until the device is registered again (:func:`verify_benchmark_binary`).
     """
     p = Path(os.path.expanduser(os.fspath(path))).absolute()
     if not p.exists():
@@ -152,6 +163,70 @@ def validate_benchmark_binary(path: str | os.PathLike[str]) -> str:
     if not os.access(p, os.R_OK):
         raise DeviceError(f"benchmark binary {p}: not readable")
     return str(p)
+
+
+def pin_benchmark_binary(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """(real path, sha256) of the file ``path`` leads to now: every symlink resolved, the last
+    component opened without following one more (a swap after resolving fails, not redirects), and the
+    hash read from that open file, so the path and the hash describe the same bytes."""
+    real = os.path.realpath(os.fspath(path))
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(real, flags)  # O_NONBLOCK: a FIFO put there does not hang the open
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{real} is not a regular file")
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    finally:
+        os.close(fd)
+    return real, digest.hexdigest()
+
+
+def verify_benchmark_binary(device: Device) -> Path:
+    """The pinned benchmark binary of ``device``, checked again right before it is used (hashed and
+    pushed to the device): its path must still lead to the file registered, and that file must still
+    have the registered sha256.  Returns that file's real path, the one to read.
+
+    Why: the path usually lies in an inventory's repository; a later ``git pull`` or an edit can
+    re-point a symlink on it at any host file (``~/.ssh/id_ed25519``), which a push would copy to the
+    device.  A change, even a legitimate newer build, is refused with how to register the device
+    again, so what goes to a device is always what was checked when it was registered."""
+    name, path = device.name, device.benchmark_binary
+    if not path:
+        raise DeviceError(f"device {name}: no benchmark binary is registered")
+    how = (
+        f"register the binary again: `edgenas device import INVENTORY` (a device from an inventory) "
+        f"or `edgenas device add {name} ... --benchmark-binary PATH --replace`"
+    )
+    again = f"if the change is intended, {how}"
+    if not device.benchmark_binary_sha256 or not device.benchmark_binary_real:
+        raise DeviceError(
+            f"device {name}: its benchmark binary {path} was registered by an older edgenas that did "
+            f"not record what the path led to and its sha256, so it is not pushed (the path may lead "
+            f"elsewhere by now); {how}"
+        )
+    try:
+        real, sha = pin_benchmark_binary(path)
+    except OSError as exc:
+        raise DeviceError(
+            f"device {name}: benchmark binary {path}: {exc.strerror or exc} (registered as "
+            f"{device.benchmark_binary_real}); refusing to push it; {again}"
+        ) from None
+    if real != device.benchmark_binary_real:
+        raise DeviceError(
+            f"device {name}: benchmark binary {path} now leads to {real}, not to "
+            f"{device.benchmark_binary_real} as when it was registered (a symlink changed); refusing "
+            f"to push it; {again}"
+        )
+    if sha != device.benchmark_binary_sha256:
+        raise DeviceError(
+            f"device {name}: benchmark binary {real} changed since it was registered (sha256 "
+            f"{sha[:16]}…, registered {device.benchmark_binary_sha256[:16]}…); refusing to push it; "
+            f"{again}"
+        )
+    return Path(real)
 
 
 def make_device(
@@ -179,7 +254,8 @@ def make_device(
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
-    ``benchmark_binary`` (any kind) must be an existing regular file; its absolute path is kept.
+    ``benchmark_binary`` (any kind) must be an existing regular file; its absolute path is kept and
+    pinned (:func:`pin_benchmark_binary`): the real file it leads to now and that file's sha256.
     ``host_key`` (SSH only) is a ``SHA256:…`` fingerprint to pin."""
     validate_name(name)
     if host_key is not None:
@@ -227,6 +303,12 @@ def make_device(
                                               and 0 < float(latency_budget_ms) < 1e7):
         raise DeviceError(f"device {name}: the latency budget must be a positive number of ms")
     binary = validate_benchmark_binary(benchmark_binary) if benchmark_binary else None
+    binary_real = binary_sha256 = None
+    if binary is not None:
+        try:
+            binary_real, binary_sha256 = pin_benchmark_binary(binary)
+        except OSError as exc:
+            raise DeviceError(f"benchmark binary {binary}: {exc.strerror or exc}") from None
     return Device(
         name=name,
         kind=kind,
@@ -241,6 +323,8 @@ def make_device(
         timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S),
         host_key_fingerprint=host_key,
         benchmark_binary=binary,
+        benchmark_binary_real=binary_real,
+        benchmark_binary_sha256=binary_sha256,
         adb_serialno=adb_serialno if kind == "adb" else None,
         xnnpack=bool(xnnpack),
         cache_mib=None if cache_mib is None else int(cache_mib),
@@ -294,6 +378,8 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.timeout_s,
                 device.host_key_fingerprint,
                 device.benchmark_binary,
+                device.benchmark_binary_real,
+                device.benchmark_binary_sha256,
                 device.adb_serialno,
                 int(device.xnnpack),
                 device.cache_mib,
@@ -437,6 +523,8 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         timeout_s=row["timeout_s"],
         host_key_fingerprint=row["host_key_fingerprint"],
         benchmark_binary=row["benchmark_binary"],
+        benchmark_binary_real=row["benchmark_binary_real"],
+        benchmark_binary_sha256=row["benchmark_binary_sha256"],
         adb_serialno=row["adb_serialno"],
         xnnpack=bool(row["xnnpack"]) if row["xnnpack"] is not None else True,
         cache_mib=row["cache_mib"],

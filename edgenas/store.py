@@ -197,6 +197,13 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE measurements SET device_class = NEW.device WHERE id = NEW.id;
     END;
     """,
+    # 9 -> 10: a device's benchmark binary is pinned when it is registered: the real file its path led
+    # to and that file's sha256 (edgenas.registry.verify_benchmark_binary refuses any change at use).
+    # Rows from before stay NULL: such a binary is refused until the device is registered again.
+    """
+    ALTER TABLE devices ADD COLUMN benchmark_binary_real TEXT;
+    ALTER TABLE devices ADD COLUMN benchmark_binary_sha256 TEXT;
+    """,
 )
 
 
