@@ -4,14 +4,17 @@ A Pi fleet is usually already written down as an Ansible inventory, so ``edgenas
 the same files: INI (Ansible's default format) or YAML, with ``group_vars/`` and ``host_vars/`` beside
 them, merged with Ansible's variable precedence.  Anything else Ansible can read (inventory scripts,
 plugin configurations, vault-encrypted files, inventory folders) is read through ``ansible-inventory
---list`` where it is installed; its JSON is treated as untrusted input like any other.
+--list``, only when the user asks for it (``--via-ansible``: Ansible runs such inventories as code);
+its JSON is treated as untrusted input like any other.
 
 An inventory is user input that decides what edgenas later runs and deletes on devices, so every value
 edgenas uses is validated before anything is written to the database: one line names the file, the host
 and the variable.  Host ranges are counted before they are expanded; a device's work folder may not be
 ``/``, a home folder itself or a system folder (edgenas deletes inside it); a benchmark binary (uploaded
-and executed later) must be an ELF executable inside the inventory's folder or a folder the user allows;
-an interpreter is one program, never a command line.
+and executed later) must be an ELF executable inside the inventory's folder or a folder the user allows,
+and is pinned by its real path and sha256; an interpreter is one program, never a command line, and a
+local device's may only be this edgenas' own or one the user allows; a work folder holds only plain
+characters.
 """
 
 from __future__ import annotations
@@ -93,6 +96,10 @@ _SHARED_ROOTS = frozenset(
     " /data/data/com.termux/files /data/data/com.termux/files/home"
     " /data/data/com.termux/files/usr".split()
 )
+# The only characters a work folder may hold: it is an argument of the device's scripts and commands,
+# and their output is matched with it (GNU ``sha256sum`` prints ``\\HASH  NAME`` with the name escaped
+# when it holds a backslash or newline).
+_WORKDIR_CHAR = re.compile(r"[A-Za-z0-9/._+@,:=-]")
 _HOME_DIRS = re.compile(r"^/(?:home|Users)/[^/]+$|^/data/data/[^/]+$")
 
 
@@ -304,9 +311,9 @@ def _one_line(exc: BaseException) -> str:
 def _parse_file(path: Path) -> _Parsed:
     """An inventory file as Ansible's yaml, then ini plugin would read it (the first that accepts it)."""
     if os.access(path, os.X_OK) and path.suffix not in _YAML_EXTS + (".ini",):
-        with open(path, "rb") as f:
-            if f.read(2) == b"#!":
-                raise NeedsAnsible(f"inventory {path}: an inventory script")
+        # Ansible's script plugin runs any executable file, "#!" or not (a compiled program is one
+        # too); an executable .yml/.ini (a mode from a FAT drive) is read here as text, never run.
+        raise NeedsAnsible(f"inventory {path}: an executable file (an inventory script)")
     text = _read_text(path, MAX_INVENTORY_BYTES)
     data: Any = None
     yaml_error: DeviceError | None = None
@@ -812,8 +819,11 @@ def validate_workdir(value: Any, kind: str, *, host_home: Path | None = None) ->
 
     Refused: ``/``, ``..`` anywhere, ``~``/``$VAR`` (not expanded: they would be literal folder names), a
     home folder itself (``.`` on SSH, ``/home/pi``, ``/root``, Termux' home), shared roots (``/tmp``,
-    ``/data/local/tmp``, ``/var``) and anything inside system folders (``/etc``, ``/usr``, ``/bin``, …).
-    Relative folders are relative to the SSH login folder, so only SSH devices may use them."""
+    ``/data/local/tmp``, ``/var``) and anything inside system folders (``/etc``, ``/usr``, ``/bin``, …);
+    any character outside letters, digits and ``/._-+@,:=`` (a backslash makes every upload look
+    corrupt, spaces and quotes break the scripts) and any component starting with ``-`` (``-rf`` is an
+    option to ``rm``).  Relative folders are relative to the SSH login folder, so only SSH devices may
+    use them."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a folder path, got {value!r}")
     if len(value) > 1024 or any(ord(c) < 32 for c in value):
@@ -825,6 +835,19 @@ def validate_workdir(value: Any, kind: str, *, host_home: Path | None = None) ->
         )
     if ".." in value.split("/"):
         raise ValueError(f"{value!r}: '..' is not allowed in a work folder")
+    bad = sorted({c for c in value if not _WORKDIR_CHAR.match(c)})
+    if bad:
+        raise ValueError(
+            f"{value!r}: holds {''.join(bad)!r}; the device scripts take only letters, digits and "
+            "/ . _ - + @ , : = in a work folder (GNU sha256sum escapes a backslash, so every upload "
+            "would look corrupt, and a shell splits at spaces and quotes)"
+        )
+    dashed = next((part for part in value.split("/") if part.startswith("-")), None)
+    if dashed is not None:
+        raise ValueError(
+            f"{value!r}: the component {dashed!r} starts with '-', which the device's commands "
+            "(rm, mkdir, sha256sum) would read as options; rename the folder"
+        )
     norm = posixpath.normpath(value)
     if not norm.startswith("/"):
         if kind != "ssh":
@@ -980,8 +1003,42 @@ class _Ctx:
         raise DeviceError(f"inventory {origin}: host {self.host}: {key}: {message}")
 
 
+def _same_program(command: str, allowed: Path) -> bool:
+    """Whether ``command`` (a path, or a name looked up on PATH as the local transport runs it) is the
+    program ``allowed`` is, symlinks resolved: a venv's ``bin/python`` and the file it links to are
+    one program."""
+    found = command if "/" in command else shutil.which(command)
+    if not found:
+        return False
+    return os.path.realpath(found) == os.path.realpath(allowed)
+
+
+def _check_local_python(ctx: _Ctx, python: str | None, allowed: Sequence[Path]) -> None:
+    """A local device runs its interpreter on this host, as the edgenas user, at every probe and bench:
+    an inventory line ``ansible_connection=local ansible_python_interpreter=/any/program`` would make
+    edgenas execute any program.  So a local device from an inventory may name only this edgenas' own
+    interpreter or one the user allowed by hand (``device import --allow-local-python PATH``)."""
+    if python is None:
+        return  # not set (or auto): the device runs this edgenas' own interpreter
+    choices = [Path(sys.executable), *allowed]
+    if any(_same_program(python, choice) for choice in choices):
+        return
+    key, _ = ctx.raw("edgenas_python", "ansible_python_interpreter")
+    ctx.fail(
+        key,
+        f"{python!r} is not this edgenas' interpreter ({sys.executable}); a local device runs it on "
+        f"this host at every probe and bench, so an inventory may name another one only when you "
+        f"allow it: device import --allow-local-python {python}",
+    )
+
+
 def _device(
-    ctx: _Ctx, groups: list[str], home: Path, ssh_config: Path | None, binary_dirs: Sequence[Path]
+    ctx: _Ctx,
+    groups: list[str],
+    home: Path,
+    ssh_config: Path | None,
+    binary_dirs: Sequence[Path],
+    local_pythons: Sequence[Path] = (),
 ) -> Device:
     kind = ctx.get("edgenas_kind", check=lambda v: v if v in ("ssh", "adb", "local") else _bad_kind(v))
     if kind is None:
@@ -997,6 +1054,8 @@ def _device(
                 "set edgenas_kind, or edgenas_skip: true to leave the host out",
             )
     python = ctx.get("edgenas_python", "ansible_python_interpreter", check=python_command)
+    if kind == "local":
+        _check_local_python(ctx, python, local_pythons)
     workdir = ctx.get(
         "edgenas_workdir", check=lambda v: validate_workdir(v, kind, host_home=Path.home())
     )
@@ -1078,8 +1137,13 @@ def _resolve(
     path: Path, *, via_ansible: bool = False, ansible_inventory: str | None = None
 ) -> tuple[dict[str, dict[str, _Var]], dict[str, set[str]], _Parsed]:
     """(each host's merged vars, each host's groups, the parsed inventory) read by edgenas' own reader,
-    or through ``ansible-inventory`` when asked to or when something only Ansible can read turns up
-    (a script, a plugin configuration, vault-encrypted vars, a folder) and it is installed."""
+    or through ``ansible-inventory`` when asked to (``via_ansible``).
+
+    Only when asked to: ``ansible-inventory`` executes an executable inventory file (whatever its name),
+    runs inventory plugins (code chosen by the file) and asks for vault passwords, so an inventory that
+    only Ansible can read (a script, a plugin configuration, vault-encrypted vars, a folder) is refused
+    without ``--via-ansible``, whose use says the user trusts it as code.  An inventory cloned from a
+    repository is otherwise data: importing it runs nothing."""
     try:
         parsed = _read(path, via_ansible, ansible_inventory)
         depth, member_of = _finish(parsed)
@@ -1089,12 +1153,14 @@ def _resolve(
         if not exe or not os.path.exists(exe):
             raise DeviceError(
                 f"{exc}: edgenas reads it through ansible-inventory, which is not installed "
-                "(pip install ansible-core)"
+                "(pip install ansible-core), and only with --via-ansible"
             ) from None
-        log.info("%s: reading it through %s", exc, exe)
-        parsed = run_ansible_inventory(path, exe)
-        depth, member_of = _finish(parsed)
-        merged = _merged_vars(parsed, depth, member_of, None)
+        raise DeviceError(
+            f"{exc}: edgenas reads it only through ansible-inventory, which would run code from it "
+            "(an executable file is run as a script, a plugin configuration runs that plugin) or ask "
+            "for a vault password; if you trust this inventory as a program, import it with "
+            "--via-ansible"
+        ) from None
     return merged, member_of, parsed
 
 
@@ -1106,6 +1172,7 @@ def load_inventory(
     via_ansible: bool = False,
     binary_dirs: Iterable[Path] = (),
     ansible_inventory: str | None = None,
+    local_pythons: Iterable[Path] = (),
 ) -> list[Device]:
     """The devices an Ansible inventory describes, validated, sorted by name; nothing is written.
 
@@ -1117,24 +1184,33 @@ def load_inventory(
     ``fleet specialize``), ``edgenas_class`` (its device class, instead of the one derived from its
     probe) and ``edgenas_skip``.  Every group a host is in, except
     ``all`` and ``ungrouped``, becomes an edgenas group.
+
+    Reading it runs nothing: an inventory only Ansible can read (a script, a plugin configuration,
+    vault, a folder) needs ``via_ansible``.  A local device's interpreter must be this edgenas' own or
+    one of ``local_pythons``; a benchmark binary must lie in the inventory's folder or ``binary_dirs``.
     """
     path = Path(path)
     merged, member_of, _ = _resolve(path, via_ansible=via_ansible, ansible_inventory=ansible_inventory)
     allowed = [Path(d) for d in binary_dirs]
+    pythons = [Path(p) for p in local_pythons]
     devices = []
     for host in sorted(merged):
         ctx = _Ctx(host, merged[host], path)
         if _truthy(ctx.get("edgenas_skip")):
             continue
         groups = sorted(g for g in member_of[host] if g not in _IMPLICIT_GROUPS)
-        devices.append(_device(ctx, groups, home, ssh_config, allowed))
+        devices.append(_device(ctx, groups, home, ssh_config, allowed, pythons))
     return devices
 
 
-def inventory_view(path: Path, *, ansible_inventory: str | None = None) -> dict[str, Any]:
+def inventory_view(
+    path: Path, *, via_ansible: bool = False, ansible_inventory: str | None = None
+) -> dict[str, Any]:
     """The inventory as ``ansible-inventory --list`` shows it (groups with direct hosts and children,
     ``_meta.hostvars`` merged): what the tests compare edgenas' reading with, and a debugging aid."""
-    merged, _, parsed = _resolve(Path(path), ansible_inventory=ansible_inventory)
+    merged, _, parsed = _resolve(
+        Path(path), via_ansible=via_ansible, ansible_inventory=ansible_inventory
+    )
     out: dict[str, Any] = {
         "_meta": {"hostvars": {h: {k: v.value for k, v in hv.items()} for h, hv in merged.items() if hv}}
     }

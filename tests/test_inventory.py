@@ -422,12 +422,12 @@ def test_dynamic_inventory_script_and_vault_are_read_through_ansible(tmp_path, w
     }
     script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(listing)}\nEOF\n")
     script.chmod(0o755)
-    result = cli(workspace, "device", "import", str(script))
+    result = cli(workspace, "device", "import", str(script), "--via-ansible")  # a script runs: opt in
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in device_rows(workspace)}
     assert (rows["pi01"]["host"], rows["pi01"]["user"], rows["pi02"]["port"]) == ("10.0.0.1", "pi", 2202)
 
-    # A vault-encrypted host_vars file: edgenas' reader hands the inventory to ansible-inventory.
+    # A vault-encrypted host_vars file: read through ansible-inventory when the user asks for it.
     inv_dir = tmp_path / "vaulted"
     (inv_dir / "host_vars").mkdir(parents=True)
     (inv_dir / "inv.yml").write_text("all:\n  hosts:\n    secret01: {}\n")
@@ -441,7 +441,7 @@ def test_dynamic_inventory_script_and_vault_are_read_through_ansible(tmp_path, w
     assert secret.read_text().startswith("$ANSIBLE_VAULT;")
     with pytest.raises(DeviceError, match="vault-encrypted: edgenas reads it through ansible-inventory"):
         inventory.load_inventory(inv_dir / "inv.yml", home=workspace, ansible_inventory="/nonexistent")
-    (dev,) = inventory.load_inventory(inv_dir / "inv.yml", home=workspace)
+    (dev,) = inventory.load_inventory(inv_dir / "inv.yml", home=workspace, via_ansible=True)
     assert (dev.host, dev.user) == ("10.7.7.7", "vaulted")
 
 
@@ -451,7 +451,7 @@ def test_bad_values_from_ansible_are_still_refused(tmp_path, workspace):
     listing = {"g": {"hosts": ["pi01"]}, "_meta": {"hostvars": {"pi01": {"ansible_port": "22abc"}}}}
     script.write_text(f"#!/bin/sh\necho '{json.dumps(listing)}'\n")
     script.chmod(0o755)
-    result = cli(workspace, "device", "import", str(script))
+    result = cli(workspace, "device", "import", str(script), "--via-ansible")
     assert result.exit_code == 1 and "host pi01: ansible_port" in result.output, result.output
     assert device_rows(workspace) == []
 

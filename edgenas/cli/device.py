@@ -433,8 +433,9 @@ def group_remove(ws: Workspace, group_name: str, names: tuple[str, ...]) -> None
 @click.option(
     "--via-ansible",
     is_flag=True,
-    help="Read the inventory through `ansible-inventory --list` (automatic for scripts, plugins, "
-    "vault and folders, which edgenas does not read itself).",
+    help="Read the inventory through `ansible-inventory --list`, which runs it as code: needed for "
+    "scripts (executable files), plugin configurations, vault and folders, which edgenas does not "
+    "read itself.  Use only for an inventory you trust as a program.",
 )
 @click.option(
     "--binary-dir",
@@ -442,6 +443,14 @@ def group_remove(ws: Workspace, group_name: str, names: tuple[str, ...]) -> None
     multiple=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A folder edgenas_benchmark_binary may point into besides the inventory's own (repeatable).",
+)
+@click.option(
+    "--allow-local-python",
+    "local_pythons",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An interpreter a local device of the inventory may name (ansible_python_interpreter, "
+    "edgenas_python) besides edgenas' own; edgenas runs it on this host (repeatable).",
 )
 @click.pass_obj
 def import_(
@@ -451,6 +460,7 @@ def import_(
     accept_new_host_key: bool,
     via_ansible: bool,
     binary_dirs: tuple[Path, ...],
+    local_pythons: tuple[Path, ...],
 ) -> None:
     """Import devices from an Ansible inventory: INI or YAML, with group_vars/ and host_vars/ beside it.
 
@@ -459,7 +469,8 @@ def import_(
 
     home = ws.ensure()
     devs = inv.load_inventory(
-        inventory, home=home, ssh_config=ssh_config, via_ansible=via_ansible, binary_dirs=binary_dirs
+        inventory, home=home, ssh_config=ssh_config, via_ansible=via_ansible, binary_dirs=binary_dirs,
+        local_pythons=local_pythons,
     )
     if accept_new_host_key:
         for d in devs:
