@@ -31,7 +31,7 @@ setup(
     package_dir={"edgenas_device": "devices/edgenas_device"},
     data_files=_data("supernets") + _data("devices") + _data("deploy"),
     install_requires=[
-        "torch>=2.2",
+        "torch>=2.6",  # weights_only=True loading is bypassable before 2.6 (CVE-2025-32434)
         "numpy>=1.24",
         "click>=8.1",
         "paramiko>=3.4",

@@ -11,6 +11,7 @@ parsing, storing and printing are all the real ones.  Model folders are real edg
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -277,3 +278,22 @@ def test_log_lines_and_table_cells_escape_device_text(capsys):
     logging.getLogger("edgenas.bench").warning("stderr tail: %s", "oops" + OSC52 + C1_CSI)
     err = capsys.readouterr().err
     assert "warning: stderr tail: oops\\x1b]52" in err and not [c for c in RAW_CONTROL if c in err]
+
+
+# ------------------------------------------------------------------------------------------ finding 11
+
+
+def test_torch_requirement_excludes_the_versions_whose_weights_only_is_bypassable():
+    """CVE-2025-32434: ``torch.load(weights_only=True)`` runs code from a crafted file before 2.6."""
+    from packaging.requirements import Requirement
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    requires = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "install_requires"))
+    torch = next(Requirement(r) for r in requires if Requirement(r).name == "torch")
+    assert not any(torch.specifier.contains(v) for v in ("2.2.0", "2.5.1", "2.6.0rc1")), torch
+    assert torch.specifier.contains("2.6.0") and torch.specifier.contains("2.13.0")
+    pinned = [ln for ln in (REPO / "requirements.txt").read_text().splitlines()
+              if ln.startswith("torch==")]
+    assert pinned and all(torch.specifier.contains(ln.split("==")[1]) for ln in pinned)
