@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,27 @@ from edgenas_device.manifest import (
 )
 
 from edgenas.errors import EdgeNASError
-from edgenas.files import atomic_write_bytes
+from edgenas.files import PRIVATE_FILE_MODE, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 # The keys of a latency record the manifest keeps (the store keeps the full measurement).
 LATENCY_KEYS = ("median_ms", "p90_ms", "cv", "noisy", "threads", "runtime", "runtime_version",
                 "peak_rss_kib", "created_at")
+
+
+def kept_mode(path: Path) -> int:
+    """The permission bits a rewrite of ``path`` keeps: the existing file's, else private (0600).
+
+    Why: a model folder is the user's, not the workspace's.  ``bench`` records each device's latency
+    in ``manifest.json`` by writing a new file and renaming it over the old one; with the atomic
+    writer's private default that silently turned a shared folder's 0644 manifest into 0600, and
+    every other reader of the folder (a team's model share, a web server, another account's
+    ``fleet push``) lost it.  New files stay private, as before; set-id and sticky bits are dropped."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777  # never set-id or sticky bits
+    except OSError:
+        return PRIVATE_FILE_MODE
 
 
 class PackageError(EdgeNASError, ManifestError):
@@ -142,9 +157,9 @@ class ModelPackage:
         except ValueError as exc:  # NaN/Infinity somewhere in the free-form sections
             raise PackageError("manifest", f"cannot be written as JSON ({exc})", str(folder)) from None
         if model is not None:
-            atomic_write_bytes(target, model)
+            atomic_write_bytes(target, model, mode=kept_mode(target))
         manifest_path = folder / MANIFEST_FILE
-        atomic_write_bytes(manifest_path, blob)
+        atomic_write_bytes(manifest_path, blob, mode=kept_mode(manifest_path))
         return cls(folder=folder, manifest=typed, model_path=target, sha256=sha, size=size,
                    manifest_path=manifest_path, manifest_sha256=hashlib.sha256(blob).hexdigest())
 
@@ -192,7 +207,7 @@ def record_latency(package: ModelPackage, device: str, record: Mapping[str, Any]
         data["latency"] = latency
         blob = json.dumps(data, indent=2, allow_nan=False).encode("utf-8") + b"\n"
         try:
-            atomic_write_bytes(package.manifest_path, blob)
+            atomic_write_bytes(package.manifest_path, blob, mode=kept_mode(package.manifest_path))
         except OSError as exc:
             log.warning("%s: latency for %s not recorded in the manifest (%s)", package.folder, device,
                         exc.strerror or exc)

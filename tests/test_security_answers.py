@@ -12,9 +12,12 @@ parsing, storing and printing are all the real ones.  Model folders are real edg
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +300,24 @@ def test_torch_requirement_excludes_the_versions_whose_weights_only_is_bypassabl
     pinned = [ln for ln in (REPO / "requirements.txt").read_text().splitlines()
               if ln.startswith("torch==")]
     assert pinned and all(torch.specifier.contains(ln.split("==")[1]) for ln in pinned)
+
+
+# ------------------------------------------------------------------------------------------ finding 12
+
+
+def test_bench_keeps_the_mode_of_the_manifest_it_rewrites(liar, model, tmp_path):
+    """A shared model folder's 0644 manifest stays 0644 after ``bench`` records its latency in it
+    (before: 0600, and every other reader of the folder lost it)."""
+    os.chmod(model.manifest_path, 0o644)
+    liar.answer("bench", good_answer(model.sha256))
+    _bench(liar, model)
+    data = json.loads(model.manifest_path.read_text())
+    assert data["latency"][liar.name]["median_ms"] == 1.5  # the manifest was rewritten...
+    assert stat.S_IMODE(model.manifest_path.stat().st_mode) == 0o644  # ...and kept its mode
+    # the package writer keeps an existing file's mode too (without set-id bits); new files stay 0600
+    os.chmod(model.manifest_path, 0o640)
+    ModelPackage.write(model.folder, ModelPackage.load(model.folder).data)
+    assert stat.S_IMODE(model.manifest_path.stat().st_mode) == 0o640
+    fresh = make_model(tmp_path / "fresh")
+    assert stat.S_IMODE(fresh.manifest_path.stat().st_mode) == 0o600
+    assert hashlib.sha256(fresh.model_path.read_bytes()).hexdigest() == fresh.sha256
