@@ -32,8 +32,10 @@ if [ "$cur" != "$VER" ]; then
 fi
 printf 'OK\t%s\n' "$(readlink current)"
 prev=$(readlink previous 2>/dev/null)
+# Older versions and leftovers go; only names edgenas makes (ours, fleet-lib.sh), never a user's files.
 for v in * .incoming-* .trash-* .current.tmp-* .previous.tmp-*; do
   case "$v" in current|previous|"$VER"|"$prev") continue;; esac
-  [ -e "$v" ] || [ -L "$v" ] && rm -rf "$v"
+  ours "$v" || continue
+  { [ -e "$v" ] || [ -L "$v" ]; } && rm -rf -- "$v"
 done
 exit 0

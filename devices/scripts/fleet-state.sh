@@ -33,7 +33,7 @@ for d in models/*/; do
     printf 'T\t%s\t%s\n' "$t" "$(h "$m/$VER/manifest.json")"
   fi
   if [ "$CREATE" = 1 ]; then
-    rm -rf "$m"/.incoming-* 2>/dev/null
+    for v in "$m"/.incoming-*; do ours "${v##*/}" && rm -rf -- "$v"; done
     if [ -n "$STAGE" ] && [ "$t" != "$SHA" ] && mkdir "$m/$STAGE"; then printf 'S\t%s\n' "$STAGE"; fi
     printf 'F\t%s\n' "$(df -Pk "$m" 2>/dev/null | tail -n 1 | awk '{print $4}')"
   fi

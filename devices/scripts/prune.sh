@@ -2,6 +2,9 @@
 # Bound a cache folder: DIR MAX_KIB [KEEP...].  Files are deleted least recently used first (a use
 # touches the file) until the folder holds at most MAX_KIB; KEEP names files never deleted (the ones the
 # running command needs).  MAX_KIB=0 empties it (`edgenas device clean`).
+# Only files edgenas names are ever deleted: a content hash (16 or 64 lower-case hex digits) plus a
+# short lower-case suffix (<sha256>.tflite, <sha256>.json, <sha256-16>.npy).  Anything else a user
+# keeps in the folder (a workdir that already held files) is left alone, and counts toward the size.
 # First, hidden upload temps (.NAME.edgenas-tmp-*) that a killed upload left are removed: one is
 # left alone while any process we can see has it open (the writer of a running upload: cat, sftp,
 # adbd) or while it changed within the last TMP_MIN minutes (a writer we cannot see, e.g. another
@@ -10,6 +13,14 @@
 # without an RTC, and the age covers what /proc does not show.
 # Prints "kept KIB deleted N temps M".
 TMP_MIN=60
+H4='[0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+H16=$H4$H4$H4$H4
+# ours NAME: NAME is a cache entry edgenas wrote.
+ours() {
+  # shellcheck disable=SC2254  # the variables are patterns on purpose
+  case "$1" in $H16.*|$H16$H16$H16$H16.*) ;; *) return 1 ;; esac
+  case "${1#*.}" in ''|*[!a-z0-9]*) return 1 ;; esac
+}
 d=$1
 max=$2
 shift 2
@@ -34,13 +45,15 @@ fi
 total=$(du -sk "$d" 2>/dev/null | cut -f1)
 total=${total:-0}
 n=0
-# shellcheck disable=SC2012,SC2045  # names are edgenas' own (sha256 + suffix): no newlines or odd bytes
+# shellcheck disable=SC2012,SC2045  # only edgenas' names (ours) are acted on: no blanks or odd bytes
 for f in $(ls -tr "$d" 2>/dev/null); do
   [ "$total" -le "$max" ] && break
   keep=0
   for k in "$@"; do [ "$k" = "$f" ] && keep=1; done
   [ $keep = 1 ] && continue
+  ours "$f" || continue
+  if [ ! -f "$d/$f" ] || [ -L "$d/$f" ]; then continue; fi
   s=$(du -sk "$d/$f" 2>/dev/null | cut -f1)
-  rm -rf "${d:?}/$f" && n=$((n + 1)) && total=$((total - ${s:-0}))
+  rm -f -- "${d:?}/$f" && n=$((n + 1)) && total=$((total - ${s:-0}))
 done
 echo "kept $total deleted $n temps $t"
