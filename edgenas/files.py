@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Callable
@@ -145,6 +146,53 @@ def atomic_write_json(path: Path, data: Any, indent: int | None = 1,
     """``data`` as JSON through :func:`atomic_write` (serialised first: a value that cannot be
     serialised leaves the old file untouched)."""
     return atomic_write_text(path, json.dumps(data, indent=indent), mode)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def unsafe_path_reason(path: Path | str, *, uid: int | None = None) -> str | None:
+    """Why another user could change what is in the folder ``path``, or None when only this user (or
+    root) can.  Used for folders edgenas runs code from: whoever can write a file there, or rename the
+    folder or one of its parents, can swap what edgenas executes and so run code as its user.
+
+    The rule of OpenSSH's StrictModes for ``~/.ssh``: ``path`` and every folder above it up to ``/``
+    must be owned by this user or root and must not be writable by group or others.  One exception,
+    for parents only: a folder with the sticky bit (``/tmp``) may be world-writable, since there
+    others may add names but not rename or delete ours.  ``path`` itself never gets that exception.
+    A ``path`` that does not exist yet is judged by the parents that do (its creator makes the rest).
+    Symlinks on the way must be owned by this user or root (their owner can retarget them), and the
+    folders they lead to are judged as well.  ``uid`` defaults to the effective user.
+    """
+    uid = os.geteuid() if uid is None else uid
+    given = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(given))
+    for chain in (given, real) if real != given else (given,):
+        for folder in (chain, *chain.parents):
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                continue  # not created yet (only the deepest parts of the path can be missing)
+            except OSError as exc:
+                return f"cannot inspect {folder}: {exc.strerror or exc}"
+            if st.st_uid not in (uid, 0):
+                return (f"{folder} is owned by {_owner_name(st.st_uid)}, not by this user or root, "
+                        "so its owner can replace what edgenas runs there")
+            if stat.S_ISLNK(st.st_mode):
+                continue  # a link's own mode means nothing; where it leads is the real chain
+            if not stat.S_ISDIR(st.st_mode):
+                return f"{folder} is not a folder"
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o022 and (folder == chain or not mode & stat.S_ISVTX):
+                who = "group and others" if mode & 0o022 == 0o022 else (
+                    "its group" if mode & 0o020 else "others")
+                return (f"{folder} is writable by {who} (mode {mode:o}), so they can replace what "
+                        f"edgenas runs there (`chmod go-w {folder}` if only you use it)")
+    return None
 
 
 def last_json(text: str) -> dict[str, Any] | None:

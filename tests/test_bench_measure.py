@@ -24,7 +24,7 @@ from edgenas import build_supernet
 from edgenas.bench import DeviceBusyError, ModelFileError, bench_model
 from edgenas.cli import main
 from edgenas.data import load_data
-from edgenas.device.lock import DeviceLock
+from edgenas.device.lock import DeviceLock, installation_id
 from edgenas.errors import TransportError
 from edgenas.files import sha256_file
 from edgenas.measure import _export_job, _worker_init, cached_export, sample_archs
@@ -211,10 +211,11 @@ def test_device_lock_breaks_a_dead_holder_and_waits_for_a_live_one(fleet, worksp
     dead.wait()
     with open_transport(dev, workspace) as t:
         t.run(["mkdir", "-p", str(lock_dir)])
-        record = f"tok {os.uname().nodename} {dead.pid} 900"
+        # a holder of this workspace (its installation id) that died: broken at once
+        record = f"tok {os.uname().nodename}@{installation_id(workspace)} {dead.pid} 900"
         t.run(["sh", "-c", f'echo "{record} $(cat /proc/sys/kernel/random/boot_id) '
                            f'$(cut -d. -f1 /proc/uptime)" > {lock_dir}/owner'])
-        with open_store(workspace) as store:  # a holder that died on this host: broken at once
+        with open_store(workspace) as store:
             assert bench_model(store, workspace, "ssh1", tiny["min"], **FAST)["median_ms"] > 0
         assert not lock_dir.exists()
         holder = DeviceLock(t, "ssh1", ttl_s=600)

@@ -55,21 +55,26 @@ def _owner(raw: str) -> Owner:
 # ------------------------------------------------------------------------------------------ staleness
 
 
-def test_staleness_comes_from_boot_id_uptime_and_liveness_never_the_wall_clock():
-    mine = _owner("tok myhost 4242 600 boot-a 1000")
-    # same boot, inside its limit, holder alive (or on another host): held
-    assert stale_reason(mine, "boot-a", 1500, hostname="myhost", alive=True) is None
-    assert stale_reason(mine, "boot-a", 1500, hostname="otherhost", alive=None) is None
+def test_staleness_comes_from_boot_id_uptime_and_installation_never_the_wall_clock():
+    mine = _owner(f"tok myhost@{'a' * 32} 4242 600 boot-a 1000")
+    assert mine.installation == "a" * 32 and mine.hostname == "myhost"
+    # same boot, inside its limit, another installation (whatever its host name or pid): held
+    assert stale_reason(mine, "boot-a", 1500, installation="b" * 32) is None
+    assert stale_reason(mine, "boot-a", 1500) is None
     # over its own limit by the device's uptime
-    assert "longer than" in stale_reason(mine, "boot-a", 1601, hostname="otherhost", alive=None)
+    assert "longer than" in stale_reason(mine, "boot-a", 1601, installation="b" * 32)
     # the device rebooted: whatever the uptime says now
-    assert "rebooted" in stale_reason(mine, "boot-b", 5, hostname="otherhost", alive=None)
-    # the holder ran here and its process is gone
-    assert "gone" in stale_reason(mine, "boot-a", 1001, hostname="myhost", alive=False)
-    # a device without /proc (unknown boot id and uptime): only liveness can free it
+    assert "rebooted" in stale_reason(mine, "boot-b", 5)
+    # left by this very installation, whose host lock the asker holds
+    assert "this workspace" in stale_reason(mine, "boot-a", 1001, installation="a" * 32)
+    # an older edgenas's record names no installation: judged by boot id and uptime only
+    old = _owner("tok myhost/0123456789ab 4242 600 boot-a 1000")
+    assert old.installation is None and old.hostname == "myhost"
+    assert stale_reason(old, "boot-a", 1001, installation="a" * 32) is None
+    # a device without /proc (unknown boot id and uptime): nothing frees another installation's lock
     bare = _owner("tok myhost 4242 600 - -")
-    assert stale_reason(bare, "-", None, hostname="otherhost", alive=None) is None
-    assert stale_reason(None, "boot-a", 1, hostname="h", alive=None) == "its owner record is unreadable"
+    assert stale_reason(bare, "-", None, installation="a" * 32) is None
+    assert stale_reason(None, "boot-a", 1) == "its owner record is unreadable"
     # records that are not records (untrusted device output)
     for raw in ("", "a b c", "tok host notapid 600 b 1", "tok host 1 600 b 1 extra", "x " * 300):
         assert Owner.parse(raw) is None

@@ -4,6 +4,13 @@
 # removes the lock, but only while TOKEN still owns it.  With FORCE-RECORD (a stale holder's
 # record as read), the lock is broken instead: renamed aside atomically, and put back if another
 # holder took it in the meantime.
+# Only a job edgenas started is ever signalled: the recorded pid must belong to this boot and its
+# environment must hold EDGENAS_JOB=<the holder's token> (job.sh puts it there).  /proc/PID/environ is
+# readable only for our own user's processes, so a pid planted in job.pid, or reused by another process
+# since, is left alone; where it cannot be read nothing is signalled.
+# ours PID: PID runs now and is the job of the holder whose token is $tok.
+ours() { [ -n "$tok" ] && [ "$tok" != - ] && kill -0 "$1" 2>/dev/null &&
+  tr '\000' '\n' < "/proc/$1/environ" 2>/dev/null | grep -qxF "EDGENAS_JOB=$tok"; }
 d=$1
 tok=$2
 kill=$3
@@ -17,6 +24,7 @@ if [ -n "$want" ]; then
     exit 0
   fi
   d=$side
+  tok=${want%% *}
 else
   owner=$(head -n 1 "$d/owner" 2>/dev/null)
   [ "${owner%% *}" = "$tok" ] || exit 0
@@ -30,13 +38,15 @@ fi
 case "$pid" in
   ''|*[!0-9]*) ;;
   *)
-    if kill -0 "$pid" 2>/dev/null; then
+    if ours "$pid"; then
       pkill -TERM -P "$pid" 2>/dev/null
       kill -TERM "$pid" 2>/dev/null
       n=0
-      while kill -0 "$pid" 2>/dev/null && [ $n -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
-      pkill -KILL -P "$pid" 2>/dev/null
-      kill -KILL "$pid" 2>/dev/null
+      while ours "$pid" && [ $n -lt 20 ]; do sleep 0.1; n=$((n + 1)); done
+      if ours "$pid"; then
+        pkill -KILL -P "$pid" 2>/dev/null
+        kill -KILL "$pid" 2>/dev/null
+      fi
     fi
     ;;
 esac

@@ -11,6 +11,12 @@ its exit codes mapped in five places, pushed three ways, and models kept in five
 * ``runner(verb, args)`` runs the on-device runner as the lock holder's *job* (its pid recorded on the
   device), so a cancelled command (Ctrl-C, SIGTERM: :mod:`edgenas.device.cancel`) stops it before it
   releases the lock.
+* On a local device the runner is run from the workspace's own cache (private, checked with
+  :func:`edgenas.files.unsafe_path_reason`), never from the copy in the workdir: a copy there is
+  hashed in one command and started in another, and whoever could swap it in between would run code
+  as this user.  The copy is still kept in the workdir, so the device's state reads the same on
+  every kind of device.
+* Waiting for a busy lock ends at once when the command is cancelled.
 * Everything the device prints is untrusted: output is bounded by the transport, the runner's JSON is
   parsed from the last line only and checked for the keys the caller needs.
 """
@@ -30,7 +36,7 @@ from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.lock import DEFAULT_LOCK_TIMEOUT_S, DeviceLock, host_lock
 from edgenas.device.scripts import script
 from edgenas.errors import DeviceError, EdgeNASError, TransportError
-from edgenas.files import last_json, sha256_file
+from edgenas.files import last_json, sha256_file, unsafe_path_reason
 from edgenas.registry import Device
 from edgenas.transports import RunResult, Transport, open_transport
 
@@ -146,9 +152,9 @@ class DeviceSession:
                 self._depth -= 1
             return
         self.cancel.check()
-        with host_lock(self.home, self.name, self.lock_timeout):
+        with host_lock(self.home, self.name, self.lock_timeout, cancel=self.cancel):
             lock = DeviceLock(self.transport, self.name, ttl_s, self.lock_timeout,
-                              workspace=str(self.home.resolve()))
+                              workspace=self.home, cancel=self.cancel)
             lock.acquire()
             self._lock, self._depth = lock, 1
             try:
@@ -162,8 +168,11 @@ class DeviceSession:
     def run(self, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S, *, job: bool = False,
             cwd: str | None = ".") -> RunResult:
         """Run ``argv`` in the workdir.  ``job=True`` (under the lock) records its pid on the device so
-        that a cancel stops it."""
+        that a cancel stops it.  On a local device, ``PYTHON runner.pyz ...`` runs the workspace's own
+        copy of the runner (:meth:`local_runner`), whoever builds the command line."""
         self.cancel.check()
+        if self.transport.kind == "local" and len(argv) >= 2 and argv[1] == layout.RUNNER:
+            argv = [argv[0], self.local_runner(), *argv[2:]]
         if job and self._lock is not None:
             argv = self._lock.job_argv(argv)
         try:
@@ -222,9 +231,20 @@ class DeviceSession:
         return uploaded
 
     def runner_file(self) -> LocalFile:
+        """The runner zipapp this host ships (built once per session, from the workspace cache)."""
         if self._runner is None:
             self._runner = runner_file(self.home)
         return self._runner
+
+    def local_runner(self) -> str:
+        """The path a local device runs the runner from: the workspace cache's copy, after checking
+        that no other user could replace it (its folder and every one above it are this user's)."""
+        path = self.runner_file().path
+        reason = unsafe_path_reason(path.parent)
+        if reason:
+            raise DeviceError(f"{self.name}: refusing to run the runner from {path}: {reason}.  "
+                              "Keep the workspace in a folder only you can write")
+        return str(path)
 
     # -------------------------------------------------------------------------------------- runner
 

@@ -1,4 +1,13 @@
-"""The host itself as a device: the default device, and the baseline the others are compared with."""
+"""The host itself as a device: the default device, and the baseline the others are compared with.
+
+A local device's workdir is a folder of this host that edgenas writes programs to and runs them from
+(the benchmark binary, models the runtime parses, the lock's job records).  Another user who can
+write that folder, or rename one of its parents, can therefore run code as the edgenas user.  So
+before every command, upload and download the workdir is checked the way OpenSSH's StrictModes
+checks ``~/.ssh`` (:func:`edgenas.files.unsafe_path_reason`) and refused when it is loose: the check
+is made at use time, not only when the device was registered, because modes and owners change.  A
+missing workdir is created private (0700) by the transport itself, so it never inherits a loose umask.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgenas.errors import TransportError
-from edgenas.files import sha256_file
+from edgenas.errors import DeviceError, TransportError
+from edgenas.files import sha256_file, unsafe_path_reason
 from edgenas.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_MAX_GET_BYTES,
@@ -27,12 +36,46 @@ from edgenas.transports.base import (
 )
 
 _CHUNK = 1024 * 1024
+WORKDIR_MODE = 0o700
+
+
+class UnsafeWorkdirError(DeviceError):
+    """A local workdir (or a folder above it) that another user owns or may write: refused."""
 
 
 class LocalTransport(Transport):
     """Runs commands as child processes; files are copied with the same temp-then-rename rule."""
 
     kind = "local"
+
+    def check_workdir(self) -> None:
+        """Refuse a workdir another user could change (see the module's docstring); create a missing
+        one, private.  Called before every operation: cheap (a few ``lstat`` calls)."""
+        if not self.workdir:
+            return
+        self._refuse_if_unsafe()
+        workdir = Path(os.path.abspath(self.workdir))
+        if workdir.is_dir():
+            return
+        missing = [p for p in (workdir, *workdir.parents) if not os.path.lexists(p)]
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, WORKDIR_MODE)
+                os.chmod(folder, WORKDIR_MODE)  # whatever the umask
+            except FileExistsError:
+                pass  # someone else's: judged below
+            except OSError as exc:
+                raise DeviceError(f"{self.name}: cannot create the local workdir {self.workdir}: "
+                                  f"{exc.strerror or exc}") from exc
+        self._refuse_if_unsafe()  # a folder someone made between the check and the mkdir
+
+    def _refuse_if_unsafe(self) -> None:
+        assert self.workdir
+        reason = unsafe_path_reason(self.workdir)
+        if reason:
+            raise UnsafeWorkdirError(
+                f"{self.name}: refusing the local workdir {self.workdir}: {reason}.  Use a folder "
+                "only you can write, e.g. the default one inside the workspace")
 
     def run(
         self,
@@ -48,6 +91,7 @@ class LocalTransport(Transport):
         the pipes open made the timeout itself hang."""
         if not argv:
             raise TransportError(f"{self.name}: empty command")
+        self.check_workdir()
         timeout = DEFAULT_COMMAND_TIMEOUT_S if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         try:
@@ -102,6 +146,7 @@ class LocalTransport(Transport):
         return TransportError(f"{self.name}: command timed out after {timeout:g} s: {argv[0]}")
 
     def put(self, local: Path | str, remote: str, timeout: float | None = None) -> None:
+        self.check_workdir()
         self._copy(Path(local), Path(self.remote_path(remote)), timeout, None)
 
     def get(
@@ -112,6 +157,7 @@ class LocalTransport(Transport):
         *,
         max_bytes: int = DEFAULT_MAX_GET_BYTES,
     ) -> None:
+        self.check_workdir()
         self._copy(Path(self.remote_path(remote)), Path(local), timeout, max_bytes)
 
     def _copy(self, src: Path, dst: Path, timeout: float | None, max_bytes: int | None) -> None:
