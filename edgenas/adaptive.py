@@ -461,6 +461,7 @@ def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], sample
     import click
 
     from edgenas.cli.common import echo_json
+    from edgenas.text import printable
 
     precs = [p.strip() for p in precisions.split(",") if p.strip()]
     if len(devices) != 1 or len(precs) != 1:
@@ -473,10 +474,10 @@ def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], sample
         echo_json(rep.to_dict())
     else:
         for r in rep.rounds:
-            click.echo(r.line())
+            click.echo(printable(r.line(), multiline=True))
         click.echo(f"{rep.device}: {len(rep.measured)} subnet(s) measured in {len(rep.rounds)} "
                    f"round(s), {rep.seconds:.0f} s; stopped: {rep.stopped}")
         for err in rep.errors[:5]:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {printable(err, multiline=True)}", err=True)
     if not rep.complete:
         sys.exit(1)

@@ -39,7 +39,7 @@ from edgenas.errors import TransportError
 from edgenas.files import sha256_file
 from edgenas.fleet.model import LocalModel
 from edgenas.package import ModelPackage, PackageError, record_latency
-from edgenas.registry import Device, get_device
+from edgenas.registry import Device, get_device, verify_benchmark_binary
 from edgenas.store import Store, open_store
 from edgenas.text import printable
 from edgenas.transports import Transport
@@ -152,7 +152,8 @@ class BinaryBackend:
     def __init__(self, device: Device) -> None:
         assert device.benchmark_binary
         self.device = device
-        self.binary = Path(device.benchmark_binary)
+        # the real file pinned at registration, re-checked (path and sha256) before every use
+        self.binary = verify_benchmark_binary(device)
         self._sha: tuple[tuple[int, int], str] | None = None  # ((mtime_ns, size), sha256)
         self._versions: dict[str, str | None] = {}  # sha256 -> what --version answered
 

@@ -182,8 +182,6 @@ def test_a_fifo_put_in_place_does_not_hang_the_check(workspace, repo):
         registry.verify_benchmark_binary(device)
 
 
-@pytest.mark.xfail(strict=True, reason="edgenas/bench.py's BinaryBackend does not call "
-                   "registry.verify_benchmark_binary yet (issue 24, finding 2: wiring left to the lead)")
 def test_the_bench_backend_refuses_a_re_pointed_binary(workspace, repo):
     from edgenas.bench import backend_for
 

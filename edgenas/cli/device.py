@@ -208,7 +208,8 @@ def add(
         registry.add_device(store, dev, replace_existing=replace)
     echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
     if dev.benchmark_binary:
-        echo(f"  benchmarks run {dev.benchmark_binary} (pushed to the device when it changes)")
+        echo(f"  benchmarks run {dev.benchmark_binary} (pinned by sha256: a changed file is refused "
+             "until registered again)")
     if not dev.xnnpack:
         echo("  without XNNPACK: benchmarks use the runtime's builtin kernels only")
     if dev.kind == "ssh" and not (accept_new_host_key or host_key):

@@ -19,7 +19,7 @@ push health check, ``fleet predict``):
   (:mod:`edgenas.text`), nested records of the right shape;
 * :func:`predict_answer`: the same for ``predict``'s top-k.
 
-Every error is a :class:`~edgenas.device.session.RunnerError` naming the device and the field, so
+Every error is a :class:`~edgenas.device.errors.RunnerError` naming the device and the field, so
 callers handle a lying device exactly as a failed one: nothing is stored.
 """
 
@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from itertools import accumulate
 from typing import Any
 
+from edgenas.device.errors import RunnerError
 from edgenas.errors import DeviceError
 from edgenas.text import is_printable, printable
 
@@ -63,17 +64,8 @@ _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class AnswerError(DeviceError):
-    """A device's answer is not the runner's contract (fallback when the session layer is absent)."""
-
-
 def _error(message: str) -> DeviceError:
-    """The session layer's :class:`RunnerError` (imported late: :mod:`edgenas.device.session` may
-    import this module), so a lying device is handled exactly as a failing one."""
-    try:
-        from edgenas.device.session import RunnerError
-    except ImportError:  # pragma: no cover - only while session.py itself is being imported
-        return AnswerError(message)
+    """A lying device is handled exactly as a failing one: a :class:`RunnerError`."""
     return RunnerError(message)
 
 
@@ -297,5 +289,5 @@ def predict_answer(device: str, data: Any, top_k: int | None = None) -> dict[str
     return dict(answer)
 
 
-__all__ = ["MAX_DEPTH", "AnswerError", "bench_answer", "check_output", "depth", "parse_answer",
+__all__ = ["MAX_DEPTH", "bench_answer", "check_output", "depth", "parse_answer",
            "predict_answer", "refuse_deep"]

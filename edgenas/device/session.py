@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgenas.device import layout
+from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel, Cancelled
+from edgenas.device.errors import ModelFileError, NoRuntimeError, NoSpaceError, RunnerError
 from edgenas.device.lock import DEFAULT_LOCK_TIMEOUT_S, DeviceLock, host_lock
 from edgenas.device.scripts import script
 from edgenas.errors import DeviceError, EdgeNASError, TransportError
-from edgenas.files import last_json, sha256_file, unsafe_path_reason
+from edgenas.files import sha256_file, unsafe_path_reason
 from edgenas.registry import Device
 from edgenas.transports import RunResult, Transport, open_transport
 
@@ -50,22 +51,6 @@ DEFAULT_TTL_S = 3600.0
 # The runner's exit codes (docs/runner.md): 2 usage, 3 a file is unreadable or corrupt, 4 no runtime,
 # 5 an optional dependency is missing; 127 is the shell's "command not found" (no Python there).
 EXIT_USAGE, EXIT_FILE, EXIT_NO_RUNTIME, EXIT_DEPENDENCY, EXIT_NOT_FOUND = 2, 3, 4, 5, 127
-
-
-class RunnerError(DeviceError):
-    """The on-device runner failed or answered something that is not its contract."""
-
-
-class ModelFileError(RunnerError):
-    """A model (or its manifest, or an input) is missing, corrupt or cannot be loaded."""
-
-
-class NoRuntimeError(RunnerError):
-    """The device has no Python, or no usable TFLite runtime; the message says what to install."""
-
-
-class NoSpaceError(DeviceError):
-    """The files would not fit on the device; nothing was uploaded."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +256,7 @@ def check_space(device: str, free_kib: int | None, sizes: Sequence[int], where: 
 def runner_result(device: str, python: str, res: RunResult, verb: str, *,
                   model: str | None = None) -> dict[str, Any]:
     """The runner's answer as a dict, or the typed error for its exit code (the one mapping)."""
-    data = last_json(res.stdout)
+    data = answers.parse_answer(device, res.stdout, verb)
     if data is None or not isinstance(data, dict):
         if res.rc == EXIT_NOT_FOUND:
             raise NoRuntimeError(
