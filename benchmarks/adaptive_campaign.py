@@ -52,12 +52,12 @@ def workspace_without(source: Path, dest: Path, profile: str) -> None:
 def run_one(source: Path, ckpt: Path, profile: str, samples: int, workers: int) -> dict:
     import numpy as np
 
-    from edgenas.adaptive import measure_adaptive
-    from edgenas.bench import BenchSettings
+    from edgenas.measure.adaptive import measure_adaptive
+    from edgenas.measure.bench import BenchSettings
     from edgenas.predictors import latency as lat
     from edgenas.predictors import transfer
-    from edgenas.space import SearchSpace
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
+    from edgenas.space.spec import SearchSpace
 
     device, precision, threads, board, _ = pt.PROFILES[profile]
     with open_store(source) as store:

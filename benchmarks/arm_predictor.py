@@ -33,12 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgenas import build_supernet  # noqa: E402
-from edgenas.bench import BenchSettings  # noqa: E402
-from edgenas.data import load_data  # noqa: E402
-from edgenas.measure import list_measurements, measure  # noqa: E402
+from edgenas.device.registry import add_device, make_device  # noqa: E402
+from edgenas.measure.bench import BenchSettings  # noqa: E402
+from edgenas.measure.campaign import list_measurements, measure  # noqa: E402
 from edgenas.predictors.latency import evaluate_baseline, fit  # noqa: E402
-from edgenas.registry import add_device, make_device  # noqa: E402
-from edgenas.store import open_store  # noqa: E402
+from edgenas.records.store import open_store  # noqa: E402
+from edgenas.training.data import load_data  # noqa: E402
 from tests.fleet import arm  # noqa: E402
 
 NOTE = "emulated (qemu-user on an x86 host): these timings describe the emulator, not a Raspberry Pi"

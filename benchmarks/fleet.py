@@ -35,10 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgenas import registry  # noqa: E402
+from edgenas.device import registry  # noqa: E402
 from edgenas.fleet.model import load_model_dir  # noqa: E402
 from edgenas.fleet.push import push, push_one  # noqa: E402
-from edgenas.store import open_store  # noqa: E402
+from edgenas.records.store import open_store  # noqa: E402
 from tests import runner_models  # noqa: E402
 
 MODEL_BYTES = 5 * 1024 * 1024

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from edgenas.cli.common import table
-from edgenas.data import load_data
-from edgenas.evaluate import evaluate_archs
-from edgenas.finetune import train_subnet
 from edgenas.supernets import load_supernet
+from edgenas.training.data import load_data
+from edgenas.training.evaluate import evaluate_archs
+from edgenas.training.finetune import train_subnet
 
 
 def main() -> None:

@@ -196,8 +196,8 @@ def main() -> None:
                     default=REPO / "benchmarks" / "results" / "predictor_transfer_instructions.json")
     args = ap.parse_args()
 
-    from edgenas.measure import sample_archs
-    from edgenas.space import SearchSpace
+    from edgenas.measure.campaign import sample_archs
+    from edgenas.space.spec import SearchSpace
 
     home = args.home.resolve()
     profiles = list(PROFILES) if args.profiles == "all" else args.profiles.split(",")

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgenas.adaptive import TRIMMED  # noqa: E402  (the protocol `measure --adaptive` starts with)
+from edgenas.measure.adaptive import TRIMMED  # noqa: E402  (the protocol `measure --adaptive` starts with)
 
 PROTOCOLS = {"default": dict(runs=50, min_secs=1.0, warmup_secs=0.5), "trimmed": dict(TRIMMED)}
 
@@ -41,13 +41,14 @@ def run_protocol(name: str, samples: int, precisions: list[str], workers: int) -
     import numpy as np
     import torch
 
-    from edgenas import build_supernet, registry
-    from edgenas.bench import BenchSettings
-    from edgenas.data import load_data
-    from edgenas.measure import measure
+    from edgenas import build_supernet
+    from edgenas.device import registry
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.measure.campaign import measure
     from edgenas.predictors.latency import quality
     from edgenas.records import measurements
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
+    from edgenas.training.data import load_data
 
     settings = BenchSettings(**PROTOCOLS[name])
     with tempfile.TemporaryDirectory(prefix="edgenas-bench-measure-") as tmp:

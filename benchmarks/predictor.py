@@ -53,7 +53,7 @@ def ensure_supernet(home: Path, space: str) -> Path:
 
 
 def ensure_device(store, home: Path, name: str) -> None:
-    from edgenas import registry
+    from edgenas.device import registry
 
     if not any(d.name == name for d in registry.list_devices(store)):
         registry.add_device(store, registry.make_device(name, "local", home=home))
@@ -66,12 +66,12 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
 
     import numpy as np
 
-    from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
-    from edgenas.files import sha256_file
-    from edgenas.measure import cached_export, export_cache_dir
+    from edgenas.core.files import sha256_file
+    from edgenas.device.registry import get_device
+    from edgenas.measure.bench import BenchSettings, DeviceBencher, load_model_dir
+    from edgenas.measure.campaign import cached_export, export_cache_dir
     from edgenas.predictors.latency import measured_latency, quality
-    from edgenas.registry import get_device
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
 
     sha = sha256_file(ckpt)
     device = get_device(store, args.device)
@@ -156,9 +156,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predictor.json")
     args = ap.parse_args()
 
-    from edgenas.bench import BenchSettings
-    from edgenas.measure import measure
-    from edgenas.store import open_store
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.measure.campaign import measure
+    from edgenas.records.store import open_store
 
     home = (args.home or REPO / ".edgenas" / f"bench-predictor-{args.space}").resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -205,9 +205,9 @@ def main() -> None:
 
 def start_slow_device(store, home: Path, cpu: str = "0", period_ms: float | None = None):
     """The fleet's throttled device, registered (host key trusted) in the benchmark workspace."""
-    from edgenas import registry
-    from edgenas.transports import known_hosts_path, open_transport
-    from edgenas.transports.ssh import forget_known_host
+    from edgenas.device import registry
+    from edgenas.device.transports import known_hosts_path, open_transport
+    from edgenas.device.transports.ssh import forget_known_host
     from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
     from tests.fleet import Fleet
     from tests.fleet.cgroups import PERIOD_US

@@ -23,7 +23,7 @@
    of the pool are measured a second time (a later pass): the profile's own noise floor.
 2. **Evaluate**: for each profile P, the other profiles are the prior; P's predictor is fitted from
    K = 5, 10, 20, 40 of its measurements (chosen at random ``--splits`` times, and by the adaptive
-   campaign of edgenas.adaptive replayed round by round on the stored latencies, ``--replays``
+   campaign of edgenas.measure.adaptive replayed round by round on the stored latencies, ``--replays``
    times: on the whole pool, then on random 80 % sub-pools) and scored on P's subnets it did not
    see.  Methods: today's
    per-device fit (NNLS on per-kind features, edgenas.predictors.latency), the transfer prior alone
@@ -73,7 +73,7 @@ def ensure_supernet(home: Path) -> Path:
 
 
 def ensure_devices(store, home: Path, names: set[str]) -> None:
-    from edgenas import registry
+    from edgenas.device import registry
 
     have = {d.name for d in registry.list_devices(store)}
     for name in sorted(names - have):
@@ -93,7 +93,7 @@ def ensure_devices(store, home: Path, names: set[str]) -> None:
 
 
 def settings_for(profile: str):
-    from edgenas.bench import BenchSettings
+    from edgenas.measure.bench import BenchSettings
 
     device, _, threads, board, xnnpack = PROFILES[profile]
     if board:  # emulated: every run costs 5-100 ms, the runner's start seconds
@@ -105,7 +105,7 @@ def settings_for(profile: str):
 def collect(store, home: Path, ckpt: Path, pool: list[str], profiles: list[str], noise: int,
             workers: int, arm_pool: int) -> dict[str, float]:
     """Measure every profile on the pool (cached), then the noise subset a second time."""
-    from edgenas.measure import measure
+    from edgenas.measure.campaign import measure
 
     minutes: dict[str, float] = {}
     ensure_devices(store, home, {PROFILES[p][0] for p in profiles})
@@ -154,7 +154,7 @@ def load_profile(store, profile: str, statistic: str):
 
 def sha_dir(home: Path) -> str:
     """The export cache's folder for the benchmark's supernet (``<home>/cache/exports/<this>``)."""
-    from edgenas.files import sha256_file
+    from edgenas.core.files import sha256_file
 
     return sha256_file(ensure_supernet(home))[:12]
 
@@ -164,9 +164,9 @@ def evaluate(args, data: dict, device_of: dict[str, str], minutes_per: dict[str,
     out in turn; ``device_of`` names each profile's device (the other-devices-only prior)."""
     import numpy as np
 
-    from edgenas.adaptive import replay
+    from edgenas.measure.adaptive import replay
     from edgenas.predictors import transfer
-    from edgenas.space import SearchSpace
+    from edgenas.space.spec import SearchSpace
 
     space = SearchSpace.load("mbv3-tiny")
     profiles = list(data)
@@ -339,9 +339,9 @@ def main() -> None:
                     default=REPO / "benchmarks" / "results" / "predictor_transfer.json")
     args = ap.parse_args()
 
-    from edgenas.measure import sample_archs
-    from edgenas.space import SearchSpace
-    from edgenas.store import open_store
+    from edgenas.measure.campaign import sample_archs
+    from edgenas.records.store import open_store
+    from edgenas.space.spec import SearchSpace
 
     home = args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)

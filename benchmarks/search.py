@@ -5,7 +5,7 @@ machinery, not a trained supernet: an :class:`AccuracyPredictor` (ridge on OFA's
 to a synthetic ground truth (rising with log MACs, plus a per-arch term), and a
 :class:`LatencyPredictor` (NNLS per operator kind) with fixed per-kind costs.
 
-Compared with the search code as it was before vectorising (``edgenas/search.py`` at commit
+Compared with the search code as it was before vectorising (``edgenas/search/searcher.py`` at commit
 ``OLD``, loaded from git) on the same predictors: wall time of 10 000 evaluations (encoding, both
 predictors, constraint check; median of ``--repeats``), and the best predicted accuracy that
 evolution and NSGA-II reach for the same number of accuracy evaluations, over seeds.  The machine
@@ -47,7 +47,7 @@ from edgenas import Arch, SearchSpace
 from edgenas.cli.common import table
 from edgenas.predictors.accuracy import fit_accuracy_predictor
 from edgenas.predictors.latency import LatencyPredictor, feature_names
-from edgenas.search import Constraints, DeviceModel, Searcher, predictor_score
+from edgenas.search.searcher import Constraints, DeviceModel, Searcher, predictor_score
 
 OLD = "ab77257"
 OFA_MIRROR = "/work/.mirror/mit-han-lab+once-for-all/repo"
@@ -63,8 +63,8 @@ COSTS = {"invoke": 0.05, "blocks": 0.004, "stem_macs": 2e-8, "head_macs": 1.2e-8
 
 
 def old_search_module():  # noqa: ANN201 - a module object
-    """``edgenas/search.py`` as it was at ``OLD`` (before vectorising), from git."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD}:edgenas/search.py"],
+    """``edgenas/search/searcher.py`` as it was at ``OLD`` (before vectorising), from git."""
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{OLD}:edgenas/search/searcher.py"],
                           check=True, capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "old_search.py"
     path.write_text(text)

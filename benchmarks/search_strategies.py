@@ -1,9 +1,9 @@
 """Search strategies side by side: best accuracy at equal evaluations and latency budget, one run.
 
-Every strategy of :mod:`edgenas.strategies` gets the same number of accuracy evaluations and the
+Every strategy of :mod:`edgenas.search.strategies` gets the same number of accuracy evaluations and the
 same latency budget, over several seeds; the table gives the mean best accuracy found (and the
 spread), the winner per (evaluations, budget) cell, and the wall time.  The default strategy for
-a budget (:func:`edgenas.strategies.default_strategy`) should be the winner at that many
+a budget (:func:`edgenas.search.strategies.default_strategy`) should be the winner at that many
 evaluations; the script says where it is not.
 
 The predictors are the real classes with synthetic coefficients (as ``benchmarks/search.py``): a
@@ -11,7 +11,7 @@ ridge accuracy predictor fitted to a ground truth that rises with log MACs plus 
 and an NNLS latency predictor with fixed per-kind costs.  Then each strategy's choice (largest
 budget, loose latency, seed 0) is exported (fp32 TFLite, untrained weights: latency does not
 depend on them) and measured on this machine as a local device through
-``edgenas.bench.bench_model``, so the predicted order can be compared with a measured one.
+``edgenas.measure.bench.bench_model``, so the predicted order can be compared with a measured one.
 
 Writes ``benchmarks/results/search_strategies.json``.
 """
@@ -34,8 +34,8 @@ from search import predictors  # noqa: E402  (benchmarks/search.py)
 
 from edgenas import SearchSpace  # noqa: E402
 from edgenas.cli.common import table  # noqa: E402
-from edgenas.search import Constraints, DeviceModel, Searcher, predictor_score  # noqa: E402
-from edgenas.strategies import STRATEGIES, default_strategy, run_strategy  # noqa: E402
+from edgenas.search.searcher import Constraints, DeviceModel, Searcher, predictor_score  # noqa: E402
+from edgenas.search.strategies import STRATEGIES, default_strategy, run_strategy  # noqa: E402
 
 
 def measure_on_host(space: SearchSpace, archs: dict[str, str], repeats: int = 2,
@@ -48,12 +48,12 @@ def measure_on_host(space: SearchSpace, archs: dict[str, str], repeats: int = 2,
     variation are the noise floor against which the measured order of the strategies is judged.
     Returns, per distinct arch, every pass's median, p90, CV, noisy flag and the host load average
     at that moment."""
-    from edgenas.bench import bench_model
+    from edgenas.device.probe import setup
+    from edgenas.device.registry import add_device, make_device
     from edgenas.device.session import DeviceSession
-    from edgenas.devices import setup
     from edgenas.export.api import export
-    from edgenas.registry import add_device, make_device
-    from edgenas.store import open_store
+    from edgenas.measure.bench import bench_model
+    from edgenas.records.store import open_store
     from edgenas.supernets.mbv3 import build_supernet
 
     home = Path(tempfile.mkdtemp(prefix="edgenas-strategies-"))

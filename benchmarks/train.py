@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from edgenas.cli.common import table
-from edgenas.data import load_data
-from edgenas.progress import JsonLog
-from edgenas.schedule import DEFAULT_SCHEDULE, PhasePlan
-from edgenas.space import SearchSpace
+from edgenas.core.progress import JsonLog
+from edgenas.space.spec import SearchSpace
 from edgenas.supernets import build_supernet
-from edgenas.train import DistInfo, TrainConfig, Trainer
+from edgenas.training.data import load_data
+from edgenas.training.schedule import DEFAULT_SCHEDULE, PhasePlan
+from edgenas.training.train import DistInfo, TrainConfig, Trainer
 
 
 def largest_rate(space_name: str, batch: int, steps: int) -> float:
@@ -87,7 +87,7 @@ def cuda_main(batch: int, steps: int) -> None:
         raise SystemExit("--device cuda: no CUDA device is available on this machine")
     from train_vs_ofa import make_ofa  # benchmarks/ is on sys.path when run as a script
 
-    from edgenas.space import Arch
+    from edgenas.space.spec import Arch
 
     space = SearchSpace.load("mbv3-w1.0")
     rows, results = [], []

@@ -29,8 +29,8 @@ CHILD = r"""
 import json, resource, sys, time
 root, out, mode, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 import torch
-from edgenas.data import load_data
-from edgenas.train import TrainConfig, TrainingInterrupted, train_supernet
+from edgenas.training.data import load_data
+from edgenas.training.train import TrainConfig, TrainingInterrupted, train_supernet
 t0 = time.perf_counter()
 data = load_data(root, 224, mode=mode, workers=1)
 load_s = time.perf_counter() - t0

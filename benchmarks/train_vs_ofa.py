@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from edgenas.cli.common import table
-from edgenas.space import Arch, SearchSpace
+from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets import build_supernet
 
 CL = torch.channels_last

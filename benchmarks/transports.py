@@ -30,10 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgenas.transports.adb import AdbTransport  # noqa: E402
-from edgenas.transports.base import Transport  # noqa: E402
-from edgenas.transports.local import LocalTransport  # noqa: E402
-from edgenas.transports.ssh import SSHTransport  # noqa: E402
+from edgenas.device.transports.adb import AdbTransport  # noqa: E402
+from edgenas.device.transports.base import Transport  # noqa: E402
+from edgenas.device.transports.local import LocalTransport  # noqa: E402
+from edgenas.device.transports.ssh import SSHTransport  # noqa: E402
 
 UPLOAD_BYTES = 5 * 1024 * 1024
 

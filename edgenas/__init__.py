@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from edgenas.errors import ArchError, CheckpointError, EdgeNASError, SpecError
-from edgenas.space import Arch, SearchSpace, make_divisible
+from edgenas.core.errors import ArchError, CheckpointError, EdgeNASError, SpecError
+from edgenas.space.spec import Arch, SearchSpace, make_divisible
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from edgenas import SearchSpace, build_supernet
-from edgenas.data import load_data
 from edgenas.predictors.accuracy import (
     AccuracyPredictor,
     PredictorError,
@@ -17,7 +16,8 @@ from edgenas.predictors.accuracy import (
     spearman,
     stored_evaluations,
 )
-from edgenas.store import open_store
+from edgenas.records.store import open_store
+from edgenas.training.data import load_data
 
 SPACE = SearchSpace.load("mbv3-tiny")
 
@@ -82,7 +82,7 @@ def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> Non
     from click.testing import CliRunner
 
     from edgenas.cli import main
-    from edgenas.files import sha256_file
+    from edgenas.core.files import sha256_file
     from edgenas.predictors.accuracy import predictor_path
 
     data = load_data("digits", size=32, limit=300)

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from edgenas import build_supernet
-from edgenas.data import load_data
+from edgenas.training.data import load_data
 from tests import runner_models
 from tests.cli_runner import Cli
 from tests.fleet import arm

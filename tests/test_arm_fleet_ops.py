@@ -32,18 +32,18 @@ import numpy as np
 import pytest
 import torch
 
-from edgenas.data import load_data
-from edgenas.files import sha256_file
+from edgenas.core.files import sha256_file
 from edgenas.fleet.model import load_model_dir
-from edgenas.measure import cached_export, list_measurements, sample_archs
+from edgenas.measure.campaign import cached_export, list_measurements, sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, sample_for_accuracy
 from edgenas.predictors.accuracy import predictor_path as accuracy_predictor_path
 from edgenas.predictors.latency import LatencyPredictorError, load_predictor
-from edgenas.schedule import Phase
-from edgenas.search_job import _bench_settings, choose_precision
-from edgenas.space import SearchSpace
-from edgenas.store import open_store
-from edgenas.train import TrainConfig, train_supernet
+from edgenas.records.store import open_store
+from edgenas.search.job import _bench_settings, choose_precision
+from edgenas.space.spec import SearchSpace
+from edgenas.training.data import load_data
+from edgenas.training.schedule import Phase
+from edgenas.training.train import TrainConfig, train_supernet
 from tests import fleet_models
 from tests.cli_runner import Cli
 

@@ -21,17 +21,17 @@ import torch
 from click.testing import CliRunner
 
 from edgenas import build_supernet
-from edgenas.bench import DeviceBusyError, ModelFileError, bench_model
 from edgenas.cli import main
-from edgenas.data import load_data
+from edgenas.core.errors import TransportError
+from edgenas.core.files import sha256_file
 from edgenas.device.lock import DeviceLock, installation_id
-from edgenas.errors import TransportError
-from edgenas.files import sha256_file
-from edgenas.measure import _export_job, _worker_init, cached_export, sample_archs
-from edgenas.registry import get_device
-from edgenas.space import SearchSpace
-from edgenas.store import open_store
-from edgenas.transports import open_transport
+from edgenas.device.registry import get_device
+from edgenas.device.transports import open_transport
+from edgenas.measure.bench import DeviceBusyError, ModelFileError, bench_model
+from edgenas.measure.campaign import _export_job, _worker_init, cached_export, sample_archs
+from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace
+from edgenas.training.data import load_data
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 
@@ -340,9 +340,9 @@ def test_campaign_killed_midway_resumes_without_duplicates(fleet, workspace, tin
 def test_repeated_campaign_spreads_passes_and_tops_up_on_resume(tmp_path, tiny):
     """--repeats K: K rows per subnet, taken pass after pass (not back to back); a re-run with the
     same K measures nothing, one with a larger K only what is missing."""
-    from edgenas import registry
-    from edgenas.bench import BenchSettings
-    from edgenas.measure import MeasureError, measure
+    from edgenas.device import registry
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.measure.campaign import MeasureError, measure
 
     settings = BenchSettings(**FAST)
     with open_store(tmp_path) as store:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from edgenas import benchmark_binary as bmb
-from edgenas import registry
-from edgenas.bench import ModelFileError, bench_model
-from edgenas.files import sha256_file
-from edgenas.store import MIGRATIONS, open_store
+from edgenas.core.files import sha256_file
+from edgenas.device import registry
+from edgenas.measure import benchmark_model as bmb
+from edgenas.measure.bench import ModelFileError, bench_model
+from edgenas.records.store import MIGRATIONS, open_store
 from tests import fleet_models, runner_models
 from tests.cli_runner import Cli
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from edgenas.data import DataError, compute_normalization, load_data
-from edgenas.data import transforms as T
+from edgenas.training.data import DataError, compute_normalization, load_data
+from edgenas.training.data import transforms as T
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgenas.data import DataError, StreamedImageData, load_data
-from edgenas.data.stream import BatchOrder, StepBatchSampler, decode_center, decode_train
-from edgenas.train import TrainConfig, Trainer, step_resolution, train_supernet
+from edgenas.training.data import DataError, StreamedImageData, load_data
+from edgenas.training.data.stream import BatchOrder, StepBatchSampler, decode_center, decode_train
+from edgenas.training.train import TrainConfig, Trainer, step_resolution, train_supernet
 
 
 def make_folder(root: Path, classes: int = 3, per_class: int = 24, size: tuple[int, int] = (40, 30),
@@ -111,7 +111,7 @@ def test_streamed_training_resumes_exactly(folder: Path, tmp_path: Path) -> None
         if trainer.global_step == 3:
             trainer.stop_requested = True
 
-    from edgenas.train import TrainingInterrupted
+    from edgenas.training.train import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
         train_supernet(_cfg(tmp_path / "b.pt", folder), progress=False, handle_signals=False,

@@ -1,4 +1,4 @@
-"""Device classes (edgenas.classes): derived from the probe, named by the user, stamped on every
+"""Device classes (edgenas.device.classes): derived from the probe, named by the user, stamped on every
 measurement, shared by the predictors — against real SQLite workspace files and the real CLI."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgenas import classes, registry
+from edgenas.device import classes, registry
 from edgenas.records import measurements
 from edgenas.records.measurements import Measurement, Protocol
-from edgenas.store import MIGRATIONS, open_store
+from edgenas.records.store import MIGRATIONS, open_store
 from tests.cli_runner import Cli
 
 SETTINGS = {"runs": 10, "min_secs": 0.2, "warmup_runs": 1, "warmup_secs": 0.05, "xnnpack": True}

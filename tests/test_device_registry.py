@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgenas import registry
 from edgenas.cli import main
-from edgenas.errors import DeviceError, TransportError
-from edgenas.store import MIGRATIONS, StoreError, open_store
-from edgenas.transports.local import LocalTransport
+from edgenas.core.errors import DeviceError, TransportError
+from edgenas.device import registry
+from edgenas.device.transports.local import LocalTransport
+from edgenas.records.store import MIGRATIONS, StoreError, open_store
 
 # ---------------------------------------------------------------------------------------------- store
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.bench import bench_model
 from edgenas.device import layout
 from edgenas.device.lock import LOCK_DIR, DeviceBusyError, DeviceLock, Owner, stale_reason
+from edgenas.device.registry import get_device
 from edgenas.device.scripts import script
 from edgenas.device.session import DeviceSession
 from edgenas.fleet.state import read_state
-from edgenas.registry import get_device
-from edgenas.store import open_store
+from edgenas.measure.bench import bench_model
+from edgenas.records.store import open_store
 from tests import fleet_models
 from tests.cli_runner import Cli
 
@@ -84,7 +84,7 @@ def test_staleness_comes_from_boot_id_uptime_and_installation_never_the_wall_clo
 
 
 def _local(home: Path, tmp_path: Path, name: str = "here") -> DeviceSession:
-    from edgenas.registry import add_device, make_device
+    from edgenas.device.registry import add_device, make_device
 
     with open_store(home) as store:
         dev = add_device(store, make_device(name, "local", home=home, workdir=str(tmp_path / name),
@@ -217,7 +217,7 @@ def _unloadable(models: dict[str, Path], out: Path) -> Path:
     """Passes every host-side check (TFL3 identifier, sha256, manifest) but no runtime can load it."""
     src = json.loads((models["v1"] / "manifest.json").read_text())
     blob = b"\x10\x00\x00\x00TFL3" + b"not a flatbuffer" * 64
-    from edgenas.package import ModelPackage
+    from edgenas.export.package import ModelPackage
 
     src.pop("model", None)
     src["model"] = {"file": "model.tflite"}

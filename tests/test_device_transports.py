@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.errors import HostKeyError, TransportError
-from edgenas.transports.adb import AdbTransport
-from edgenas.transports.ssh import SSHTransport, known_hosts_name
+from edgenas.core.errors import HostKeyError, TransportError
+from edgenas.device.transports.adb import AdbTransport
+from edgenas.device.transports.ssh import SSHTransport, known_hosts_name
 from tests.fleet.sshd import SSHDevice
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
@@ -264,10 +264,10 @@ def test_adb_device_killed_gives_clear_error_and_works_after_it_comes_back(fleet
 def test_adb_device_add_records_the_serial_and_another_device_at_that_address_is_refused(
     fleet, workspace, tmp_path
 ):
-    from edgenas import registry
-    from edgenas.store import open_store
-    from edgenas.transports import open_transport
-    from edgenas.transports.adb import DeviceIdentityError
+    from edgenas.device import registry
+    from edgenas.device.transports import open_transport
+    from edgenas.device.transports.adb import DeviceIdentityError
+    from edgenas.records.store import open_store
     from tests.cli_runner import Cli
     from tests.fleet.adb import AdbDevice
 

@@ -10,12 +10,12 @@ import torch
 from click.testing import CliRunner
 
 from edgenas.cli import main
-from edgenas.data import load_data
-from edgenas.evaluate import evaluate_archs, evaluate_subnet, recalibrate_bn
-from edgenas.schedule import Phase
 from edgenas.supernets.checkpoint import load_supernet
 from edgenas.supernets.subnet_ckpt import load_subnet
-from edgenas.train import TrainConfig, train_supernet
+from edgenas.training.data import load_data
+from edgenas.training.evaluate import evaluate_archs, evaluate_subnet, recalibrate_bn
+from edgenas.training.schedule import Phase
+from edgenas.training.train import TrainConfig, train_supernet
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from click.testing import CliRunner
 
 from edgenas import build_supernet
 from edgenas.cli import main
-from edgenas.data import load_data
 from edgenas.export import ExportError, export, export_model, read_manifest, sha256_file
 from edgenas.export.convert import run_tflite
 from edgenas.export.keras_model import build_keras_model
+from edgenas.export.package import ModelPackage
 from edgenas.export.pipeline import check_parity
-from edgenas.package import ModelPackage
+from edgenas.training.data import load_data
 from tests.supernet_utils import randomize
 from tests.test_package import schema_errors
 

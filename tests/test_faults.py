@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 
 from edgenas.device.lock import LOCK_DIR, DeviceBusyError
+from edgenas.device.registry import get_device
 from edgenas.device.session import DeviceSession
-from edgenas.registry import get_device
-from edgenas.store import open_store
+from edgenas.records.store import open_store
 from tests import fleet_models, runner_models
 from tests.cli_runner import Cli
 from tests.fleet import Fleet
@@ -347,8 +347,8 @@ def campaign(tmp_path_factory, request) -> dict:
     import torch
 
     from edgenas import build_supernet
-    from edgenas.files import sha256_file
-    from edgenas.measure import cached_export, sample_archs
+    from edgenas.core.files import sha256_file
+    from edgenas.measure.campaign import cached_export, sample_archs
 
     root = tmp_path_factory.mktemp("campaign")
     torch.manual_seed(0)
@@ -444,7 +444,7 @@ def test_device_reboot_mid_campaign_is_reported_and_resume_completes(faults, cam
 
 def test_after_a_reboot_breaking_the_stale_lock_kills_no_recycled_pid(faults, workspace):
     from edgenas.device.lock import DeviceLock
-    from edgenas.transports import open_transport
+    from edgenas.device.transports import open_transport
 
     dev = faults.ssh["fnet"]
     cli = Cli(workspace)
@@ -505,11 +505,11 @@ def test_truncated_training_state_is_one_line_and_a_fresh_run_completes(tmp_path
 def _truncated_state(tmp_path: Path) -> None:
     from dataclasses import asdict
 
-    from edgenas.data import load_data
-    from edgenas.errors import EdgeNASError
-    from edgenas.schedule import Phase
+    from edgenas.core.errors import EdgeNASError
     from edgenas.supernets.checkpoint import load_supernet
-    from edgenas.train import TrainConfig, TrainingInterrupted, state_path, train_supernet
+    from edgenas.training.data import load_data
+    from edgenas.training.schedule import Phase
+    from edgenas.training.train import TrainConfig, TrainingInterrupted, state_path, train_supernet
 
     data = load_data("digits", 32, limit=64)
     cfg = TrainConfig(out=str(tmp_path / "net.pt"), batch_size=32, epochs=1,

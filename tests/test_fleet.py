@@ -183,7 +183,7 @@ def test_full_disk_is_a_clear_error_and_keeps_the_previous_version(fleet, cli, m
 
 
 def test_fleet_bench_measures_every_device_and_flags_drift(fleet, cli, models, tmp_path, workspace):
-    pytest.importorskip("edgenas.bench")
+    pytest.importorskip("edgenas.measure.bench")
     names = ["adb1", "ssh1", "ssh2"]
     register(cli, fleet, names, "fleet-bench", "b")
     src = load_model_dir(models["v1"])
@@ -201,7 +201,7 @@ def test_fleet_bench_measures_every_device_and_flags_drift(fleet, cli, models, t
     assert rows["ssh1"]["drift"] and rows["ssh1"]["predicted_ms"] == 1000.0
     assert not rows["ssh2"]["drift"] and rows["ssh2"]["predicted_ms"] is None
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
 
     with open_store(workspace) as store:
         stored = store.query("SELECT device FROM measurements WHERE campaign = ?", (out["campaign"],))
@@ -248,8 +248,8 @@ def test_ssh_upload_is_checked_on_the_device_against_the_given_sha256(fleet, wor
     and no temporary file.  The connection prefers AES-GCM (cheaper per packet for the host)."""
     import hashlib
 
-    from edgenas.errors import TransportError
-    from edgenas.transports.ssh import SSHTransport
+    from edgenas.core.errors import TransportError
+    from edgenas.device.transports.ssh import SSHTransport
 
     dev = fleet.ssh["ssh1"]
     sub = f"edgenas/putknown-{time.monotonic_ns()}"

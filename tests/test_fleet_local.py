@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edgenas import registry
+from edgenas.device import registry
 from edgenas.device.session import DeviceSession
 from edgenas.fleet.common import DeviceResult, FleetError, fan_out, validate_model_name
 from edgenas.fleet.model import load_model_dir
 from edgenas.fleet.push import push_one
 from edgenas.fleet.state import read_state
-from edgenas.store import open_store
+from edgenas.records.store import open_store
 from tests import fleet_models
 from tests.cli_runner import Cli
 
@@ -179,7 +179,7 @@ def test_fan_out_bounds_parallelism_and_keeps_order():
     import threading
     import time
 
-    from edgenas.registry import Device
+    from edgenas.device.registry import Device
 
     live, peak, lock = [0], [0], threading.Lock()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgenas import registry
+from edgenas.device import registry
 from edgenas.fleet.bench import (
     _class_predictors,
     class_summary,
@@ -24,8 +24,8 @@ from edgenas.fleet.bench import (
     sample_per_class,
 )
 from edgenas.predictors.latency import LatencyPredictor, feature_names
-from edgenas.space import SearchSpace
-from edgenas.store import open_store
+from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace
 from tests import fleet_models, runner_models
 from tests.cli_runner import Cli
 

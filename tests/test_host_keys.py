@@ -15,18 +15,18 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from edgenas import registry
-from edgenas.errors import HostKeyError, TransportError
-from edgenas.store import open_store
-from edgenas.transports import open_transport
-from edgenas.transports.host_keys import (
+from edgenas.core.errors import HostKeyError, TransportError
+from edgenas.device import registry
+from edgenas.device.transports import open_transport
+from edgenas.device.transports.host_keys import (
     KnownHost,
     check_certificate,
     host_matches,
     parse_fingerprint,
     sha256_fingerprint,
 )
-from edgenas.transports.ssh import SSHTransport, known_hosts_name
+from edgenas.device.transports.ssh import SSHTransport, known_hosts_name
+from edgenas.records.store import open_store
 from tests.cli_runner import Cli
 from tests.conftest import TFLITE_PYTHON
 from tests.fleet.sshd import SSHDevice, keygen, sign_host_key

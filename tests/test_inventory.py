@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from edgenas import inventory
 from edgenas.cli import main
-from edgenas.errors import DeviceError
-from edgenas.store import open_store
+from edgenas.core.errors import DeviceError
+from edgenas.device import inventory
+from edgenas.records.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 ELF = Path(sys.executable).resolve()  # a real ELF executable to stand in for benchmark_model
@@ -499,7 +499,7 @@ def test_example_inventories_import_and_agree(workspace):
 
 def _registry(workspace: Path) -> list[tuple]:
     """Everything the registry holds about devices, as plain tuples (groups included)."""
-    from edgenas.registry import list_devices
+    from edgenas.device.registry import list_devices
 
     with open_store(workspace) as store:
         return [(d.name, d.kind, d.host, d.user, d.port, tuple(d.groups)) for d in list_devices(store)]
@@ -509,7 +509,7 @@ def test_import_is_one_transaction_a_failure_midway_changes_nothing(workspace):
     """Devices are written in one transaction: when the database refuses one in the middle (here a
     row its CHECK constraint rejects) or the user interrupts, the devices before it (new ones and
     updates of existing ones) are not left behind; a corrected import then completes."""
-    from edgenas.registry import Device
+    from edgenas.device.registry import Device
 
     def ssh(name: str, user: str, groups: list[str]) -> Device:
         return Device(name=name, kind="ssh", host=f"{name}.lan", user=user, port=22, groups=groups)

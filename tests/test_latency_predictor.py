@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgenas.cli import main
-from edgenas.measure import sample_archs
+from edgenas.measure.campaign import sample_archs
 from edgenas.predictors.latency import (
     LatencyPredictor,
     LatencyPredictorError,
@@ -25,8 +25,8 @@ from edgenas.predictors.latency import (
     predictor_path,
     training_set,
 )
-from edgenas.space import SearchSpace
-from edgenas.store import open_store
+from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace
 
 SPACE = SearchSpace.load("mbv3-tiny")
 

@@ -17,15 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgenas import build_supernet, registry
-from edgenas.bench import BenchSettings
-from edgenas.data import load_data
+from edgenas import build_supernet
+from edgenas.core.files import sha256_file
+from edgenas.core.progress import Progress
+from edgenas.device import registry
 from edgenas.device.lock import host_lock
-from edgenas.files import sha256_file
-from edgenas.measure import _export_job, _worker_init, cached_export, measure
-from edgenas.progress import Progress
+from edgenas.measure.bench import BenchSettings
+from edgenas.measure.campaign import _export_job, _worker_init, cached_export, measure
 from edgenas.records import measurements
-from edgenas.store import open_store
+from edgenas.records.store import open_store
+from edgenas.training.data import load_data
 
 REPO = Path(__file__).resolve().parent.parent
 TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from edgenas import Arch, import_ofa, load_supernet
 from edgenas.cli import main
-from edgenas.errors import ImportOFAError
+from edgenas.core.errors import ImportOFAError
 from tests.supernet_utils import randomize
 
 

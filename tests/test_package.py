@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from edgenas_device import manifest as rules
 
+from edgenas.export.package import ModelPackage, PackageError, record_latency
 from edgenas.fleet.common import FleetError
 from edgenas.fleet.model import load_model_dir
-from edgenas.package import ModelPackage, PackageError, record_latency
 from tests import runner_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -396,7 +396,7 @@ def test_schema_rejects_what_the_reader_rejects(tflite):
 
 
 def test_importing_the_package_pulls_in_neither_torch_nor_tensorflow():
-    script = ("import sys, edgenas.package, edgenas.fleet.model\n"
+    script = ("import sys, edgenas.export.package, edgenas.fleet.model\n"
               "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))\n")
     proc = subprocess.run([VENV_PY, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})

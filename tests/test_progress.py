@@ -1,4 +1,4 @@
-"""edgenas.progress: the library reports events; the CLI renders them (a bar on a TTY, else lines)."""
+"""edgenas.core.progress: the library reports events; the CLI renders them (a bar on a TTY, else lines)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 import logging
 import threading
 
-from edgenas.progress import Progress, ProgressRenderer, Reporter, reporter
+from edgenas.core.progress import Progress, ProgressRenderer, Reporter, reporter
 
 
 def test_event_lines():
@@ -45,7 +45,7 @@ def test_bar_on_a_terminal_redraws_counts_and_keeps_messages():
 
 
 def test_reporter_defaults_log_and_a_broken_sink_never_raises(caplog):
-    caplog.set_level(logging.DEBUG, logger="edgenas.progress")
+    caplog.set_level(logging.DEBUG, logger="edgenas.core.progress")
     reporter(None)("dev", "info line")
     reporter(False)("dev", "debug line", done=1, total=3)
     reporter(False)("dev", "bad", level="error")

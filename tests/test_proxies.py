@@ -12,8 +12,7 @@ import torch
 
 from edgenas import SearchSpace
 from edgenas.cli import proxies as cli_proxies
-from edgenas.data import load_data
-from edgenas.proxies import (
+from edgenas.predictors.proxies import (
     BASELINE,
     PROXIES,
     WEIGHTS,
@@ -25,6 +24,7 @@ from edgenas.proxies import (
 )
 from edgenas.supernets.checkpoint import make_checkpoint, save_checkpoint
 from edgenas.supernets.mbv3 import build_supernet
+from edgenas.training.data import load_data
 from tests.cli_runner import Cli
 from tests.supernet_utils import randomize
 

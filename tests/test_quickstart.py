@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgenas.export import read_manifest, sha256_file
-from edgenas.store import open_store
+from edgenas.records.store import open_store
 
 EDGENAS = str(Path(sys.executable).parent / "edgenas")
 ARGS = ["quickstart", "--minutes", "0.3", "--samples", "8", "--accuracy-samples", "10",

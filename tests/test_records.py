@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.bench import BenchSettings
 from edgenas.fleet.common import DeviceResult
+from edgenas.measure.bench import BenchSettings
 from edgenas.records import deployments, measurements
 from edgenas.records.measurements import Measurement, MeasurementError, Protocol, ResumeKey
-from edgenas.store import MIGRATIONS, open_store
+from edgenas.records.store import MIGRATIONS, open_store
 
 SETTINGS = {"threads": 1, "runs": 10, "min_secs": 0.2, "warmup_runs": 1, "warmup_secs": 0.05,
             "max_secs": 150.0, "cv_threshold": 0.05, "retries": 1, "xnnpack": True}

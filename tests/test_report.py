@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from edgenas.report import ReportInputs, write_report
+from edgenas.workflows.report import ReportInputs, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

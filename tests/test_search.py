@@ -14,7 +14,7 @@ import zlib
 import pytest
 
 from edgenas import SearchSpace
-from edgenas.search import (
+from edgenas.search.searcher import (
     Candidate,
     Constraints,
     DeviceModel,
@@ -107,7 +107,7 @@ def test_rerank_prefers_candidates_whose_measured_latency_fits() -> None:
 
 
 def test_verification_keeps_a_candidate_inside_the_predictors_error_band() -> None:
-    from edgenas.search_job import with_safety_margin
+    from edgenas.search.job import with_safety_margin
 
     archs = SPACE.sample_many(6, seed=1)
     ranked = [Candidate(a, 0.9 - i / 100, {"d": 1.0 - i / 20}, 10, 1) for i, a in enumerate(archs)]

@@ -19,17 +19,17 @@ import torch
 from click.testing import CliRunner
 
 from edgenas import build_supernet
-from edgenas.bench import BenchSettings
 from edgenas.cli import main
-from edgenas.data import load_data
-from edgenas.files import sha256_file
-from edgenas.measure import list_measurements, measure, sample_archs
+from edgenas.core.files import sha256_file
+from edgenas.measure.bench import BenchSettings
+from edgenas.measure.campaign import list_measurements, measure, sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, sample_for_accuracy
 from edgenas.predictors.latency import fit
 from edgenas.predictors.latency import predictor_path as latency_predictor_path
-from edgenas.search import Constraints
-from edgenas.search_job import run_search
-from edgenas.store import open_store
+from edgenas.records.store import open_store
+from edgenas.search.job import run_search
+from edgenas.search.searcher import Constraints
+from edgenas.training.data import load_data
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 

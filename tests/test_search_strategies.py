@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from edgenas import SearchSpace
-from edgenas.errors import EdgeNASError
+from edgenas.core.errors import EdgeNASError
 from edgenas.predictors.accuracy import fit_accuracy_predictor
 from edgenas.predictors.latency import LatencyPredictor, feature_names
-from edgenas.search import (
+from edgenas.search.searcher import (
     AdditiveTable,
     ArchCodec,
     Constraints,
@@ -31,7 +31,7 @@ from edgenas.search import (
     pareto_front,
     predictor_score,
 )
-from edgenas.strategies import STRATEGIES, default_strategy, run_strategy
+from edgenas.search.strategies import STRATEGIES, default_strategy, run_strategy
 
 SPACE = SearchSpace.load("mbv3-tiny")
 COSTS = {"invoke": 0.05, "blocks": 0.004, "stem_macs": 2e-8, "head_macs": 1.2e-8,

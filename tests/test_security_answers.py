@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgenas.bench import bench_model
+from edgenas.core.text import printable
 from edgenas.device import answers
+from edgenas.device.registry import get_device
 from edgenas.device.session import DeviceSession, RunnerError
-from edgenas.package import ModelPackage
-from edgenas.registry import get_device
-from edgenas.store import open_store
-from edgenas.text import printable
+from edgenas.export.package import ModelPackage
+from edgenas.measure.bench import bench_model
+from edgenas.records.store import open_store
 from tests.cli_runner import Cli
 
 pytestmark = pytest.mark.usefixtures("user_home")
@@ -278,7 +278,7 @@ def test_log_lines_and_table_cells_escape_device_text(capsys):
     cell = table(["device", "arch"], [["pi", "aarch64" + OSC52 + "\nfake row"]])
     assert "\x1b" not in cell and len(cell.splitlines()) == 3 and "\\x0afake row" in cell
     setup_logging(logging.WARNING)
-    logging.getLogger("edgenas.bench").warning("stderr tail: %s", "oops" + OSC52 + C1_CSI)
+    logging.getLogger("edgenas.measure.bench").warning("stderr tail: %s", "oops" + OSC52 + C1_CSI)
     err = capsys.readouterr().err
     assert "warning: stderr tail: oops\\x1b]52" in err and not [c for c in RAW_CONTROL if c in err]
 

@@ -3,7 +3,7 @@
 ``edgenas_benchmark_binary`` was checked once (an ELF inside the inventory's folder) and its path was
 followed again at every bench and push, so a symlink re-pointed later — a ``git pull`` of the
 inventory's repository — sent any host file, a private key, to the device.  The registry now keeps
-the real file the path led to and its sha256, and :func:`edgenas.registry.verify_benchmark_binary`
+the real file the path led to and its sha256, and :func:`edgenas.device.registry.verify_benchmark_binary`
 refuses any change before the file is used.
 
 Real parts: a real inventory folder with real symlinks, the real CLI import, a real SQLite workspace
@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from edgenas import registry
 from edgenas.cli import main
-from edgenas.errors import DeviceError
-from edgenas.store import MIGRATIONS, open_store
+from edgenas.core.errors import DeviceError
+from edgenas.device import registry
+from edgenas.records.store import MIGRATIONS, open_store
 
 ELF = Path(sys.executable).resolve()  # a real ELF executable to stand in for benchmark_model
 
@@ -183,7 +183,7 @@ def test_a_fifo_put_in_place_does_not_hang_the_check(workspace, repo):
 
 
 def test_the_bench_backend_refuses_a_re_pointed_binary(workspace, repo):
-    from edgenas.bench import backend_for
+    from edgenas.measure.bench import backend_for
 
     device = _import(workspace, repo["inv"])
     repo["link"].unlink()

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from edgenas import inventory
 from edgenas.cli import main
-from edgenas.errors import DeviceError
-from edgenas.store import open_store
+from edgenas.core.errors import DeviceError
+from edgenas.device import inventory
+from edgenas.records.store import open_store
 
 needs_ansible = pytest.mark.skipif(
     inventory.find_ansible_inventory() is None,

@@ -21,9 +21,9 @@ import pytest
 
 from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.lock import LOCK_DIR, DeviceBusyError, host_lock, installation_id
+from edgenas.device.registry import add_device, make_device
 from edgenas.device.session import DeviceSession
-from edgenas.registry import add_device, make_device
-from edgenas.store import open_store
+from edgenas.records.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from edgenas.core.errors import DeviceError
+from edgenas.core.files import unsafe_path_reason
 from edgenas.device import layout
+from edgenas.device.registry import add_device, make_device
 from edgenas.device.scripts import script
 from edgenas.device.session import DeviceSession
-from edgenas.errors import DeviceError
-from edgenas.files import unsafe_path_reason
-from edgenas.registry import add_device, make_device
-from edgenas.store import open_store
-from edgenas.transports.local import LocalTransport, UnsafeWorkdirError
+from edgenas.device.transports.local import LocalTransport, UnsafeWorkdirError
+from edgenas.records.store import open_store
 from tests.cli_runner import Cli
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgenas import Arch, ArchError, SearchSpace, SpecError, make_divisible
-from edgenas.plan import net_plan
+from edgenas.space.plan import net_plan
 from edgenas.supernets import build_supernet
 
 SPACES = ["mbv3-w1.0", "mbv3-w1.2", "mbv3-tiny"]

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgenas.data import load_data
-from edgenas.progress import Progress
-from edgenas.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_plan
-from edgenas.space import SearchSpace
+from edgenas.core.progress import Progress
+from edgenas.space.spec import SearchSpace
 from edgenas.supernets.checkpoint import load_checkpoint, load_supernet
-from edgenas.train import TrainConfig, TrainingInterrupted, state_path, train_supernet
+from edgenas.training.data import load_data
+from edgenas.training.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_plan
+from edgenas.training.train import TrainConfig, TrainingInterrupted, state_path, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_loss_falls_and_checkpoint_loads(tmp_path: Path, small_digits) -> None:
     result = train_supernet(cfg, data=small_digits, progress=events.append,
                             on_step=lambda t: losses.append(t._last_loss))
     assert len(losses) == 24
-    # progress goes through edgenas.progress: one counted "train" event per step, then the result
+    # progress goes through edgenas.core.progress: one counted "train" event per step, then the result
     steps = [e for e in events if e.done is not None]
     assert [(e.source, e.done, e.total) for e in steps] == [("train", i, 24) for i in range(1, 25)]
     assert "loss" in steps[-1].message and "ETA" in steps[-1].message

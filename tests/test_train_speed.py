@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from edgenas import Arch, import_ofa
-from edgenas.space import SearchSpace
+from edgenas.space.spec import SearchSpace
 from edgenas.supernets.layers import activate, h_sigmoid, h_swish
 from edgenas.supernets.ofa_import import _collapse, key_map
 from tests.test_ofa_import import _make_ofa

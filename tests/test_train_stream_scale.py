@@ -26,9 +26,9 @@ import json, resource, sys, time
 root, out, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 import torch
-from edgenas.data import load_data
-from edgenas.data.stream import in_memory_bytes, memory_budget
-from edgenas.train import TrainConfig, TrainingInterrupted, train_supernet
+from edgenas.training.data import load_data
+from edgenas.training.data.stream import in_memory_bytes, memory_budget
+from edgenas.training.train import TrainConfig, TrainingInterrupted, train_supernet
 
 cfg = TrainConfig(out=out, space="mbv3-w1.0", data=root, epochs=1, batch_size=8, workers=1)
 def stop(trainer):

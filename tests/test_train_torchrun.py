@@ -26,7 +26,7 @@ from tests.test_data_stream import make_folder
 
 DRIVER = r"""
 import json, os, sys
-from edgenas.train import TrainConfig, train_supernet
+from edgenas.training.train import TrainConfig, train_supernet
 root, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 rank = int(os.environ["RANK"])
 seen = open(f"{out}.rank{rank}.jsonl", "a")

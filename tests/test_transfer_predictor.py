@@ -1,4 +1,4 @@
-"""Few-shot latency predictors (edgenas.predictors.transfer) and adaptive measurement (edgenas.adaptive).
+"""Few-shot latency predictors (edgenas.predictors.transfer) and adaptive measurement (edgenas.measure.adaptive).
 
 The prior is real: tests/data/transfer_tiny.json holds measurements taken on this repository's test
 profiles by benchmarks/predictor_transfer.py (mbv3-tiny subnets, the fastest run of each benchmark:
@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgenas.adaptive import log_det_information, select
-from edgenas.measure import sample_archs
+from edgenas.measure.adaptive import log_det_information, select
+from edgenas.measure.campaign import sample_archs
 from edgenas.predictors import transfer
 from edgenas.predictors.latency import fit, load_predictor
-from edgenas.space import SearchSpace
-from edgenas.store import open_store
+from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace
 from tests.cli_runner import Cli
 
 SPACE = SearchSpace.load("mbv3-tiny")
@@ -152,7 +152,7 @@ def test_the_mix_weighs_each_group_of_kinds_on_its_own():
 def test_replay_plays_the_adaptive_campaign_round_by_round():
     """The benchmark scores the design as `measure --adaptive` runs it: a first round, then rounds
     of 4 placed by the predictor refitted after each — on stored latencies instead of a device."""
-    from edgenas.adaptive import first_round_size, next_round, replay
+    from edgenas.measure.adaptive import first_round_size, next_round, replay
 
     pool = [SPACE.parse(a) for a in sorted(PROFILES[TARGET])]
     y = np.asarray([PROFILES[TARGET][a.to_string()] for a in pool])
@@ -200,7 +200,7 @@ def local_device_with_prior(home: Path) -> Path:
     its prior; returns a random-weight mbv3-tiny checkpoint."""
     import torch
 
-    from edgenas import registry
+    from edgenas.device import registry
     from edgenas.supernets import build_supernet
 
     torch.manual_seed(0)
@@ -219,8 +219,8 @@ def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
     What is tested is the stopping rule, so the target is one any estimate meets: whether a real
     target is reachable depends on the machine's own noise floor (a CI machine held 21 % within
     ±10 % at K = 14 where a quiet host holds 90 %; benchmarks/predictor_transfer.py measures it)."""
-    from edgenas.adaptive import measure_adaptive
-    from edgenas.bench import BenchSettings
+    from edgenas.measure.adaptive import measure_adaptive
+    from edgenas.measure.bench import BenchSettings
 
     ckpt = local_device_with_prior(tmp_path)
     with open_store(tmp_path) as store:
@@ -249,8 +249,8 @@ def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_its
     subnets, and once a re-measurement moves by more than the tolerance (0 here: any move) the rest
     of the campaign runs the full protocol.  The stored rows carry the protocol each one ran.  Both
     rounds export in one export worker, started once (torch and TensorFlow imported once)."""
-    from edgenas.adaptive import TRIMMED, measure_adaptive
-    from edgenas.bench import BenchSettings
+    from edgenas.measure.adaptive import TRIMMED, measure_adaptive
+    from edgenas.measure.bench import BenchSettings
 
     ckpt = local_device_with_prior(tmp_path)
     full = BenchSettings(runs=7, min_secs=0.05, warmup_secs=0.05)

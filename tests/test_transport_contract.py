@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.errors import TransportError
-from edgenas.transports.adb import AdbTransport
-from edgenas.transports.base import OutputLimitError, Transport
-from edgenas.transports.local import LocalTransport
-from edgenas.transports.ssh import SSHTransport
+from edgenas.core.errors import TransportError
+from edgenas.device.transports.adb import AdbTransport
+from edgenas.device.transports.base import OutputLimitError, Transport
+from edgenas.device.transports.local import LocalTransport
+from edgenas.device.transports.ssh import SSHTransport
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.files import (
+from edgenas.core.files import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
     open_private,
     private_dir,
 )
-from edgenas.store import DB_NAME, open_store
+from edgenas.records.store import DB_NAME, open_store
 from tests.cli_runner import Cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_existing_loose_workspace_is_tightened_with_a_warning(tmp_path: Path, ca
     wal = db.with_name(DB_NAME + "-wal")
     wal.write_bytes(b"")
     os.chmod(wal, 0o666)
-    with caplog.at_level(logging.WARNING, logger="edgenas.files"):
+    with caplog.at_level(logging.WARNING, logger="edgenas.core.files"):
         with open_store(home) as store:
             assert store.query("PRAGMA user_version")[0][0] > 0
     assert _mode(home) == 0o700 and _mode(db) == 0o600
@@ -81,7 +81,7 @@ def test_existing_loose_workspace_is_tightened_with_a_warning(tmp_path: Path, ca
     assert any("readable by other users (mode 755)" in w and str(home) in w for w in warnings)
     # A private workspace opens without a warning.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="edgenas.files"), open_store(home):
+    with caplog.at_level(logging.WARNING, logger="edgenas.core.files"), open_store(home):
         pass
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -190,7 +190,7 @@ def test_two_writers_of_one_file_use_distinct_temp_files(tmp_path: Path) -> None
 _CRASHING_WRITER = r"""
 import sys, time
 from pathlib import Path
-from edgenas.files import atomic_write
+from edgenas.core.files import atomic_write
 
 def write(handle):
     handle.write(b"new-" * 100_000)
@@ -242,7 +242,7 @@ def test_accuracy_predictor_save_has_no_fixed_temp_name(tmp_path: Path) -> None:
 
 
 # Files that still write through a fixed or pid-derived temp name, with who should route them through
-# edgenas.files.atomic_write.  Not owned by the workspace change; the test fails when a new one appears,
+# edgenas.core.files.atomic_write.  Not owned by the workspace change; the test fails when a new one appears,
 # and when one of these is fixed (so the list only shrinks).
 KNOWN_FIXED_TEMP_NAMES = {
     "edgenas/predictors/latency.py",  # LatencyPredictor.save: .{name}.{pid}.tmp
@@ -254,9 +254,9 @@ _FIXED_TEMP = re.compile(r"""with_suffix\(\s*["']\.tmp["']|with_name\(f?["']\..*
 def test_no_new_fixed_temp_names_in_the_library() -> None:
     offenders = {str(p.relative_to(REPO)) for p in (REPO / "edgenas").rglob("*.py")
                  if _FIXED_TEMP.search(p.read_text())}
-    assert "edgenas/search_job.py" not in offenders
+    assert "edgenas/search/job.py" not in offenders
     assert "edgenas/predictors/accuracy.py" not in offenders
-    assert offenders - KNOWN_FIXED_TEMP_NAMES == set(), "write these through edgenas.files.atomic_write"
+    assert offenders - KNOWN_FIXED_TEMP_NAMES == set(), "write these through edgenas.core.files.atomic_write"
     assert KNOWN_FIXED_TEMP_NAMES - offenders == set(), "fixed: take it off KNOWN_FIXED_TEMP_NAMES"
 
 

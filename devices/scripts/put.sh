@@ -1,5 +1,5 @@
 #!/bin/sh
-# An SSH upload (edgenas.transports.ssh): TMP FINAL SHA256 SIZE, the file's bytes on stdin.  Writes
+# An SSH upload (edgenas.device.transports.ssh): TMP FINAL SHA256 SIZE, the file's bytes on stdin.  Writes
 # them to TMP (a hidden .NAME.edgenas-tmp-* sibling), checks their sha256 (the size where the device
 # has no sha256sum) and renames TMP over FINAL; rename(2) is atomic, so FINAL holds the old file or
 # the complete new one.  A host that dies mid-way closes stdin: cat ends, the check fails, TMP goes.

@@ -2,7 +2,7 @@
 # The device's performance state, one tab-separated record a line, for hosts whose device has no
 # Python (benchmark_model route): cpufreq per CPU (governor, cur/min/max kHz), thermal zones (milli-C,
 # type), the Raspberry Pi throttle flags when vcgencmd exists, and the device clock in seconds.
-# Parsed by edgenas.benchmark_binary.parse_state; run as `sh -c "$(cat state.sh)"`.
+# Parsed by edgenas.measure.benchmark_model.parse_state; run as `sh -c "$(cat state.sh)"`.
 for d in /sys/devices/system/cpu/cpu[0-9]*/cpufreq; do
   [ -d "$d" ] || continue
   c=${d%/cpufreq}; c=${c##*/cpu}

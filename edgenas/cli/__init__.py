@@ -1,7 +1,7 @@
 """The ``edgenas`` command: a thin shell over the library (parse, call, print).
 
 Each verb group lives in its own module and is registered here; library errors
-(:class:`~edgenas.errors.EdgeNASError`) are printed as one clear line, never as a traceback.
+(:class:`~edgenas.core.errors.EdgeNASError`) are printed as one clear line, never as a traceback.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from edgenas.cli.quickstart import quickstart_cmd, report_cmd
 from edgenas.cli.search import search_cmd
 from edgenas.cli.subnet import subnet
 from edgenas.cli.supernet import supernet
-from edgenas.errors import EdgeNASError
-from edgenas.paths import default_home
-from edgenas.text import printable
+from edgenas.core.errors import EdgeNASError
+from edgenas.core.paths import default_home
+from edgenas.core.text import printable
 
 
 class _Main(click.Group):

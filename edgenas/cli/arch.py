@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from edgenas.cli.common import echo_json, human, table
-from edgenas.plan import net_plan
-from edgenas.space import SearchSpace, available_spaces
+from edgenas.space.plan import net_plan
+from edgenas.space.spec import SearchSpace, available_spaces
 
 SPACE_HELP = "Search space: a built-in name (" + ", ".join(available_spaces()) + ") or a JSON path."
 

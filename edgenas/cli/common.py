@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from edgenas.text import printable
+from edgenas.core.text import printable
 
 LOG_ENV = "EDGENAS_LOG"
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
@@ -23,7 +23,7 @@ class _EchoHandler(logging.Handler):
     """Log records to stderr through ``click.echo``, which finds the *current* stderr at each call:
     a handler holding the stream it saw first would write into a closed one when the CLI runs again
     in the same process (tests, notebooks).  Log lines carry device text (stderr tails, runner
-    errors), so control characters are escaped (:func:`edgenas.text.printable`)."""
+    errors), so control characters are escaped (:func:`edgenas.core.text.printable`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -89,7 +89,7 @@ class Workspace:
 
     def ensure(self) -> Path:
         """The home folder, created private (0700) or tightened if others can read it."""
-        from edgenas.files import private_dir
+        from edgenas.core.files import private_dir
 
         return private_dir(self.home)
 
@@ -110,7 +110,7 @@ def echo_json(data: Any) -> None:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (numbers right-aligned).  Every cell is single-line printable text
-    (:func:`edgenas.text.printable`): cells often hold device text, and a newline or escape sequence
+    (:func:`edgenas.core.text.printable`): cells often hold device text, and a newline or escape sequence
     in one must neither reach the terminal nor fake rows."""
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

@@ -8,14 +8,14 @@ from typing import Any
 
 import click
 
-from edgenas import devices as devlib
-from edgenas import registry
-from edgenas.classes import ClassError, class_of, how, validate_class
 from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.core.errors import DeviceError
+from edgenas.device import probe as devlib
+from edgenas.device import registry
+from edgenas.device.classes import ClassError, class_of, how, validate_class
 from edgenas.device.session import DeviceSession
-from edgenas.errors import DeviceError
-from edgenas.store import Store, open_store
-from edgenas.transports import known_hosts_path, open_transport
+from edgenas.device.transports import known_hosts_path, open_transport
+from edgenas.records.store import Store, open_store
 
 
 def _class_option(_ctx: Any, _param: Any, value: str | None) -> str | None:
@@ -29,10 +29,10 @@ def _class_option(_ctx: Any, _param: Any, value: str | None) -> str | None:
 
 
 def _checked_paths(python: str | None, workdir: str | None, kind: str) -> tuple[str | None, str | None]:
-    """--python and --workdir by the same rules as an inventory's (edgenas.inventory): one interpreter
+    """--python and --workdir by the same rules as an inventory's (edgenas.device.inventory): one interpreter
     program (``env python3`` becomes ``python3``; a command line is refused), and a work folder that
     is not /, a home or shared root, or inside a system folder — edgenas deletes files in it."""
-    from edgenas.inventory import python_command, validate_workdir
+    from edgenas.device.inventory import python_command, validate_workdir
 
     try:
         python = python_command(python) if python is not None else None
@@ -186,7 +186,7 @@ def add(
             **common,
         )
         if dev.key_path:
-            from edgenas.transports.ssh import check_private_key
+            from edgenas.device.transports.ssh import check_private_key
 
             check_private_key(dev.key_path)
     elif adb_serial:
@@ -222,7 +222,7 @@ def add(
 def _check_pinned_host_key(dev: registry.Device, home: Path, replace: bool) -> str:
     """Contact the device now: a wrong key fails ``device add`` (HostKeyError); an unreachable device
     is still added, its pin checked on first use (provisioning before the board is online)."""
-    from edgenas.errors import HostKeyError, TransportError
+    from edgenas.core.errors import HostKeyError, TransportError
 
     try:
         with open_transport(dev, home, replace_known_host=replace) as transport:
@@ -236,8 +236,8 @@ def _check_pinned_host_key(dev: registry.Device, home: Path, replace: bool) -> s
 
 def _read_adb_serialno(dev: registry.Device) -> tuple[str | None, str]:
     """The device's own serial, to refuse another device at this address later."""
-    from edgenas.errors import TransportError
-    from edgenas.transports.adb import AdbTransport
+    from edgenas.core.errors import TransportError
+    from edgenas.device.transports.adb import AdbTransport
 
     assert dev.serial is not None
     transport = AdbTransport(dev.name, dev.serial, connect_timeout=dev.timeout_s)
@@ -381,7 +381,7 @@ def set_class(ws: Workspace, args: tuple[str, ...], derived: bool) -> None:
 @click.pass_obj
 def remove(ws: Workspace, names: tuple[str, ...]) -> None:
     """Forget devices (and, for SSH, their host key when no other device uses that host)."""
-    from edgenas.transports.ssh import forget_known_host
+    from edgenas.device.transports.ssh import forget_known_host
 
     home = ws.ensure()
     with _store(ws) as store:
@@ -466,7 +466,7 @@ def import_(
     """Import devices from an Ansible inventory: INI or YAML, with group_vars/ and host_vars/ beside it.
 
     Every value is checked before anything is recorded: a bad inventory imports nothing."""
-    from edgenas import inventory as inv
+    from edgenas.device import inventory as inv
 
     home = ws.ensure()
     devs = inv.load_inventory(

@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
-from edgenas import registry
 from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.device import registry
+from edgenas.device.registry import Device
 from edgenas.fleet.common import (
     DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
@@ -19,8 +20,7 @@ from edgenas.fleet.common import (
     FleetError,
     validate_model_name,
 )
-from edgenas.registry import Device
-from edgenas.store import Store, open_store
+from edgenas.records.store import Store, open_store
 
 EXIT_FAILED = 1
 EXIT_LIMIT = 3

@@ -74,10 +74,10 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     and re-run with the same arguments, it resumes and measures nothing twice (with --repeats K,
     nothing more than K times).
     """
-    from edgenas.bench import BenchSettings
-    from edgenas.measure import measure
-    from edgenas.progress import ProgressRenderer
-    from edgenas.store import open_store
+    from edgenas.core.progress import ProgressRenderer
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.measure.campaign import measure
+    from edgenas.records.store import open_store
 
     settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs, warmup_secs=warmup_secs)
     previous = _install_sigterm()
@@ -85,7 +85,7 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     try:
         with open_store(ws.ensure()) as store:
             if adaptive:
-                from edgenas.adaptive import run_cli
+                from edgenas.measure.adaptive import run_cli
 
                 ctx = click.get_current_context()
                 trim = all(ctx.get_parameter_source(p) is click.core.ParameterSource.DEFAULT
@@ -129,7 +129,7 @@ def measurements() -> None:
 def _rows(ws: Workspace, device: str | None, precision: str | None,
           threads: int | None) -> list[dict[str, Any]]:
     from edgenas.records import measurements
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
 
     with open_store(ws.ensure()) as store:
         return [m.to_dict() for m in measurements.find(store, device, precision, threads)]

@@ -50,7 +50,7 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
     later prediction carries.
     """
     from edgenas.predictors.latency import evaluate_baseline, fit, predictor_path
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
 
     with open_store(ws.ensure()) as store:
         pred = fit(store, device_name, precision, threads, space=space, save_to=ws.home,
@@ -94,8 +94,8 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
     from edgenas.predictors.latency import list_predictors
 
     if device_name is not None:
-        from edgenas.classes import resolve
-        from edgenas.store import open_store
+        from edgenas.device.classes import resolve
+        from edgenas.records.store import open_store
 
         with open_store(ws.ensure()) as store:
             device_name = resolve(store, device_name)  # a device's predictors are its class's
@@ -121,10 +121,10 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
                 threads: int, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
-    from edgenas.classes import resolve
+    from edgenas.device.classes import resolve
     from edgenas.predictors.latency import device_xnnpack, load_predictor
-    from edgenas.space import SearchSpace
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
+    from edgenas.space.spec import SearchSpace
 
     with open_store(ws.ensure()) as store:  # a predictor of the other XNNPACK profile is refused
         xnnpack = device_xnnpack(store, device_name)

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import Workspace, table
-from edgenas.space import available_spaces
+from edgenas.space.spec import available_spaces
 
-# edgenas.proxies imports torch; the CLI must start without it (tests check these match)
+# edgenas.predictors.proxies imports torch; the CLI must start without it (tests check these match)
 PROXIES = ("synflow", "grad_norm", "snip", "naswot", "jacob_cov")
 BASELINE = "macs"
 WEIGHTS = ("init", "inherited")
@@ -62,10 +62,10 @@ def proxies_cmd(ws: Workspace, ckpt: Path | None, space_name: str | None, sample
     beat, and what each costs per subnet. With --space there is no top-1: the proxies are
     correlated with MACs only.
     """
-    from edgenas.data import load_data
     from edgenas.predictors.accuracy import sample_for_accuracy
-    from edgenas.proxies import SubnetProxies, proxy_study
-    from edgenas.space import SearchSpace
+    from edgenas.predictors.proxies import SubnetProxies, proxy_study
+    from edgenas.space.spec import SearchSpace
+    from edgenas.training.data import load_data
 
     if (ckpt is None) == (space_name is None):
         raise click.UsageError("give either CKPT or --space NAME")

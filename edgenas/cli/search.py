@@ -8,7 +8,7 @@ import click
 
 from edgenas.cli.common import Workspace, echo, human, table
 
-# edgenas.strategies imports numpy only, but the CLI lists the names without importing it
+# edgenas.search.strategies imports numpy only, but the CLI lists the names without importing it
 STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce")
 
 
@@ -63,9 +63,9 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     predictor per device (`edgenas measure`, then `edgenas predictor fit`). An impossible
     budget fails at once with the tightest achievable value.
     """
-    from edgenas.search import Constraints
-    from edgenas.search_job import run_search
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
+    from edgenas.search.job import run_search
+    from edgenas.search.searcher import Constraints
 
     targets = list(devices) + list(groups)
     if not targets:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import echo_json, human, table
-from edgenas.space import available_spaces
+from edgenas.space.spec import available_spaces
 
 
 @click.group()
@@ -71,7 +71,7 @@ def import_ofa_cmd(path: Path, space_name: str, out: Path) -> None:
 
 def _load_eval_data(source: str | None, net, limit: int | None = None):  # noqa: ANN001, ANN202
     """The data set to evaluate on: ``--data`` or the one recorded in the checkpoint."""
-    from edgenas.data import DataError, load_data
+    from edgenas.training.data import DataError, load_data
 
     source = source or net.meta.get("data")
     if not source:
@@ -123,7 +123,7 @@ def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | Non
               kd_ratio: float, limit: int | None, save_every: float, threads: int | None,
               data_mode: str, workers: int | None, quiet: bool) -> None:
     """Train a supernet by progressive shrinking with distillation (Ctrl-C saves; --resume)."""
-    from edgenas.train import TrainConfig, TrainingInterrupted, train_supernet
+    from edgenas.training.train import TrainConfig, TrainingInterrupted, train_supernet
 
     cfg = TrainConfig(out=str(out), space=space_name, data=data_source, minutes=minutes,
                       epochs=epochs, batch_size=batch_size, seed=seed, kd_ratio=kd_ratio,
@@ -149,8 +149,8 @@ def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | Non
 def eval_cmd(ckpt: Path, arch_ids: tuple[str, ...], data_source: str | None, calib: int,
              no_recalibrate: bool, as_json: bool) -> None:
     """Top-1 of subnets on the validation split (BN recalibrated on calibration images)."""
-    from edgenas.evaluate import evaluate_archs
     from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.training.evaluate import evaluate_archs
 
     net = load_supernet(ckpt)
     archs = [net.space.parse(a) for a in arch_ids]

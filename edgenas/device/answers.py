@@ -14,9 +14,9 @@ push health check, ``fleet predict``):
   *before* ``json.loads`` sees it (a bracket scan that skips strings), so no answer can exhaust the
   recursion limit — here or later, when the raw answer is stored with ``json.dumps``;
 * :func:`bench_answer`: every field the host uses is type- and range-checked as
-  :mod:`edgenas.benchmark_binary` checks ``benchmark_model``'s log: numbers finite, non-negative and
+  :mod:`edgenas.measure.benchmark_model` checks ``benchmark_model``'s log: numbers finite, non-negative and
   under a sane bound, integers really integers (``True`` is not a count), strings short and printable
-  (:mod:`edgenas.text`), nested records of the right shape;
+  (:mod:`edgenas.core.text`), nested records of the right shape;
 * :func:`predict_answer`: the same for ``predict``'s top-k.
 
 Every error is a :class:`~edgenas.device.errors.RunnerError` naming the device and the field, so
@@ -33,13 +33,13 @@ from contextlib import contextmanager
 from itertools import accumulate
 from typing import Any
 
+from edgenas.core.errors import DeviceError
+from edgenas.core.text import is_printable, printable
 from edgenas.device.errors import RunnerError
-from edgenas.errors import DeviceError
-from edgenas.text import is_printable, printable
 
 # Bounds.  A real bench answer is a few tens of KB (at most 2000 listed run times) nested 4 deep;
 # one inference slower than 1000 s, more than 1e8 runs, or a process using more than 1 TiB is not a
-# measurement but corruption (the same bounds as edgenas.benchmark_binary's parser).
+# measurement but corruption (the same bounds as edgenas.measure.benchmark_model's parser).
 MAX_ANSWER_CHARS = 8 * 1024 * 1024  # the transports' stdout limit
 MAX_DEPTH = 32
 MAX_MS = 1e6
@@ -94,7 +94,7 @@ def _check_line(device: str, verb: str, line: str) -> None:
 def check_output(device: str, stdout: str, verb: str) -> None:
     """Refuse ``stdout`` when any line a JSON reader would try (one starting with ``{``) is too large
     or too deeply nested: call before handing the output to a parser that has no such bound
-    (:func:`edgenas.files.last_json`)."""
+    (:func:`edgenas.core.files.last_json`)."""
     for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
@@ -103,7 +103,7 @@ def check_output(device: str, stdout: str, verb: str) -> None:
 
 def parse_answer(device: str, stdout: str, verb: str) -> dict[str, Any] | None:
     """The last line of ``stdout`` that is a JSON object (the runner prints one; a shell or Python
-    may print warnings before it), or None.  Unlike :func:`edgenas.files.last_json`, a candidate
+    may print warnings before it), or None.  Unlike :func:`edgenas.core.files.last_json`, a candidate
     line that is too large or nested deeper than :data:`MAX_DEPTH` is refused with a clear error
     before it is parsed, so a device can never raise ``RecursionError`` in the host."""
     for line in reversed(stdout.strip().splitlines()):
@@ -225,7 +225,7 @@ def _state(device: str, verb: str, field: str, value: Any) -> None:
 
 def bench_answer(device: str, data: Any, *, sha256: str | None = None,
                  verb: str = "bench") -> dict[str, Any]:
-    """Check a bench answer (the runner's JSON, or :func:`edgenas.benchmark_binary.to_measurement`'s
+    """Check a bench answer (the runner's JSON, or :func:`edgenas.measure.benchmark_model.to_measurement`'s
     record) field by field and return it.
 
     Checked: the timing fields (:data:`TIMES_MS`; ``median_ms`` required) finite in [0, MAX_MS];

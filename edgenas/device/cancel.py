@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from edgenas.errors import EdgeNASError
+from edgenas.core.errors import EdgeNASError
 
 log = logging.getLogger(__name__)
 ABORT_TIMEOUT_S = 20.0

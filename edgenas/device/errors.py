@@ -6,7 +6,7 @@ answer checks, the benchmark backends) raises the same types without importing e
 
 from __future__ import annotations
 
-from edgenas.errors import DeviceError
+from edgenas.core.errors import DeviceError
 
 
 class RunnerError(DeviceError):

@@ -40,11 +40,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgenas.core.errors import DeviceError, EdgeNASError
+from edgenas.core.files import PRIVATE_FILE_MODE, fsync_dir
 from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.scripts import script
-from edgenas.errors import DeviceError, EdgeNASError
-from edgenas.files import PRIVATE_FILE_MODE, fsync_dir
-from edgenas.transports import Transport
+from edgenas.device.transports import Transport
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import functools
 import re
 from pathlib import Path
 
-from edgenas.paths import devices_dir
+from edgenas.core.paths import devices_dir
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 

@@ -12,7 +12,7 @@ its exit codes mapped in five places, pushed three ways, and models kept in five
   device), so a cancelled command (Ctrl-C, SIGTERM: :mod:`edgenas.device.cancel`) stops it before it
   releases the lock.
 * On a local device the runner is run from the workspace's own cache (private, checked with
-  :func:`edgenas.files.unsafe_path_reason`), never from the copy in the workdir: a copy there is
+  :func:`edgenas.core.files.unsafe_path_reason`), never from the copy in the workdir: a copy there is
   hashed in one command and started in another, and whoever could swap it in between would run code
   as this user.  The copy is still kept in the workdir, so the device's state reads the same on
   every kind of device.
@@ -31,15 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenas.core.errors import DeviceError, EdgeNASError, TransportError
+from edgenas.core.files import sha256_file, unsafe_path_reason
 from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.errors import ModelFileError, NoRuntimeError, NoSpaceError, RunnerError
 from edgenas.device.lock import DEFAULT_LOCK_TIMEOUT_S, DeviceLock, host_lock
+from edgenas.device.registry import Device
 from edgenas.device.scripts import script
-from edgenas.errors import DeviceError, EdgeNASError, TransportError
-from edgenas.files import sha256_file, unsafe_path_reason
-from edgenas.registry import Device
-from edgenas.transports import RunResult, Transport, open_transport
+from edgenas.device.transports import RunResult, Transport, open_transport
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgenas.data import ImageData, load_data
-from edgenas.evaluate import recalibrate_bn
 from edgenas.export.convert import ExportError
 from edgenas.export.pipeline import ExportResult, export_model, sha256_file
-from edgenas.space import Arch, SearchSpace
+from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.checkpoint import read_torch_file
 from edgenas.supernets.mbv3 import MobileNetV3Supernet
 from edgenas.supernets.static import MobileNetV3
+from edgenas.training.data import ImageData, load_data
+from edgenas.training.evaluate import recalibrate_bn
 
 DEFAULT_CALIBRATION = 500
 BN_CALIBRATION = 2000

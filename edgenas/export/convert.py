@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.errors import EdgeNASError
+from edgenas.core.errors import EdgeNASError
 
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.core.files import sha256_file  # noqa: F401  (re-exported by edgenas.export)
 from edgenas.export.convert import (
     ExportError,
     convert,
@@ -25,9 +26,8 @@ from edgenas.export.convert import (
     run_tflite,
 )
 from edgenas.export.keras_model import build_keras_model, first_divergence
-from edgenas.files import sha256_file  # noqa: F401  (re-exported by edgenas.export)
-from edgenas.package import ModelPackage, PackageError
-from edgenas.space import Arch, SearchSpace
+from edgenas.export.package import ModelPackage, PackageError
+from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.static import MobileNetV3
 
 PARITY_TOLERANCE = 1e-4
@@ -173,7 +173,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of an exported model folder as a JSON object, checked by the package rules
-    (:meth:`edgenas.package.ModelPackage.load`: model name, TFL3, sha256, typed fields)."""
+    (:meth:`edgenas.export.package.ModelPackage.load`: model name, TFL3, sha256, typed fields)."""
     try:
         return ModelPackage.load(directory).data
     except PackageError as exc:

@@ -1,7 +1,7 @@
 """``fleet bench``: measure the deployed (or a given) model on every device at once and compare each
 device with the latency the search promised for it.
 
-The measurement itself is :class:`edgenas.bench.DeviceBencher` (one benchmark at a time per device under
+The measurement itself is :class:`edgenas.measure.bench.DeviceBencher` (one benchmark at a time per device under
 the device lock, noise retries, a ``measurements`` row per device), run for all devices in parallel:
 devices are independent machines, so a fleet report takes as long as its slowest device.  A deployed
 model is timed where it lies on the device: nothing is downloaded from a device, so a device lying
@@ -13,7 +13,7 @@ predictor (or the device: thermal throttling, another governor, another runtime)
 promise the search made does not hold there — worth flagging before users notice.
 
 Spot checks (``fleet bench --per-class N``, :func:`spot_check`): devices of one class
-(:mod:`edgenas.classes`) run a model at the same speed, so a sample of each class tells how the class
+(:mod:`edgenas.device.classes`) run a model at the same speed, so a sample of each class tells how the class
 is doing, and a device
 of the class that measures far from the others is the one worth looking at (a board that throttles,
 a phone in power-save mode, a board someone put in the wrong class).  A device is therefore held to
@@ -34,17 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgenas.classes import by_class, class_of
 from edgenas.device.cancel import Cancel
+from edgenas.device.classes import by_class, class_of
+from edgenas.device.registry import Device
+from edgenas.device.transports import Transport, open_transport
 from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out, session_for
 from edgenas.fleet.model import MODEL_FILE, VERSION_HEX
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import MODELS_DIR, read_state
 from edgenas.predictors.latency import STATISTICS, measured_latency
 from edgenas.records.deployments import deployed_manifest
-from edgenas.registry import Device
-from edgenas.store import open_store
-from edgenas.transports import Transport, open_transport
+from edgenas.records.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _space_of(manifest: Mapping[str, Any]) -> Any:
     never a reason to read another file); anything else is handed over as it is."""
     space = manifest.get("space")
     if isinstance(space, str):
-        from edgenas.space import SearchSpace, available_spaces
+        from edgenas.space.spec import SearchSpace, available_spaces
 
         if space in available_spaces():
             return SearchSpace.load(space)
@@ -214,7 +214,7 @@ def fleet_bench(
     ``predictors``: latency predictors by device name; a device without one is held to its class's
     saved predictor (for the model's precision and ``threads``) when the manifest promises nothing.
     """
-    from edgenas.bench import BenchSettings, DeviceBencher, load_model_dir
+    from edgenas.measure.bench import BenchSettings, DeviceBencher, load_model_dir
 
     if not devices:
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenas.core.errors import EdgeNASError
 from edgenas.device.cancel import Cancel
+from edgenas.device.registry import Device
 from edgenas.device.session import DeviceSession
-from edgenas.errors import EdgeNASError
-from edgenas.registry import Device
-from edgenas.transports import Transport, open_transport
+from edgenas.device.transports import Transport, open_transport
 
 STATUSES = ("ok", "unchanged", "failed", "rolled-back", "skipped")
 DEFAULT_PARALLEL = 8

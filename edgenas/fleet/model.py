@@ -1,4 +1,4 @@
-"""A model folder on the host as the fleet sees it: a checked :class:`~edgenas.package.ModelPackage`
+"""A model folder on the host as the fleet sees it: a checked :class:`~edgenas.export.package.ModelPackage`
 plus the version name it gets on devices.
 
 The folder is read by :meth:`ModelPackage.load`, the one reader every command shares, so ``fleet push``
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgenas.files import sha256_file  # noqa: F401  (re-exported)
+from edgenas.core.files import sha256_file  # noqa: F401  (re-exported)
+from edgenas.export.package import ModelPackage, PackageError
 from edgenas.fleet.common import FleetError, validate_model_name
-from edgenas.package import ModelPackage, PackageError
 
 VERSION_HEX = 12  # version = first 12 hex digits of the model's sha256: deterministic, so idempotent
 MODEL_FILE = "model.tflite"

@@ -10,11 +10,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgenas.core.errors import EdgeNASError
+from edgenas.core.files import sha256_file
 from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel
+from edgenas.device.registry import Device
 from edgenas.device.session import DeviceSession, LocalFile
-from edgenas.errors import EdgeNASError
-from edgenas.files import sha256_file
+from edgenas.device.transports import Transport, open_transport
 from edgenas.fleet.common import (
     DEFAULT_PARALLEL,
     DeviceResult,
@@ -26,8 +28,6 @@ from edgenas.fleet.common import (
 )
 from edgenas.fleet.model import MODEL_FILE
 from edgenas.fleet.state import MODELS_DIR, read_state
-from edgenas.registry import Device
-from edgenas.transports import Transport, open_transport
 
 PREDICT_TIMEOUT_S = 180.0
 
@@ -70,7 +70,7 @@ def run_predict(session: DeviceSession, model_remote: str, data: LocalFile, top_
                                 model=model_remote)
     # top-k, labels and runtime are printed and compared: checked like a bench answer's fields
     report = answers.predict_answer(session.name, report, top_k)
-    from edgenas.bench import device_cache_mib, touch_and_prune
+    from edgenas.measure.bench import device_cache_mib, touch_and_prune
 
     touch_and_prune(session, device_cache_mib(session.device), data.remote.rsplit("/", 1)[1],
                     layout.INPUT_CACHE)

@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgenas.core.errors import EdgeNASError
 from edgenas.device.cancel import Cancel
+from edgenas.device.registry import Device
 from edgenas.device.session import SPACE_MARGIN_KIB, DeviceSession, NoSpaceError, check_space
-from edgenas.errors import EdgeNASError
+from edgenas.device.transports import Transport, open_transport
 from edgenas.fleet.common import (
     DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
@@ -38,7 +40,6 @@ from edgenas.fleet.common import (
     short_error,
 )
 from edgenas.fleet.model import MANIFEST_FILE, MODEL_FILE, LocalModel
-from edgenas.fleet.records import record_deployment
 from edgenas.fleet.state import (
     MODELS_DIR,
     STATE_TIMEOUT_S,
@@ -47,9 +48,8 @@ from edgenas.fleet.state import (
     read_state,
     run_fleet_script,
 )
-from edgenas.registry import Device
-from edgenas.store import Store
-from edgenas.transports import Transport, open_transport
+from edgenas.records.deployments import record_deployment
+from edgenas.records.store import Store
 
 DEFAULT_TRANSFER_TIMEOUT_S = 300.0
 HEALTH_TIMEOUT_S = 300.0
@@ -180,7 +180,7 @@ def model_free_device(session: DeviceSession) -> bool:
 def _health_check(session: DeviceSession, model: LocalModel, name: str, result: DeviceResult,
                   before: str | None) -> None:
     """Load the switched model on the device and run one inference; roll back if that fails."""
-    from edgenas.bench import BenchSettings, backend_for
+    from edgenas.measure.bench import BenchSettings, backend_for
 
     backend = backend_for(session.device, session.home)
     once = BenchSettings(runs=1, min_secs=0.0, warmup_runs=0, warmup_secs=0.0, max_secs=60.0)

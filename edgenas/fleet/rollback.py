@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgenas.core.errors import EdgeNASError
 from edgenas.device import layout
 from edgenas.device.cancel import Cancel
-from edgenas.errors import EdgeNASError
+from edgenas.device.registry import Device
+from edgenas.device.transports import Transport, open_transport
 from edgenas.fleet.common import (
     DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
@@ -27,11 +29,9 @@ from edgenas.fleet.common import (
     short_error,
 )
 from edgenas.fleet.predict import pick_model
-from edgenas.fleet.records import record_deployment
 from edgenas.fleet.state import STATE_TIMEOUT_S, new_tag, read_state, run_fleet_script
-from edgenas.registry import Device
-from edgenas.store import Store
-from edgenas.transports import Transport, open_transport
+from edgenas.records.deployments import record_deployment
+from edgenas.records.store import Store
 
 
 def rollback_one(

@@ -2,11 +2,11 @@
 subnet for its own hardware.
 
 The promise of a once-for-all supernet is one training and a specialised subnet per kind of device.
-A fleet is grouped into device classes (:mod:`edgenas.classes`: devices whose latency is the same), and
+A fleet is grouped into device classes (:mod:`edgenas.device.classes`: devices whose latency is the same), and
 for each class in the group, in order:
 
 1. **measure** — unless the class already has latency predictors for the supernet's space: a few-shot
-   adaptive campaign (:mod:`edgenas.adaptive`, transfer from the classes already measured) on *one*
+   adaptive campaign (:mod:`edgenas.measure.adaptive`, transfer from the classes already measured) on *one*
    device of the class, the representative (the first reachable by name), then ``predictor fit``.
    With ``--precision auto`` both fp32 and int8 are measured, so that the search can pick the faster.
 2. **search** under the class's latency budget (``--latency-ms``, else the strictest
@@ -43,17 +43,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgenas.classes import by_class, how
+from edgenas.core.errors import EdgeNASError
+from edgenas.core.files import atomic_write_json, open_private, private_dir, sha256_file
 from edgenas.device.cancel import Cancel
-from edgenas.errors import EdgeNASError
-from edgenas.files import atomic_write_json, open_private, private_dir, sha256_file
+from edgenas.device.classes import by_class, how
+from edgenas.device.registry import Device, save_probe, select_devices
+from edgenas.device.transports import Transport, open_transport
 from edgenas.fleet.common import DeviceResult, FleetError, fan_out, session_for, validate_model_name
-from edgenas.registry import Device, save_probe, select_devices
-from edgenas.store import Store
-from edgenas.transports import Transport, open_transport
+from edgenas.records.store import Store
 
 if TYPE_CHECKING:
-    from edgenas.measure import ExportWorkers
+    from edgenas.measure.campaign import ExportWorkers
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def probe_group(store: Store, home: Path, devices: Sequence[Device], *, parallel
                 ) -> tuple[list[Device], dict[str, str]]:
     """Probe every device now (their classes come from what they are today); (reachable devices,
     re-read with their new probe, {unreachable device: reason})."""
-    from edgenas import devices as devlib
+    from edgenas.device import probe as devlib
 
     def work(dev: Device, cancel: Cancel) -> DeviceResult:
         with session_for(home, dev, cancel, opener) as session:
@@ -177,7 +177,7 @@ def make_plan(store: Store, home: Path, ckpt: Path, group: str, *, latency_ms: f
     from edgenas.predictors.accuracy import AccuracyPredictor
     from edgenas.predictors.accuracy import predictor_path as accuracy_path
     from edgenas.predictors.latency import LatencyPredictorError, load_predictor
-    from edgenas.space import SearchSpace
+    from edgenas.space.spec import SearchSpace
     from edgenas.supernets.checkpoint import load_checkpoint
 
     if precision != "auto" and precision not in ("fp32", "fp16", "int8", "dynamic"):
@@ -292,7 +292,7 @@ def run(store: Store, home: Path, plan: Plan, *, samples: int = DEFAULT_SAMPLES,
 
             fit_and_save(home, plan.ckpt, ACCURACY_SAMPLES, None, seed)
         outcomes = []
-        from edgenas.measure import ExportWorkers
+        from edgenas.measure.campaign import ExportWorkers
 
         # One set of export workers for every class's campaign rounds and search verification.
         with ExportWorkers() as exporters:
@@ -381,8 +381,8 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
 
 def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str, samples: int,
              seed: int, protocol: tuple[int, float], exporters: ExportWorkers | None = None) -> None:
-    from edgenas.adaptive import measure_adaptive
-    from edgenas.bench import BenchSettings
+    from edgenas.measure.adaptive import measure_adaptive
+    from edgenas.measure.bench import BenchSettings
     from edgenas.predictors.latency import fit
 
     settings = BenchSettings(threads=plan.threads, runs=protocol[0], min_secs=protocol[1])
@@ -396,8 +396,8 @@ def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str
 
 def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int,
             seed: int, exporters: ExportWorkers | None = None) -> dict[str, Any]:
-    from edgenas.search import Constraints
-    from edgenas.search_job import run_search
+    from edgenas.search.job import run_search
+    from edgenas.search.searcher import Constraints
 
     outcome = run_search(store, home, plan.ckpt, [cp.representative],
                          Constraints(latency_ms=cp.budget_ms), precision=plan.precision,
@@ -461,7 +461,7 @@ def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
     seeded sample; each device held to the class's promise in the manifest and to the class's median
     in this run).  ({device: measured ms}, [drifted devices])."""
     from edgenas.fleet.bench import spot_check
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
 
     with open_store(home) as store:
         devices = select_devices(store, cp.devices)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.device.cancel import Cancel
+from edgenas.device.registry import Device
+from edgenas.device.transports import Transport, open_transport
 from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out, session_for
 from edgenas.fleet.state import ModelState, read_state
 from edgenas.records.deployments import Deployment, deployed_names, expected_state
-from edgenas.registry import Device
-from edgenas.store import Store
-from edgenas.transports import Transport, open_transport
+from edgenas.records.store import Store
 
 
 def drift(model: ModelState | None, expected: Deployment | None) -> str | None:

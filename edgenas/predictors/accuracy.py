@@ -1,6 +1,6 @@
 """Accuracy predictor: top-1 of an unmeasured subnet, learned from supernet evaluations.
 
-Ground truth is the BN-recalibrated validation top-1 of sampled subnets (``edgenas.evaluate``),
+Ground truth is the BN-recalibrated validation top-1 of sampled subnets (``edgenas.training.evaluate``),
 stored in the workspace database per (supernet sha256, arch, data set) so an interrupted run
 resumes and nothing is evaluated twice.  The model follows OFA's arch encoding: a one-hot of
 kernel and expand per block slot (zeros for blocks a shallow stage skips), depth one-hot per
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.errors import EdgeNASError
-from edgenas.space import Arch, SearchSpace
-from edgenas.store import Store
+from edgenas.core.errors import EdgeNASError
+from edgenas.records.store import Store
+from edgenas.space.spec import Arch, SearchSpace
 
 
 class PredictorError(EdgeNASError):
@@ -107,7 +107,7 @@ def evaluate_into_store(store: Store, net: Any, source_sha256: str, data: Any,
 
     Each result is committed as soon as it exists, so a killed run loses at most one evaluation.
     """
-    from edgenas.evaluate import evaluate_archs
+    from edgenas.training.evaluate import evaluate_archs
 
     done = stored_evaluations(store, source_sha256, data.source)
     todo = [a for a in archs if a.to_string() not in done]
@@ -155,7 +155,7 @@ class AccuracyPredictor:
 
     def save(self, path: Path) -> Path:
         """Atomically (unique temp name, fsync, rename), so two fits never share a temp file."""
-        from edgenas.files import atomic_write_json
+        from edgenas.core.files import atomic_write_json
 
         return atomic_write_json(path, self.to_json(), indent=1)
 
@@ -229,12 +229,12 @@ def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None =
     the end.  Every rank fits the same predictor; only rank 0 writes it.  ``stats``, when given,
     receives ``world`` and ``per_rank`` (evaluations done by each rank in this run).
     """
-    from edgenas.data import load_data
+    from edgenas.core.files import sha256_file
     from edgenas.export.api import training_data_source
-    from edgenas.files import sha256_file
-    from edgenas.store import open_store
+    from edgenas.records.store import open_store
     from edgenas.supernets.checkpoint import load_supernet
-    from edgenas.train import init_distributed
+    from edgenas.training.data import load_data
+    from edgenas.training.train import init_distributed
 
     dist_info = init_distributed("cpu")
     net = load_supernet(ckpt)

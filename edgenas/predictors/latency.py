@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.errors import EdgeNASError
-from edgenas.plan import net_plan
-from edgenas.space import Arch, SearchSpace
-from edgenas.store import Store
+from edgenas.core.errors import EdgeNASError
+from edgenas.records.store import Store
+from edgenas.space.plan import net_plan
+from edgenas.space.spec import Arch, SearchSpace
 
 FORMAT = "edgenas-latency-predictor"
 VERSION = 1
@@ -210,7 +210,7 @@ def _candidates(n: int) -> list[str]:
 class LatencyPredictor:
     """A fitted predictor: ``predict(space, arch)`` in ms; ``error`` its held-out p90 relative error.
 
-    ``device``: the device class it serves (:mod:`edgenas.classes`; for a device never probed, the
+    ``device``: the device class it serves (:mod:`edgenas.device.classes`; for a device never probed, the
     device's own name) — the field keeps its name so that saved predictors stay readable."""
 
     device: str
@@ -442,8 +442,8 @@ def device_xnnpack(store: Store, device: str) -> bool:
     except sqlite3.OperationalError:  # a store without the column predates the setting: XNNPACK on
         return True
     if not rows:
-        from edgenas.classes import class_of
-        from edgenas.registry import list_devices
+        from edgenas.device.classes import class_of
+        from edgenas.device.registry import list_devices
 
         members = [d for d in list_devices(store) if class_of(d) == device]
         return members[0].xnnpack if members else True
@@ -451,8 +451,8 @@ def device_xnnpack(store: Store, device: str) -> bool:
 
 
 def _class_key(store: Store, name: str) -> str:
-    """The class a predictor command's target names (edgenas.classes.resolve), as a predictor error."""
-    from edgenas.classes import ClassError, resolve
+    """The class a predictor command's target names (edgenas.device.classes.resolve), as a predictor error."""
+    from edgenas.device.classes import ClassError, resolve
 
     try:
         return resolve(store, name)

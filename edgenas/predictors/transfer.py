@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 
 from edgenas.predictors import latency as lat
-from edgenas.space import Arch, SearchSpace
-from edgenas.store import Store
+from edgenas.records.store import Store
+from edgenas.space.spec import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from edgenas.errors import EdgeNASError
-from edgenas.store import Store
+from edgenas.core.errors import EdgeNASError
+from edgenas.records.store import Store
 
 ACTIONS = ("push", "rollback")
 STATUSES = ("ok", "unchanged", "failed", "rolled-back")

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from edgenas.errors import EdgeNASError
-from edgenas.store import Store
+from edgenas.core.errors import EdgeNASError
+from edgenas.records.store import Store
 
 # The statistics a caller may rank or fit by (column names are interpolated, so only these).
 STAT_COLUMNS = ("median_ms", "p90_ms", "mean_ms", "min_ms")
@@ -43,7 +43,7 @@ class Protocol:
 
     @classmethod
     def of(cls, settings: Any) -> Protocol:
-        """From :class:`edgenas.bench.BenchSettings` or the ``edgenas.settings`` dict of a stored row
+        """From :class:`edgenas.measure.bench.BenchSettings` or the ``edgenas.settings`` dict of a stored row
         (rows from before the XNNPACK switch were measured with it: the runner's default)."""
         if isinstance(settings, Mapping):
             get = settings.get
@@ -139,7 +139,7 @@ _SELECT = f"SELECT {', '.join(FIELDS)}, result_json FROM measurements"
 class ResumeKey:
     """What a stored measurement must share with the one a campaign is about to take to count as
     already done (see the module docstring).  ``device_class``: a row taken on any device of the
-    class counts (edgenas.classes)."""
+    class counts (edgenas.device.classes)."""
 
     device_class: str
     space: str
@@ -306,7 +306,7 @@ def profile_rows(store: Store, device_class: str, precision: str, threads: int, 
 def move_class(conn: sqlite3.Connection, device: str, to_class: str,
                from_class: str | None = None) -> int:
     """Inside the caller's transaction: stamp ``device``'s rows (only those of ``from_class``, if
-    given) with ``to_class``; the number of rows moved.  Used by edgenas.classes when a device's first
+    given) with ``to_class``; the number of rows moved.  Used by edgenas.device.classes when a device's first
     probe adopts its unprobed rows, and by the migration that introduced classes."""
     if from_class is None:
         cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ?",

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgenas.errors import CheckpointError, SpecError
-from edgenas.files import atomic_write
-from edgenas.space import SearchSpace
+from edgenas.core.errors import CheckpointError, SpecError
+from edgenas.core.files import atomic_write
+from edgenas.space.spec import SearchSpace
 
 if TYPE_CHECKING:
     from edgenas.supernets.mbv3 import MobileNetV3Supernet
@@ -39,7 +39,7 @@ def make_checkpoint(net: MobileNetV3Supernet, meta: dict[str, Any] | None = None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` through :func:`edgenas.files.atomic_write` (temp file, fsync, rename)."""
+    """``torch.save`` through :func:`edgenas.core.files.atomic_write` (temp file, fsync, rename)."""
     return atomic_write(Path(path), lambda handle: torch.save(obj, handle))
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgenas.plan import BlockPlan, mid_channels, se_channels
+from edgenas.space.plan import BlockPlan, mid_channels, se_channels
 from edgenas.supernets.layers import BN_EPS, BN_MOMENTUM, activate, h_sigmoid
 from edgenas.supernets.static import MBBlock
 

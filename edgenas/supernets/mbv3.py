@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.plan import BlockPlan, conv_out, net_plan
-from edgenas.space import Arch, SearchSpace
+from edgenas.space.plan import BlockPlan, conv_out, net_plan
+from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.elastic import ElasticMBBlock
 from edgenas.supernets.layers import HSwish
 from edgenas.supernets.static import ConvBNAct, MBBlock, MobileNetV3

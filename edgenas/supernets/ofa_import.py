@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from edgenas.errors import ImportOFAError
-from edgenas.space import SearchSpace
+from edgenas.core.errors import ImportOFAError
+from edgenas.space.spec import SearchSpace
 from edgenas.supernets.checkpoint import read_torch_file
 from edgenas.supernets.mbv3 import MobileNetV3Supernet
 

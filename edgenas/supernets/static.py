@@ -1,7 +1,7 @@
 """The static MobileNetV3 subnet: plain ``nn.Conv2d`` / ``nn.BatchNorm2d`` layers, no elastic logic.
 
 This is what :meth:`MobileNetV3Supernet.extract` returns and what the exporter and fine-tuning use.
-It is built from a :class:`~edgenas.plan.NetPlan`, so its shapes always match the analytic counts.
+It is built from a :class:`~edgenas.space.plan.NetPlan`, so its shapes always match the analytic counts.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgenas.plan import BlockPlan, NetPlan
+from edgenas.space.plan import BlockPlan, NetPlan
 from edgenas.supernets.layers import BN_EPS, BN_MOMENTUM, HSwish, SqueezeExcite, activation
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from edgenas.errors import CheckpointError, SpecError
-from edgenas.plan import net_plan
-from edgenas.space import Arch, SearchSpace
+from edgenas.core.errors import CheckpointError, SpecError
+from edgenas.space.plan import net_plan
+from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.checkpoint import apply_state_dict, atomic_torch_save, read_torch_file
 from edgenas.supernets.static import MobileNetV3
 

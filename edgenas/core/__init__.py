@@ -1,0 +1,1 @@
+"""Foundation shared by every layer: errors, paths, private files, progress events."""

@@ -1,0 +1,1 @@
+"""Measurement: benchmark backends on a device, campaigns, adaptive few-shot rounds."""

@@ -1,0 +1,1 @@
+"""Architecture search: the problem (costs, constraints), strategies, the whole job."""

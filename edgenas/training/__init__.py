@@ -1,0 +1,1 @@
+"""Data sets, progressive-shrinking training, BN-recalibrated evaluation, fine-tuning."""

@@ -1,0 +1,218 @@
+"""One in-memory data set behind one interface, whatever its source.
+
+Images stay ``uint8`` in memory (4× smaller than float, and a batch is converted on demand), which
+is what makes DataLoader-free batching fast enough on a 2-core CPU.  Resolution is a property of the
+*batch*, not of the data set: elastic-resolution training asks for each batch at the size of the
+subnets it will train, and evaluation asks for the subnet's own resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgenas.core.errors import DataError
+from edgenas.training.data import transforms as T
+from edgenas.training.data.sources import (
+    SPLIT_SEED,
+    RawData,
+    decode_folder,
+    is_cifar_dir,
+    load_cifar10,
+    load_digits_data,
+    scan_image_folder,
+)
+from edgenas.training.data.stream import (
+    StreamedImageData,
+    in_memory_bytes,
+    memory_budget,
+    streamed_folder,
+)
+
+log = logging.getLogger(__name__)
+CALIBRATION_IMAGES = 2000
+
+
+@dataclass
+class ImageData:
+    """Train/val images, labels, normalisation and the augmentations that suit them."""
+
+    source: str
+    name: str
+    labels: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    flip: bool = False
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    normalization: dict[str, list[float]] = field(default_factory=dict)
+    _cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    streamed = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+    @property
+    def num_val(self) -> int:
+        return int(self.val_x.shape[0])
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(self.normalization["mean"]), torch.tensor(self.normalization["std"]))
+
+    def prepare(self, images: torch.Tensor, resolution: int) -> torch.Tensor:
+        """uint8 images → normalised float at ``resolution`` (no augmentation)."""
+        mean, std = self._stats()
+        return T.normalize(T.resize(T.to_float(images), resolution), mean, std)
+
+    def sample_images(self, n: int, resolution: int) -> torch.Tensor:
+        """The first ``n`` training images, normalised, at ``resolution`` (timing probes)."""
+        return self.prepare(self.train_x[:n], resolution)
+
+    # ---- training
+    def train_batch(self, indices: torch.Tensor, resolution: int,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented, normalised training batch at ``resolution`` (random-resized-crop, flip)."""
+        mean, std = self._stats()
+        x = T.to_float(self.train_x[indices])
+        x = T.random_resized_crop(x, resolution, generator, self.crop_scale, flip=self.flip)
+        return T.normalize(x, mean, std), self.train_y[indices]
+
+    # ---- evaluation
+    def val_batches(self, resolution: int, batch_size: int = 500
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Validation images at ``resolution``; the resized tensor is cached per resolution."""
+        key = ("val", resolution, self.num_val)
+        if key not in self._cache:
+            self._cache[key] = self.prepare(self.val_x, resolution)
+        x = self._cache[key]
+        for i in range(0, self.num_val, batch_size):
+            yield x[i:i + batch_size], self.val_y[i:i + batch_size]
+
+    def calibration_indices(self, n: int = CALIBRATION_IMAGES, seed: int = SPLIT_SEED
+                            ) -> torch.Tensor:
+        """A fixed, seeded choice of ``n`` training images (all of them when there are fewer)."""
+        if n >= self.num_train:
+            return torch.arange(self.num_train)
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(self.num_train, generator=g)[:n].sort().values
+
+    def calibration_images(self, n: int = CALIBRATION_IMAGES, resolution: int | None = None,
+                           seed: int = SPLIT_SEED) -> torch.Tensor:
+        """Normalised float NCHW calibration images (BN recalibration, int8 export); cached.
+
+        Un-augmented so the statistics match what the subnet sees at inference.
+        """
+        resolution = resolution or int(self.train_x.shape[-1])
+        key = (f"cal{seed}", resolution, n)
+        if key not in self._cache:
+            self._cache[key] = self.prepare(self.train_x[self.calibration_indices(n, seed)],
+                                            resolution)
+        return self._cache[key]
+
+    def describe(self) -> dict[str, object]:
+        return {"source": self.source, "name": self.name, "classes": self.num_classes,
+                "train": self.num_train, "val": self.num_val,
+                "size": int(self.train_x.shape[-1]), "normalization": self.normalization,
+                "mode": "memory"}
+
+
+def compute_normalization(images: torch.Tensor, chunk_elements: int = 1 << 24
+                          ) -> dict[str, list[float]]:
+    """Per-channel mean/std of uint8 NCHW images in [0, 1].
+
+    Chunked by element count (16 M per chunk, 128 MB as float64): a fixed number of images per
+    chunk would take 5 GB per chunk at 224 px and dwarf the data set itself.
+    """
+    per_image = max(1, int(images[0].numel())) if images.shape[0] else 1
+    chunk = max(1, chunk_elements // per_image)
+    total = torch.zeros(3, dtype=torch.float64)
+    sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].double().div_(255.0)
+        total += x.sum((0, 2, 3))
+        sq += x.square_().sum((0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (sq / count - mean * mean).clamp(min=1e-8).sqrt().clamp(min=1e-3)
+    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+
+
+DATA_MODES = ("auto", "memory", "stream")
+
+
+def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
+              val_fraction: float = 0.2, mode: str = "auto",
+              workers: int | None = None) -> ImageData | StreamedImageData:
+    """Load ``digits``, an ImageFolder root, or a CIFAR-10 folder, stored at ``size`` px.
+
+    ``size`` is the storage size (use the space's largest resolution); batches are resized to each
+    subnet's resolution later.  ``limit`` keeps the first ``limit`` training images (quick trials).
+
+    ``mode``: ``memory`` decodes every image once and keeps it (fastest per step); ``stream``
+    decodes each batch on the fly in ``workers`` DataLoader processes (ImageFolder only; memory
+    bounded whatever the size); ``auto`` streams an ImageFolder when ``images × 3 × size²`` bytes
+    exceed half of the memory this process may use (see :func:`edgenas.training.data.stream.memory_budget`).
+    """
+    if mode not in DATA_MODES:
+        raise DataError(f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
+    text = str(source)
+    if limit is not None and limit < 2:
+        raise DataError(f"limit must be at least 2 images, got {limit}")
+    raw: RawData
+    if mode == "stream" and (text == "digits" or text.startswith("cifar10:")):
+        raise DataError(f"{text}: only an ImageFolder can be streamed (this source is small and "
+                        "always held in memory); use --data-mode auto or memory")
+    if text == "digits":
+        raw = load_digits_data(size, val_fraction)
+    else:
+        kind, _, rest = text.partition(":")
+        if kind in ("folder", "cifar10") and rest:
+            path = Path(rest).expanduser()
+        else:
+            kind, path = "", Path(text).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: no such data set (give 'digits', an ImageFolder directory "
+                            "or a CIFAR-10 python directory)")
+        if kind == "cifar10" or (not kind and is_cifar_dir(path)):
+            if mode == "stream":
+                raise DataError(f"{path}: only an ImageFolder can be streamed (CIFAR-10 is held "
+                                "in memory, 180 MB); use --data-mode auto or memory")
+            raw = load_cifar10(path, size)
+        else:
+            files = scan_image_folder(path, val_fraction)
+            if limit is not None:
+                files.train_files, files.train_y = files.train_files[:limit], files.train_y[:limit]
+            need = in_memory_bytes(len(files.train_files) + len(files.val_files), size)
+            budget = memory_budget()
+            if mode == "stream" or (mode == "auto" and need > budget):
+                if mode == "auto":
+                    log.info("%s: %.1f GB decoded exceeds the %.1f GB memory budget; streaming",
+                             path, need / 1e9, budget / 1e9)
+                if not files.val_files:
+                    raise DataError(f"{text}: no validation images (too few images per class "
+                                    "to split)")
+                return streamed_folder(text, files.name, files.labels,
+                                       (files.train_files, files.train_y),
+                                       (files.val_files, files.val_y), size, workers)
+            raw = decode_folder(files, size)  # already limited: the rest is never decoded
+    if limit is not None:
+        raw.train_x, raw.train_y = raw.train_x[:limit], raw.train_y[:limit]
+    if raw.train_x.shape[0] == 0:
+        raise DataError(f"{text}: no training images")
+    if raw.val_x.shape[0] == 0:
+        raise DataError(f"{text}: no validation images (too few images per class to split)")
+    return ImageData(text, raw.name, raw.labels, raw.train_x.contiguous(), raw.train_y,
+                     raw.val_x.contiguous(), raw.val_y, raw.flip, raw.crop_scale,
+                     compute_normalization(raw.train_x))

@@ -1,0 +1,1 @@
+"""End-to-end workflows over every layer: quickstart, report, exported-model accuracy."""
