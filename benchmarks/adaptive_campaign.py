@@ -54,8 +54,8 @@ def run_one(source: Path, ckpt: Path, profile: str, samples: int, workers: int) 
 
     from edgenas.measure.adaptive import measure_adaptive
     from edgenas.measure.bench import BenchSettings
-    from edgenas.predictors import latency as lat
-    from edgenas.predictors import transfer
+    from edgenas.predictors import latency as lat  # noqa: F401
+    from edgenas.predictors import latency_fit, transfer
     from edgenas.records.store import open_store
     from edgenas.space.spec import SearchSpace
 
@@ -72,7 +72,7 @@ def run_one(source: Path, ckpt: Path, profile: str, samples: int, workers: int) 
                                    workers=workers, settings=BenchSettings(threads=threads),
                                    statistic="median", export_cache=home / "exports", trim=True,
                                    progress=True)
-            pred = lat.fit(store, device, precision, threads, save_to=home, statistic="median")
+            pred = latency_fit.fit(store, device, precision, threads, save_to=home, statistic="median")
         seconds = time.monotonic() - t0
     measured = set(rep.measured)
     held = sorted(a for a in truth if a not in measured)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgenas import load_supernet
 from edgenas.cli.common import table
-from edgenas.export import export
+from edgenas.export.api import export
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "devices" / "runner.py"

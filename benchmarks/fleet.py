@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgenas.device import registry  # noqa: E402
-from edgenas.fleet.model import load_model_dir  # noqa: E402
+from edgenas.export.package import ModelPackage  # noqa: E402
 from edgenas.fleet.push import push, push_one  # noqa: E402
 from edgenas.records.store import open_store  # noqa: E402
 from tests import runner_models  # noqa: E402
@@ -141,7 +141,7 @@ def main() -> None:
                                       "devices": order, "push": {}}
         with open_store(home) as store:
             devices = {d.name: d for d in registry.list_devices(store)}
-            warm = load_model_dir(model_dir(work, source, 0))
+            warm = ModelPackage.open(model_dir(work, source, 0))
             out = push(store, home, [devices[n] for n in order], warm, "bench")  # runner + first model
             assert out.ok, [r.reason for r in out.results if r.failed]
             seed = 1
@@ -149,7 +149,7 @@ def main() -> None:
             for n in SIZES:
                 walls, own_cpu, all_cpu = [], [], []
                 for _ in range(args.repeats):
-                    model = load_model_dir(model_dir(work, source, seed))
+                    model = ModelPackage.open(model_dir(work, source, seed))
                     seed += 1
                     t0, (c0, m0) = time.perf_counter(), cpu_seconds()
                     out = push(store, home, [devices[d] for d in order[:n]], model, "bench")
@@ -169,7 +169,7 @@ def main() -> None:
                 import cProfile
 
                 prof = cProfile.Profile()
-                model = load_model_dir(model_dir(work, source, seed))
+                model = ModelPackage.open(model_dir(work, source, seed))
                 # push_one in this thread: cProfile sees only its own thread, not fan_out's workers
                 prof.runcall(push_one, devices["s1"], home, model, "bench")
                 prof.dump_stats(str(args.profile))

@@ -68,7 +68,8 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
 
     from edgenas.core.files import sha256_file
     from edgenas.device.registry import get_device
-    from edgenas.measure.bench import BenchSettings, DeviceBencher, load_model_dir
+    from edgenas.export.package import ModelPackage
+    from edgenas.measure.bench import BenchSettings, DeviceBencher
     from edgenas.measure.campaign import cached_export, export_cache_dir
     from edgenas.predictors.latency import measured_latency, quality
     from edgenas.records.store import open_store
@@ -86,7 +87,7 @@ def noise_floor(store, home: Path, args, archs: list[str], precisions: list[str]
                                     (args.device, arch, precision, args.threads))
                 if not first:
                     continue
-                model = load_model_dir(cached_export(export_cache_dir(home), sha, arch, precision))
+                model = ModelPackage.open(cached_export(export_cache_dir(home), sha, arch, precision))
                 again = bencher.bench(scratch, model, update_manifest=False)
                 for stat in STATISTICS:
                     pairs[stat][0].append(measured_latency(first[0], stat))
@@ -206,7 +207,7 @@ def main() -> None:
 def start_slow_device(store, home: Path, cpu: str = "0", period_ms: float | None = None):
     """The fleet's throttled device, registered (host key trusted) in the benchmark workspace."""
     from edgenas.device import registry
-    from edgenas.device.transports import known_hosts_path, open_transport
+    from edgenas.device.connect import known_hosts_path, open_transport
     from edgenas.device.transports.ssh import forget_known_host
     from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
     from tests.fleet import Fleet
@@ -231,7 +232,8 @@ def start_slow_device(store, home: Path, cpu: str = "0", period_ms: float | None
 
 
 def fit_all(store, home: Path, args, fits, report, precisions, ckpt):
-    from edgenas.predictors.latency import evaluate_baseline, fit
+    from edgenas.predictors.latency import evaluate_baseline
+    from edgenas.predictors.latency_fit import fit
 
     results = []
     for device, precision in fits:

@@ -47,7 +47,9 @@ from edgenas import Arch, SearchSpace
 from edgenas.cli.common import table
 from edgenas.predictors.accuracy import fit_accuracy_predictor
 from edgenas.predictors.latency import LatencyPredictor, feature_names
-from edgenas.search.searcher import Constraints, DeviceModel, Searcher, predictor_score
+from edgenas.search.problem import Constraints, DeviceModel, predictor_score
+from edgenas.search.searcher import Searcher
+from edgenas.search.strategies import evolve, nsga2_front
 
 OLD = "ab77257"
 OFA_MIRROR = "/work/.mirror/mit-han-lab+once-for-all/repo"
@@ -248,7 +250,7 @@ def main() -> None:
             s_new = Searcher(space, score, [device], constraints, 1000, seed=rep, budget=10_000)
             load = os.getloadavg()[0]
             t = time.perf_counter()
-            best = s_new.evolution(population=100, generations=None)[0]
+            best = evolve(s_new, population=100, generations=None)[0]
             runs["ours_evolution"].append({"seconds": time.perf_counter() - t,
                                            "best": best.accuracy,
                                            "evaluations": s_new.evaluations,
@@ -266,13 +268,13 @@ def main() -> None:
         s_old = old.Searcher(space, lambda a: acc_pred.predict_many(space, a), [old_device],
                              constraints, 1000, seed=seed)
         t = time.perf_counter()
-        best_old = s_old.evolution(population=100, generations=60)[0].accuracy
+        best_old = evolve(s_old, population=100, generations=60)[0].accuracy
         old_s = time.perf_counter() - t
         n_eval = len(s_old.cache)
         s_new = Searcher(space, score, [device], constraints, 1000, seed=seed, budget=n_eval)
         s_new._tables = None
         t = time.perf_counter()
-        best_new = s_new.evolution(population=100, generations=None)[0].accuracy
+        best_new = evolve(s_new, population=100, generations=None)[0].accuracy
         new_s = time.perf_counter() - t
         quality["evolution"].append({"evaluations": n_eval, "old_best": best_old,
                                      "new_best": best_new, "old_s": old_s, "new_s": new_s,
@@ -281,12 +283,12 @@ def main() -> None:
         s_old = old.Searcher(space, lambda a: acc_pred.predict_many(space, a), [old_device],
                              constraints, 1000, seed=seed)
         t = time.perf_counter()
-        front_old = s_old.nsga2(population=100, generations=20)
+        front_old = nsga2_front(s_old, population=100, generations=20)
         old_s = time.perf_counter() - t
         n_eval = len(s_old.cache)
         s_new = Searcher(space, score, [device], constraints, 1000, seed=seed, budget=n_eval)
         t = time.perf_counter()
-        front_new = s_new.nsga2(population=100, generations=None)
+        front_new = nsga2_front(s_new, population=100, generations=None)
         new_s = time.perf_counter() - t
         quality["nsga2"].append({"evaluations": n_eval,
                                  "old_best": max(c.accuracy for c in front_old),

@@ -34,7 +34,8 @@ from search import predictors  # noqa: E402  (benchmarks/search.py)
 
 from edgenas import SearchSpace  # noqa: E402
 from edgenas.cli.common import table  # noqa: E402
-from edgenas.search.searcher import Constraints, DeviceModel, Searcher, predictor_score  # noqa: E402
+from edgenas.search.problem import Constraints, DeviceModel, predictor_score  # noqa: E402
+from edgenas.search.searcher import Searcher  # noqa: E402
 from edgenas.search.strategies import STRATEGIES, default_strategy, run_strategy  # noqa: E402
 
 

@@ -10,7 +10,8 @@ import importlib
 from typing import Any
 
 from edgenas.core.errors import ArchError, CheckpointError, EdgeNASError, SpecError
-from edgenas.space.spec import Arch, SearchSpace, make_divisible
+from edgenas.space.channels import make_divisible
+from edgenas.space.spec import Arch, SearchSpace
 
 __version__ = "0.1.0"
 

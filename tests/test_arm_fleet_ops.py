@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from edgenas.core.files import sha256_file
-from edgenas.fleet.model import load_model_dir
+from edgenas.export.package import ModelPackage
 from edgenas.measure.campaign import cached_export, list_measurements, sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, sample_for_accuracy
 from edgenas.predictors.accuracy import predictor_path as accuracy_predictor_path
@@ -155,7 +155,7 @@ def test_fleet_push_status_rollback_predict_over_host_pis_and_adb(ws, fleet, req
        str(adb.root / "arm-ops"), "--group", "mixed")
     models = fleet_models.model_set(tmp_path / "models",
                                     Path(request.config.cache.mkdir("runner_models")))
-    v1, v2 = (load_model_dir(models[v]) for v in ("v1", "v2"))
+    v1, v2 = (ModelPackage.open(models[v]) for v in ("v1", "v2"))
     names = set(RUNTIME)
 
     out = ws.json("fleet", "push", str(models["v1"]), "--group", "mixed", "--parallel", "4")

@@ -24,9 +24,9 @@ from edgenas import build_supernet
 from edgenas.cli import main
 from edgenas.core.errors import TransportError
 from edgenas.core.files import sha256_file
+from edgenas.device.connect import open_transport
 from edgenas.device.lock import DeviceLock, installation_id
 from edgenas.device.registry import get_device
-from edgenas.device.transports import open_transport
 from edgenas.measure.bench import DeviceBusyError, ModelFileError, bench_model
 from edgenas.measure.campaign import _export_job, _worker_init, cached_export, sample_archs
 from edgenas.records.store import open_store

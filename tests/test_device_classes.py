@@ -1,4 +1,4 @@
-"""Device classes (edgenas.device.classes): derived from the probe, named by the user, stamped on every
+"""Device classes (edgenas.records.classes): derived from the probe, named by the user, stamped on every
 measurement, shared by the predictors — against real SQLite workspace files and the real CLI."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.device import classes, registry
-from edgenas.records import measurements
+from edgenas.device import registry
+from edgenas.records import classes, measurements
 from edgenas.records.measurements import Measurement, Protocol
 from edgenas.records.store import MIGRATIONS, open_store
 from tests.cli_runner import Cli

@@ -265,7 +265,7 @@ def test_adb_device_add_records_the_serial_and_another_device_at_that_address_is
     fleet, workspace, tmp_path
 ):
     from edgenas.device import registry
-    from edgenas.device.transports import open_transport
+    from edgenas.device.connect import open_transport
     from edgenas.device.transports.adb import DeviceIdentityError
     from edgenas.records.store import open_store
     from tests.cli_runner import Cli

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from edgenas.cli import main
-from edgenas.supernets.checkpoint import load_supernet
+from edgenas.supernets.mbv3 import load_supernet
 from edgenas.supernets.subnet_ckpt import load_subnet
 from edgenas.training.data import load_data
 from edgenas.training.evaluate import evaluate_archs, evaluate_subnet, recalibrate_bn

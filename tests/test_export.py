@@ -14,11 +14,12 @@ from click.testing import CliRunner
 
 from edgenas import build_supernet
 from edgenas.cli import main
-from edgenas.export import ExportError, export, export_model, read_manifest, sha256_file
-from edgenas.export.convert import run_tflite
+from edgenas.core.files import sha256_file
+from edgenas.export.api import export
+from edgenas.export.convert import ExportError, run_tflite
 from edgenas.export.keras_model import build_keras_model
 from edgenas.export.package import ModelPackage
-from edgenas.export.pipeline import check_parity
+from edgenas.export.pipeline import check_parity, export_model, read_manifest
 from edgenas.training.data import load_data
 from tests.supernet_utils import randomize
 from tests.test_package import schema_errors

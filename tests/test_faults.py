@@ -443,8 +443,8 @@ def test_device_reboot_mid_campaign_is_reported_and_resume_completes(faults, cam
 
 
 def test_after_a_reboot_breaking_the_stale_lock_kills_no_recycled_pid(faults, workspace):
+    from edgenas.device.connect import open_transport
     from edgenas.device.lock import DeviceLock
-    from edgenas.device.transports import open_transport
 
     dev = faults.ssh["fnet"]
     cli = Cli(workspace)
@@ -506,7 +506,7 @@ def _truncated_state(tmp_path: Path) -> None:
     from dataclasses import asdict
 
     from edgenas.core.errors import EdgeNASError
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
     from edgenas.training.data import load_data
     from edgenas.training.schedule import Phase
     from edgenas.training.train import TrainConfig, TrainingInterrupted, state_path, train_supernet

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgenas.fleet.model import load_model_dir
+from edgenas.export.package import ModelPackage
 from tests import fleet_models
 from tests.cli_runner import Cli
 from tests.fleet.disk import small_fs, sshd_pid
@@ -61,7 +61,7 @@ def results(out: dict) -> dict[str, dict]:
 def test_push_status_rollback_predict_on_six_devices(fleet, cli, models, tmp_path):
     names = ["adb1", "adb2", "slow", "ssh1", "ssh2", "victim"]
     where = register(cli, fleet, names, "fleet-main", "lab")
-    v1, v2 = load_model_dir(models["v1"]), load_model_dir(models["v2"])
+    v1, v2 = ModelPackage.open(models["v1"]), ModelPackage.open(models["v2"])
 
     out = cli.json("fleet", "push", str(models["v1"]), "--group", "lab", "--parallel", "6")
     assert {n: r["status"] for n, r in results(out).items()} == dict.fromkeys(names, "ok")
@@ -104,7 +104,7 @@ def test_device_killed_mid_push_keeps_its_previous_version(fleet, cli, models, t
     victim = fleet.ssh["victim"]
     names = ["adb1", "ssh1", "ssh2", "victim"]
     where = register(cli, fleet, names, "fleet-kill", "k")
-    v1, big = load_model_dir(models["v1"]), load_model_dir(models["big2"])
+    v1, big = ModelPackage.open(models["v1"]), ModelPackage.open(models["big2"])
     cli("fleet", "push", str(models["v1"]), "--group", "k")
 
     killed = threading.Event()
@@ -158,7 +158,7 @@ def test_device_killed_mid_push_keeps_its_previous_version(fleet, cli, models, t
 def test_push_over_a_slow_link_completes(fleet, cli, models):
     victim = fleet.ssh["victim"]
     register(cli, fleet, ["victim"], "fleet-slowlink", "s")
-    big = load_model_dir(models["big1"])
+    big = ModelPackage.open(models["big1"])
     with fleet.bandwidth(victim, "16mbit"):
         t0 = time.monotonic()
         out = cli.json("fleet", "push", str(models["big1"]), "--device", "victim")
@@ -171,7 +171,7 @@ def test_push_over_a_slow_link_completes(fleet, cli, models):
 
 def test_full_disk_is_a_clear_error_and_keeps_the_previous_version(fleet, cli, models):
     victim = fleet.ssh["victim"]
-    v1 = load_model_dir(models["v1"])
+    v1 = ModelPackage.open(models["v1"])
     with small_fs(victim.home / "fleet-disk", "2m", owner=victim.user, mount_ns_pid=sshd_pid(victim)):
         register(cli, fleet, ["victim"], "fleet-disk", "d")
         cli("fleet", "push", str(models["v1"]), "--device", "victim")
@@ -186,7 +186,7 @@ def test_fleet_bench_measures_every_device_and_flags_drift(fleet, cli, models, t
     pytest.importorskip("edgenas.measure.bench")
     names = ["adb1", "ssh1", "ssh2"]
     register(cli, fleet, names, "fleet-bench", "b")
-    src = load_model_dir(models["v1"])
+    src = ModelPackage.open(models["v1"])
     promised = fleet_models.make_model_dir(  # the search promised ssh1 1 s: far off, so flagged
         tmp_path / "promised", src.model_path, name="net", precision="fp32",
         extra={"search": {"latency_ms": {"ssh1": 1000.0}, "error": {"ssh1": 0.1}}})
@@ -211,7 +211,7 @@ def test_fleet_bench_measures_every_device_and_flags_drift(fleet, cli, models, t
 def test_adb_device_killed_mid_push_keeps_its_previous_version(fleet, cli, models):
     phone = fleet.adb["adb2"]
     where = register(cli, fleet, ["adb2", "ssh1"], "fleet-adbkill", "p", timeout="3")
-    v1, big = load_model_dir(models["v1"]), load_model_dir(models["big1"])
+    v1, big = ModelPackage.open(models["v1"]), ModelPackage.open(models["big1"])
     cli("fleet", "push", str(models["v1"]), "--group", "p")
     killed = threading.Event()
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from edgenas.device import registry
+from edgenas.device.fanout import DeviceResult, fan_out
 from edgenas.device.session import DeviceSession
-from edgenas.fleet.common import DeviceResult, FleetError, fan_out, validate_model_name
-from edgenas.fleet.model import load_model_dir
+from edgenas.export.package import ModelPackage
+from edgenas.fleet.common import FleetError, validate_model_name
 from edgenas.fleet.push import push_one
 from edgenas.fleet.state import read_state
 from edgenas.records.store import open_store
@@ -43,7 +44,7 @@ def current(tmp_path: Path, dev: str) -> Path:
 
 
 def test_push_status_rollback_on_local_devices(cli, models, tmp_path):
-    v1, v2 = load_model_dir(models["v1"]), load_model_dir(models["v2"])
+    v1, v2 = ModelPackage.open(models["v1"]), ModelPackage.open(models["v2"])
     out = cli.json("fleet", "push", str(models["v1"]), "--group", "bench")
     assert [r["status"] for r in out["results"]] == ["ok", "ok"]
     assert out["version"] == v1.sha256[:12]
@@ -112,12 +113,12 @@ def test_full_disk_keeps_the_previous_version(cli, models, tmp_path, workspace):
         assert "not enough space on the device" in out and "previous version stays current" in out
         # the staging folder the state read made for it is gone again
         assert not [p for p in os.listdir(small / "wd/models/net") if p.startswith(".incoming")]
-        v1 = load_model_dir(models["v1"])
+        v1 = ModelPackage.open(models["v1"])
         assert os.readlink(small / "wd/models/net/current") == v1.version
         # Past the free-space check (another writer filled the disk meanwhile): ENOSPC mid-upload.
         with open_store(workspace) as store:
             dev = registry.get_device(store, "tiny")
-        result = push_one(dev, workspace, load_model_dir(models["big2"]), "net", check_space=False)
+        result = push_one(dev, workspace, ModelPackage.open(models["big2"]), "net", check_space=False)
         assert result.status == "failed" and "ran out of space" in result.reason, result.reason
         assert os.readlink(small / "wd/models/net/current") == v1.version
         assert not [p for p in os.listdir(small / "wd/models/net") if p.startswith(".incoming")]
@@ -131,7 +132,7 @@ def test_state_read_makes_the_staging_folder_only_when_the_version_must_be_uploa
     """A push's mkdir rides on its state read (one round trip less per device): the folder is made,
     and reported, only when the version is not already on the device with that sha256; leftovers
     of an earlier upload are removed."""
-    v1 = load_model_dir(models["v1"])
+    v1 = ModelPackage.open(models["v1"])
     with open_store(workspace) as store:
         dev = registry.get_device(store, "here1")
     net = tmp_path / "here1" / "models" / "net"
@@ -289,7 +290,7 @@ def test_switch_works_without_mv_T_and_sha256sum(cli, models, tmp_path, monkeypa
     for tool in ("mv", "sha256sum"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    v1, v2 = load_model_dir(models["v1"]), load_model_dir(models["v2"])
+    v1, v2 = ModelPackage.open(models["v1"]), ModelPackage.open(models["v2"])
     cli("fleet", "push", str(models["v1"]), "--device", "here1")
     cli("fleet", "push", str(models["v2"]), "--device", "here1")
     link = current(tmp_path, "here1")

@@ -21,11 +21,11 @@ import torch
 
 from edgenas import build_supernet
 from edgenas.core.files import sha256_file
-from edgenas.device.classes import class_of
 from edgenas.device.registry import list_devices
 from edgenas.measure.campaign import sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, sample_for_accuracy
 from edgenas.records import deployments, measurements
+from edgenas.records.classes import class_of
 from edgenas.records.store import open_store
 from edgenas.training.data import load_data
 from tests.cli_runner import Cli

@@ -17,7 +17,7 @@ import pytest
 
 from edgenas.core.errors import HostKeyError, TransportError
 from edgenas.device import registry
-from edgenas.device.transports import open_transport
+from edgenas.device.connect import open_transport
 from edgenas.device.transports.host_keys import (
     KnownHost,
     check_certificate,

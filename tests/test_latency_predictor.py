@@ -19,12 +19,12 @@ from edgenas.predictors.latency import (
     LatencyPredictorError,
     evaluate_baseline,
     features,
-    fit,
     load_predictor,
     measured_latency,
     predictor_path,
     training_set,
 )
+from edgenas.predictors.latency_fit import fit
 from edgenas.records.store import open_store
 from edgenas.space.spec import SearchSpace
 

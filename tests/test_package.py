@@ -20,8 +20,6 @@ import pytest
 from edgenas_device import manifest as rules
 
 from edgenas.export.package import ModelPackage, PackageError, record_latency
-from edgenas.fleet.common import FleetError
-from edgenas.fleet.model import load_model_dir
 from tests import runner_models
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,8 +187,8 @@ def test_crafted_folder_is_refused_naming_the_field(tmp_path, tflite, case):
     text = str(exc)
     assert "\n" not in text and text.startswith(f"{folder}: {field}: ") and words in text
     # fleet push reads the same way: the same message, refused before any device is touched
-    with pytest.raises(FleetError, match=re.escape(f"{field}: ")):
-        load_model_dir(folder)
+    with pytest.raises(PackageError, match=re.escape(f"{field}: ")):
+        ModelPackage.open(folder)
 
 
 def test_device_module_refuses_the_same_folders_on_a_bare_python(tmp_path, tflite):
@@ -396,7 +394,7 @@ def test_schema_rejects_what_the_reader_rejects(tflite):
 
 
 def test_importing_the_package_pulls_in_neither_torch_nor_tensorflow():
-    script = ("import sys, edgenas.export.package, edgenas.fleet.model\n"
+    script = ("import sys, edgenas.export.package, edgenas.export.package\n"
               "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))\n")
     proc = subprocess.run([VENV_PY, "-c", script], capture_output=True, text=True, timeout=120,
                           cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -100,7 +100,7 @@ def ckpt(tmp_path_factory, data) -> Path:
 
 
 def test_study_correlates_with_recalibrated_top1_and_times_everything(ckpt, data) -> None:
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
 
     net = load_supernet(ckpt)
     data.normalization = dict(net.normalization)

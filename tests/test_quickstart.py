@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.export import read_manifest, sha256_file
+from edgenas.core.files import sha256_file
+from edgenas.export.pipeline import read_manifest
 from edgenas.records.store import open_store
 
 EDGENAS = str(Path(sys.executable).parent / "edgenas")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.fleet.common import DeviceResult
+from edgenas.device.fanout import DeviceResult
 from edgenas.measure.bench import BenchSettings
 from edgenas.records import deployments, measurements
 from edgenas.records.measurements import Measurement, MeasurementError, Protocol, ResumeKey

@@ -14,15 +14,16 @@ import zlib
 import pytest
 
 from edgenas import SearchSpace
-from edgenas.search.searcher import (
+from edgenas.search.problem import (
     Candidate,
     Constraints,
     DeviceModel,
     InfeasibleError,
-    Searcher,
     pareto_front,
     rerank_on_measured,
 )
+from edgenas.search.searcher import Searcher
+from edgenas.search.strategies import evolve, nsga2_front
 
 SPACE = SearchSpace.load("mbv3-tiny")
 
@@ -46,7 +47,7 @@ def test_evolution_respects_budget_and_beats_random() -> None:
     hi = fast.predict([SPACE.largest()])[0]
     budget = lo + 0.3 * (hi - lo)
     searcher = Searcher(SPACE, accuracy, [fast], Constraints(latency_ms=budget), 10, seed=1)
-    best = searcher.evolution(population=30, generations=5)
+    best = evolve(searcher, population=30, generations=5)
     assert best and all(c.worst_latency <= budget for c in best)
     randoms = [c for c in searcher.evaluate(SPACE.sample_many(200, seed=9))
                if searcher.feasible(c)]
@@ -58,7 +59,7 @@ def test_group_constraint_holds_on_every_device() -> None:
     fast, slow = device("fast", 1.0), device("slow", 4.0)
     budget = slow.predict([SPACE.smallest()])[0] * 3
     searcher = Searcher(SPACE, accuracy, [fast, slow], Constraints(latency_ms=budget), 10)
-    best = searcher.evolution(population=20, generations=3)
+    best = evolve(searcher, population=20, generations=3)
     assert all(c.latency["slow"] <= budget and c.latency["fast"] < c.latency["slow"]
                for c in best)
 
@@ -69,25 +70,25 @@ def test_infeasible_budget_answers_at_once_with_the_tightest_value() -> None:
     searcher = Searcher(SPACE, accuracy, [fast], Constraints(latency_ms=floor / 2), 10)
     start = time.perf_counter()
     with pytest.raises(InfeasibleError) as err:
-        searcher.evolution()
+        evolve(searcher)
     assert time.perf_counter() - start < 30
     assert err.value.tightest["latency_ms"] == pytest.approx(floor)
     assert "tightest achievable" in str(err.value)
     with pytest.raises(InfeasibleError, match="size"):
-        Searcher(SPACE, accuracy, [fast], Constraints(max_size_kb=1), 10).nsga2()
+        nsga2_front(Searcher(SPACE, accuracy, [fast], Constraints(max_size_kb=1), 10))
 
 
 def test_size_and_mac_limits() -> None:
     limit = SPACE.macs(SPACE.sample(3), 10)
     searcher = Searcher(SPACE, accuracy, [device("d", 1.0)], Constraints(max_macs=limit,
                                                                           max_size_kb=2000), 10)
-    best = searcher.evolution(population=20, generations=3)
+    best = evolve(searcher, population=20, generations=3)
     assert all(c.macs <= limit and c.size_kb <= 2000 for c in best)
 
 
 def test_nsga2_returns_a_non_dominated_front_across_latencies() -> None:
     searcher = Searcher(SPACE, accuracy, [device("d", 1.0)], Constraints(), 10, seed=2)
-    front = searcher.nsga2(population=30, generations=4)
+    front = nsga2_front(searcher, population=30, generations=4)
     points = [(-c.accuracy, c.worst_latency) for c in front]
     assert sorted(pareto_front(points)) == list(range(len(front)))
     assert len(front) >= 5

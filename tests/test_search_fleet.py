@@ -24,11 +24,11 @@ from edgenas.core.files import sha256_file
 from edgenas.measure.bench import BenchSettings
 from edgenas.measure.campaign import list_measurements, measure, sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, sample_for_accuracy
-from edgenas.predictors.latency import fit
 from edgenas.predictors.latency import predictor_path as latency_predictor_path
+from edgenas.predictors.latency_fit import fit
 from edgenas.records.store import open_store
 from edgenas.search.job import run_search
-from edgenas.search.searcher import Constraints
+from edgenas.search.problem import Constraints
 from edgenas.training.data import load_data
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]

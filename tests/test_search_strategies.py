@@ -20,18 +20,18 @@ from edgenas import SearchSpace
 from edgenas.core.errors import EdgeNASError
 from edgenas.predictors.accuracy import fit_accuracy_predictor
 from edgenas.predictors.latency import LatencyPredictor, feature_names
-from edgenas.search.searcher import (
+from edgenas.search.problem import (
     AdditiveTable,
     ArchCodec,
     Constraints,
     DeviceModel,
     Score,
-    Searcher,
     model_size_kb,
     pareto_front,
     predictor_score,
 )
-from edgenas.search.strategies import STRATEGIES, default_strategy, run_strategy
+from edgenas.search.searcher import Searcher
+from edgenas.search.strategies import STRATEGIES, default_strategy, nsga2_front, run_strategy
 
 SPACE = SearchSpace.load("mbv3-tiny")
 COSTS = {"invoke": 0.05, "blocks": 0.004, "stem_macs": 2e-8, "head_macs": 1.2e-8,
@@ -169,7 +169,7 @@ def test_pareto_front_matches_brute_force() -> None:
 
 def test_nsga2_front_spans_latencies_with_the_budget(predictors) -> None:
     searcher = make(predictors, fraction=1.0, seed=2, budget=600)
-    front = searcher.nsga2(population=40, generations=None)
+    front = nsga2_front(searcher, population=40, generations=None)
     assert searcher.evaluations == 600
     lat = [c.worst_latency for c in front]
     assert len(front) >= 5 and lat == sorted(lat) and lat[-1] > 1.5 * lat[0]

@@ -20,7 +20,8 @@ import torch
 
 from edgenas.core.progress import Progress
 from edgenas.space.spec import SearchSpace
-from edgenas.supernets.checkpoint import load_checkpoint, load_supernet
+from edgenas.supernets.checkpoint import load_checkpoint
+from edgenas.supernets.mbv3 import load_supernet
 from edgenas.training.data import load_data
 from edgenas.training.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_plan
 from edgenas.training.train import TrainConfig, TrainingInterrupted, state_path, train_supernet

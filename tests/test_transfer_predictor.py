@@ -19,7 +19,8 @@ import pytest
 from edgenas.measure.adaptive import log_det_information, select
 from edgenas.measure.campaign import sample_archs
 from edgenas.predictors import transfer
-from edgenas.predictors.latency import fit, load_predictor
+from edgenas.predictors.latency import load_predictor
+from edgenas.predictors.latency_fit import fit
 from edgenas.records.store import open_store
 from edgenas.space.spec import SearchSpace
 from tests.cli_runner import Cli

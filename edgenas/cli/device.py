@@ -12,9 +12,9 @@ from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.core.errors import DeviceError
 from edgenas.device import probe as devlib
 from edgenas.device import registry
-from edgenas.device.classes import ClassError, class_of, how, validate_class
+from edgenas.device.connect import known_hosts_path, open_transport
 from edgenas.device.session import DeviceSession
-from edgenas.device.transports import known_hosts_path, open_transport
+from edgenas.records.classes import ClassError, class_of, how, validate_class
 from edgenas.records.store import Store, open_store
 
 

@@ -12,14 +12,9 @@ import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.device import registry
+from edgenas.device.fanout import DEFAULT_MAX_FAIL_PERCENT, DEFAULT_PARALLEL, FanOut
 from edgenas.device.registry import Device
-from edgenas.fleet.common import (
-    DEFAULT_MAX_FAIL_PERCENT,
-    DEFAULT_PARALLEL,
-    FanOut,
-    FleetError,
-    validate_model_name,
-)
+from edgenas.fleet.common import FleetError, validate_model_name
 from edgenas.records.store import Store, open_store
 
 EXIT_FAILED = 1
@@ -108,10 +103,14 @@ def push_cmd(ws: Workspace, model_dir: Path, groups: tuple[str, ...], names: tup
     already current transfers nothing.  After the switch each device loads the model and runs one
     inference; a device where that fails is rolled back (status rolled-back).
     """
-    from edgenas.fleet.model import load_model_dir, resolve_name
+    from edgenas.export.package import ModelPackage, PackageError
+    from edgenas.fleet.common import FleetError, resolve_name
     from edgenas.fleet.push import push
 
-    model = load_model_dir(model_dir)
+    try:
+        model = ModelPackage.open(model_dir)
+    except PackageError as exc:
+        raise FleetError(f"{exc}; refusing to push it") from None
     name = resolve_name(model, name)
     with _store(ws) as store:
         devices = _select(store, groups, names, required=True)

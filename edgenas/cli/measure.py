@@ -7,12 +7,17 @@ import io
 import json
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
+
+if TYPE_CHECKING:
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.records.store import Store
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -85,12 +90,11 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     try:
         with open_store(ws.ensure()) as store:
             if adaptive:
-                from edgenas.measure.adaptive import run_cli
 
                 ctx = click.get_current_context()
                 trim = all(ctx.get_parameter_source(p) is click.core.ParameterSource.DEFAULT
                            for p in ("runs", "min_secs", "warmup_secs"))
-                return run_cli(store, ws.home, ckpt, [*device_names, *groups], samples, precisions,
+                return _run_adaptive(store, ws.home, ckpt, [*device_names, *groups], samples, precisions,
                                threads, seed, workers, settings, export_cache, quiet, as_json,
                                trim=trim)
             report = measure(store, ws.home, ckpt, [*device_names, *groups], samples,
@@ -195,3 +199,29 @@ def export_cmd(ws: Workspace, device: str | None, precision: str | None, threads
         echo(f"wrote {len(rows)} measurement(s) to {out}", err=True)
     else:
         echo(text, nl=False)
+
+
+def _run_adaptive(store: Store, home: Path, ckpt: Path, devices: Sequence[str], samples: int,
+            precisions: str, threads: int, seed: int, workers: int, settings: BenchSettings,
+            export_cache: Path | None, quiet: bool, as_json: bool, trim: bool = False) -> None:
+    """``edgenas measure --adaptive``: one device, one precision; prints the per-round quality."""
+    from edgenas.measure.adaptive import AdaptiveError, measure_adaptive  # lazy: torch (CLI start-up)
+
+    precs = [p.strip() for p in precisions.split(",") if p.strip()]
+    if len(devices) != 1 or len(precs) != 1:
+        raise AdaptiveError("--adaptive measures one device at one precision (give one --device and "
+                            "one --precision)")
+    rep = measure_adaptive(store, home, ckpt, devices[0], samples, precs[0], threads, seed=seed,
+                           workers=workers, settings=settings, export_cache=export_cache,
+                           progress=not quiet, trim=trim)
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        for r in rep.rounds:
+            echo(r.line())
+        echo(f"{rep.device}: {len(rep.measured)} subnet(s) measured in {len(rep.rounds)} "
+                   f"round(s), {rep.seconds:.0f} s; stopped: {rep.stopped}")
+        for err in rep.errors[:5]:
+            echo(f"error: {err}", err=True)
+    if not rep.complete:
+        sys.exit(1)

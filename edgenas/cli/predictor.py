@@ -49,7 +49,8 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
     ±5 % and ±10 %, RMSE, Spearman rank correlation and the p90 relative error that every
     later prediction carries.
     """
-    from edgenas.predictors.latency import evaluate_baseline, fit, predictor_path
+    from edgenas.predictors.latency import evaluate_baseline, predictor_path
+    from edgenas.predictors.latency_fit import fit
     from edgenas.records.store import open_store
 
     with open_store(ws.ensure()) as store:
@@ -94,7 +95,7 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
     from edgenas.predictors.latency import list_predictors
 
     if device_name is not None:
-        from edgenas.device.classes import resolve
+        from edgenas.device.registry import resolve_class as resolve
         from edgenas.records.store import open_store
 
         with open_store(ws.ensure()) as store:
@@ -121,7 +122,7 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
                 threads: int, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
-    from edgenas.device.classes import resolve
+    from edgenas.device.registry import resolve_class as resolve
     from edgenas.predictors.latency import device_xnnpack, load_predictor
     from edgenas.records.store import open_store
     from edgenas.space.spec import SearchSpace

@@ -75,7 +75,7 @@ def proxies_cmd(ws: Workspace, ckpt: Path | None, space_name: str | None, sample
     net = None
     if ckpt is not None:
         from edgenas.export.api import training_data_source
-        from edgenas.supernets.checkpoint import load_supernet
+        from edgenas.supernets.mbv3 import load_supernet
 
         net = load_supernet(ckpt)
         space = net.space

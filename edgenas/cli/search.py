@@ -65,7 +65,7 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     """
     from edgenas.records.store import open_store
     from edgenas.search.job import run_search
-    from edgenas.search.searcher import Constraints
+    from edgenas.search.problem import Constraints
 
     targets = list(devices) + list(groups)
     if not targets:

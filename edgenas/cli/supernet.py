@@ -21,7 +21,7 @@ def supernet() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def info(ckpt: Path, as_json: bool) -> None:
     """What a supernet checkpoint holds: space, classes, normalisation, size."""
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
 
     net = load_supernet(ckpt)
     space = net.space
@@ -149,7 +149,7 @@ def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | Non
 def eval_cmd(ckpt: Path, arch_ids: tuple[str, ...], data_source: str | None, calib: int,
              no_recalibrate: bool, as_json: bool) -> None:
     """Top-1 of subnets on the validation split (BN recalibrated on calibration images)."""
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
     from edgenas.training.evaluate import evaluate_archs
 
     net = load_supernet(ckpt)

@@ -219,3 +219,13 @@ class ProgressRenderer:
         """End the bar line (so what follows starts on a fresh line)."""
         with self._lock:
             self.bar.finish()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write
+    return records

@@ -943,8 +943,8 @@ def _latency_ms(value: Any) -> float:
 
 
 def _device_class(value: Any) -> str:
-    """``edgenas_class``: the device's class, named by the user (edgenas.device.classes)."""
-    from edgenas.device.classes import ClassError, validate_class
+    """``edgenas_class``: the device's class, named by the user (edgenas.records.classes)."""
+    from edgenas.records.classes import ClassError, validate_class
 
     try:
         return validate_class(value)

@@ -21,10 +21,11 @@ from typing import Any
 from edgenas_device.facts import install_advice, parse_facts_sh
 
 from edgenas.core.errors import DeviceError, EdgeNASError, TransportError
+from edgenas.device.connect import open_transport
 from edgenas.device.registry import Device
 from edgenas.device.scripts import script
 from edgenas.device.session import DeviceSession, NoRuntimeError, RunnerError
-from edgenas.device.transports import Transport, open_transport
+from edgenas.device.transports import Transport
 
 PROBE_TIMEOUT_S = 90.0
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")

@@ -25,6 +25,7 @@ from typing import Any
 import paramiko
 
 from edgenas.core.errors import DeviceError
+from edgenas.records.classes import ClassError, adopt_on_probe, class_of, validate_class
 from edgenas.records.store import Store
 
 KINDS = ("ssh", "adb", "local")
@@ -85,7 +86,7 @@ class Device:
     default), trimmed least recently used first.
 
     ``device_class``: the class the user named (``device add --class``); None: derived from the probe
-    (:func:`edgenas.device.classes.class_of` gives the class either way).
+    (:func:`edgenas.records.classes.class_of` gives the class either way).
 
     ``latency_budget_ms``: the latency this device's model must keep (``fleet specialize`` gives each
     class the strictest budget of its devices); None: none set.
@@ -130,8 +131,6 @@ class Device:
         return "local"
 
     def to_dict(self) -> dict[str, Any]:
-        from edgenas.device.classes import class_of
-
         data = asdict(self)
         data["address"] = self.address
         data["class"] = class_of(self)
@@ -293,8 +292,6 @@ def make_device(
         raise DeviceError(f"device {name}: --cache-mib must be within 0..1048576")
     group_list = sorted({validate_group(g) for g in groups})
     if device_class is not None:
-        from edgenas.device.classes import ClassError, validate_class
-
         try:
             validate_class(device_class)
         except ClassError as exc:
@@ -458,9 +455,7 @@ def set_groups(store: Store, names: Iterable[str], group: str, member: bool) -> 
 
 def save_probe(store: Store, name: str, probe: Mapping[str, Any]) -> None:
     """Store a device's probe.  Its first probe also takes the measurements it took unprobed into the
-    class the probe derives (:func:`edgenas.device.classes.adopt_on_probe`)."""
-    from edgenas.device.classes import adopt_on_probe
-
+    class the probe derives (:func:`edgenas.records.classes.adopt_on_probe`)."""
     device = get_device(store, name)
     now = time.time()
     with store.transaction() as conn:
@@ -476,8 +471,6 @@ def save_probe(store: Store, name: str, probe: Mapping[str, Any]) -> None:
 def set_device_class(store: Store, names: Iterable[str], device_class: str | None) -> None:
     """Name the class of the devices (None: derive it from the probe again).  Measurements already
     taken stay with the class they were taken in."""
-    from edgenas.device.classes import validate_class
-
     if device_class is not None:
         validate_class(device_class)
     with store.transaction() as conn:
@@ -599,3 +592,12 @@ def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
         if files:
             key_path = os.path.expanduser(files[0])
     return SSHTarget(host=host, user=user, port=port or 22, key_path=key_path, alias=alias)
+
+
+def resolve_class(store: Store, name: str) -> str:
+    """A command-line target for predictors: a device's name stands for its class; any other name
+    is taken as a class name."""
+    try:
+        return class_of(get_device(store, name))
+    except DeviceError:
+        return validate_class(name)

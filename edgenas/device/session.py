@@ -35,11 +35,12 @@ from edgenas.core.errors import DeviceError, EdgeNASError, TransportError
 from edgenas.core.files import sha256_file, unsafe_path_reason
 from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel, Cancelled
+from edgenas.device.connect import open_transport
 from edgenas.device.errors import ModelFileError, NoRuntimeError, NoSpaceError, RunnerError
 from edgenas.device.lock import DEFAULT_LOCK_TIMEOUT_S, DeviceLock, host_lock
 from edgenas.device.registry import Device
 from edgenas.device.scripts import script
-from edgenas.device.transports import RunResult, Transport, open_transport
+from edgenas.device.transports import RunResult, Transport
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def _load_source(source: str | Path | MobileNetV3Supernet, arch: Arch | str | No
     kind = raw.get("format") if isinstance(raw, dict) else None
     provenance = {"source": str(path), "source_sha256": sha256_file(path), "source_format": kind}
     if kind == "edgenas-supernet":
-        from edgenas.supernets.checkpoint import load_supernet
+        from edgenas.supernets.mbv3 import load_supernet
 
         return _from_supernet(load_supernet(path), arch or "max", provenance)
     if kind == "edgenas-subnet":

@@ -19,6 +19,10 @@ import numpy as np
 
 from edgenas.core.errors import EdgeNASError
 
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for a CLI user; set before any
+# module of this package imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 
 

@@ -39,6 +39,15 @@ from edgenas.core.files import PRIVATE_FILE_MODE, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+VERSION_HEX = 12  # a model's version = the first 12 hex digits of its sha256: deterministic, so idempotent
+MODEL_FILE = DEFAULT_MODEL_FILE
+
+
+def version_of(sha256: str) -> str:
+    """The version name a model with this sha256 gets on every device."""
+    return sha256[:VERSION_HEX]
+
+
 # The keys of a latency record the manifest keeps (the store keeps the full measurement).
 LATENCY_KEYS = ("median_ms", "p90_ms", "cv", "noisy", "threads", "runtime", "runtime_version",
                 "peak_rss_kib", "created_at")
@@ -98,6 +107,16 @@ class ModelPackage:
         return re.sub(r"[^A-Za-z0-9._-]", "-", raw).lstrip("._-")[:64] or "model"
 
     @property
+    def size_bytes(self) -> int:
+        """The model file's size (what the benchmark backends record)."""
+        return self.size
+
+    @property
+    def version(self) -> str:
+        """The folder name this model gets on every device (``models/NAME/<version>``)."""
+        return version_of(self.sha256)
+
+    @property
     def bytes_total(self) -> int:
         """Model plus manifest: what a push uploads."""
         return self.size + self.manifest_path.stat().st_size
@@ -118,6 +137,18 @@ class ModelPackage:
         return cls(folder=path, manifest=checked.manifest, model_path=Path(checked.model.path),
                    sha256=checked.model.sha256, size=checked.model.size,
                    manifest_path=path / MANIFEST_FILE, manifest_sha256=checked.manifest_sha256)
+
+    @classmethod
+    def open(cls, path: Path | str) -> ModelPackage:
+        """:meth:`load` for a path a user typed: a model folder, or a file inside one; a missing
+        folder is a :class:`PackageError` that says what a model folder is."""
+        path = Path(path)
+        if path.is_file():
+            path = path.parent
+        if not path.is_dir():
+            raise PackageError("folder", "no such model folder (give the folder holding model.tflite "
+                               "and manifest.json, as `edgenas export` writes it)", str(path))
+        return cls.load(path)
 
     # ------------------------------------------------------------------------------------ write
 

@@ -6,7 +6,7 @@ module (:mod:`~edgenas.fleet.push`, :mod:`~edgenas.fleet.status`, :mod:`~edgenas
 :mod:`~edgenas.fleet.bench`, :mod:`~edgenas.fleet.predict`).
 """
 
-from edgenas.fleet.common import DeviceResult, FanOut, FleetError
-from edgenas.fleet.model import LocalModel, load_model_dir
+from edgenas.device.fanout import DeviceResult, FanOut
+from edgenas.fleet.common import FleetError
 
-__all__ = ["DeviceResult", "FanOut", "FleetError", "LocalModel", "load_model_dir"]
+__all__ = ["DeviceResult", "FanOut", "FleetError"]

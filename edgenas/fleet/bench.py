@@ -13,7 +13,7 @@ predictor (or the device: thermal throttling, another governor, another runtime)
 promise the search made does not hold there — worth flagging before users notice.
 
 Spot checks (``fleet bench --per-class N``, :func:`spot_check`): devices of one class
-(:mod:`edgenas.device.classes`) run a model at the same speed, so a sample of each class tells how the class
+(:mod:`edgenas.records.classes`) run a model at the same speed, so a sample of each class tells how the class
 is doing, and a device
 of the class that measures far from the others is the one worth looking at (a board that throttles,
 a phone in power-save mode, a board someone put in the wrong class).  A device is therefore held to
@@ -35,14 +35,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgenas.device.cancel import Cancel
-from edgenas.device.classes import by_class, class_of
+from edgenas.device.connect import open_transport
+from edgenas.device.fanout import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out, session_for
 from edgenas.device.registry import Device
-from edgenas.device.transports import Transport, open_transport
-from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, FleetError, fan_out, session_for
-from edgenas.fleet.model import MODEL_FILE, VERSION_HEX
+from edgenas.device.transports import Transport
+from edgenas.export.package import MODEL_FILE, VERSION_HEX, ModelPackage
+from edgenas.fleet.common import FleetError
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import MODELS_DIR, read_state
 from edgenas.predictors.latency import STATISTICS, measured_latency
+from edgenas.records.classes import by_class, class_of
 from edgenas.records.deployments import deployed_manifest
 from edgenas.records.store import open_store
 
@@ -147,7 +149,7 @@ class DeployedModel:
 
     model_path: Path  # "<device>:<remote path>", for messages only
     sha256: str
-    manifest: dict[str, Any]
+    data: dict[str, Any]  # the manifest as JSON, as ModelPackage.data
     size_bytes: int | None = None
 
 
@@ -214,7 +216,7 @@ def fleet_bench(
     ``predictors``: latency predictors by device name; a device without one is held to its class's
     saved predictor (for the model's precision and ``threads``) when the manifest promises nothing.
     """
-    from edgenas.measure.bench import BenchSettings, DeviceBencher, load_model_dir
+    from edgenas.measure.bench import BenchSettings, DeviceBencher
 
     if not devices:
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")
@@ -223,7 +225,7 @@ def fleet_bench(
     classes = {d.name: class_of(d) for d in devices}
     campaign = campaign or f"fleet-bench-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
-    local = load_model_dir(model_dir) if model_dir is not None else None
+    local = ModelPackage.open(model_dir) if model_dir is not None else None
 
     def work(dev: Device, cancel: Cancel) -> DeviceResult:
         # this thread's own store connection (SQLite stays in its thread)
@@ -232,7 +234,7 @@ def fleet_bench(
             if local is not None:
                 record = bencher.bench(store, local, campaign=campaign)
                 return DeviceResult(dev.name, "ok", version=local.sha256[:VERSION_HEX],
-                                    extra={"record": record, "manifest": local.manifest})
+                                    extra={"record": record, "manifest": local.data})
             with session.locked():
                 state = read_state(session, name)
                 model = pick_model(state.models, name)
@@ -246,7 +248,7 @@ def fleet_bench(
                                        remote=remote, update_manifest=False)
         return DeviceResult(dev.name, "ok", model=model, version=held.current,
                             sha256=held.current_sha256,
-                            extra={"record": record, "manifest": target.manifest})
+                            extra={"record": record, "manifest": target.data})
 
     outcome = fan_out(devices, work, parallel=parallel, max_fail_percent=100.0)
     class_predictor = _class_predictors(home, threads)

@@ -1,34 +1,13 @@
-"""What every fleet verb shares: the error type, the per-device result, bounded parallel fan-out with a
-failure limit, and a per-device lock.
-
-Why a shared fan-out: push, rollback, bench and predict all have the same shape — do one thing on each
-of N devices, at most ``parallel`` at a time, keep going when one device fails (a dead Pi must not stop a
-rollout to fifty others) unless the share of failures passes a limit, in which case devices not started
-yet are skipped, as Ansible's ``max_fail_percentage`` does.
-"""
+"""What every fleet verb shares beyond the device fan-out (:mod:`edgenas.device.fanout`): the fleet's
+error type and the rules for a model's name on devices."""
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 from edgenas.core.errors import EdgeNASError
-from edgenas.device.cancel import Cancel
-from edgenas.device.registry import Device
-from edgenas.device.session import DeviceSession
-from edgenas.device.transports import Transport, open_transport
+from edgenas.export.package import ModelPackage
 
-STATUSES = ("ok", "unchanged", "failed", "rolled-back", "skipped")
-DEFAULT_PARALLEL = 8
-# A rollout stops starting new devices once more than this share failed: a broken model must not reach
-# the whole fleet (Ansible's default of no limit let it).  --max-fail-percent 100 restores that.
-DEFAULT_MAX_FAIL_PERCENT = 10.0
-LOCK_WAIT_S = 600.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_NAMES = ("cache",)  # models/cache/ holds `edgenas bench`'s copies on the device
 
@@ -36,30 +15,6 @@ RESERVED_NAMES = ("cache",)  # models/cache/ holds `edgenas bench`'s copies on t
 class FleetError(EdgeNASError):
     """A fleet operation cannot start (bad model folder, no devices, bad option) or failed on a device;
     the message names the device and says what happened."""
-
-
-@dataclass
-class DeviceResult:
-    """The outcome of one operation on one device (one row of the result table)."""
-
-    device: str
-    status: str  # ok | unchanged | failed | rolled-back | skipped
-    model: str | None = None
-    version: str | None = None
-    sha256: str | None = None
-    previous_sha256: str | None = None
-    reason: str | None = None
-    seconds: float = 0.0
-    bytes_sent: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> bool:
-        """Failed, or rolled back after its health check failed: either way not on the new model."""
-        return self.status in ("failed", "rolled-back")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def validate_model_name(name: str) -> str:
@@ -74,110 +29,6 @@ def validate_model_name(name: str) -> str:
     return name
 
 
-def short_error(exc: BaseException, device: str | None = None) -> str:
-    """One line for the table: the message, without the device-name prefix transports add (the table
-    already has a device column)."""
-    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-    if device and text.startswith(f"{device}: "):
-        text = text[len(device) + 2:]
-    return text
-
-
-
-
-@dataclass
-class FanOut:
-    """Results in the order the devices were given, and whether the failure limit stopped the run."""
-
-    results: list[DeviceResult]
-    limit_reached: bool = False
-
-    @property
-    def failures(self) -> int:
-        return sum(r.failed for r in self.results)
-
-    @property
-    def ok(self) -> bool:
-        return not self.limit_reached and self.failures == 0
-
-
-def fan_out(
-    devices: Sequence[Device],
-    work: Callable[[Device, Cancel], DeviceResult],
-    *,
-    parallel: int = DEFAULT_PARALLEL,
-    max_fail_percent: float = DEFAULT_MAX_FAIL_PERCENT,
-    on_result: Callable[[DeviceResult], None] | None = None,
-    cancel: Cancel | None = None,
-) -> FanOut:
-    """Run ``work`` on every device, at most ``parallel`` at once.
-
-    ``work`` should return a DeviceResult (``failed`` included) rather than raise; anything it raises is
-    turned into a failed result for that device.  Once failures exceed ``max_fail_percent`` of all
-    devices, devices not started yet are returned as ``skipped``.  ``on_result`` is called in the
-    calling thread as each device finishes (the workspace database is written there: SQLite
-    connections stay in the thread that opened them).
-
-    On Ctrl-C or SIGTERM (KeyboardInterrupt here, in the main thread) every device session opened with
-    ``cancel`` stops its remote job and releases its lock before this returns the interrupt.
-    """
-    cancel = cancel or Cancel()
-    if parallel < 1:
-        raise FleetError(f"--parallel must be at least 1 (got {parallel})")
-    if not 0 <= max_fail_percent <= 100:
-        raise FleetError(f"--max-fail-percent must be within 0..100 (got {max_fail_percent:g})")
-    total = len(devices)
-    results: dict[str, DeviceResult] = {}
-    pending = list(devices)
-    limit_reached = False
-    failures = 0
-
-    def guarded(dev: Device) -> DeviceResult:
-        start = time.monotonic()
-        try:
-            result = work(dev, cancel)
-        except EdgeNASError as exc:
-            result = DeviceResult(dev.name, "failed", reason=short_error(exc, dev.name))
-        except Exception as exc:  # noqa: BLE001 - one device's bug must not sink the others
-            result = DeviceResult(dev.name, "failed", reason=f"internal error: {exc!r}")
-        if not result.seconds:
-            result.seconds = round(time.monotonic() - start, 3)
-        return result
-
-    with ThreadPoolExecutor(max_workers=min(parallel, max(total, 1))) as pool:
-        running: dict[Future[DeviceResult], Device] = {}
-        try:
-            while pending or running:
-                while pending and len(running) < parallel and not limit_reached:
-                    dev = pending.pop(0)
-                    running[pool.submit(guarded, dev)] = dev
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    dev = running.pop(fut)
-                    result = fut.result()
-                    results[dev.name] = result
-                    failures += result.failed
-                    if on_result is not None:
-                        on_result(result)
-                    if total and failures * 100.0 / total > max_fail_percent:
-                        limit_reached = True
-        except BaseException:
-            pending.clear()
-            cancel.cancel()  # every device: stop the remote job and release the lock, at once
-            raise
-        limit_reached = limit_reached and bool(pending)  # the limit stopped nothing: not "reached"
-        for dev in pending:
-            results[dev.name] = DeviceResult(
-                dev.name,
-                "skipped",
-                reason=f"not started: more than {max_fail_percent:g}% of devices failed",
-            )
-    return FanOut([results[d.name] for d in devices], limit_reached)
-
-
-def session_for(home: Path, device: Device, cancel: Cancel,
-                opener: Callable[[Device, Path], Transport] = open_transport) -> DeviceSession:
-    """The device session a fleet verb works through (its lock is the one every verb takes)."""
-    return DeviceSession(home, device, cancel=cancel, lock_timeout=LOCK_WAIT_S, opener=opener)
+def resolve_name(model: ModelPackage | None, name: str | None) -> str:
+    """The model's name on devices: ``name`` if given, else the package's default; validated."""
+    return validate_model_name(name or (model.default_name if model else ""))

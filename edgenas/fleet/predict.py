@@ -14,19 +14,20 @@ from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import sha256_file
 from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel
-from edgenas.device.registry import Device
-from edgenas.device.session import DeviceSession, LocalFile
-from edgenas.device.transports import Transport, open_transport
-from edgenas.fleet.common import (
+from edgenas.device.connect import open_transport
+from edgenas.device.fanout import (
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
-    FleetError,
     fan_out,
     session_for,
     short_error,
 )
-from edgenas.fleet.model import MODEL_FILE
+from edgenas.device.registry import Device
+from edgenas.device.session import DeviceSession, LocalFile
+from edgenas.device.transports import Transport
+from edgenas.export.package import MODEL_FILE
+from edgenas.fleet.common import FleetError
 from edgenas.fleet.state import MODELS_DIR, read_state
 
 PREDICT_TIMEOUT_S = 180.0

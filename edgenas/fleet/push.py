@@ -26,20 +26,21 @@ from pathlib import Path
 
 from edgenas.core.errors import EdgeNASError
 from edgenas.device.cancel import Cancel
-from edgenas.device.registry import Device
-from edgenas.device.session import SPACE_MARGIN_KIB, DeviceSession, NoSpaceError, check_space
-from edgenas.device.transports import Transport, open_transport
-from edgenas.fleet.common import (
+from edgenas.device.connect import open_transport
+from edgenas.device.fanout import (
     DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
-    FleetError,
     fan_out,
     session_for,
     short_error,
 )
-from edgenas.fleet.model import MANIFEST_FILE, MODEL_FILE, LocalModel
+from edgenas.device.registry import Device
+from edgenas.device.session import SPACE_MARGIN_KIB, DeviceSession, NoSpaceError, check_space
+from edgenas.device.transports import Transport
+from edgenas.export.package import MANIFEST_FILE, MODEL_FILE, ModelPackage
+from edgenas.fleet.common import FleetError
 from edgenas.fleet.state import (
     MODELS_DIR,
     STATE_TIMEOUT_S,
@@ -62,7 +63,7 @@ class PushError(FleetError):
 def push_one(
     device: Device,
     home: Path,
-    model: LocalModel,
+    model: ModelPackage,
     name: str,
     *,
     transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT_S,
@@ -88,7 +89,7 @@ def push_one(
 
 def _push(
     session: DeviceSession,
-    model: LocalModel,
+    model: ModelPackage,
     name: str,
     result: DeviceResult,
     transfer_timeout: float,
@@ -177,7 +178,7 @@ def model_free_device(session: DeviceSession) -> bool:
     return bool(session.device.benchmark_binary)
 
 
-def _health_check(session: DeviceSession, model: LocalModel, name: str, result: DeviceResult,
+def _health_check(session: DeviceSession, model: ModelPackage, name: str, result: DeviceResult,
                   before: str | None) -> None:
     """Load the switched model on the device and run one inference; roll back if that fails."""
     from edgenas.measure.bench import BenchSettings, backend_for
@@ -215,7 +216,7 @@ def _undo(session: DeviceSession, name: str, before: str | None) -> str:
         return f"ROLLBACK FAILED: {short_error(exc, session.name)}"
 
 
-def _check_space(state: DeviceState, model: LocalModel, device: Device, check: bool) -> None:
+def _check_space(state: DeviceState, model: ModelPackage, device: Device, check: bool) -> None:
     """The session's one free-space rule, on the free space the state read already reported."""
     if not check:
         return
@@ -227,7 +228,7 @@ def _check_space(state: DeviceState, model: LocalModel, device: Device, check: b
         raise PushError(short_error(exc, device.name)) from None
 
 
-def _upload_failure(session: DeviceSession, name: str, stage: str, model: LocalModel,
+def _upload_failure(session: DeviceSession, name: str, stage: str, model: ModelPackage,
                     exc: BaseException, workdir: str) -> str:
     """Say why an upload failed; a full disk often shows up as a bare SFTP 'Failure', so look."""
     message = short_error(exc, session.name)
@@ -251,7 +252,7 @@ def push(
     store: Store,
     home: Path,
     devices: Sequence[Device],
-    model: LocalModel,
+    model: ModelPackage,
     name: str,
     *,
     parallel: int = DEFAULT_PARALLEL,
@@ -269,7 +270,7 @@ def push(
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")
     if canary < 0:
         raise FleetError(f"--canary must be 0 or more (got {canary})")
-    manifest_json = json.dumps(model.manifest, sort_keys=True)
+    manifest_json = json.dumps(model.data, sort_keys=True)
 
     def record(result: DeviceResult) -> None:
         if result.status != "skipped":

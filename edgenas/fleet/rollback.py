@@ -16,18 +16,19 @@ from pathlib import Path
 from edgenas.core.errors import EdgeNASError
 from edgenas.device import layout
 from edgenas.device.cancel import Cancel
-from edgenas.device.registry import Device
-from edgenas.device.transports import Transport, open_transport
-from edgenas.fleet.common import (
+from edgenas.device.connect import open_transport
+from edgenas.device.fanout import (
     DEFAULT_MAX_FAIL_PERCENT,
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
-    FleetError,
     fan_out,
     session_for,
     short_error,
 )
+from edgenas.device.registry import Device
+from edgenas.device.transports import Transport
+from edgenas.fleet.common import FleetError
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import STATE_TIMEOUT_S, new_tag, read_state, run_fleet_script
 from edgenas.records.deployments import record_deployment

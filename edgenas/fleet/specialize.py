@@ -2,7 +2,7 @@
 subnet for its own hardware.
 
 The promise of a once-for-all supernet is one training and a specialised subnet per kind of device.
-A fleet is grouped into device classes (:mod:`edgenas.device.classes`: devices whose latency is the same), and
+A fleet is grouped into device classes (:mod:`edgenas.records.classes`: devices whose latency is the same), and
 for each class in the group, in order:
 
 1. **measure** — unless the class already has latency predictors for the supernet's space: a few-shot
@@ -46,10 +46,12 @@ from typing import TYPE_CHECKING, Any
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import atomic_write_json, open_private, private_dir, sha256_file
 from edgenas.device.cancel import Cancel
-from edgenas.device.classes import by_class, how
+from edgenas.device.connect import open_transport
+from edgenas.device.fanout import DeviceResult, fan_out, session_for
 from edgenas.device.registry import Device, save_probe, select_devices
-from edgenas.device.transports import Transport, open_transport
-from edgenas.fleet.common import DeviceResult, FleetError, fan_out, session_for, validate_model_name
+from edgenas.device.transports import Transport
+from edgenas.fleet.common import FleetError, validate_model_name
+from edgenas.records.classes import by_class, how
 from edgenas.records.store import Store
 
 if TYPE_CHECKING:
@@ -383,7 +385,7 @@ def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str
              seed: int, protocol: tuple[int, float], exporters: ExportWorkers | None = None) -> None:
     from edgenas.measure.adaptive import measure_adaptive
     from edgenas.measure.bench import BenchSettings
-    from edgenas.predictors.latency import fit
+    from edgenas.predictors.latency_fit import fit
 
     settings = BenchSettings(threads=plan.threads, runs=protocol[0], min_secs=protocol[1])
     rep = measure_adaptive(store, home, plan.ckpt, cp.representative, samples, precision,
@@ -397,7 +399,7 @@ def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str
 def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int,
             seed: int, exporters: ExportWorkers | None = None) -> dict[str, Any]:
     from edgenas.search.job import run_search
-    from edgenas.search.searcher import Constraints
+    from edgenas.search.problem import Constraints
 
     outcome = run_search(store, home, plan.ckpt, [cp.representative],
                          Constraints(latency_ms=cp.budget_ms), precision=plan.precision,
@@ -444,11 +446,11 @@ def _export(home: Path, plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dic
 
 def _push(store: Store, home: Path, plan: Plan, cp: ClassPlan, model_dir: Path, canary: int,
           opener: Callable[[Device, Path], Transport]) -> dict[str, str]:
-    from edgenas.fleet.model import load_model_dir
+    from edgenas.export.package import ModelPackage
     from edgenas.fleet.push import push
 
     devices = select_devices(store, cp.devices)
-    fan = push(store, home, devices, load_model_dir(model_dir), plan.name, canary=canary,
+    fan = push(store, home, devices, ModelPackage.open(model_dir), plan.name, canary=canary,
                opener=opener)
     return {r.device: r.status if r.status in ("ok", "unchanged") else
             f"{r.status}: {r.reason or ''}".strip(": ")[:200] for r in fan.results}

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.device.cancel import Cancel
+from edgenas.device.connect import open_transport
+from edgenas.device.fanout import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out, session_for
 from edgenas.device.registry import Device
-from edgenas.device.transports import Transport, open_transport
-from edgenas.fleet.common import DEFAULT_PARALLEL, DeviceResult, FanOut, fan_out, session_for
+from edgenas.device.transports import Transport
 from edgenas.fleet.state import ModelState, read_state
 from edgenas.records.deployments import Deployment, deployed_names, expected_state
 from edgenas.records.store import Store

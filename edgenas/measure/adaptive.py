@@ -278,9 +278,9 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
 
     ``export_workers``: the caller's export workers (``fleet specialize`` shares one set across its
     classes and searches); by default the campaign starts its own, once for all its rounds."""
-    from edgenas.device.classes import class_of
     from edgenas.device.registry import select_devices
     from edgenas.measure.campaign import ExportWorkers, measure, sample_archs
+    from edgenas.records.classes import class_of
     from edgenas.supernets.checkpoint import load_checkpoint
 
     if samples < 2:
@@ -450,34 +450,5 @@ def _round(space: SearchSpace, archs: list[Arch], y: np.ndarray, pairs: list[tup
 
 
 __all__ = ["TRIMMED", "TRIM_TOLERANCE", "AdaptiveError", "AdaptiveReport", "first_round_size",
-           "log_det_information", "measure_adaptive", "next_round", "replay", "run_cli", "select",
+           "log_det_information", "measure_adaptive", "next_round", "replay", "select",
            "trimmed"]
-
-
-def run_cli(store: Store, home: Path, ckpt: Path, devices: Sequence[str], samples: int,
-            precisions: str, threads: int, seed: int, workers: int, settings: BenchSettings,
-            export_cache: Path | None, quiet: bool, as_json: bool, trim: bool = False) -> None:
-    """``edgenas measure --adaptive``: one device, one precision; prints the per-round quality."""
-    import click
-
-    from edgenas.cli.common import echo_json
-    from edgenas.core.text import printable
-
-    precs = [p.strip() for p in precisions.split(",") if p.strip()]
-    if len(devices) != 1 or len(precs) != 1:
-        raise AdaptiveError("--adaptive measures one device at one precision (give one --device and "
-                            "one --precision)")
-    rep = measure_adaptive(store, home, ckpt, devices[0], samples, precs[0], threads, seed=seed,
-                           workers=workers, settings=settings, export_cache=export_cache,
-                           progress=not quiet, trim=trim)
-    if as_json:
-        echo_json(rep.to_dict())
-    else:
-        for r in rep.rounds:
-            click.echo(printable(r.line(), multiline=True))
-        click.echo(f"{rep.device}: {len(rep.measured)} subnet(s) measured in {len(rep.rounds)} "
-                   f"round(s), {rep.seconds:.0f} s; stopped: {rep.stopped}")
-        for err in rep.errors[:5]:
-            click.echo(f"error: {printable(err, multiline=True)}", err=True)
-    if not rep.complete:
-        sys.exit(1)

@@ -40,7 +40,6 @@ from edgenas.device.session import (
 )
 from edgenas.device.transports import Transport
 from edgenas.export.package import ModelPackage, PackageError, record_latency
-from edgenas.fleet.model import LocalModel
 from edgenas.measure import benchmark_model as bmb
 from edgenas.records.store import Store, open_store
 
@@ -82,24 +81,6 @@ def for_device(device: Device, settings: BenchSettings) -> BenchSettings:
 # ---------------------------------------------------------------------------------------------- model
 
 
-# An exported model folder, read and checked by :class:`edgenas.export.package.ModelPackage` (the one reader:
-# plain file names, sha256 and TFL3 checked, labels a list), seen through the fleet's view of it.
-ModelDir = LocalModel
-
-
-def load_model_dir(path: Path | str) -> ModelDir:
-    """Read and verify a model folder (or the folder of a ``model.tflite`` path)."""
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    if not path.is_dir():
-        raise ModelFileError(f"{path}: no such model folder")
-    try:
-        return LocalModel(ModelPackage.load(path))
-    except PackageError as exc:
-        raise ModelFileError(str(exc)) from None
-
-
 # ---------------------------------------------------------------------------------------------- backends
 
 
@@ -110,7 +91,7 @@ class Backend(Protocol):
 
     def timeout(self, s: BenchSettings) -> float: ...
 
-    def run_once(self, session: DeviceSession, model: ModelDir, s: BenchSettings,
+    def run_once(self, session: DeviceSession, model: ModelPackage, s: BenchSettings,
                  timeout: float, remote: str | None = None) -> dict[str, Any]:
         """Time ``model`` (at ``remote`` on the device; default: its place in the model cache)."""
 
@@ -129,7 +110,7 @@ class RunnerBackend:
     def timeout(self, s: BenchSettings) -> float:
         return s.max_secs * 1.2 + 120  # the runner stops itself at max_secs from the start of warm-up
 
-    def run_once(self, session: DeviceSession, model: ModelDir, s: BenchSettings,
+    def run_once(self, session: DeviceSession, model: ModelPackage, s: BenchSettings,
                  timeout: float, remote: str | None = None) -> dict[str, Any]:
         from edgenas.device.session import runner_result
 
@@ -183,7 +164,7 @@ class BinaryBackend:
             self._versions[sha] = bmb.parse_version(res.rc, bmb.combine(res.stdout, res.stderr))
         return self._versions[sha]
 
-    def run_once(self, session: DeviceSession, model: ModelDir, s: BenchSettings,
+    def run_once(self, session: DeviceSession, model: ModelPackage, s: BenchSettings,
                  timeout: float, remote: str | None = None) -> dict[str, Any]:
         name = session.name
         remote_model = remote or layout.cached_model(model.sha256)
@@ -302,7 +283,7 @@ class DeviceBencher:
         assert name is not None
         return name, version
 
-    def bench(self, store: Store, model: ModelDir, *, campaign: str | None = None,
+    def bench(self, store: Store, model: ModelPackage, *, campaign: str | None = None,
               settings: BenchSettings | None = None, update_manifest: bool = True,
               remote: str | None = None) -> dict[str, Any]:
         """Benchmark ``model``, store one ``measurements`` row and return it (plus ``uploaded``).
@@ -361,7 +342,7 @@ def bench_model(store: Store, home: Path, device_name: str, model_dir: Path | st
     Raises ModelFileError (corrupt model or manifest), DeviceError (no runtime / no Python),
     TransportError (device unreachable or lost mid-benchmark: nothing is stored), DeviceBusyError.
     """
-    model = load_model_dir(model_dir)
+    model = ModelPackage.open(model_dir)
     device = get_device(store, device_name)
     settings = BenchSettings(threads, runs, min_secs, warmup_runs, warmup_secs, max_secs,
                              cv_threshold, retries)
@@ -371,15 +352,15 @@ def bench_model(store: Store, home: Path, device_name: str, model_dir: Path | st
 
 # ---------------------------------------------------------------------------------------------- store
 
-def _store_row(store: Store, device: Device, model: ModelDir, r: dict[str, Any], threads: int,
+def _store_row(store: Store, device: Device, model: ModelPackage, r: dict[str, Any], threads: int,
                noisy: bool, campaign: str | None, meta: dict[str, Any]) -> dict[str, Any]:
     """Store the kept run as one ``measurements`` row (:mod:`edgenas.records.measurements` owns the
     SQL), stamped with the device's class, and return the row as a dict, its ``id`` and raw
     ``result_json`` included."""
-    from edgenas.device.classes import class_of
     from edgenas.records import measurements
+    from edgenas.records.classes import class_of
 
-    m = model.manifest
+    m = model.data
     before, after = r.get("state_before") or {}, r.get("state_after") or {}
     runtime = r.get("runtime") or {}
     stored = measurements.insert(store, measurements.Measurement(
@@ -438,11 +419,11 @@ def _temp_c(state: dict[str, Any]) -> float | None:
     return max(temps) if temps else None
 
 
-def _record_in_manifest(home: Path, model: ModelDir, record: dict[str, Any]) -> None:
+def _record_in_manifest(home: Path, model: ModelPackage, record: dict[str, Any]) -> None:
     """``manifest["latency"][device]``: the model folder says where it was measured and how fast (a
     read-only folder still gets its measurement stored in the workspace)."""
     try:
-        record_latency(model.package, record["device"], record, lock_dir=Path(home) / "locks")
+        record_latency(model, record["device"], record, lock_dir=Path(home) / "locks")
     except PackageError as exc:
         log.warning("latency for %s not recorded in %s: %s", record["device"], model.directory, exc)
 
@@ -454,5 +435,5 @@ def open_bencher(home: Path, device_name: str, settings: BenchSettings | None = 
     return DeviceBencher(home, device, settings)
 
 
-__all__ = ["BenchError", "BenchSettings", "DeviceBencher", "DeviceBusyError", "ModelDir",
-           "ModelFileError", "TransportError", "bench_model", "load_model_dir", "open_bencher"]
+__all__ = ["BenchError", "BenchSettings", "DeviceBencher", "DeviceBusyError", "ModelPackage",
+           "ModelFileError", "TransportError", "bench_model", "open_bencher"]

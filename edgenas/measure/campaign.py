@@ -49,20 +49,19 @@ from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import sha256_file
 from edgenas.core.progress import ProgressFn, Reporter, reporter
 from edgenas.device.cancel import Cancel, Cancelled
-from edgenas.device.classes import class_of
 from edgenas.device.registry import Device, select_devices
 from edgenas.device.session import NoRuntimeError
+from edgenas.export.package import PackageError
 from edgenas.measure.bench import (
     BenchError,
     BenchSettings,
     DeviceBencher,
     DeviceBusyError,
-    ModelDir,
-    ModelFileError,
+    ModelPackage,
     for_device,
-    load_model_dir,
 )
 from edgenas.records import measurements
+from edgenas.records.classes import class_of
 from edgenas.records.store import Store, open_store
 from edgenas.space.spec import NUM_STAGES, Arch, SearchSpace
 
@@ -142,10 +141,10 @@ def cached_export(cache: Path, source_sha: str, arch: str, precision: str) -> Pa
     return Path(cache) / source_sha[:12] / arch / precision
 
 
-def _valid(path: Path) -> ModelDir | None:
+def _valid(path: Path) -> ModelPackage | None:
     try:
-        return load_model_dir(path) if (path / "manifest.json").exists() else None
-    except ModelFileError:
+        return ModelPackage.open(path) if (path / "manifest.json").exists() else None
+    except PackageError:
         return None
 
 
@@ -169,7 +168,7 @@ def _worker_init(ckpt: str, source_sha: str, nice: int, cpus: set[int] | None = 
     import torch
 
     torch.set_num_threads(1)
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
 
     net = load_supernet(ckpt)
     data = None
@@ -190,7 +189,7 @@ def _export_job(arch_id: str, precision: str, final: str, calibration: int) -> s
     """Export one arch into ``final`` (through a temp folder renamed into place) and return it."""
     import numpy as np
 
-    from edgenas.export import export_model
+    from edgenas.export.pipeline import export_model
 
     net = _WORKER["net"]
     arch = net.space.parse(arch_id)
@@ -381,7 +380,7 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
                 say(d.name, f"ABORTED: {runtime}", level="error")
                 continue
             klass = class_of(d)
-            if klass in serving:  # one device measures for its whole class (edgenas.device.classes)
+            if klass in serving:  # one device measures for its whole class (edgenas.records.classes)
                 reports[d.name] = DeviceReport(d.name, 0, 0, served_by=serving[klass])
                 todo[d.name] = {}
                 say(d.name, f"class {klass}: measured on {serving[klass]}")
@@ -502,7 +501,7 @@ def _device_runtimes(home: Path, devs: Sequence[Device], settings: BenchSettings
     """Each device's runtime (name, version) now, asked in parallel before anything is exported: what
     a stored row must have been measured with to count as done.  A device that cannot answer maps to
     the one-line reason (it is reported aborted, and nothing is exported for it alone)."""
-    from edgenas.fleet.common import DeviceResult, fan_out
+    from edgenas.device.fanout import DeviceResult, fan_out
 
     def work(dev: Device, cancel: Cancel) -> DeviceResult:
         with DeviceBencher(home, dev, settings, cancel=cancel) as bencher:
@@ -634,7 +633,7 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
                 arch, precision = job
                 left[job] -= 1
                 try:
-                    rec = bencher.bench(store, load_model_dir(model_dir), campaign=campaign)
+                    rec = bencher.bench(store, ModelPackage.open(model_dir), campaign=campaign)
                 except (DeviceBusyError, NoRuntimeError, Cancelled):
                     raise
                 except BenchError as exc:  # this model failed; the device is fine

@@ -232,7 +232,7 @@ def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None =
     from edgenas.core.files import sha256_file
     from edgenas.export.api import training_data_source
     from edgenas.records.store import open_store
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
     from edgenas.training.data import load_data
     from edgenas.training.train import init_distributed
 

@@ -210,7 +210,7 @@ def _candidates(n: int) -> list[str]:
 class LatencyPredictor:
     """A fitted predictor: ``predict(space, arch)`` in ms; ``error`` its held-out p90 relative error.
 
-    ``device``: the device class it serves (:mod:`edgenas.device.classes`; for a device never probed, the
+    ``device``: the device class it serves (:mod:`edgenas.records.classes`; for a device never probed, the
     device's own name) — the field keeps its name so that saved predictors stay readable."""
 
     device: str
@@ -401,7 +401,7 @@ def training_set(store: Store, device: str, precision: str, threads: int,
         xnnpack = device_xnnpack(store, device)
     from edgenas.records.measurements import for_predictor
 
-    rows = for_predictor(store, _class_key(store, device), precision, threads, xnnpack=bool(xnnpack))
+    rows = for_predictor(store, class_key(store, device), precision, threads, xnnpack=bool(xnnpack))
     if space is None:
         spaces = sorted({r.space for r in rows if r.space})
         if len(spaces) > 1:
@@ -442,17 +442,18 @@ def device_xnnpack(store: Store, device: str) -> bool:
     except sqlite3.OperationalError:  # a store without the column predates the setting: XNNPACK on
         return True
     if not rows:
-        from edgenas.device.classes import class_of
         from edgenas.device.registry import list_devices
+        from edgenas.records.classes import class_of
 
         members = [d for d in list_devices(store) if class_of(d) == device]
         return members[0].xnnpack if members else True
     return bool(rows[0]["xnnpack"]) if rows[0]["xnnpack"] is not None else True
 
 
-def _class_key(store: Store, name: str) -> str:
-    """The class a predictor command's target names (edgenas.device.classes.resolve), as a predictor error."""
-    from edgenas.device.classes import ClassError, resolve
+def class_key(store: Store, name: str) -> str:
+    """The class a predictor command's target names (edgenas.device.registry.resolve), as a predictor error."""
+    from edgenas.device.registry import resolve_class as resolve
+    from edgenas.records.classes import ClassError
 
     try:
         return resolve(store, name)
@@ -488,32 +489,17 @@ def _num_classes(rows: Sequence[Any]) -> int:
     return 10
 
 
-def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
-        space: str | None = None, save_to: Path | None = None, statistic: str = "median",
-        feature_sets: Sequence[str] | None = None, xnnpack: bool | None = None,
-        method: str = "auto") -> LatencyPredictor:
-    """Fit (and, with ``save_to`` = the workspace home, save) the predictor for one device setting.
+def fit_per_device(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
+                   space: str | None = None, save_to: Path | None = None, statistic: str = "median",
+                   feature_sets: Sequence[str] | None = None, xnnpack: bool | None = None,
+                   compared: dict[str, Any] | None = None) -> LatencyPredictor:
+    """Fit (and, with ``save_to`` = the workspace home, save) a device's own predictor from its own
+    measurements alone; :func:`edgenas.predictors.latency_fit.fit` decides when to transfer instead.
 
     The returned predictor's ``quality`` is from k-fold cross-validation with the feature-set choice
-    nested inside each fold, so it is an honest estimate for unmeasured subnets.  ``method``:
-    ``auto`` transfers from the workspace's other device profiles when there are any and that
-    cross-validates at least as well (:mod:`edgenas.predictors.transfer`), ``transfer`` insists,
-    ``per-device`` never transfers; ``extra["method"]`` says which was used.
+    nested inside each fold, so it is an honest estimate for unmeasured subnets.  ``compared`` is the
+    transfer fit's quality when it lost to this one (kept in ``extra`` so the choice is visible).
     """
-    if method not in ("auto", "transfer", "per-device"):
-        raise LatencyPredictorError(f"unknown fit method {method!r} (auto, transfer or per-device)")
-    compared = None
-    if method != "per-device" and not feature_sets:
-        from edgenas.predictors.transfer import fit_from_store
-
-        found = fit_from_store(store, _class_key(store, device), precision, threads, space=space,
-                               statistic=statistic,
-                               home=save_to, method=method, xnnpack=xnnpack)
-        if found is not None and found[0] is not None:
-            if save_to is not None:
-                found[0].save(save_to)
-            return found[0]
-        compared = found[1] if found is not None else None  # transfer lost to the per-device fit
     ts = training_set(store, device, precision, threads, space, statistic, xnnpack)
     n = len(ts.archs)
     cands = list(feature_sets or _candidates(n))
@@ -535,7 +521,7 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
     fs = _select(ts.space, ts.archs, ts.latency_ms, ts.num_classes, cands)
     names = feature_names(ts.space, fs)
     coef, scale = _nnls_fit(_matrix(ts.space, ts.archs, names, fs, ts.num_classes), ts.latency_ms)
-    pred = LatencyPredictor(_class_key(store, device), precision, threads, ts.space.name, fs, names,
+    pred = LatencyPredictor(class_key(store, device), precision, threads, ts.space.name, fs, names,
                             [float(c) for c in coef], [float(s) for s in scale], ts.num_classes, q,
                             ts.runtime, n, time.time(),
                             {"statistic": statistic, "protocol": ts.protocol, "xnnpack": ts.xnnpack,
@@ -561,5 +547,6 @@ def evaluate_baseline(store: Store, device: str, precision: str = "fp32", thread
     return quality(ts.latency_ms, pred)
 
 
-__all__ = ["LatencyPredictor", "LatencyPredictorError", "evaluate_baseline", "features", "fit",
-           "list_predictors", "load_predictor", "measured_latency", "predictor_path", "training_set"]
+__all__ = ["LatencyPredictor", "LatencyPredictorError", "evaluate_baseline", "features",
+           "fit_per_device", "list_predictors", "load_predictor", "measured_latency", "predictor_path",
+           "training_set"]

@@ -139,7 +139,7 @@ _SELECT = f"SELECT {', '.join(FIELDS)}, result_json FROM measurements"
 class ResumeKey:
     """What a stored measurement must share with the one a campaign is about to take to count as
     already done (see the module docstring).  ``device_class``: a row taken on any device of the
-    class counts (edgenas.device.classes)."""
+    class counts (edgenas.records.classes)."""
 
     device_class: str
     space: str
@@ -303,20 +303,6 @@ def profile_rows(store: Store, device_class: str, precision: str, threads: int, 
             for r in rows]
 
 
-def move_class(conn: sqlite3.Connection, device: str, to_class: str,
-               from_class: str | None = None) -> int:
-    """Inside the caller's transaction: stamp ``device``'s rows (only those of ``from_class``, if
-    given) with ``to_class``; the number of rows moved.  Used by edgenas.device.classes when a device's first
-    probe adopts its unprobed rows, and by the migration that introduced classes."""
-    if from_class is None:
-        cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ?",
-                           (to_class, device))
-    else:
-        cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ? "
-                           "AND device_class = ?", (to_class, device, from_class))
-    return int(cur.rowcount)
-
-
 __all__ = ["FIELDS", "Measurement", "MeasurementError", "Protocol", "ResumeKey", "best_by_arch",
            "best_by_arch_precision", "done_counts", "find", "for_predictor", "insert", "medians",
-           "move_class", "profile_rows", "profiles"]
+           "profile_rows", "profiles"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import PRIVATE_FILE_MODE, private_dir, private_file
+from edgenas.records import classes
 
 DB_NAME = "edgenas.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -179,12 +180,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE devices ADD COLUMN cache_mib INTEGER;
     """,
-    # 8 -> 9: device classes (edgenas.device.classes).  ``devices.device_class``: the class the user named
+    # 8 -> 9: device classes (edgenas.records.classes).  ``devices.device_class``: the class the user named
     # (NULL: derived from the probe); ``devices.latency_budget_ms``: the device's latency budget
     # (``device add --latency-budget-ms``, inventory ``edgenas_latency_ms``) for ``fleet specialize``.
     # ``measurements.device_class``: the class of the device when the
     # row was measured; rows from before are stamped by the Python step of this migration
-    # (edgenas.device.classes.backfill: the device's class derived from its stored probe, else its name).
+    # (edgenas.records.classes.backfill: the device's class derived from its stored probe, else its name).
     # A row inserted without a class is a class of its own device (the trigger).
     """
     ALTER TABLE devices ADD COLUMN device_class TEXT;
@@ -207,14 +208,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-def _backfill_classes(conn: sqlite3.Connection) -> None:
-    from edgenas.device.classes import backfill
-
-    backfill(conn)
-
-
 # Python steps run after a migration's SQL, in its transaction: {version reached: step}.
-MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {9: _backfill_classes}
+MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {9: classes.backfill}
 
 
 class StoreError(EdgeNASError):

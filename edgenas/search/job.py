@@ -19,18 +19,27 @@ import numpy as np
 
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import atomic_write_json, sha256_file
+from edgenas.core.plots import plot_pareto
 from edgenas.device.registry import select_devices
 from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
 from edgenas.predictors.latency import STATISTICS, LatencyPredictor, load_predictor
 from edgenas.records.store import Store
-from edgenas.search.searcher import (
+from edgenas.search.problem import (
     Candidate,
     Constraints,
     DeviceModel,
-    Searcher,
     pareto_front,
     rerank_on_measured,
     spread,
+)
+from edgenas.search.searcher import Searcher
+from edgenas.search.strategies import (
+    default_budget,
+    default_strategy,
+    evolve,
+    make_score,
+    nsga2_front,
+    run_strategy,
 )
 from edgenas.space.spec import SearchSpace
 from edgenas.supernets.checkpoint import load_checkpoint
@@ -81,7 +90,7 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     """The precision to search with on ``device`` and why (``auto``: whichever measured faster on
     the subnets near ``budget_ms``, see :func:`measured_ratio`).  Only predictors fitted with the
     device's XNNPACK setting are used."""
-    from edgenas.device.classes import resolve
+    from edgenas.device.registry import resolve_class as resolve
 
     klass = resolve(store, device)  # the device's class: its predictors and measurements
     if asked != "auto":
@@ -166,15 +175,13 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     searcher = Searcher(space, _score(accuracy, space, ckpt, acc_pred, data_source, seed),
                         models, constraints, num_classes, seed)
     if strategy is not None or budget is not None or accuracy != "predictor":
-        from edgenas.search.strategies import default_budget, default_strategy, run_strategy
-
         budget = budget or default_budget(accuracy)
         run_strategy(searcher, strategy or default_strategy(budget), budget=budget)
         ranked = searcher.front() if objective == "pareto" else searcher.ranked()
     elif objective == "pareto":
-        ranked = searcher.nsga2(population, generations)
+        ranked = nsga2_front(searcher, population, generations)
     else:
-        ranked = searcher.evolution(population, generations)
+        ranked = evolve(searcher, population, generations)
     if objective == "pareto":
         to_verify = spread(ranked, verify_top)
     else:
@@ -225,8 +232,6 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     }
     path = None
     if out_dir is not None:
-        from edgenas.workflows.report import plot_pareto
-
         out_dir.mkdir(parents=True, exist_ok=True)
         path = atomic_write_json(out_dir / "search.json", result, indent=1)
         plot_pareto(result, out_dir / "pareto.png")
@@ -236,12 +241,11 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
 def _score(accuracy: str, space: SearchSpace, ckpt: Path, acc_pred: AccuracyPredictor | None,
            data_source: str | None, seed: int) -> Any:
     """The search's accuracy estimate (see :func:`edgenas.search.strategies.make_score`)."""
-    from edgenas.search.strategies import make_score
 
     if accuracy == "predictor":
         return make_score(accuracy, space, predictor=acc_pred)
     from edgenas.export.api import training_data_source
-    from edgenas.supernets.checkpoint import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet
     from edgenas.training.data import load_data
 
     net = load_supernet(ckpt)

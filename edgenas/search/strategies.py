@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
-from edgenas.search.searcher import Candidate, Score, Searcher, predictor_score
+from edgenas.search.problem import (
+    Candidate,
+    Score,
+    predictor_score,
+    rank_and_crowd,
+    tournament,
+)
+from edgenas.search.searcher import Searcher
 from edgenas.space.spec import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -160,12 +167,12 @@ def aging_evolution(searcher: Searcher, population: int | None = None, sample: i
 
 
 def ofa_evolution(searcher: Searcher, population: int | None = None, **kwargs: Any) -> None:
-    searcher.evolution(population=_population(searcher, population, 100), generations=None,
+    evolve(searcher, population=_population(searcher, population, 100), generations=None,
                        **kwargs)
 
 
 def nsga2(searcher: Searcher, population: int | None = None, **kwargs: Any) -> None:
-    searcher.nsga2(population=_population(searcher, population, 100), generations=None,
+    nsga2_front(searcher, population=_population(searcher, population, 100), generations=None,
                    **kwargs)
 
 
@@ -298,3 +305,74 @@ STRATEGIES: dict[str, Callable[..., None]] = {
     "tpe": tpe,
     "reinforce": reinforce,
 }
+
+
+def evolve(searcher: Searcher, population: int = 100, generations: int | None = 20,
+              parent_ratio: float = 0.25, mutation_ratio: float = 0.5,
+              mutate_prob: float = 0.1, limit: int = 500) -> list[Candidate]:
+    """OFA's evolution: best feasible candidates by accuracy, best first.  With a ``budget``
+    on the searcher, ``generations=None`` runs until it is spent."""
+    rng = searcher.np_rng
+    seeds = searcher.feasible_seeds()  # every feasible seed is scored; the best start
+    if searcher.budget is not None:  # ... unless that would spend a small budget on seeds
+        seeds = seeds[:max(population, min(len(seeds), (searcher.remaining or 0) // 10))]
+    if len(seeds) < population:
+        extra = searcher.feasible_children(
+            lambda k: searcher.codec.mutate(seeds[rng.integers(0, len(seeds), k)], 0.3, rng),
+            population - len(seeds))
+        seeds = np.concatenate([seeds, extra])
+    pop_rows = np.unique(searcher.score_rows(seeds))
+    pop_rows = pop_rows[pop_rows >= 0]
+    pop_rows = pop_rows[np.argsort(-searcher._acc[pop_rows], kind="stable")][:population]
+    n_parents = max(2, int(population * parent_ratio))
+    n_children = population - n_parents
+    n_mut = int(n_children * mutation_ratio)
+    gen = 0
+    while (generations is None or gen < generations) and not searcher._spent() and len(pop_rows):
+        gen += 1
+        parents = pop_rows[np.argsort(-searcher._acc[pop_rows], kind="stable")][:n_parents]
+        penc = searcher._enc[parents]
+        mutants = searcher.feasible_children(
+            lambda k, p=penc: searcher.codec.mutate(p[rng.integers(0, len(p), k)], mutate_prob,
+                                                rng), n_mut)
+        crossed = searcher.feasible_children(
+            lambda k, p=penc: searcher.codec.crossover(p[rng.integers(0, len(p), k)],
+                                                   p[rng.integers(0, len(p), k)], rng),
+            n_children - n_mut)
+        children = searcher.score_rows(np.concatenate([mutants, crossed]))
+        pop_rows = np.concatenate([parents, children[children >= 0]])
+    return searcher.ranked(limit)
+
+# ---- multi objective
+
+
+def nsga2_front(searcher: Searcher, population: int = 100, generations: int | None = 20,
+          with_size: bool = False, mutate_prob: float = 0.1) -> list[Candidate]:
+    """The feasible Pareto front (accuracy ↑, latency ↓[, size ↓]), by latency."""
+    rng = searcher.np_rng
+    seeds = searcher.feasible_seeds()
+    pop = seeds[rng.permutation(len(seeds))[:population]]
+    if len(pop) < population:
+        pop = np.concatenate([pop, searcher.feasible_children(
+            lambda k: searcher.codec.sample(k, rng), population - len(pop))])
+    pop_rows = searcher.score_rows(pop)
+    pop_rows = np.unique(pop_rows[pop_rows >= 0])
+    gen = 0
+    while (generations is None or gen < generations) and not searcher._spent() and len(pop_rows):
+        gen += 1
+        rank, crowd = rank_and_crowd(searcher._objectives(pop_rows, with_size))
+        penc = searcher._enc[pop_rows]
+
+        def make(k: int, rank: np.ndarray = rank, crowd: np.ndarray = crowd,
+                 penc: np.ndarray = penc) -> np.ndarray:
+            a = tournament(rng, rank, crowd, k)
+            b = tournament(rng, rank, crowd, k)
+            return searcher.codec.mutate(searcher.codec.crossover(penc[a], penc[b], rng),
+                                     mutate_prob, rng)
+
+        children = searcher.score_rows(searcher.feasible_children(make, population))
+        merged = np.unique(np.concatenate([pop_rows, children[children >= 0]]))
+        rank, crowd = rank_and_crowd(searcher._objectives(merged, with_size))
+        order = np.lexsort((-crowd, rank))
+        pop_rows = merged[order[:population]]
+    return searcher.front(with_size)

@@ -8,8 +8,12 @@ predictor's per-block features.  One source of truth keeps them from drifting ap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from edgenas.space.spec import Arch, SearchSpace, make_divisible
+from edgenas.space.channels import make_divisible
+
+if TYPE_CHECKING:  # types only: the spec imports this module to cost an arch
+    from edgenas.space.spec import Arch, SearchSpace
 
 
 def conv_out(size: int, stride: int) -> int:

@@ -13,30 +13,14 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgenas.core.errors import ArchError, SpecError
 from edgenas.core.paths import spec_dir
-
-if TYPE_CHECKING:
-    from edgenas.space.plan import LayerPlan
+from edgenas.space.plan import LayerPlan, count_macs, count_params, layer_plan
 
 NUM_STAGES = 5
 ACTIVATIONS = ("relu", "h_swish")
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``value`` to a multiple of ``divisor`` without losing more than 10 % of it.
-
-    This is the MobileNet channel rounding rule; the OFA checkpoints were built with it, so the
-    exact same arithmetic is needed to land on their channel counts.
-    """
-    if min_value is None:
-        min_value = divisor
-    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return int(new_value)
 
 
 # --------------------------------------------------------------------------------------------- Arch
@@ -418,20 +402,14 @@ class SearchSpace:
 
     # ---- cost model
     def layers(self, arch: Arch) -> list[LayerPlan]:
-        from edgenas.space.plan import layer_plan
-
         return layer_plan(self, arch)
 
     def macs(self, arch: Arch, num_classes: int = 1000) -> int:
         """Multiply-accumulates of convolutions and the classifier (BN/activations excluded)."""
-        from edgenas.space.plan import count_macs
-
         return count_macs(self, arch, num_classes)
 
     def params(self, arch: Arch, num_classes: int = 1000) -> int:
         """Trainable parameters of the extracted subnet, BN affine included."""
-        from edgenas.space.plan import count_params
-
         return count_params(self, arch, num_classes)
 
     def to_json(self) -> dict[str, Any]:

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgenas.core.errors import CheckpointError, SpecError
+from edgenas.core.errors import CheckpointError
 from edgenas.core.files import atomic_write
-from edgenas.space.spec import SearchSpace
 
 if TYPE_CHECKING:
     from edgenas.supernets.mbv3 import MobileNetV3Supernet
@@ -93,23 +92,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _keys(data: dict[str, Any]) -> list[str]:
     inner = data.get("state_dict", data)
     return list(inner.keys()) if isinstance(inner, dict) else []
-
-
-def load_supernet(path: str | Path) -> MobileNetV3Supernet:
-    """Rebuild a supernet from a checkpoint written by :meth:`MobileNetV3Supernet.save`."""
-    from edgenas.supernets.mbv3 import MobileNetV3Supernet
-
-    data = load_checkpoint(path)
-    try:
-        space = SearchSpace.from_spec(data["space"])
-    except SpecError as exc:
-        raise CheckpointError(f"{path}: embedded search space is invalid: {exc}") from None
-    net = MobileNetV3Supernet(space, int(data["num_classes"]), data["labels"],
-                              data["normalization"])
-    apply_state_dict(net, data["state_dict"], str(path))
-    net.meta = dict(data.get("meta") or {})
-    net.eval()
-    return net
 
 
 def apply_state_dict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

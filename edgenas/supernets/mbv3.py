@@ -9,8 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgenas.core.errors import CheckpointError, SpecError
 from edgenas.space.plan import BlockPlan, conv_out, net_plan
 from edgenas.space.spec import Arch, SearchSpace
+from edgenas.supernets.checkpoint import (
+    apply_state_dict,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
 from edgenas.supernets.elastic import ElasticMBBlock
 from edgenas.supernets.layers import HSwish
 from edgenas.supernets.static import ConvBNAct, MBBlock, MobileNetV3
@@ -123,13 +130,9 @@ class MobileNetV3Supernet(nn.Module):
 
     # ---- persistence
     def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        from edgenas.supernets.checkpoint import make_checkpoint
-
         return make_checkpoint(self, meta)
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-        from edgenas.supernets.checkpoint import save_checkpoint
-
         return save_checkpoint(self.checkpoint(meta), path)
 
     def feature_size(self, resolution: int) -> int:
@@ -147,3 +150,18 @@ def build_supernet(space: SearchSpace | str, num_classes: int,
     if not isinstance(space, SearchSpace):
         space = SearchSpace.load(space)
     return MobileNetV3Supernet(space, num_classes, labels, normalization)
+
+
+def load_supernet(path: str | Path) -> MobileNetV3Supernet:
+    """Rebuild a supernet from a checkpoint written by :meth:`MobileNetV3Supernet.save`."""
+    data = load_checkpoint(path)
+    try:
+        space = SearchSpace.from_spec(data["space"])
+    except SpecError as exc:
+        raise CheckpointError(f"{path}: embedded search space is invalid: {exc}") from None
+    net = MobileNetV3Supernet(space, int(data["num_classes"]), data["labels"],
+                              data["normalization"])
+    apply_state_dict(net, data["state_dict"], str(path))
+    net.meta = dict(data.get("meta") or {})
+    net.eval()
+    return net

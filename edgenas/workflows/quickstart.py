@@ -117,7 +117,7 @@ def local_device_step(store: Store, cfg: QuickstartConfig) -> dict[str, Any]:
 def choose_budget(store: Store, space: str, threads: int, quantile: float
                   ) -> tuple[float, str, str]:
     """A latency budget inside the measured range: the ``quantile`` of the faster precision."""
-    from edgenas.device.classes import resolve
+    from edgenas.device.registry import resolve_class as resolve
     from edgenas.records import measurements
 
     rows = measurements.medians(store, resolve(store, "local"), space, threads)
@@ -151,7 +151,7 @@ def previous_search(cfg: QuickstartConfig, budget: float) -> Any:
     the verification measurements it added would otherwise shift the predictors and the choice)."""
     from edgenas.core.files import sha256_file
     from edgenas.search.job import SearchOutcome
-    from edgenas.search.searcher import Candidate
+    from edgenas.search.problem import Candidate
     from edgenas.space.spec import Arch
 
     path = cfg.root / "search" / "search.json"
@@ -171,7 +171,9 @@ def previous_search(cfg: QuickstartConfig, budget: float) -> Any:
 
 def export_step(cfg: QuickstartConfig, arch: str, precision: str, search_json: Path) -> Path:
     """Export the chosen arch unless the same arch of the same supernet is already there."""
-    from edgenas.export import export, read_manifest, sha256_file
+    from edgenas.core.files import sha256_file
+    from edgenas.export.api import export
+    from edgenas.export.pipeline import read_manifest
 
     out = cfg.root / "models" / precision
     try:
@@ -255,14 +257,14 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool | ProgressFn = True) ->
     ``progress``: where the steps and the campaign's progress go (see :func:`edgenas.core.progress.reporter`:
     True draws them on stderr)."""
     from edgenas.device.registry import get_device
-    from edgenas.fleet.model import load_model_dir
+    from edgenas.export.package import ModelPackage
     from edgenas.fleet.push import push
     from edgenas.measure.bench import BenchSettings, bench_model
     from edgenas.measure.campaign import measure
     from edgenas.predictors.accuracy import fit_and_save
-    from edgenas.predictors.latency import fit
+    from edgenas.predictors.latency_fit import fit
     from edgenas.search.job import run_search
-    from edgenas.search.searcher import Constraints
+    from edgenas.search.problem import Constraints
     from edgenas.workflows.report import write_report
 
     cfg.root.mkdir(parents=True, exist_ok=True)
@@ -325,7 +327,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool | ProgressFn = True) ->
         steps("benchmark both models on 'local' and push the int8 model to the local fleet")
         benches = {p: bench_model(store, cfg.home, "local", d, threads=cfg.threads)
                    for p, d in dirs.items()}
-        fan = push(store, cfg.home, [get_device(store, "local")], load_model_dir(dirs["int8"]),
+        fan = push(store, cfg.home, [get_device(store, "local")], ModelPackage.open(dirs["int8"]),
                    "quickstart")
         pushed = fan.results[0] if fan.results else None
 

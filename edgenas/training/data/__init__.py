@@ -12,10 +12,10 @@ from edgenas.training.data.dataset import (
     CALIBRATION_IMAGES,
     DATA_MODES,
     ImageData,
-    compute_normalization,
     load_data,
 )
 from edgenas.training.data.stream import StreamedImageData
+from edgenas.training.data.transforms import compute_normalization
 
 AnyImageData = ImageData | StreamedImageData
 

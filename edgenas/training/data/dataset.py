@@ -127,28 +127,6 @@ class ImageData:
                 "mode": "memory"}
 
 
-def compute_normalization(images: torch.Tensor, chunk_elements: int = 1 << 24
-                          ) -> dict[str, list[float]]:
-    """Per-channel mean/std of uint8 NCHW images in [0, 1].
-
-    Chunked by element count (16 M per chunk, 128 MB as float64): a fixed number of images per
-    chunk would take 5 GB per chunk at 224 px and dwarf the data set itself.
-    """
-    per_image = max(1, int(images[0].numel())) if images.shape[0] else 1
-    chunk = max(1, chunk_elements // per_image)
-    total = torch.zeros(3, dtype=torch.float64)
-    sq = torch.zeros(3, dtype=torch.float64)
-    count = 0
-    for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].double().div_(255.0)
-        total += x.sum((0, 2, 3))
-        sq += x.square_().sum((0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = (sq / count - mean * mean).clamp(min=1e-8).sqrt().clamp(min=1e-3)
-    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
-
-
 DATA_MODES = ("auto", "memory", "stream")
 
 
@@ -215,4 +193,4 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
         raise DataError(f"{text}: no validation images (too few images per class to split)")
     return ImageData(text, raw.name, raw.labels, raw.train_x.contiguous(), raw.train_y,
                      raw.val_x.contiguous(), raw.val_y, raw.flip, raw.crop_scale,
-                     compute_normalization(raw.train_x))
+                     T.compute_normalization(raw.train_x))

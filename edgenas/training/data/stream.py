@@ -375,13 +375,11 @@ def streamed_folder(source: str, name: str, labels: list[str], train: tuple[list
                              normalization={"mean": [0.0] * 3, "std": [1.0] * 3})
     if workers is not None:
         data.workers = workers
-    from edgenas.training.data.dataset import compute_normalization
-
     idx = data.calibration_indices(NORMALIZATION_SAMPLE, seed=1)
     files = [data.train_files[int(i)] for i in idx]
     loader = DataLoader(_EvalSet(files, torch.zeros(len(files), dtype=torch.int64),
                                  min(size, NORMALIZATION_SIZE)),
                         batch_size=250, num_workers=data.workers, generator=_private_generator())
     sample = torch.cat([x for x, _ in loader])
-    data.normalization = compute_normalization(sample)
+    data.normalization = T.compute_normalization(sample)
     return data

@@ -67,3 +67,25 @@ def square_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a uint8 NCHW batch to ``size``×``size`` and return uint8 (used once, at load time)."""
     out = resize(to_float(images), size)
     return out.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def compute_normalization(images: torch.Tensor, chunk_elements: int = 1 << 24
+                          ) -> dict[str, list[float]]:
+    """Per-channel mean/std of uint8 NCHW images in [0, 1].
+
+    Chunked by element count (16 M per chunk, 128 MB as float64): a fixed number of images per
+    chunk would take 5 GB per chunk at 224 px and dwarf the data set itself.
+    """
+    per_image = max(1, int(images[0].numel())) if images.shape[0] else 1
+    chunk = max(1, chunk_elements // per_image)
+    total = torch.zeros(3, dtype=torch.float64)
+    sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].double().div_(255.0)
+        total += x.sum((0, 2, 3))
+        sq += x.square_().sum((0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (sq / count - mean * mean).clamp(min=1e-8).sqrt().clamp(min=1e-3)
+    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}

@@ -21,7 +21,9 @@ predictor files and appear in reports.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,6 @@ from edgenas.core.errors import EdgeNASError
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgenas.device.registry import Device
-    from edgenas.records.store import Store
 
 MAX_KEY = 64
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -140,15 +141,18 @@ def by_class(devices: Iterable[Device]) -> dict[str, list[Device]]:
     return dict(sorted(out.items()))
 
 
-def resolve(store: Store, name: str) -> str:
-    """A command-line target for predictors: a device's name stands for its class; any other name
-    is taken as a class name."""
-    from edgenas.device.registry import DeviceError, get_device
-
-    try:
-        return class_of(get_device(store, name))
-    except DeviceError:
-        return validate_class(name)
+def move_class(conn: sqlite3.Connection, device: str, to_class: str,
+               from_class: str | None = None) -> int:
+    """Inside the caller's transaction: stamp ``device``'s rows (only those of ``from_class``, if
+    given) with ``to_class``; the number of rows moved.  Used when a device's first
+    probe adopts its unprobed rows, and by the migration that introduced classes."""
+    if from_class is None:
+        cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ?",
+                           (to_class, device))
+    else:
+        cur = conn.execute("UPDATE measurements SET device_class = ? WHERE device = ? "
+                           "AND device_class = ?", (to_class, device, from_class))
+    return int(cur.rowcount)
 
 
 def adopt_on_probe(conn: Any, device: Device, new_probe: Mapping[str, Any]) -> None:
@@ -160,23 +164,17 @@ def adopt_on_probe(conn: Any, device: Device, new_probe: Mapping[str, Any]) -> N
     facts = facts_of(new_probe, device.xnnpack, bool(device.benchmark_binary))
     if facts is None:
         return
-    from edgenas.records.measurements import move_class
-
     move_class(conn, device.name, derived_key(facts), from_class=device.name)
 
 
-__all__ = ["ClassError", "ClassFacts", "adopt_on_probe", "backfill", "by_class", "class_of",
-           "derived_key", "facts_of", "how", "resolve", "validate_class"]
+__all__ = ["ClassError", "ClassFacts", "adopt_on_probe", "move_class", "backfill", "by_class", "class_of",
+           "derived_key", "facts_of", "how", "validate_class"]
 
 
 def backfill(conn: Any) -> None:
     """Store migration 8 -> 9: stamp the rows measured before classes existed with their device's
     class as derived from its stored probe (rows of unprobed or removed devices keep the device's
     name, which is what the migration's SQL already wrote)."""
-    import json
-
-    from edgenas.records.measurements import move_class
-
     for name, probe_json, xnnpack, binary in conn.execute(
             "SELECT name, probe_json, xnnpack, benchmark_binary FROM devices "
             "WHERE probe_json IS NOT NULL").fetchall():
