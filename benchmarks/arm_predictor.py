@@ -36,8 +36,8 @@ from edgenas import build_supernet  # noqa: E402
 from edgenas.device.registry import add_device, make_device  # noqa: E402
 from edgenas.measure.bench import BenchSettings  # noqa: E402
 from edgenas.measure.campaign import list_measurements, measure  # noqa: E402
-from edgenas.predictors.latency import evaluate_baseline
-from edgenas.predictors.latency_fit import fit
+from edgenas.predictors.latency import evaluate_baseline  # noqa: E402
+from edgenas.predictors.latency_fit import fit  # noqa: E402
 from edgenas.records.store import open_store  # noqa: E402
 from edgenas.training.data import load_data  # noqa: E402
 from tests.fleet import arm  # noqa: E402

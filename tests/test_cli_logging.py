@@ -68,7 +68,8 @@ def test_log_level_mapping_and_a_bad_environment_value(tmp_path: Path) -> None:
 def test_library_modules_do_not_print_or_configure_logging() -> None:
     """``print`` and ``logging.basicConfig`` belong to the CLI; the library logs.  Calls are found in
     the syntax tree, so remote scripts kept as strings (the device probe) do not count.  ``known``
-    lists exceptions still to fix (none left: quickstart's step lines go through edgenas.core.progress)."""
+    lists exceptions still to fix (none left: quickstart's step lines go through
+    edgenas.core.progress)."""
     known: set[str] = set()
     offenders = set()
     for path in (REPO / "edgenas").rglob("*.py"):

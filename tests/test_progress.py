@@ -1,4 +1,5 @@
-"""edgenas.core.progress: the library reports events; the CLI renders them (a bar on a TTY, else lines)."""
+"""edgenas.core.progress: the library reports events; the CLI renders them (a bar on a TTY, else
+lines)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Few-shot latency predictors (edgenas.predictors.transfer) and adaptive measurement (edgenas.measure.adaptive).
+"""Few-shot latency predictors (edgenas.predictors.transfer) and adaptive measurement
+(edgenas.measure.adaptive).
 
 The prior is real: tests/data/transfer_tiny.json holds measurements taken on this repository's test
 profiles by benchmarks/predictor_transfer.py (mbv3-tiny subnets, the fastest run of each benchmark:

@@ -242,7 +242,8 @@ def test_accuracy_predictor_save_has_no_fixed_temp_name(tmp_path: Path) -> None:
 
 
 # Files that still write through a fixed or pid-derived temp name, with who should route them through
-# edgenas.core.files.atomic_write.  Not owned by the workspace change; the test fails when a new one appears,
+# edgenas.core.files.atomic_write.  Not owned by the workspace change; the test fails when a new one
+# appears,
 # and when one of these is fixed (so the list only shrinks).
 KNOWN_FIXED_TEMP_NAMES = {
     "edgenas/predictors/latency.py",  # LatencyPredictor.save: .{name}.{pid}.tmp
@@ -256,7 +257,8 @@ def test_no_new_fixed_temp_names_in_the_library() -> None:
                  if _FIXED_TEMP.search(p.read_text())}
     assert "edgenas/search/job.py" not in offenders
     assert "edgenas/predictors/accuracy.py" not in offenders
-    assert offenders - KNOWN_FIXED_TEMP_NAMES == set(), "write these through edgenas.core.files.atomic_write"
+    assert offenders - KNOWN_FIXED_TEMP_NAMES == set(), (
+        "write these through edgenas.core.files.atomic_write")
     assert KNOWN_FIXED_TEMP_NAMES - offenders == set(), "fixed: take it off KNOWN_FIXED_TEMP_NAMES"
 
 

@@ -29,7 +29,8 @@ def _class_option(_ctx: Any, _param: Any, value: str | None) -> str | None:
 
 
 def _checked_paths(python: str | None, workdir: str | None, kind: str) -> tuple[str | None, str | None]:
-    """--python and --workdir by the same rules as an inventory's (edgenas.device.inventory): one interpreter
+    """--python and --workdir by the same rules as an inventory's (edgenas.device.inventory): one
+    interpreter
     program (``env python3`` becomes ``python3``; a command line is refused), and a work folder that
     is not /, a home or shared root, or inside a system folder — edgenas deletes files in it."""
     from edgenas.device.inventory import python_command, validate_workdir

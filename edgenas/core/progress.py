@@ -3,7 +3,8 @@
 Why split it: a library function (a measurement campaign, the quickstart, training) must not decide
 how its progress looks — a terminal wants a bar redrawn in place, a CI log or a pipe wants one plain
 line per event, an embedding program wants the events themselves.  So the library takes a callback
-(:data:`ProgressFn`) and, without one, logs each event to the ``edgenas.core.progress`` logger; the CLI passes
+(:data:`ProgressFn`) and, without one, logs each event to the ``edgenas.core.progress`` logger; the CLI
+passes
 a :class:`ProgressRenderer`, which draws the bar on a TTY (over :class:`ProgressBar`, its in-place
 line) and plain lines otherwise; measurement campaigns, the quickstart and training all report this
 way.  :class:`JsonLog` is the machine-readable record of a long job: one JSON object per line,
@@ -123,7 +124,8 @@ ProgressFn = Callable[[Progress], None]
 
 
 def log_progress(event: Progress, level: int = logging.INFO) -> None:
-    """The library's default sink: the ``edgenas.core.progress`` logger (warnings and errors at WARNING)."""
+    """The library's default sink: the ``edgenas.core.progress`` logger (warnings and errors at
+    WARNING)."""
     if event.level in ("warning", "error"):
         level = max(level, logging.WARNING)
     _log.log(level, "%s", event.line())

@@ -14,7 +14,8 @@ push health check, ``fleet predict``):
   *before* ``json.loads`` sees it (a bracket scan that skips strings), so no answer can exhaust the
   recursion limit — here or later, when the raw answer is stored with ``json.dumps``;
 * :func:`bench_answer`: every field the host uses is type- and range-checked as
-  :mod:`edgenas.measure.benchmark_model` checks ``benchmark_model``'s log: numbers finite, non-negative and
+  :mod:`edgenas.measure.benchmark_model` checks ``benchmark_model``'s log: numbers finite, non-negative
+  and
   under a sane bound, integers really integers (``True`` is not a count), strings short and printable
   (:mod:`edgenas.core.text`), nested records of the right shape;
 * :func:`predict_answer`: the same for ``predict``'s top-k.
@@ -225,7 +226,8 @@ def _state(device: str, verb: str, field: str, value: Any) -> None:
 
 def bench_answer(device: str, data: Any, *, sha256: str | None = None,
                  verb: str = "bench") -> dict[str, Any]:
-    """Check a bench answer (the runner's JSON, or :func:`edgenas.measure.benchmark_model.to_measurement`'s
+    """Check a bench answer (the runner's JSON, or
+    :func:`edgenas.measure.benchmark_model.to_measurement`'s
     record) field by field and return it.
 
     Checked: the timing fields (:data:`TIMES_MS`; ``median_ms`` required) finite in [0, MAX_MS];

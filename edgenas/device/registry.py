@@ -1,6 +1,7 @@
 """The device registry: which devices exist, how to reach them, and what a probe found on them.
 
-Devices are rows in the workspace database (:mod:`edgenas.records.store`), so every ``edgenas`` process sees
+Devices are rows in the workspace database (:mod:`edgenas.records.store`), so every ``edgenas`` process
+sees
 the same fleet and two processes can add devices at once.  This module only records and looks up; it
 never connects (that is :mod:`edgenas.device.transports`) and never probes (:mod:`edgenas.device.probe`).
 

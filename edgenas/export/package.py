@@ -39,7 +39,7 @@ from edgenas.core.files import PRIVATE_FILE_MODE, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-VERSION_HEX = 12  # a model's version = the first 12 hex digits of its sha256: deterministic, so idempotent
+VERSION_HEX = 12  # version = the first 12 hex digits of the sha256: deterministic, so idempotent
 MODEL_FILE = DEFAULT_MODEL_FILE
 
 

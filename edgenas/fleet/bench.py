@@ -1,7 +1,8 @@
 """``fleet bench``: measure the deployed (or a given) model on every device at once and compare each
 device with the latency the search promised for it.
 
-The measurement itself is :class:`edgenas.measure.bench.DeviceBencher` (one benchmark at a time per device under
+The measurement itself is :class:`edgenas.measure.bench.DeviceBencher` (one benchmark at a time per
+device under
 the device lock, noise retries, a ``measurements`` row per device), run for all devices in parallel:
 devices are independent machines, so a fleet report takes as long as its slowest device.  A deployed
 model is timed where it lies on the device: nothing is downloaded from a device, so a device lying
@@ -13,7 +14,8 @@ predictor (or the device: thermal throttling, another governor, another runtime)
 promise the search made does not hold there — worth flagging before users notice.
 
 Spot checks (``fleet bench --per-class N``, :func:`spot_check`): devices of one class
-(:mod:`edgenas.records.classes`) run a model at the same speed, so a sample of each class tells how the class
+(:mod:`edgenas.records.classes`) run a model at the same speed, so a sample of each class tells how the
+class
 is doing, and a device
 of the class that measures far from the others is the one worth looking at (a board that throttles,
 a phone in power-save mode, a board someone put in the wrong class).  A device is therefore held to

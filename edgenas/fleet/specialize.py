@@ -2,11 +2,13 @@
 subnet for its own hardware.
 
 The promise of a once-for-all supernet is one training and a specialised subnet per kind of device.
-A fleet is grouped into device classes (:mod:`edgenas.records.classes`: devices whose latency is the same), and
+A fleet is grouped into device classes (:mod:`edgenas.records.classes`: devices whose latency is the
+same), and
 for each class in the group, in order:
 
 1. **measure** — unless the class already has latency predictors for the supernet's space: a few-shot
-   adaptive campaign (:mod:`edgenas.measure.adaptive`, transfer from the classes already measured) on *one*
+   adaptive campaign (:mod:`edgenas.measure.adaptive`, transfer from the classes already measured) on
+   *one*
    device of the class, the representative (the first reachable by name), then ``predictor fit``.
    With ``--precision auto`` both fp32 and int8 are measured, so that the search can pick the faster.
 2. **search** under the class's latency budget (``--latency-ms``, else the strictest

@@ -15,7 +15,8 @@ How a campaign runs, and why:
   supernet) and int8 is calibrated on a few images, because latency does not depend on the weights;
   they are converted without a signature table (≈3× faster, same operators); no accuracy is
   measured and the manifest says so (``provenance.purpose``).  Never ship them.
-* **Devices run in parallel, one benchmark at a time each** (:mod:`edgenas.measure.bench` holds the locks).
+* **Devices run in parallel, one benchmark at a time each** (:mod:`edgenas.measure.bench` holds the
+locks).
   The host itself is benchmarked only once the exports are done, or the exporting workers would share
   its cores with the benchmark and inflate its numbers.
 * **Every result is stored as it arrives**, so an interrupted campaign loses at most the benchmarks in

@@ -210,7 +210,8 @@ def _candidates(n: int) -> list[str]:
 class LatencyPredictor:
     """A fitted predictor: ``predict(space, arch)`` in ms; ``error`` its held-out p90 relative error.
 
-    ``device``: the device class it serves (:mod:`edgenas.records.classes`; for a device never probed, the
+    ``device``: the device class it serves (:mod:`edgenas.records.classes`; for a device never probed,
+    the
     device's own name) — the field keeps its name so that saved predictors stay readable."""
 
     device: str
@@ -451,7 +452,8 @@ def device_xnnpack(store: Store, device: str) -> bool:
 
 
 def class_key(store: Store, name: str) -> str:
-    """The class a predictor command's target names (edgenas.device.registry.resolve), as a predictor error."""
+    """The class a predictor command's target names (:func:`edgenas.device.registry.resolve_class`),
+    as a predictor error."""
     from edgenas.device.registry import resolve_class as resolve
     from edgenas.records.classes import ClassError
 

@@ -167,8 +167,8 @@ def adopt_on_probe(conn: Any, device: Device, new_probe: Mapping[str, Any]) -> N
     move_class(conn, device.name, derived_key(facts), from_class=device.name)
 
 
-__all__ = ["ClassError", "ClassFacts", "adopt_on_probe", "move_class", "backfill", "by_class", "class_of",
-           "derived_key", "facts_of", "how", "validate_class"]
+__all__ = ["ClassError", "ClassFacts", "adopt_on_probe", "backfill", "by_class", "class_of",
+           "derived_key", "facts_of", "how", "move_class", "validate_class"]
 
 
 def backfill(conn: Any) -> None:

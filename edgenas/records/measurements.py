@@ -43,7 +43,8 @@ class Protocol:
 
     @classmethod
     def of(cls, settings: Any) -> Protocol:
-        """From :class:`edgenas.measure.bench.BenchSettings` or the ``edgenas.settings`` dict of a stored row
+        """From :class:`edgenas.measure.bench.BenchSettings` or the ``edgenas.settings`` dict of a
+        stored row
         (rows from before the XNNPACK switch were measured with it: the runner's default)."""
         if isinstance(settings, Mapping):
             get = settings.get

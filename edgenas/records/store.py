@@ -180,12 +180,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE devices ADD COLUMN cache_mib INTEGER;
     """,
-    # 8 -> 9: device classes (edgenas.records.classes).  ``devices.device_class``: the class the user named
+    # 8 -> 9: device classes (edgenas.records.classes).  ``devices.device_class``: the class the user
+    # named
     # (NULL: derived from the probe); ``devices.latency_budget_ms``: the device's latency budget
     # (``device add --latency-budget-ms``, inventory ``edgenas_latency_ms``) for ``fleet specialize``.
     # ``measurements.device_class``: the class of the device when the
     # row was measured; rows from before are stamped by the Python step of this migration
-    # (edgenas.records.classes.backfill: the device's class derived from its stored probe, else its name).
+    # (edgenas.records.classes.backfill: the device's class derived from its stored probe, else its
+    # name).
     # A row inserted without a class is a class of its own device (the trigger).
     """
     ALTER TABLE devices ADD COLUMN device_class TEXT;
@@ -199,7 +201,8 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     """,
     # 9 -> 10: a device's benchmark binary is pinned when it is registered: the real file its path led
-    # to and that file's sha256 (edgenas.device.registry.verify_benchmark_binary refuses any change at use).
+    # to and that file's sha256 (edgenas.device.registry.verify_benchmark_binary refuses any change at
+    # use).
     # Rows from before stay NULL: such a binary is refused until the device is registered again.
     """
     ALTER TABLE devices ADD COLUMN benchmark_binary_real TEXT;

@@ -254,7 +254,8 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
 
 def run_quickstart(cfg: QuickstartConfig, progress: bool | ProgressFn = True) -> dict[str, Any]:
     """Run every step (skipping what is done) and return the summary; see the module doc.
-    ``progress``: where the steps and the campaign's progress go (see :func:`edgenas.core.progress.reporter`:
+    ``progress``: where the steps and the campaign's progress go (see
+    :func:`edgenas.core.progress.reporter`:
     True draws them on stderr)."""
     from edgenas.device.registry import get_device
     from edgenas.export.package import ModelPackage

@@ -209,7 +209,8 @@ def default_identities() -> list[str]:
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Makes the whole host-key decision (see :mod:`edgenas.device.transports.host_keys`).  paramiko is given
+    """Makes the whole host-key decision (see :mod:`edgenas.device.transports.host_keys`).  paramiko is
+    given
     no known keys at all, so it calls this for every connection, after the server proved it holds the
     key and before anything is authenticated or run."""
 

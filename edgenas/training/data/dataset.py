@@ -141,7 +141,8 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
     ``mode``: ``memory`` decodes every image once and keeps it (fastest per step); ``stream``
     decodes each batch on the fly in ``workers`` DataLoader processes (ImageFolder only; memory
     bounded whatever the size); ``auto`` streams an ImageFolder when ``images × 3 × size²`` bytes
-    exceed half of the memory this process may use (see :func:`edgenas.training.data.stream.memory_budget`).
+    exceed half of the memory this process may use (see
+    :func:`edgenas.training.data.stream.memory_budget`).
     """
     if mode not in DATA_MODES:
         raise DataError(f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
