@@ -14,7 +14,7 @@ PYTEST_ARGS ?= --durations=15
 # 2 cores).  PYTEST_ARGS prints the slowest tests so a run shows where the budget goes.
 TEST_SELECTION ?= -m "not campaign"
 
-.PHONY: demo test test-all lint setup system-packages bench clean
+.PHONY: demo check test test-all lint setup system-packages bench clean
 
 setup: $(STAMP) $(DEVICE_STAMP)
 
@@ -33,13 +33,22 @@ $(DEVICE_STAMP): requirements-device-tflite.txt
 
 # Debian packages the test fleet needs (real sshd, adb, iproute2, nftables); only as root.
 system-packages:
-	@bash tests/fleet/install-system-packages.sh
+	@bash tests/support/fleet/install-system-packages.sh
 
 demo: setup
 	$(BIN)/edgenas --home $(HOME_DIR) quickstart
 
+# The fast tier, runnable anywhere (no root, no TensorFlow, no device process, no training): lint,
+# the import contract (.importlinter: layers, no cycles) and tests/unit.
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q tests/unit
+
+# What CI runs: every tier (unit, integration, system: the real test fleet) but the campaign tier.
 test: setup system-packages
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(TEST_SELECTION) $(PYTEST_ARGS)
 
 test-all:
@@ -47,6 +56,7 @@ test-all:
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/supernet.py

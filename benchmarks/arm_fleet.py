@@ -1,4 +1,5 @@
-"""The emulated Raspberry Pis of the test fleet (tests/fleet/arm.py): what they cost to set up, and what
+"""The emulated Raspberry Pis of the test fleet (tests/support/fleet/arm.py): what they cost to set up,
+and what
 their timings look like.  THESE TIMINGS DESCRIBE THE QEMU EMULATOR ON THIS HOST, NOT A RASPBERRY PI.
 
     .venv/bin/python benchmarks/arm_fleet.py [--launches 3] [--out benchmarks/results/arm_fleet.json]
@@ -27,8 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgenas.device.app import build_runner_app  # noqa: E402
-from tests.fleet import arm  # noqa: E402
-from tests.test_arm_fleet import _build_models  # noqa: E402
+from tests.support.fleet import arm  # noqa: E402
+from tests.system.test_arm_fleet import _build_models  # noqa: E402
 
 NOTE = "emulated (qemu-user on an x86 host): these timings describe the emulator, not a Raspberry Pi"
 

@@ -40,7 +40,7 @@ from edgenas.predictors.latency import evaluate_baseline  # noqa: E402
 from edgenas.predictors.latency_fit import fit  # noqa: E402
 from edgenas.records.store import open_store  # noqa: E402
 from edgenas.training.data import load_data  # noqa: E402
-from tests.fleet import arm  # noqa: E402
+from tests.support.fleet import arm  # noqa: E402
 
 NOTE = "emulated (qemu-user on an x86 host): these timings describe the emulator, not a Raspberry Pi"
 DEVICE = "pi64"

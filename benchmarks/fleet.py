@@ -39,7 +39,7 @@ from edgenas.device import registry  # noqa: E402
 from edgenas.export.package import ModelPackage  # noqa: E402
 from edgenas.fleet.push import push, push_one  # noqa: E402
 from edgenas.records.store import open_store  # noqa: E402
-from tests import runner_models  # noqa: E402
+from tests.support import runner_models  # noqa: E402
 
 MODEL_BYTES = 5 * 1024 * 1024
 SIZES = (1, 4, 8)
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the fleet benchmark needs the test fleet: run it as root")
-    from tests.fleet import Fleet
+    from tests.support.fleet import Fleet
 
     work = Path(tempfile.mkdtemp(prefix="edgenas-fleet-bench-"))
     cache = REPO / ".pytest_cache" / "d" / "runner_models"

@@ -210,8 +210,8 @@ def start_slow_device(store, home: Path, cpu: str = "0", period_ms: float | None
     from edgenas.device.connect import known_hosts_path, open_transport
     from edgenas.device.transports.ssh import forget_known_host
     from tests.conftest import SLOW_QUOTA, TFLITE_PYTHON
-    from tests.fleet import Fleet
-    from tests.fleet.cgroups import PERIOD_US
+    from tests.support.fleet import Fleet
+    from tests.support.fleet.cgroups import PERIOD_US
 
     fleet = Fleet()
     try:

@@ -18,7 +18,8 @@
    ============  =============================================================================
 
    The ARM boards run as *local* devices whose Python is the board's qemu wrapper
-   (tests/fleet/arm.py builds and caches the sysroots): the same runner and on-device Python as the
+   (tests/support/fleet/arm.py builds and caches the sysroots): the same runner and on-device Python as
+   the
    ``arm_fleet`` fixture's SSH devices, without an sshd in between.  The first ``--noise`` subnets
    of the pool are measured a second time (a later pass): the profile's own noise floor.
 2. **Evaluate**: for each profile P, the other profiles are the prior; P's predictor is fitted from
@@ -79,7 +80,7 @@ def ensure_devices(store, home: Path, names: set[str]) -> None:
     for name in sorted(names - have):
         kw: dict = {}
         if name in ("pi64", "pi32"):
-            from tests.fleet import arm
+            from tests.support.fleet import arm
 
             kw["python"] = str(arm.ensure_built().python(name))
         if name == "noxnn":
@@ -334,7 +335,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=REPO / ".edgenas" / "bench-transfer")
     ap.add_argument("--test-data", type=Path, default=None,
                     help="Also write the stored latencies (this statistic) for the tests, e.g. "
-                         "tests/data/transfer_tiny.json.")
+                         "tests/support/data/transfer_tiny.json.")
     ap.add_argument("--out", type=Path,
                     default=REPO / "benchmarks" / "results" / "predictor_transfer.json")
     args = ap.parse_args()

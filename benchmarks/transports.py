@@ -83,7 +83,7 @@ def main() -> None:
     )
     fleet = None
     if os.geteuid() == 0:
-        from tests.fleet import Fleet
+        from tests.support.fleet import Fleet
 
         fleet = Fleet()
     else:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet import Fleet
-from tests.fleet.arm_fixture import arm_fleet  # noqa: F401  (session fixture: emulated Pis)
-from tests.fleet.fleet import standing
+from tests.support.fleet import Fleet
+from tests.support.fleet.arm_fixture import arm_fleet  # noqa: F401  (session fixture: emulated Pis)
+from tests.support.fleet.fleet import standing
 
 REPO = Path(__file__).resolve().parent.parent
 LITERT_PYTHON = REPO / ".venv" / "bin" / "python"  # ai-edge-litert, numpy 2 (and TensorFlow)

@@ -1,6 +1,7 @@
 """The remote shell scripts, read from ``devices/scripts/<name>.sh``.
 
-Why files and not string constants: a file is what ``shellcheck`` reads (``tests/test_scripts.py``
+Why files and not string constants: a file is what ``shellcheck`` reads
+(``tests/integration/test_scripts.py``
 runs it on every script in ``make test``), what a reviewer can run by hand on a board, and each script
 has one home.  Scripts are sent as the argument of ``sh -c``, so each must be POSIX ``sh`` (a phone's
 ``toybox``/``mksh`` shell or busybox ``ash``), never bash.

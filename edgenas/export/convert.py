@@ -114,7 +114,7 @@ def _frozen_graph_converter(tf: Any, keras_model: Any, frozen: Any | None = None
     concrete function instead, the converter freezes it a second time (variable lifting and pruning
     over a graph that has no variables left), which was half of every conversion's time.  The input
     keeps its unknown batch dimension (-1), as in the shipped model; operators, tensor shapes and
-    outputs are the same (tests/test_export.py compares them with the signed conversion).
+    outputs are the same (tests/integration/test_export.py compares them with the signed conversion).
     """
     if frozen is None:
         frozen = freeze(keras_model)

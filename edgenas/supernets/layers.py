@@ -13,7 +13,8 @@ BN_MOMENTUM = 0.1
 def h_swish(x: torch.Tensor) -> torch.Tensor:
     """``x * relu6(x + 3) / 6`` as one fused kernel.
 
-    Bit-identical forward to the written-out formula (checked in tests/test_train_speed.py), but
+    Bit-identical forward to the written-out formula (checked in tests/integration/test_train_speed.py),
+    but
     one pass over memory and one saved tensor instead of four: on a CPU, where these activations
     are memory-bound, that is a measurable part of a training step.  Exporters never see this
     function: they rebuild the network from its plan.

@@ -1,0 +1,252 @@
+"""Export: Keras parity, TFLite conversion per precision, manifest, runner round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgenas import build_supernet
+from edgenas.cli import main
+from edgenas.core.files import sha256_file
+from edgenas.export.api import export
+from edgenas.export.convert import ExportError, run_tflite
+from edgenas.export.keras_model import build_keras_model
+from edgenas.export.package import ModelPackage
+from edgenas.export.pipeline import check_parity, export_model, read_manifest
+from edgenas.training.data import load_data
+from tests.integration.test_package import schema_errors
+from tests.support.supernet_utils import randomize
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", size=32)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """The smallest tiny-space subnet, trained briefly on digits so accuracy means something."""
+    torch.manual_seed(0)
+    net = build_supernet("mbv3-tiny", 10, labels=digits.labels,
+                         normalization=digits.normalization)
+    arch = net.space.smallest()
+    model = net.extract(arch).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(120):
+        idx = torch.randint(0, digits.num_train, (64,), generator=gen)
+        x, y = digits.train_batch(idx, arch.resolution, gen)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net, arch, model.eval()
+
+
+def _val(digits, res):
+    xs, ys = zip(*digits.val_batches(res))
+    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_trained_subnet_exports_with_parity_and_accuracy(trained, digits, tmp_path, precision):
+    net, arch, model = trained
+    calib = digits.calibration_images(300, arch.resolution).numpy()
+    result = export_model(model, arch, net.space, digits.labels, digits.normalization,
+                          precision, tmp_path, calib, _val(digits, arch.resolution),
+                          {"test": True})
+    m = result.manifest
+    assert result.model_path.exists() and m["model"]["sha256"] == sha256_file(result.model_path)
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
+    assert m["arch"] == arch.to_string() and m["input"]["size"] == arch.resolution
+    acc = m["accuracy"]
+    assert acc["samples"] == digits.num_val and acc["float_top1"] > 0.6
+    if precision == "int8":
+        assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
+        assert m["input"]["quantization"]["scale"] > 0
+        assert abs(acc["exported_top1"] - acc["float_top1"]) <= 0.05
+        assert m["calibration"]["images"] == 300
+    else:
+        assert m["input"]["dtype"] == "float32"
+        assert acc["exported_top1"] == pytest.approx(acc["float_top1"], abs=1 / digits.num_val)
+        x, _ = _val(digits, arch.resolution)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x[:32])).numpy()
+        got = run_tflite(str(result.model_path), x[:32].transpose(0, 2, 3, 1))
+        assert np.abs(got - want).max() <= 1e-4
+    assert read_manifest(tmp_path)["model"]["sha256"] == m["model"]["sha256"]
+    # what the exporter writes is what the schema describes and what every reader accepts
+    assert m["schema_version"] == "1.0" and "version" not in m
+    assert schema_errors(m) == []
+    package = ModelPackage.load(tmp_path)
+    assert package.manifest.labels == tuple(digits.labels) and package.manifest.precision == precision
+    assert package.manifest.input.size == (arch.resolution, arch.resolution)
+
+
+@pytest.mark.parametrize("space", ["mbv3-w1.0", "mbv3-w1.2"])
+def test_smallest_and_largest_of_both_widths_rebuild_exactly(space: str) -> None:
+    net = randomize(build_supernet(space, 10), seed=4).eval()
+    rng = np.random.default_rng(0)
+    for arch in (net.space.smallest(), net.space.largest(), net.space.sample(2)):
+        model = net.extract(arch).eval()
+        keras_model = build_keras_model(model, arch.resolution)
+        x = rng.standard_normal((2, 3, arch.resolution, arch.resolution)).astype(np.float32)
+        assert check_parity(keras_model, model, x) <= 1e-4
+
+
+def test_imagenet_size_subnet_converts_to_int8(tmp_path) -> None:
+    net = randomize(build_supernet("mbv3-w1.0", 10), seed=4).eval()
+    arch = net.space.smallest()
+    calib = np.random.default_rng(0).standard_normal((8, 3, 128, 128)).astype(np.float32)
+    result = export_model(net.extract(arch), arch, net.space, [str(i) for i in range(10)],
+                          net.normalization, "int8", tmp_path, calib, None)
+    assert result.manifest["input"]["shape"] == [1, 128, 128, 3]
+    assert result.manifest["accuracy"] == {}
+
+
+def test_parity_failure_names_the_diverging_block(trained) -> None:
+    net, arch, model = trained
+    keras_model = build_keras_model(model, arch.resolution)
+    layer = keras_model.get_layer("b3_depthwise_dw")
+    weights = layer.get_weights()
+    weights[0] = weights[0] * 1.5
+    layer.set_weights(weights)
+    x = np.random.default_rng(1).standard_normal((4, 3, 24, 24)).astype(np.float32)
+    with pytest.raises(ExportError, match="first divergence at block_3"):
+        check_parity(keras_model, model, x)
+
+
+def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
+    net, arch, _ = trained
+    ckpt = net.save(tmp_path / "supernet.pt", meta={"data": {"source": "digits"}})
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
+                                       "--precision", "int8", "--out", str(out),
+                                       "--calibration-samples", "64"])
+    assert result.exit_code == 0, result.output
+    assert "parity" in result.output and "sha256" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"]["source_sha256"] == sha256_file(ckpt)
+    assert manifest["provenance"]["bn_recalibrated"] is True
+    # one validation image through the real runner, in its own process
+    x, y = _val(digits, arch.resolution)
+    np.save(tmp_path / "x.npy", x[:1].transpose(0, 2, 3, 1))
+    proc = subprocess.run([sys.executable, str(REPO / "devices" / "runner.py"), "predict",
+                           str(out / "model.tflite"), str(tmp_path / "x.npy"), "--top-k", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    predicted = json.loads(proc.stdout)["predictions"][0]["top_k"][0]["index"]
+    direct = run_tflite(str(out / "model.tflite"), x[:1].transpose(0, 2, 3, 1)).argmax(1)[0]
+    assert predicted == direct
+
+
+def test_export_refuses_without_data_and_detects_tampering(tmp_path) -> None:
+    net = build_supernet("mbv3-tiny", 10)
+    ckpt = net.save(tmp_path / "s.pt")
+    with pytest.raises(ExportError, match="pass --data"):
+        export(ckpt, "min", "fp32", tmp_path / "m")
+    with pytest.raises(ExportError, match="manifest.json: missing"):
+        read_manifest(tmp_path)
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    blob = b"\x1c\x00\x00\x00TFL3" + bytes(64)  # the TFLite identifier, then anything
+    (folder / "model.tflite").write_bytes(blob)
+    manifest = {"format": "edgenas-model", "schema_version": "1.0", "precision": "fp32",
+                "labels": ["a", "b"], "input": {"size": 8, "mean": [0.5], "std": [0.25]},
+                "model": {"file": "model.tflite", "sha256": "0" * 64}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="model.sha256: model.tflite has sha256 .* manifest records"):
+        read_manifest(folder)
+    manifest["model"]["file"] = "../ok/model.tflite"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="model.file: '../ok/model.tflite' is a path"):
+        read_manifest(folder)
+
+
+# w1.2 differs from w1.0 only in width (same converter path): campaign tier, to keep the CI suite in
+# its time budget; its Keras rebuild is still checked exactly above.
+@pytest.mark.parametrize("space", ["mbv3-w1.0", pytest.param("mbv3-w1.2", marks=pytest.mark.campaign)])
+def test_fp32_tflite_matches_torch_for_min_max_and_random_archs(space: str, tmp_path) -> None:
+    """The converted fp32 model (not just the Keras rebuild) computes the torch function.
+
+    benchmarks/export.py and the issue's 20-random-arch check run the same path at scale; here
+    min, max and one random arch keep the suite fast.
+    """
+    net = randomize(build_supernet(space, 10), seed=5).eval()
+    rng = np.random.default_rng(3)
+    for i, arch in enumerate([net.space.smallest(), net.space.largest(),
+                              *net.space.sample_many(1, seed=11)]):
+        model = net.extract(arch).eval()
+        x = rng.standard_normal((2, 3, arch.resolution, arch.resolution)).astype(np.float32)
+        result = export_model(model, arch, net.space, [str(c) for c in range(10)],
+                              net.normalization, "fp32", tmp_path / str(i), x, None)
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        got = run_tflite(str(result.model_path), x.transpose(0, 2, 3, 1))
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), arch
+
+
+def test_int8_model_is_fully_integer_and_runs_under_tflite_runtime(trained, digits,
+                                                                  tmp_path) -> None:
+    net, arch, model = trained
+    calib = digits.calibration_images(200, arch.resolution).numpy()
+    result = export_model(model, arch, net.space, digits.labels, digits.normalization, "int8",
+                          tmp_path, calib, None)
+    from edgenas.export.convert import make_interpreter
+
+    interpreter = make_interpreter(str(result.model_path))
+    interpreter.allocate_tensors()
+    float_tensors = [t["name"] for t in interpreter.get_tensor_details()
+                     if np.dtype(t["dtype"]).kind == "f"]
+    assert float_tensors == [], f"float tensors in the int8 model: {float_tensors[:5]}"
+    # the 32-bit-Pi stand-in: tflite-runtime 2.14 with numpy < 2, in its own environment
+    tflite_python = REPO / ".venv-tflite" / "bin" / "python"
+    x, _ = _val(digits, arch.resolution)
+    np.save(tmp_path / "x.npy", x[:1].transpose(0, 2, 3, 1))
+    proc = subprocess.run([str(tflite_python), str(REPO / "devices" / "runner.py"), "predict",
+                           str(result.model_path), str(tmp_path / "x.npy")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["runtime"]["name"] == "tflite_runtime"
+    direct = run_tflite(str(result.model_path), x[:1].transpose(0, 2, 3, 1)).argmax(1)[0]
+    assert out["predictions"][0]["top_k"][0]["index"] == direct
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_unsigned_fast_conversion_gives_the_same_model_outputs(trained, digits, precision) -> None:
+    """Latency exports skip the SavedModel round trip: same operators, same outputs, no signature."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgenas.export.convert import convert
+
+    net, arch, model = trained
+    keras_model = build_keras_model(model, arch.resolution)
+    calib = digits.calibration_images(32, arch.resolution).numpy().transpose(0, 2, 3, 1)
+    signed = convert(keras_model, precision, calib)
+    fast = convert(keras_model, precision, calib, signatures=False)
+    x = calib[:8]
+    np.testing.assert_array_equal(run_tflite(fast, x), run_tflite(signed, x))
+
+    def ops(blob: bytes) -> list[str]:
+        it = Interpreter(model_content=blob)
+        return sorted(op["op_name"] for op in it._get_ops_details())
+
+    assert ops(fast) == ops(signed)
+
+    def shapes(blob: bytes) -> list[list[int]]:  # the batch stays unknown (-1), as shipped
+        it = Interpreter(model_content=blob)
+        return [d["shape_signature"].tolist() for d in it.get_input_details() + it.get_output_details()]
+
+    assert shapes(fast) == shapes(signed)
+    assert Interpreter(model_content=signed).get_signature_list()
+    assert not Interpreter(model_content=fast).get_signature_list()

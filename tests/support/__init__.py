@@ -1,0 +1,1 @@
+"""What the tests share: the real test fleet, model folders, the CLI runner."""

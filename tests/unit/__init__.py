@@ -1,0 +1,1 @@
+"""Unit tier: no root, no TensorFlow, no device process, no training (make check)."""
