@@ -477,7 +477,8 @@ def test_missing_ansible_inventory_is_a_clear_error(tmp_path, workspace, monkeyp
     script = tmp_path / "dynamic.py"
     script.write_text("#!/usr/bin/env python3\nprint('{}')\n")
     script.chmod(0o755)
-    monkeypatch.setattr(inventory, "find_ansible_inventory", lambda: None)
+    for where in ("ansible", "load"):  # each module that looks for it
+        monkeypatch.setattr(f"edgenas.device.inventory.{where}.find_ansible_inventory", lambda: None)
     with pytest.raises(DeviceError, match="inventory script.*ansible-inventory, which is not installed"):
         inventory.load_inventory(script, home=workspace)
 

@@ -128,7 +128,8 @@ def test_plugins_folders_and_vault_need_via_ansible(tmp_path, workspace, case):
 
 def test_without_ansible_installed_the_error_still_names_the_flag(tmp_path, workspace, monkeypatch):
     script, marker = _script(tmp_path)
-    monkeypatch.setattr(inventory, "find_ansible_inventory", lambda: None)
+    for where in ("ansible", "load"):  # each module that looks for it
+        monkeypatch.setattr(f"edgenas.device.inventory.{where}.find_ansible_inventory", lambda: None)
     with pytest.raises(DeviceError, match=r"not installed .*only with --via-ansible"):
         inventory.load_inventory(script, home=workspace)
     assert not marker.exists()
