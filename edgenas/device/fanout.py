@@ -166,3 +166,19 @@ def session_for(home: Path, device: Device, cancel: Cancel,
                 opener: Callable[[Device, Path], Transport] = open_transport) -> DeviceSession:
     """The device session a fleet verb works through (its lock is the one every verb takes)."""
     return DeviceSession(home, device, cancel=cancel, lock_timeout=LOCK_WAIT_S, opener=opener)
+
+
+def device_step(home: Path, device: Device, result: DeviceResult, work: Callable[[DeviceSession], None],
+                cancel: Cancel | None = None,
+                opener: Callable[[Device, Path], Transport] = open_transport) -> DeviceResult:
+    """The frame of one fleet operation on one device: ``work`` runs timed, through the device's session,
+    holding its lock; an edgenas error (connecting included) becomes the row's ``failed`` status and
+    one-line reason instead of an exception, so one dead device never stops the others."""
+    start = time.monotonic()
+    try:
+        with session_for(home, device, cancel or Cancel(), opener) as session, session.locked():
+            work(session)
+    except EdgeNASError as exc:
+        result.status, result.reason = "failed", short_error(exc, device.name)
+    result.seconds = round(time.monotonic() - start, 3)
+    return result

@@ -5,12 +5,10 @@ from the manifest that shipped with it, plausible top-k)."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import sha256_file
 from edgenas.device import answers, layout
 from edgenas.device.cancel import Cancel
@@ -19,9 +17,8 @@ from edgenas.device.fanout import (
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
+    device_step,
     fan_out,
-    session_for,
-    short_error,
 )
 from edgenas.device.registry import Device
 from edgenas.device.session import DeviceSession, LocalFile
@@ -101,34 +98,33 @@ def predict_one(
     opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> DeviceResult:
     """Upload ``input_path`` (once per content) and run predict on the device's current model."""
-    start = time.monotonic()
     result = DeviceResult(device.name, "failed", model=name)
-    try:
+
+    def work(session: DeviceSession) -> None:
+        nonlocal name
         data = input_file(input_path)
-        with session_for(home, device, cancel or Cancel(), opener) as session, session.locked():
-            state = read_state(session, name)
-            if not state.workdir_exists:
-                raise FleetError("nothing deployed on this device (its workdir does not exist)")
-            name = result.model = pick_model(state.models, name)
-            held = state.models[name]
-            if not held.intact or held.current is None:
-                raise FleetError(f"the current version of {name} is missing or damaged; push again")
-            result.version, result.sha256 = held.current, held.current_sha256
-            report = run_predict(session, f"{MODELS_DIR}/{name}/{held.current}/{MODEL_FILE}", data,
-                                 top_k, timeout)
-            predictions = report.get("predictions") or [{}]
-            first = predictions[0] if isinstance(predictions, list) and predictions else {}
-            result.status = "ok"
-            result.extra = {
-                "runtime": (report.get("runtime") or {}).get("name"),
-                "precision": report.get("precision"),
-                "top_k": first.get("top_k", []) if isinstance(first, dict) else [],
-                "report": report,
-            }
-    except EdgeNASError as exc:
-        result.status, result.reason = "failed", short_error(exc, device.name)
-    result.seconds = round(time.monotonic() - start, 3)
-    return result
+        state = read_state(session, name)
+        if not state.workdir_exists:
+            raise FleetError("nothing deployed on this device (its workdir does not exist)")
+        name = result.model = pick_model(state.models, name)
+        held = state.models[name]
+        if not held.intact or held.current is None:
+            raise FleetError(f"the current version of {name} is missing or damaged; push again")
+        result.version, result.sha256 = held.current, held.current_sha256
+        report = run_predict(session, f"{MODELS_DIR}/{name}/{held.current}/{MODEL_FILE}", data,
+                             top_k, timeout)
+        predictions = report.get("predictions") or [{}]
+        first = predictions[0] if isinstance(predictions, list) and predictions else {}
+        result.status = "ok"
+        result.extra = {
+            "runtime": (report.get("runtime") or {}).get("name"),
+            "precision": report.get("precision"),
+            "top_k": first.get("top_k", []) if isinstance(first, dict) else [],
+            "report": report,
+        }
+
+
+    return device_step(home, device, result, work, cancel, opener)
 
 
 def predict(

@@ -32,8 +32,8 @@ from edgenas.device.fanout import (
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
+    device_step,
     fan_out,
-    session_for,
     short_error,
 )
 from edgenas.device.registry import Device
@@ -74,17 +74,15 @@ def push_one(
     opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> DeviceResult:
     """Push ``model`` as ``name`` to one device; returns its row (never raises for device trouble)."""
-    start = time.monotonic()
     result = DeviceResult(device.name, "failed", model=name, version=model.version, sha256=model.sha256)
-    try:
-        with session_for(home, device, cancel or Cancel(), opener) as session, session.locked():
-            held = _push(session, model, name, result, transfer_timeout, command_timeout, check_space)
-            if health_check and result.status == "ok":
-                _health_check(session, model, name, result, held)
-    except EdgeNASError as exc:
-        result.status, result.reason = "failed", short_error(exc, device.name)
-    result.seconds = round(time.monotonic() - start, 3)
-    return result
+
+    def work(session: DeviceSession) -> None:
+        held = _push(session, model, name, result, transfer_timeout, command_timeout, check_space)
+        if health_check and result.status == "ok":
+            _health_check(session, model, name, result, held)
+
+
+    return device_step(home, device, result, work, cancel, opener)
 
 
 def _push(

@@ -9,11 +9,9 @@ rollback rolls forward again.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgenas.core.errors import EdgeNASError
 from edgenas.device import layout
 from edgenas.device.cancel import Cancel
 from edgenas.device.connect import open_transport
@@ -22,11 +20,11 @@ from edgenas.device.fanout import (
     DEFAULT_PARALLEL,
     DeviceResult,
     FanOut,
+    device_step,
     fan_out,
-    session_for,
-    short_error,
 )
 from edgenas.device.registry import Device
+from edgenas.device.session import DeviceSession
 from edgenas.device.transports import Transport
 from edgenas.fleet.common import FleetError
 from edgenas.fleet.predict import pick_model
@@ -45,31 +43,30 @@ def rollback_one(
     opener: Callable[[Device, Path], Transport] = open_transport,
 ) -> DeviceResult:
     """Roll one device back; ``name`` may be omitted when the device holds a single model."""
-    start = time.monotonic()
     result = DeviceResult(device.name, "failed", model=name)
-    try:
-        with session_for(home, device, cancel or Cancel(), opener) as session, session.locked():
-            state = read_state(session, name, timeout=timeout)
-            name = result.model = pick_model(state.models, name)
-            held_model = state.models[name]
-            result.previous_sha256 = held_model.current_sha256
-            rc, out, err = run_fleet_script(session, "fleet-rollback", [name, new_tag()], timeout)
-            verdict = (out.strip().splitlines() or [""])[0][:300]
-            if verdict.startswith("FAIL "):
-                raise FleetError(verdict[5:])
-            fields = verdict.split("\t")
-            if rc != 0 or fields[0] != "OK" or len(fields) < 3:
-                raise FleetError(f"rollback failed (exit {rc}): {(err or out).strip()[:200]}")
-            version, sha = layout.version(fields[1]), layout.sha256(fields[2])
-            if not version or not sha or not sha.startswith(version):
-                raise FleetError("the device reported a damaged state after the rollback; "
-                                 "run `edgenas fleet status`")
-            result.version, result.sha256 = version, sha
-            result.status, result.reason = "ok", f"{held_model.current} -> {version}"
-    except EdgeNASError as exc:
-        result.status, result.reason = "failed", short_error(exc, device.name)
-    result.seconds = round(time.monotonic() - start, 3)
-    return result
+
+    def work(session: DeviceSession) -> None:
+        nonlocal name
+        state = read_state(session, name, timeout=timeout)
+        name = result.model = pick_model(state.models, name)
+        held_model = state.models[name]
+        result.previous_sha256 = held_model.current_sha256
+        rc, out, err = run_fleet_script(session, "fleet-rollback", [name, new_tag()], timeout)
+        verdict = (out.strip().splitlines() or [""])[0][:300]
+        if verdict.startswith("FAIL "):
+            raise FleetError(verdict[5:])
+        fields = verdict.split("\t")
+        if rc != 0 or fields[0] != "OK" or len(fields) < 3:
+            raise FleetError(f"rollback failed (exit {rc}): {(err or out).strip()[:200]}")
+        version, sha = layout.version(fields[1]), layout.sha256(fields[2])
+        if not version or not sha or not sha.startswith(version):
+            raise FleetError("the device reported a damaged state after the rollback; "
+                             "run `edgenas fleet status`")
+        result.version, result.sha256 = version, sha
+        result.status, result.reason = "ok", f"{held_model.current} -> {version}"
+
+
+    return device_step(home, device, result, work, cancel, opener)
 
 
 def rollback(
