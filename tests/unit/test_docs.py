@@ -45,3 +45,16 @@ def test_every_command_in_the_readme_exists_with_its_options() -> None:
         for word in words:
             if word.startswith("--"):
                 assert word.split("=")[0] in known, f"{line}: unknown option {word}"
+
+
+def test_benchmarks_readme_is_generated_from_the_result_files() -> None:
+    """Measured tables live in benchmarks/results/*.json; their README is generated, never edited."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_readme", REPO / "benchmarks" / "readme.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = (REPO / "benchmarks" / "README.md").read_text()
+    assert committed == module.render(), (
+        "benchmarks/README.md is stale: run `.venv/bin/python benchmarks/readme.py`")
