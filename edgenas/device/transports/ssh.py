@@ -1,9 +1,9 @@
 """SSH devices (Raspberry Pis, Jetsons, any Linux board) through paramiko.
 
-Facts this module is built on (measured on the test fleet, see design §5):
+Facts this module is built on:
 
-* paramiko does not set TCP_NODELAY, and without it every command round trip waits ~40 ms for delayed
-  ACKs.  We open the socket ourselves and set it; one connection is then reused for every command.
+* paramiko does not set TCP_NODELAY, and without it every command round trip waits for the peer's
+  delayed ACK.  We open the socket ourselves and set it; one connection is then reused for every command.
 * A blackholed peer blocks a socket forever, so connect, every command and every transfer has a deadline.
 * Host keys are decided by :mod:`edgenas.device.transports.host_keys`: a pinned fingerprint, else the
   workspace's ``<home>/known_hosts``, else (read-only) ``~/.ssh/known_hosts``, with ``@cert-authority``
@@ -14,9 +14,9 @@ Facts this module is built on (measured on the test fleet, see design §5):
   ``~/.ssh/id_*`` keys, as ssh does.  Keys readable by group or others are refused, as ssh does.
 * Every argv element is ``shlex.quote``-d; the remote side runs a shell, so nothing is spliced unquoted.
 * An upload is one command with the file as its stdin, checked (sha256) and renamed by the device's
-  ``sh`` (:meth:`SSHTransport.put_known`), not SFTP, and AES-GCM is preferred: SFTP's answer to every
-  32 KiB write and paramiko's per-packet HMAC in Python made most of a push's host CPU (benchmarks/
-  fleet.py: 46 -> 16 ms per device, with the end of :meth:`SSHTransport._collect`'s busy wait).
+  ``sh`` (:meth:`SSHTransport.put_known`), not SFTP, and AES-GCM is preferred: SFTP waits for an
+  answer to every 32 KiB write, and paramiko computes a CTR cipher's per-packet HMAC in Python, so
+  either would make the host's CPU, not the link, bound a push (``benchmarks/fleet.py`` times it).
 """
 
 from __future__ import annotations
@@ -303,8 +303,8 @@ class _OrderedTransport(paramiko.Transport):
     known_types: list[str] = []
     certs_first = False
     # AES-GCM first: an AEAD cipher authenticates each packet inside OpenSSL, where CTR + HMAC has
-    # paramiko build an HMAC object and compare tags byte by byte in Python for every packet (about
-    # a tenth of a push's host CPU, measured).  CTR remains for servers without GCM; CBC and 3DES are
+    # paramiko build an HMAC object and compare tags byte by byte in Python for every packet, which
+    # costs host CPU per byte pushed.  CTR remains for servers without GCM; CBC and 3DES are
     # not offered (OpenSSH's client dropped them from its defaults in 7.x).
     _preferred_ciphers = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr",
                           "aes192-ctr", "aes256-ctr")
