@@ -10,9 +10,9 @@ import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.core.errors import DeviceError
+from edgenas.device import enroll, registry
 from edgenas.device import probe as devlib
-from edgenas.device import registry
-from edgenas.device.connect import known_hosts_path, open_transport
+from edgenas.device.connect import known_hosts_path
 from edgenas.device.session import DeviceSession
 from edgenas.records.classes import ClassError, class_of, how, validate_class
 from edgenas.records.store import Store, open_store
@@ -201,11 +201,11 @@ def add(
             )
         note = ""
         if dev.kind == "ssh" and accept_new_host_key:
-            dev.host_key_fingerprint, note = _trust_host_key(dev, home)
+            dev.host_key_fingerprint, note = enroll.trust_host_key(dev, home)
         elif dev.kind == "ssh" and host_key:
-            note = _check_pinned_host_key(dev, home, replace)
+            note = enroll.check_pinned_host_key(dev, home, replace)
         elif dev.kind == "adb":
-            dev.adb_serialno, note = _read_adb_serialno(dev)
+            dev.adb_serialno, note = enroll.read_adb_serialno(dev, home)
         registry.add_device(store, dev, replace_existing=replace)
     echo(f"added {dev.kind} device {dev.name} ({dev.address}){note}")
     if dev.benchmark_binary:
@@ -218,48 +218,6 @@ def add(
             "  host key not checked yet: an unknown key will be refused on first use "
             "(add with --accept-new-host-key to trust it now)"
         )
-
-
-def _check_pinned_host_key(dev: registry.Device, home: Path, replace: bool) -> str:
-    """Contact the device now: a wrong key fails ``device add`` (HostKeyError); an unreachable device
-    is still added, its pin checked on first use (provisioning before the board is online)."""
-    from edgenas.core.errors import HostKeyError, TransportError
-
-    try:
-        with open_transport(dev, home, replace_known_host=replace) as transport:
-            transport.connect()  # type: ignore[attr-defined]
-    except HostKeyError:
-        raise
-    except TransportError as exc:
-        return f"\n  host key pinned to {dev.host_key_fingerprint}; not checked now ({exc})"
-    return f"\n  host key {dev.host_key_fingerprint} (pinned, and matches the device)"
-
-
-def _read_adb_serialno(dev: registry.Device) -> tuple[str | None, str]:
-    """The device's own serial, to refuse another device at this address later."""
-    from edgenas.core.errors import TransportError
-    from edgenas.device.transports.adb import AdbTransport
-
-    assert dev.serial is not None
-    transport = AdbTransport(dev.name, dev.serial, connect_timeout=dev.timeout_s)
-    try:
-        serialno = transport.read_serialno()
-    except TransportError as exc:
-        raise DeviceError(
-            f"cannot read the serial of adb device {dev.serial} ({exc}); connect it "
-            f"(`adb connect {dev.serial}` for a TCP device) and add it again"
-        ) from None
-    if not serialno:
-        return None, "\n  the device reports no serial: another one at this address cannot be told apart"
-    return serialno, f"\n  device serial {serialno} (another device at this address will be refused)"
-
-
-def _trust_host_key(dev: registry.Device, home: Path) -> tuple[str | None, str]:
-    with open_transport(dev, home, accept_new_host_key=True) as transport:
-        transport.connect()  # type: ignore[attr-defined]
-        fp = transport.host_fingerprint  # type: ignore[attr-defined]
-        new = transport.accepted_fingerprint is not None  # type: ignore[attr-defined]
-    return fp, f"\n  host key {fp} ({'new, now trusted' if new else 'already known'})"
 
 
 @device.command("list")
@@ -477,7 +435,7 @@ def import_(
     if accept_new_host_key:
         for d in devs:
             if d.kind == "ssh":
-                d.host_key_fingerprint, _ = _trust_host_key(d, home)
+                d.host_key_fingerprint, _ = enroll.trust_host_key(d, home)
     with _store(ws) as store:
         added, updated = inv.import_inventory(store, devs)
     echo(
