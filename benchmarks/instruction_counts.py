@@ -196,7 +196,7 @@ def main() -> None:
                     default=REPO / "benchmarks" / "results" / "predictor_transfer_instructions.json")
     args = ap.parse_args()
 
-    from edgenas.measure.campaign import sample_archs
+    from edgenas.measure.plan import sample_archs
     from edgenas.space.spec import SearchSpace
 
     home = args.home.resolve()

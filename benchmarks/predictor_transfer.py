@@ -340,7 +340,7 @@ def main() -> None:
                     default=REPO / "benchmarks" / "results" / "predictor_transfer.json")
     args = ap.parse_args()
 
-    from edgenas.measure.campaign import sample_archs
+    from edgenas.measure.plan import sample_archs
     from edgenas.records.store import open_store
     from edgenas.space.spec import SearchSpace
 

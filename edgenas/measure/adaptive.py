@@ -279,7 +279,8 @@ def measure_adaptive(store: Store, home: Path, source_ckpt: Path | str, device: 
     ``export_workers``: the caller's export workers (``fleet specialize`` shares one set across its
     classes and searches); by default the campaign starts its own, once for all its rounds."""
     from edgenas.device.registry import select_devices
-    from edgenas.measure.campaign import ExportWorkers, measure, sample_archs
+    from edgenas.measure.campaign import ExportWorkers, measure
+    from edgenas.measure.plan import sample_archs
     from edgenas.records.classes import class_of
     from edgenas.supernets.checkpoint import load_checkpoint
 

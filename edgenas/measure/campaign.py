@@ -34,10 +34,8 @@ locks).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
-import random
 import shutil
 import threading
 import time
@@ -61,74 +59,25 @@ from edgenas.measure.bench import (
     ModelPackage,
     for_device,
 )
+from edgenas.measure.plan import (
+    DeviceTarget,
+    MeasureError,
+    campaign_id,
+    needed_jobs,
+    plan_devices,
+    sample_archs,
+)
 from edgenas.records import measurements
 from edgenas.records.classes import class_of
 from edgenas.records.store import Store, open_store
-from edgenas.space.spec import NUM_STAGES, Arch, SearchSpace
+from edgenas.space.spec import Arch, SearchSpace
 
 LATENCY_CALIBRATION = 32
 LATENCY_BN_IMAGES = 256  # enough for stable BN statistics, so the parity check holds; see _export_job
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
 
 
-class MeasureError(EdgeNASError):
-    """A campaign cannot start (bad arguments, unreadable checkpoint) or could not finish."""
-
-
 # ------------------------------------------------------------------------------------------- sampling
-
-
-def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
-    """``n`` distinct archs covering depth, kernel, expand and resolution evenly (see module doc)."""
-    if n < 1:
-        raise MeasureError("--samples must be at least 1")
-    rng = random.Random(f"edgenas-measure-{space.name}-{seed}")
-    out: list[Arch] = []
-    seen: set[str] = set()
-
-    def add(arch: Arch) -> None:
-        key = arch.to_string()
-        if key not in seen and len(out) < n:
-            seen.add(key)
-            out.append(arch)
-
-    add(space.smallest())
-    add(space.largest())
-    res = list(space.resolutions)
-    # Equal quota per resolution, then a stratified size level in [0, 1] per sample.
-    total = max(0, n - len(out))
-    res_seq = [res[i % len(res)] for i in range(total)]
-    rng.shuffle(res_seq)
-    levels = [(i + rng.random()) / max(1, total) for i in range(total)]
-    rng.shuffle(levels)
-    attempts = 0
-    i = 0
-    while len(out) < n:
-        r = res_seq[i % total] if total else rng.choice(res)
-        level = levels[i % total] if total else rng.random()
-        add(_leveled(space, rng, r, level))
-        i += 1
-        attempts += 1
-        if attempts > 100 * n:  # a tiny space has fewer distinct archs than asked for
-            break
-    return out
-
-
-def _leveled(space: SearchSpace, rng: random.Random, resolution: int, level: float) -> Arch:
-    """One arch whose choices lean toward index ``level * (len - 1)``; half of them stay random."""
-
-    def pick(choices: Sequence[int]) -> int:
-        if rng.random() < 0.5:
-            return rng.choice(choices)
-        idx = level * (len(choices) - 1) + rng.uniform(-0.5, 0.5)
-        return choices[min(len(choices) - 1, max(0, round(idx)))]
-
-    blocks = []
-    for _ in range(NUM_STAGES):
-        depth = pick(space.depth_choices)
-        blocks.append(tuple((pick(space.kernel_choices), pick(space.expand_choices))
-                            for _ in range(depth)))
-    return space.validate(Arch(resolution, tuple(blocks)))
 
 
 # -------------------------------------------------------------------------------------------- exports
@@ -301,13 +250,6 @@ class MeasureReport:
 # -------------------------------------------------------------------------------------------- measure
 
 
-def campaign_id(source_sha: str, space: str, samples: int, seed: int, precisions: Sequence[str],
-                threads: int, repeats: int = 1) -> str:
-    key = f"{source_sha}|{space}|{samples}|{seed}|{','.join(precisions)}|{threads}"
-    key += f"|x{repeats}" if repeats > 1 else ""  # ids of single-pass campaigns stay as they were
-    return "c-" + hashlib.sha256(key.encode()).hexdigest()[:10]
-
-
 def resume_key(device: Device, space: str, threads: int, source_sha: str,
                runtime: tuple[str, str | None], settings: BenchSettings) -> measurements.ResumeKey:
     """What a stored row must share to count as done for this campaign on ``device``: its class (a
@@ -340,7 +282,7 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     home = Path(home)
     source_ckpt = Path(source_ckpt).resolve()
     precisions = [p.strip() for p in precisions if p.strip()]
-    if repeats < 1:
+    if repeats < 1:  # before the device round trips plan_devices would refuse it after
         raise MeasureError("--repeats must be at least 1")
     bad = [p for p in precisions if p not in EXPORT_PRECISIONS]
     if bad or not precisions:
@@ -370,35 +312,31 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     # Before any device is touched: a second run of this campaign stops here, with one clear line.
     campaign_lock = _campaign_lock(home, cid)
     reports: dict[str, DeviceReport] = {}
-    todo: dict[str, dict[tuple[str, str], int]] = {}  # device -> job -> measurements still to take
     try:
         runtimes = _device_runtimes(home, devs, settings, cancel)
-        serving: dict[str, str] = {}  # class -> the one device measuring for it
-        for d in devs:
-            runtime = runtimes[d.name]
-            if isinstance(runtime, str):  # unreachable, or no runtime: reported, nothing exported for it
-                reports[d.name], todo[d.name] = DeviceReport(d.name, 0, 0, aborted=runtime), {}
-                say(d.name, f"ABORTED: {runtime}", level="error")
-                continue
-            klass = class_of(d)
-            if klass in serving:  # one device measures for its whole class (edgenas.records.classes)
-                reports[d.name] = DeviceReport(d.name, 0, 0, served_by=serving[klass])
-                todo[d.name] = {}
-                say(d.name, f"class {klass}: measured on {serving[klass]}")
-                continue
-            serving[klass] = d.name
-            done = measurements.done_counts(
-                store, resume_key(d, space.name, threads, source_sha, runtime, settings))
-            todo[d.name] = {j: repeats - done.get(j, 0) for j in jobs if done.get(j, 0) < repeats}
-            left = sum(todo[d.name].values())
-            reports[d.name] = DeviceReport(d.name, left, len(jobs) - len(todo[d.name]))
-            say(d.name, f"{left} to measure, {len(jobs) - len(todo[d.name])} subnet(s) already measured"
-                        + (f" {repeats} times" if repeats > 1 else "")
-                        + f" with {runtime[0]} {runtime[1] or ''}".rstrip())
+        by_name = {d.name: d for d in devs}
+        targets = [DeviceTarget(d.name, class_of(d), runtimes[d.name]) for d in devs]
+        plans = plan_devices(jobs, targets, repeats, lambda t: measurements.done_counts(
+            store, resume_key(by_name[t.name], space.name, threads, source_sha, t.runtime, settings)))
+        for t in targets:
+            p = plans[t.name]
+            if p.aborted:  # unreachable, or no runtime: reported, nothing exported for it
+                reports[t.name] = DeviceReport(t.name, 0, 0, aborted=p.aborted)
+                say(t.name, f"ABORTED: {p.aborted}", level="error")
+            elif p.served_by:  # one device measures for its whole class (edgenas.records.classes)
+                reports[t.name] = DeviceReport(t.name, 0, 0, served_by=p.served_by)
+                say(t.name, f"class {t.device_class}: measured on {p.served_by}")
+            else:
+                reports[t.name] = DeviceReport(t.name, p.left, p.already)
+                name, version = t.runtime
+                say(t.name, f"{p.left} to measure, {p.already} subnet(s) already measured"
+                            + (f" {repeats} times" if repeats > 1 else "")
+                            + f" with {name} {version or ''}".rstrip())
     except BaseException:
         os.close(campaign_lock)
         raise
-    needed = [j for j in jobs if any(j in todo[d] for d in todo)]
+    todo = {name: p.todo for name, p in plans.items()}
+    needed = needed_jobs(jobs, plans)
     report = MeasureReport(cid, space.name, arch_ids, list(precisions), threads, reports)
 
     exports_done = threading.Event()

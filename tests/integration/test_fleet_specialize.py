@@ -22,7 +22,7 @@ import torch
 from edgenas import build_supernet
 from edgenas.core.files import sha256_file
 from edgenas.device.registry import list_devices
-from edgenas.measure.campaign import sample_archs
+from edgenas.measure.plan import sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, sample_for_accuracy
 from edgenas.records import deployments, measurements
 from edgenas.records.classes import class_of

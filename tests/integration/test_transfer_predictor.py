@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from edgenas.measure.adaptive import log_det_information, select
-from edgenas.measure.campaign import sample_archs
+from edgenas.measure.plan import sample_archs
 from edgenas.predictors import transfer
 from edgenas.predictors.latency import load_predictor
 from edgenas.predictors.latency_fit import fit

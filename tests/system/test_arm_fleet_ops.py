@@ -34,7 +34,8 @@ import torch
 
 from edgenas.core.files import sha256_file
 from edgenas.export.package import ModelPackage
-from edgenas.measure.campaign import cached_export, list_measurements, sample_archs
+from edgenas.measure.campaign import cached_export, list_measurements
+from edgenas.measure.plan import sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, sample_for_accuracy
 from edgenas.predictors.accuracy import predictor_path as accuracy_predictor_path
 from edgenas.predictors.latency import LatencyPredictorError, load_predictor

@@ -28,7 +28,8 @@ from edgenas.device.connect import open_transport
 from edgenas.device.lock import DeviceLock, installation_id
 from edgenas.device.registry import get_device
 from edgenas.measure.bench import DeviceBusyError, ModelFileError, bench_model
-from edgenas.measure.campaign import _export_job, _worker_init, cached_export, sample_archs
+from edgenas.measure.campaign import _export_job, _worker_init, cached_export
+from edgenas.measure.plan import sample_archs
 from edgenas.records.store import open_store
 from edgenas.space.spec import SearchSpace
 from edgenas.training.data import load_data
@@ -342,7 +343,8 @@ def test_repeated_campaign_spreads_passes_and_tops_up_on_resume(tmp_path, tiny):
     same K measures nothing, one with a larger K only what is missing."""
     from edgenas.device import registry
     from edgenas.measure.bench import BenchSettings
-    from edgenas.measure.campaign import MeasureError, measure
+    from edgenas.measure.campaign import measure
+    from edgenas.measure.plan import MeasureError
 
     settings = BenchSettings(**FAST)
     with open_store(tmp_path) as store:

@@ -22,7 +22,8 @@ from edgenas import build_supernet
 from edgenas.cli import main
 from edgenas.core.files import sha256_file
 from edgenas.measure.bench import BenchSettings
-from edgenas.measure.campaign import list_measurements, measure, sample_archs
+from edgenas.measure.campaign import list_measurements, measure
+from edgenas.measure.plan import sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, sample_for_accuracy
 from edgenas.predictors.latency import predictor_path as latency_predictor_path
 from edgenas.predictors.latency_fit import fit

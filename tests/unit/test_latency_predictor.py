@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgenas.cli import main
-from edgenas.measure.campaign import sample_archs
+from edgenas.measure.plan import sample_archs
 from edgenas.predictors.latency import (
     LatencyPredictor,
     LatencyPredictorError,
