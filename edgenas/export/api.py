@@ -16,16 +16,18 @@ import numpy as np
 import torch
 
 from edgenas.export.convert import ExportError
+from edgenas.export.images import ImageStream
 from edgenas.export.pipeline import ExportResult, export_model, sha256_file
 from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.checkpoint import read_torch_file
 from edgenas.supernets.mbv3 import MobileNetV3Supernet
 from edgenas.supernets.static import MobileNetV3
-from edgenas.training.data import ImageData, load_data
+from edgenas.training.data import ImageData, StreamedImageData, load_data
 from edgenas.training.evaluate import recalibrate_bn
 
 DEFAULT_CALIBRATION = 500
 BN_CALIBRATION = 2000
+BN_BATCH = 32  # images per BN-recalibration pass: at 224 px, 250 held several GB of activations
 
 
 @dataclass
@@ -80,9 +82,50 @@ def _load_source(source: str | Path | MobileNetV3Supernet, arch: Arch | str | No
     raise ExportError(f"{path}: not an edgenas supernet or subnet checkpoint")
 
 
-def _validation(data: ImageData, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = zip(*data.val_batches(resolution))
-    return torch.cat(xs).numpy(), torch.cat(ys).numpy()
+def _pick(data: ImageData | StreamedImageData, split: str, indices: torch.Tensor | None,
+          resolution: int) -> ImageStream:
+    """Normalised images of ``split`` (``indices`` of it, or all) as a stream: uint8 images or
+    file names stay the source; each batch is resized (or decoded) and normalised when read."""
+    count = len(indices) if indices is not None else (
+        data.num_train if split == "train" else data.num_val)
+
+    def rows(start: int, stop: int) -> torch.Tensor | list[int]:
+        return indices[start:stop] if indices is not None else list(range(start, stop))
+
+    if isinstance(data, StreamedImageData):
+        files = data.train_files if split == "train" else data.val_files
+
+        def load(start: int, stop: int) -> torch.Tensor:
+            picked = [files[int(i)] for i in rows(start, stop)]
+            return data.normalize(data.decode(picked, resolution))
+    else:
+        stored = data.train_x if split == "train" else data.val_x
+
+        def load(start: int, stop: int) -> torch.Tensor:
+            if indices is None:
+                return data.prepare(stored[start:stop], resolution)
+            return data.prepare(stored[indices[start:stop]], resolution)
+
+    return ImageStream(count, resolution, load)
+
+
+def calibration_stream(data: ImageData | StreamedImageData, n: int, resolution: int
+                       ) -> ImageStream:
+    """The ``n`` seeded, un-augmented training images ``data.calibration_images`` gives, as a
+    stream (the same images, never held as float at once)."""
+    return _pick(data, "train", data.calibration_indices(n), resolution)
+
+
+def _validation(data: ImageData | StreamedImageData, resolution: int
+                ) -> tuple[ImageStream, np.ndarray]:
+    return _pick(data, "val", None, resolution), data.val_y.numpy()
+
+
+def _recalibrate(model: MobileNetV3, data: ImageData | StreamedImageData, resolution: int) -> None:
+    """BN statistics re-estimated on :data:`BN_CALIBRATION` images, read :data:`BN_BATCH` at a time
+    (``recalibrate_bn``'s cumulative average is exact whatever the batch size)."""
+    images = calibration_stream(data, BN_CALIBRATION, resolution)
+    recalibrate_bn(model, images, batch_size=BN_BATCH)  # type: ignore[arg-type]
 
 
 def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = None,
@@ -111,8 +154,8 @@ def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = N
     data.normalization = dict(src.normalization)  # the model's own normalisation wins
     res = src.arch.resolution
     if src.needs_bn_recalibration:
-        recalibrate_bn(src.model, data.calibration_images(BN_CALIBRATION, res))
-    calibration = data.calibration_images(calibration_samples, res).numpy()
+        _recalibrate(src.model, data, res)
+    calibration = calibration_stream(data, calibration_samples, res)
     provenance = {**src.provenance, "data": data.describe(), "bn_recalibrated":
                   src.needs_bn_recalibration}
     return export_model(src.model, src.arch, src.space, src.labels, src.normalization, precision,

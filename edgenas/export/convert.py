@@ -12,18 +12,20 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.export.images import ImageStream
 
 # TensorFlow's C++ start-up chatter (oneDNN, CPU features) is noise for a CLI user; set before any
 # module of this package imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
+CALIBRATION_BATCH = 16  # images per calibration step (see representative_dataset)
 
 
 class ExportError(EdgeNASError):
@@ -46,7 +48,8 @@ def load_tensorflow() -> tuple[Any, Any]:
     return tf, keras
 
 
-def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | None = None, *,
+def convert(keras_model: Any, precision: str,
+            calibration_nhwc: np.ndarray | ImageStream | None = None, *,
             signatures: bool = True, frozen: Any | None = None) -> bytes:
     """Convert the Keras model to a TFLite flatbuffer of ``precision``.
 
@@ -77,14 +80,8 @@ def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | Non
     elif precision == "int8":
         if calibration_nhwc is None or len(calibration_nhwc) == 0:
             raise ExportError("int8 export needs calibration images from the data set")
-        samples = calibration_nhwc.astype(np.float32)
-
-        def representative() -> Iterator[list[np.ndarray]]:
-            for image in samples:
-                yield [image[None]]
-
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
+        converter.representative_dataset = representative_dataset(calibration_nhwc)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
@@ -95,6 +92,37 @@ def convert(keras_model: Any, precision: str, calibration_nhwc: np.ndarray | Non
             detail = log.read().strip()[-2000:]
             raise ExportError(f"TFLite conversion ({precision}) failed: {exc}"
                               + (f"\nconverter output:\n{detail}" if detail else "")) from exc
+
+
+def representative_dataset(images: np.ndarray | ImageStream,
+                           batch: int | None = None) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The converter's calibration feed: float32 NHWC batches of ``batch`` images, made on demand.
+
+    ``images``: an NHWC array, or an :class:`ImageStream` (NCHW, normalised batch by batch);
+    ``batch`` defaults to :data:`CALIBRATION_BATCH`.
+    The calibrator keeps each tensor's running min and max over every value it sees
+    (``calibration_logger.cc``), so a batch of ``batch`` images records the same ranges as those
+    images one at a time, and the interpreter runs a batch far faster than its images one by one.
+    The input is resized once, to the first batch's shape: a short last batch is filled up with
+    images already seen, which leaves every min and max unchanged.
+    """
+    stream = images if isinstance(images, ImageStream) else None
+    count = len(images)
+    batch = max(1, min(CALIBRATION_BATCH if batch is None else batch, count))
+
+    def nhwc(start: int, stop: int) -> np.ndarray:
+        if stream is not None:
+            return stream.take(start, stop).transpose(0, 2, 3, 1)
+        return np.asarray(images[start:stop], dtype=np.float32)
+
+    def generate() -> Iterator[list[np.ndarray]]:
+        for start in range(0, count, batch):
+            chunk = nhwc(start, start + batch)
+            if len(chunk) < batch:  # repeat images already seen: ranges stay exactly the same
+                chunk = np.concatenate([chunk, nhwc(0, batch - len(chunk))])
+            yield [np.ascontiguousarray(chunk, dtype=np.float32)]
+
+    return generate
 
 
 def freeze(keras_model: Any) -> Any:
@@ -197,13 +225,20 @@ def io_details(interpreter: Any) -> dict[str, Any]:
 
 def run_tflite(model: bytes | str, images_nhwc: np.ndarray, batch: int = 64) -> np.ndarray:
     """Float logits of a TFLite model for normalised NHWC float images (quantising as needed)."""
-    interpreter = make_interpreter(model)
+    return tflite_logits(model, (images_nhwc[start:start + batch]
+                                 for start in range(0, len(images_nhwc), batch)))
+
+
+def tflite_logits(model: bytes | str, batches: Iterable[np.ndarray], threads: int = 1
+                  ) -> np.ndarray:
+    """Float logits of a TFLite model for an iterable of normalised NHWC float batches."""
+    interpreter = make_interpreter(model, threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     results = []
     current = None
-    for start in range(0, len(images_nhwc), batch):
-        chunk = images_nhwc[start:start + batch].astype(np.float32)
+    for chunk in batches:
+        chunk = np.asarray(chunk, dtype=np.float32)
         if current != len(chunk):
             interpreter.resize_tensor_input(inp["index"], [len(chunk), *chunk.shape[1:]])
             with captured_output():

@@ -7,6 +7,7 @@ names the first block that diverged.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -23,14 +24,20 @@ from edgenas.export.convert import (
     io_details,
     load_tensorflow,
     make_interpreter,
-    run_tflite,
+    tflite_logits,
 )
+from edgenas.export.images import ImageStream, as_stream
 from edgenas.export.keras_model import build_keras_model, first_divergence
 from edgenas.export.package import ModelPackage, PackageError
 from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.static import MobileNetV3
 
 PARITY_TOLERANCE = 1e-4
+PARITY_IMAGES = 16
+# Images per forward pass when validating: at 224 px the largest subnet's widest activation is
+# 4.8 MB an image, so a batch of 256 held ≈1.2 GB per tensor; 32 runs as fast and holds 150 MB.
+TORCH_BATCH = 32
+TFLITE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,25 @@ class Prepared:
         return self._frozen
 
 
-def prepare(model: MobileNetV3, arch: Arch, calibration_nchw: np.ndarray) -> Prepared:
-    """Build the Keras graph of ``model`` and check its parity (raises on a mismatch)."""
+def prepare(model: MobileNetV3, arch: Arch, calibration_nchw: np.ndarray | ImageStream
+            ) -> Prepared:
+    """Build the Keras graph of ``model`` and check its parity on the first
+    :data:`PARITY_IMAGES` calibration images (raises on a mismatch)."""
     keras_model = build_keras_model(model.eval(), arch.resolution)
-    parity = check_parity(keras_model, model, calibration_nchw[:16].astype(np.float32))
+    parity = check_parity(keras_model, model, as_stream(calibration_nchw).take(0, PARITY_IMAGES))
     return Prepared(keras_model, parity)
+
+
+def float_logits(model: MobileNetV3, images: ImageStream) -> np.ndarray:
+    """The torch model's logits for every image of ``images``, :data:`TORCH_BATCH` at a time."""
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x)).numpy()
+                               for x in images.batches(TORCH_BATCH)])
+
+
+def _threads() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
 
 
 def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) -> float:
@@ -100,14 +121,17 @@ def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) 
 
 def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: list[str],
                  normalization: dict[str, list[float]], precision: str, out_dir: str | Path,
-                 calibration_nchw: np.ndarray, validation: tuple[np.ndarray, np.ndarray] | None,
+                 calibration_nchw: np.ndarray | ImageStream,
+                 validation: tuple[np.ndarray | ImageStream, np.ndarray] | None,
                  provenance: dict[str, Any] | None = None,
                  search: dict[str, Any] | None = None, signatures: bool = True,
                  prepared: Prepared | None = None) -> ExportResult:
     """Export ``model`` (the static subnet for ``arch``) and write ``model.tflite`` + manifest.
 
-    ``calibration_nchw`` are normalised real images at ``arch.resolution``: they drive the parity
-    check and int8 calibration.  ``validation`` (images, labels) gives float and exported top-1.
+    ``calibration_nchw`` are normalised real images at ``arch.resolution`` (an NCHW array, or an
+    :class:`~edgenas.export.images.ImageStream` that makes them batch by batch): they drive the
+    parity check and int8 calibration.  ``validation`` (images, labels) gives float and exported
+    top-1; its images too may be a stream.
     ``search`` is what the search promised for this arch (predicted latency per device and the
     predictors' error), kept so ``fleet bench`` can flag devices that miss the promise.
     ``signatures=False`` converts without the signature table, ≈3× faster (see :func:`convert`);
@@ -122,19 +146,17 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
     if prepared is None:
         prepared = prepare(model, arch, calibration_nchw)
     keras_model, parity = prepared.keras_model, prepared.parity
-    blob = convert(keras_model, precision, calibration_nchw.transpose(0, 2, 3, 1),
+    calibration = as_stream(calibration_nchw)
+    blob = convert(keras_model, precision, calibration if precision == "int8" else None,
                    signatures=signatures, frozen=None if signatures else prepared.frozen())
 
     details = io_details(make_interpreter(blob))
     accuracy: dict[str, Any] = {}
     if validation is not None:
-        images, targets = validation
-        with torch.no_grad():
-            float_logits = torch.cat([model(torch.from_numpy(images[i:i + 256]))
-                                      for i in range(0, len(images), 256)]).numpy()
-        exported_logits = run_tflite(blob, images.transpose(0, 2, 3, 1))
+        images, targets = as_stream(validation[0]), np.asarray(validation[1])
+        exported_logits = tflite_logits(blob, images.nhwc_batches(TFLITE_BATCH), _threads())
         accuracy = {"split": "validation", "samples": int(len(targets)),
-                    "float_top1": _top1(float_logits, targets),
+                    "float_top1": _top1(float_logits(model, images), targets),
                     "exported_top1": _top1(exported_logits, targets)}
 
     manifest = {
@@ -153,8 +175,8 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
         "params": space.params(arch, len(labels)),
         "accuracy": accuracy,
         "parity": {"max_abs_logit_diff": parity, "limit": PARITY_TOLERANCE,
-                   "images": int(min(16, len(calibration_nchw)))},
-        "calibration": {"images": int(len(calibration_nchw))} if precision == "int8" else {},
+                   "images": int(min(PARITY_IMAGES, len(calibration)))},
+        "calibration": {"images": int(len(calibration))} if precision == "int8" else {},
         "signatures": signatures,
         "latency": {},
         "search": dict(search or {}),

@@ -250,3 +250,107 @@ def test_unsigned_fast_conversion_gives_the_same_model_outputs(trained, digits, 
     assert shapes(fast) == shapes(signed)
     assert Interpreter(model_content=signed).get_signature_list()
     assert not Interpreter(model_content=fast).get_signature_list()
+
+
+# ---- bounded calibration (issue #26): images are made batch by batch, never held as one float set
+
+
+def test_calibration_stream_gives_the_data_sets_calibration_images_batch_by_batch(digits) -> None:
+    from edgenas.export.api import calibration_stream
+
+    want = digits.calibration_images(100, 24).numpy()
+    stream = calibration_stream(digits, 100, 24)
+    assert stream.shape == (100, 3, 24, 24)
+    np.testing.assert_array_equal(np.concatenate(list(stream.batches(32))), want)
+    np.testing.assert_array_equal(stream[10:20].numpy(), want[10:20])
+
+
+def test_representative_dataset_is_bounded_batches_of_the_stream() -> None:
+    """The converter is fed fixed-size NHWC batches read lazily; a short last batch is filled with
+    images already seen (min/max unchanged), and no read asks for more than one batch."""
+    from edgenas.export.convert import representative_dataset
+    from edgenas.export.images import ImageStream
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((37, 3, 8, 8)).astype(np.float32)
+    reads: list[int] = []
+
+    def load(a: int, b: int) -> np.ndarray:
+        reads.append(b - a)
+        return images[a:b]
+
+    gen = representative_dataset(ImageStream(37, 8, load), batch=16)
+    assert reads == []  # nothing is read before the converter asks
+    batches = [b[0] for b in gen()]
+    assert [b.shape for b in batches] == [(16, 8, 8, 3)] * 3
+    assert max(reads) <= 16 and sum(reads) == 37 + 11
+    seen = np.concatenate(batches)
+    np.testing.assert_array_equal(seen[:37], images.transpose(0, 2, 3, 1))
+    assert seen.min() == images.min() and seen.max() == images.max()
+
+
+def test_batched_calibration_quantises_like_one_image_at_a_time(trained, digits) -> None:
+    """Batches only speed the calibrator up: every tensor gets the same scale and zero point."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgenas.export import convert as conv
+
+    net, arch, model = trained
+    keras_model = build_keras_model(model, arch.resolution)
+    calib = digits.calibration_images(40, arch.resolution).numpy().transpose(0, 2, 3, 1)
+
+    def quant(batch: int) -> list[tuple[str, tuple[float, int]]]:
+        original = conv.CALIBRATION_BATCH
+        conv.CALIBRATION_BATCH = batch
+        try:
+            blob = conv.convert(keras_model, "int8", calib, signatures=False)
+        finally:
+            conv.CALIBRATION_BATCH = original
+        details = Interpreter(model_content=blob).get_tensor_details()
+        return sorted((d["name"], d["quantization"]) for d in details)
+
+    one, batched = quant(1), quant(16)
+    assert [n for n, _ in one] == [n for n, _ in batched]
+    for (name, (s1, z1)), (_, (s2, z2)) in zip(one, batched):
+        assert z1 == z2 and s1 == pytest.approx(s2, rel=1e-5), name
+
+
+def test_streamed_export_keeps_parity_int8_io_and_accuracy(trained, digits, tmp_path) -> None:
+    from edgenas.export.api import calibration_stream
+
+    net, arch, model = trained
+    calib = calibration_stream(digits, 300, arch.resolution)
+    val_x, val_y = _val(digits, arch.resolution)
+    from edgenas.export.images import ImageStream
+
+    result = export_model(model, arch, net.space, digits.labels, digits.normalization, "int8",
+                          tmp_path, calib, (ImageStream.from_array(val_x), val_y))
+    m = result.manifest
+    assert m["input"]["dtype"] == "int8" and m["output"]["dtype"] == "int8"
+    assert m["calibration"]["images"] == 300 and m["parity"]["max_abs_logit_diff"] <= 1e-4
+    acc = m["accuracy"]
+    assert acc["samples"] == digits.num_val and acc["float_top1"] > 0.6
+    assert abs(acc["exported_top1"] - acc["float_top1"]) <= 0.05
+
+
+def test_wrong_weight_copy_fails_parity_and_writes_nothing(trained, digits, tmp_path,
+                                                           monkeypatch) -> None:
+    """The parity check still guards the streamed path: a depthwise kernel copied transposed
+    (HW swapped) is caught before anything is converted or written."""
+    from edgenas.export import keras_model as km
+    from edgenas.export.api import calibration_stream
+
+    net, arch, model = trained
+    fold = km._fold
+
+    def bad_fold(conv, bn):
+        w, b = fold(conv, bn)
+        if conv.groups > 1 and w.shape[-1] > 1:
+            w = np.ascontiguousarray(w.transpose(0, 1, 3, 2))  # H and W swapped
+        return w, b
+
+    monkeypatch.setattr(km, "_fold", bad_fold)
+    with pytest.raises(ExportError, match="float parity check failed.*first divergence"):
+        export_model(model, arch, net.space, digits.labels, digits.normalization, "int8",
+                     tmp_path / "m", calibration_stream(digits, 32, arch.resolution), None)
+    assert not (tmp_path / "m").exists()
