@@ -30,11 +30,11 @@ from edgenas.cli.supernet import supernet
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.paths import default_home
 from edgenas.core.text import printable
+from edgenas.device.cancel import sigterm_as_interrupt
 
 
 class _Main(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
-        from edgenas.device.cancel import sigterm_as_interrupt
 
         try:
             # SIGTERM unwinds like Ctrl-C, so commands stop their jobs on devices and release locks.

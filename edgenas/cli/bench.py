@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.measure.bench import bench_model
+from edgenas.records.store import open_store
 
 
 @click.command("bench")
@@ -30,8 +32,6 @@ def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, ru
     sha256); one benchmark runs at a time per device; the result is stored in the workspace with
     its provenance and written into the manifest's "latency" section.
     """
-    from edgenas.measure.bench import bench_model
-    from edgenas.records.store import open_store
 
     with open_store(ws.ensure()) as store:
         rec = bench_model(store, ws.home, device_name, model_dir, threads=threads, runs=runs,

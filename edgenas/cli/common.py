@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from edgenas.core.files import private_dir
 from edgenas.core.text import printable
 
 LOG_ENV = "EDGENAS_LOG"
@@ -89,7 +90,6 @@ class Workspace:
 
     def ensure(self) -> Path:
         """The home folder, created private (0700) or tightened if others can read it."""
-        from edgenas.core.files import private_dir
 
         return private_dir(self.home)
 

@@ -10,10 +10,13 @@ import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.core.errors import DeviceError
-from edgenas.device import enroll, registry
+from edgenas.device import enroll, layout, registry
+from edgenas.device import inventory as inv
 from edgenas.device import probe as devlib
 from edgenas.device.connect import known_hosts_path
+from edgenas.device.inventory import python_command, validate_workdir
 from edgenas.device.session import DeviceSession
+from edgenas.device.transports.ssh import check_private_key, forget_known_host
 from edgenas.records.classes import ClassError, class_of, how, validate_class
 from edgenas.records.store import Store, open_store
 
@@ -33,7 +36,6 @@ def _checked_paths(python: str | None, workdir: str | None, kind: str) -> tuple[
     interpreter
     program (``env python3`` becomes ``python3``; a command line is refused), and a work folder that
     is not /, a home or shared root, or inside a system folder — edgenas deletes files in it."""
-    from edgenas.device.inventory import python_command, validate_workdir
 
     try:
         python = python_command(python) if python is not None else None
@@ -187,7 +189,6 @@ def add(
             **common,
         )
         if dev.key_path:
-            from edgenas.device.transports.ssh import check_private_key
 
             check_private_key(dev.key_path)
     elif adb_serial:
@@ -340,7 +341,6 @@ def set_class(ws: Workspace, args: tuple[str, ...], derived: bool) -> None:
 @click.pass_obj
 def remove(ws: Workspace, names: tuple[str, ...]) -> None:
     """Forget devices (and, for SSH, their host key when no other device uses that host)."""
-    from edgenas.device.transports.ssh import forget_known_host
 
     home = ws.ensure()
     with _store(ws) as store:
@@ -425,7 +425,6 @@ def import_(
     """Import devices from an Ansible inventory: INI or YAML, with group_vars/ and host_vars/ beside it.
 
     Every value is checked before anything is recorded: a bad inventory imports nothing."""
-    from edgenas.device import inventory as inv
 
     home = ws.ensure()
     devs = inv.load_inventory(
@@ -514,7 +513,6 @@ def clean(ws: Workspace, names: tuple[str, ...], keep_mib: int) -> None:
 
     Deployed models (models/NAME/...) and the runner are kept.  Takes the device lock, so it never
     deletes a model a running benchmark uses."""
-    from edgenas.device import layout
 
     if keep_mib < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--keep-mib")

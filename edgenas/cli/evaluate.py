@@ -19,7 +19,9 @@ from edgenas.cli.common import Workspace, echo, echo_json
 def evaluate_cmd(ws: Workspace, model_dir: Path, device: str | None, data: str | None,
                  as_json: bool) -> None:
     """Top-1 of MODEL_DIR (model.tflite + manifest.json) over the validation split."""
-    from edgenas.workflows.evaluate_model import evaluate_model_dir
+    from edgenas.workflows.evaluate_model import (
+        evaluate_model_dir,  # lazy: torch stays out of CLI start-up
+    )
 
     result = evaluate_model_dir(model_dir, data, home=ws.home, device=device)
     if as_json:

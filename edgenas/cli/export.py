@@ -33,7 +33,7 @@ def export_cmd(ckpt: Path, arch_id: str | None, precision: str, out_dir: Path, d
     The Keras rebuild is checked against torch (max abs logit difference <= 1e-4) before
     converting; int8 is full-integer with int8 input and output, calibrated on real images.
     """
-    from edgenas.export.api import export
+    from edgenas.export.api import export  # lazy: torch stays out of CLI start-up
 
     click.echo(f"exporting {arch_id or 'max'} of {ckpt} as {precision} ...", err=True)
     result = export(ckpt, arch_id, precision, out_dir, data, calibration_samples, search_json)

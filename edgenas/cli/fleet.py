@@ -14,7 +14,15 @@ from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.device import registry
 from edgenas.device.fanout import DEFAULT_MAX_FAIL_PERCENT, DEFAULT_PARALLEL, FanOut
 from edgenas.device.registry import Device
-from edgenas.fleet.common import FleetError, validate_model_name
+from edgenas.export.package import ModelPackage, PackageError
+from edgenas.fleet import specialize as sp
+from edgenas.fleet.bench import class_summary, fleet_bench, plot
+from edgenas.fleet.common import FleetError, resolve_name, validate_model_name
+from edgenas.fleet.predict import predict
+from edgenas.fleet.push import push
+from edgenas.fleet.rollback import rollback
+from edgenas.fleet.status import status_rows
+from edgenas.records.deployments import history
 from edgenas.records.store import Store, open_store
 
 EXIT_FAILED = 1
@@ -103,9 +111,6 @@ def push_cmd(ws: Workspace, model_dir: Path, groups: tuple[str, ...], names: tup
     already current transfers nothing.  After the switch each device loads the model and runs one
     inference; a device where that fails is rolled back (status rolled-back).
     """
-    from edgenas.export.package import ModelPackage, PackageError
-    from edgenas.fleet.common import FleetError, resolve_name
-    from edgenas.fleet.push import push
 
     try:
         model = ModelPackage.open(model_dir)
@@ -142,7 +147,6 @@ def status_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...], n
                as_json: bool) -> None:
     """Show the model version and sha256 current on each device (all devices by default), read and
     checked on the device, and flag drift from what this workspace last deployed."""
-    from edgenas.fleet.status import status_rows
 
     if name:
         validate_model_name(name)
@@ -180,7 +184,6 @@ def rollback_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...],
                  parallel: int, max_fail_percent: float, as_json: bool) -> None:
     """Switch `current` back to `previous` on each device, atomically (a second rollback rolls
     forward again)."""
-    from edgenas.fleet.rollback import rollback
 
     if name:
         validate_model_name(name)
@@ -210,7 +213,6 @@ def rollback_cmd(ws: Workspace, groups: tuple[str, ...], names: tuple[str, ...],
 def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names: tuple[str, ...],
                 name: str | None, top_k: int, parallel: int, as_json: bool) -> None:
     """Run the current model on INPUT (.npy or image) on each device and show its top-k."""
-    from edgenas.fleet.predict import predict
 
     if name:
         validate_model_name(name)
@@ -272,7 +274,6 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
     """
     import random
 
-    from edgenas.fleet.bench import class_summary, fleet_bench, plot
 
     if name:
         validate_model_name(name)
@@ -349,7 +350,6 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
     """The recorded pushes and rollbacks, newest first."""
     import time
 
-    from edgenas.records.deployments import history
 
     with _store(ws) as store:
         rows = [d.to_dict(manifest=False) for d in history(store, device_name, name, limit)]
@@ -401,7 +401,6 @@ def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | No
     a benchmark of a sample compared with the promise.  Resumable: a re-run skips every finished
     step (state in <home>/specialize/GROUP/state.json), so a finished group does nothing.
     """
-    from edgenas.fleet import specialize as sp
 
     home = ws.ensure()
     with _store(ws) as store:

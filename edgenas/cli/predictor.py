@@ -10,6 +10,17 @@ from __future__ import annotations
 import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.device.registry import resolve_class as resolve
+from edgenas.predictors.latency import (
+    device_xnnpack,
+    evaluate_baseline,
+    list_predictors,
+    load_predictor,
+    predictor_path,
+)
+from edgenas.predictors.latency_fit import fit
+from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace
 
 
 @click.group("predictor")
@@ -49,9 +60,6 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
     ±5 % and ±10 %, RMSE, Spearman rank correlation and the p90 relative error that every
     later prediction carries.
     """
-    from edgenas.predictors.latency import evaluate_baseline, predictor_path
-    from edgenas.predictors.latency_fit import fit
-    from edgenas.records.store import open_store
 
     with open_store(ws.ensure()) as store:
         pred = fit(store, device_name, precision, threads, space=space, save_to=ws.home,
@@ -92,11 +100,8 @@ def _method_line(extra: dict) -> str:
 @click.pass_obj
 def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
     """The saved latency predictors and their measured (held-out) error."""
-    from edgenas.predictors.latency import list_predictors
 
     if device_name is not None:
-        from edgenas.device.registry import resolve_class as resolve
-        from edgenas.records.store import open_store
 
         with open_store(ws.ensure()) as store:
             device_name = resolve(store, device_name)  # a device's predictors are its class's
@@ -122,10 +127,6 @@ def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
 def predict_cmd(ws: Workspace, device_name: str, arch_ids: tuple[str, ...], precision: str,
                 threads: int, as_json: bool) -> None:
     """Predicted latency of subnets on a device, with the predictor's measured error."""
-    from edgenas.device.registry import resolve_class as resolve
-    from edgenas.predictors.latency import device_xnnpack, load_predictor
-    from edgenas.records.store import open_store
-    from edgenas.space.spec import SearchSpace
 
     with open_store(ws.ensure()) as store:  # a predictor of the other XNNPACK profile is refused
         xnnpack = device_xnnpack(store, device_name)

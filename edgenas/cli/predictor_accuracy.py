@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import Workspace
+from edgenas.predictors.accuracy import fit_and_save
 
 
 @click.command("fit-accuracy")
@@ -26,7 +27,6 @@ def fit_accuracy_cmd(ws: Workspace, ckpt: Path, samples: int, data: str | None,
     (e.g. `torchrun --nproc-per-node 4 $(which edgenas) predictor fit-accuracy ...`) the subnets
     are split between the processes and the results gathered once at the end.
     """
-    from edgenas.predictors.accuracy import fit_and_save
 
     stats: dict[str, object] = {}
     pred, path = fit_and_save(ws.ensure(), ckpt, samples, data, seed,

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import Workspace, table
-from edgenas.space.spec import available_spaces
+from edgenas.predictors.accuracy import sample_for_accuracy
+from edgenas.space.spec import SearchSpace, available_spaces
 
 # edgenas.predictors.proxies imports torch; the CLI must start without it (tests check these match)
 PROXIES = ("synflow", "grad_norm", "snip", "naswot", "jacob_cov")
@@ -62,10 +63,11 @@ def proxies_cmd(ws: Workspace, ckpt: Path | None, space_name: str | None, sample
     beat, and what each costs per subnet. With --space there is no top-1: the proxies are
     correlated with MACs only.
     """
-    from edgenas.predictors.accuracy import sample_for_accuracy
-    from edgenas.predictors.proxies import SubnetProxies, proxy_study
-    from edgenas.space.spec import SearchSpace
-    from edgenas.training.data import load_data
+    from edgenas.predictors.proxies import (  # lazy: torch stays out of CLI start-up
+        SubnetProxies,
+        proxy_study,
+    )
+    from edgenas.training.data import load_data  # lazy: torch stays out of CLI start-up
 
     if (ckpt is None) == (space_name is None):
         raise click.UsageError("give either CKPT or --space NAME")
@@ -74,8 +76,8 @@ def proxies_cmd(ws: Workspace, ckpt: Path | None, space_name: str | None, sample
     torch.set_num_threads(threads)
     net = None
     if ckpt is not None:
-        from edgenas.export.api import training_data_source
-        from edgenas.supernets.mbv3 import load_supernet
+        from edgenas.export.api import training_data_source  # lazy: torch stays out of CLI start-up
+        from edgenas.supernets.mbv3 import load_supernet  # lazy: torch stays out of CLI start-up
 
         net = load_supernet(ckpt)
         space = net.space

@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.records.store import open_store
+from edgenas.workflows.quickstart import QuickstartConfig, report_inputs, run_quickstart
+from edgenas.workflows.report import write_report
 
 
 @click.command("quickstart")
@@ -31,7 +34,6 @@ def quickstart_cmd(ws: Workspace, minutes: float, samples: int, accuracy_samples
     local fleet, runs one prediction through the runner and writes HOME/report.html. A re-run
     reuses everything already done.
     """
-    from edgenas.workflows.quickstart import QuickstartConfig, run_quickstart
 
     cfg = QuickstartConfig(ws.ensure(), minutes=minutes, measure_samples=samples,
                            accuracy_samples=accuracy_samples, threads=threads, limit=limit)
@@ -51,9 +53,6 @@ def quickstart_cmd(ws: Workspace, minutes: float, samples: int, accuracy_samples
 def report_cmd(ws: Workspace, out: Path | None) -> None:
     """Write a static HTML report of the workspace (training curve, Pareto front, predictor
     error per device, model card, fleet state), readable offline."""
-    from edgenas.records.store import open_store
-    from edgenas.workflows.quickstart import report_inputs
-    from edgenas.workflows.report import write_report
 
     with open_store(ws.ensure()) as store:
         path = write_report(report_inputs(ws.home, store), out or ws.home / "report.html")

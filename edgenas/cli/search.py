@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from edgenas.cli.common import Workspace, echo, human, table
+from edgenas.records.store import open_store
+from edgenas.search.problem import Constraints
 
 # edgenas.search.strategies imports numpy only, but the CLI lists the names without importing it
 STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce")
@@ -63,9 +65,7 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     predictor per device (`edgenas measure`, then `edgenas predictor fit`). An impossible
     budget fails at once with the tightest achievable value.
     """
-    from edgenas.records.store import open_store
-    from edgenas.search.job import run_search
-    from edgenas.search.problem import Constraints
+    from edgenas.search.job import run_search  # lazy: torch stays out of CLI start-up
 
     targets = list(devices) + list(groups)
     if not targets:

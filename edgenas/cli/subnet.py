@@ -37,9 +37,9 @@ def train_cmd(ckpt: Path, arch_id: str, out: Path, from_scratch: bool, epochs: f
               minutes: float | None, data_source: str | None, batch_size: int, lr: float | None,
               seed: int, device: str, as_json: bool) -> None:
     """Fine-tune (or retrain) subnet ARCH of supernet CKPT and save it as a subnet checkpoint."""
-    from edgenas.supernets.mbv3 import load_supernet
-    from edgenas.supernets.subnet_ckpt import save_subnet
-    from edgenas.training.finetune import train_subnet
+    from edgenas.supernets.mbv3 import load_supernet  # lazy: torch stays out of CLI start-up
+    from edgenas.supernets.subnet_ckpt import save_subnet  # lazy: torch stays out of CLI start-up
+    from edgenas.training.finetune import train_subnet  # lazy: torch stays out of CLI start-up
 
     net = load_supernet(ckpt)
     arch = net.space.parse(arch_id)

@@ -19,6 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import edgenas_device
+
 log = logging.getLogger(__name__)
 
 APP_NAME = "runner.pyz"
@@ -45,7 +47,6 @@ class RunnerApp:
 
 def package_dir() -> Path:
     """The ``edgenas_device`` sources this host would ship (the checkout's or the installed copy)."""
-    import edgenas_device
 
     return Path(edgenas_device.__file__).resolve().parent
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from edgenas.core.errors import DeviceError
 from edgenas.device.registry import Device
+from edgenas.device.transports.adb import AdbTransport
 from edgenas.device.transports.base import Transport
 from edgenas.device.transports.local import LocalTransport
+from edgenas.device.transports.ssh import SSHTransport
 
 __all__ = ["known_hosts_path", "open_transport"]
 
@@ -38,7 +40,6 @@ def open_transport(
         return LocalTransport(device.name, workdir=device.workdir)
     if device.kind == "ssh":
         # lazy: paramiko costs CLI start-up for verbs that reach no SSH device
-        from edgenas.device.transports.ssh import SSHTransport
 
         assert device.host is not None
         return SSHTransport(
@@ -55,7 +56,6 @@ def open_transport(
             replace_known_host=replace_known_host,
         )
     if device.kind == "adb":
-        from edgenas.device.transports.adb import AdbTransport  # lazy: imports the SSH module
 
         assert device.serial is not None
         return AdbTransport(

@@ -23,6 +23,7 @@ from pathlib import Path
 import paramiko
 
 from edgenas.core.errors import DeviceError
+from edgenas.device.transports.host_keys import parse_fingerprint
 from edgenas.records.classes import ClassError, class_of, validate_class
 
 # The table's record and its SQL live in records; the registry is the API callers use, so re-exported.
@@ -172,7 +173,6 @@ def make_device(
     if host_key is not None:
         if kind != "ssh":
             raise DeviceError(f"device {name}: a host key fingerprint only applies to SSH devices")
-        from edgenas.device.transports.host_keys import parse_fingerprint
 
         try:
             host_key = parse_fingerprint(host_key)

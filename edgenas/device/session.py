@@ -34,6 +34,7 @@ from typing import Any
 from edgenas.core.errors import DeviceError, EdgeNASError, TransportError
 from edgenas.core.files import sha256_file, unsafe_path_reason
 from edgenas.device import answers, layout
+from edgenas.device.app import build_runner_app
 from edgenas.device.cancel import Cancel, Cancelled
 from edgenas.device.connect import open_transport
 from edgenas.device.errors import ModelFileError, NoRuntimeError, NoSpaceError, RunnerError
@@ -72,7 +73,6 @@ class LocalFile:
 def runner_file(home: Path) -> LocalFile:
     """The on-device package as one zipapp (built once per source version, cached in the workspace),
     under its one remote name."""
-    from edgenas.device.app import build_runner_app
 
     app = build_runner_app(Path(home) / "cache" / "runner")
     return LocalFile(app.path, layout.RUNNER, app.sha256)

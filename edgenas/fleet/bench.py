@@ -45,10 +45,17 @@ from edgenas.export.package import MODEL_FILE, VERSION_HEX, ModelPackage
 from edgenas.fleet.common import FleetError
 from edgenas.fleet.predict import pick_model
 from edgenas.fleet.state import MODELS_DIR, read_state
-from edgenas.predictors.latency import STATISTICS, measured_latency
+from edgenas.measure.bench import BenchSettings, DeviceBencher
+from edgenas.predictors.latency import (
+    STATISTICS,
+    LatencyPredictorError,
+    load_predictor,
+    measured_latency,
+)
 from edgenas.records.classes import by_class, class_of
 from edgenas.records.deployments import deployed_manifest
 from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace, available_spaces
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +136,6 @@ def _space_of(manifest: Mapping[str, Any]) -> Any:
     never a reason to read another file); anything else is handed over as it is."""
     space = manifest.get("space")
     if isinstance(space, str):
-        from edgenas.space.spec import SearchSpace, available_spaces
 
         if space in available_spaces():
             return SearchSpace.load(space)
@@ -218,7 +224,6 @@ def fleet_bench(
     ``predictors``: latency predictors by device name; a device without one is held to its class's
     saved predictor (for the model's precision and ``threads``) when the manifest promises nothing.
     """
-    from edgenas.measure.bench import BenchSettings, DeviceBencher
 
     if not devices:
         raise FleetError("no devices selected (give --group or --device; see `edgenas device list`)")
@@ -271,7 +276,6 @@ def fleet_bench(
 def _class_predictors(home: Path, threads: int) -> Callable[[str, Any], LatencyPredictor | None]:
     """Each class's saved latency predictor for a precision, loaded once per run; None where there is
     none or it cannot be read (then the device simply has no promise)."""
-    from edgenas.predictors.latency import LatencyPredictorError, load_predictor
 
     cache: dict[tuple[str, str], LatencyPredictor | None] = {}
 

@@ -26,6 +26,7 @@ from edgenas.device.transports import Transport
 from edgenas.export.package import MODEL_FILE
 from edgenas.fleet.common import FleetError
 from edgenas.fleet.state import MODELS_DIR, read_state
+from edgenas.measure.bench import device_cache_mib, touch_and_prune
 
 PREDICT_TIMEOUT_S = 180.0
 
@@ -68,7 +69,6 @@ def run_predict(session: DeviceSession, model_remote: str, data: LocalFile, top_
                                 model=model_remote)
     # top-k, labels and runtime are printed and compared: checked like a bench answer's fields
     report = answers.predict_answer(session.name, report, top_k)
-    from edgenas.measure.bench import device_cache_mib, touch_and_prune
 
     touch_and_prune(session, device_cache_mib(session.device), data.remote.rsplit("/", 1)[1],
                     layout.INPUT_CACHE)

@@ -49,6 +49,7 @@ from edgenas.fleet.state import (
     read_state,
     run_fleet_script,
 )
+from edgenas.measure.bench import BenchSettings, backend_for
 from edgenas.records.deployments import record_deployment
 from edgenas.records.store import Store
 
@@ -179,7 +180,6 @@ def model_free_device(session: DeviceSession) -> bool:
 def _health_check(session: DeviceSession, model: ModelPackage, name: str, result: DeviceResult,
                   before: str | None) -> None:
     """Load the switched model on the device and run one inference; roll back if that fails."""
-    from edgenas.measure.bench import BenchSettings, backend_for
 
     backend = backend_for(session.device, session.home)
     once = BenchSettings(runs=1, min_secs=0.0, warmup_runs=0, warmup_secs=0.0, max_secs=60.0)

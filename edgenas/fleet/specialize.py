@@ -47,14 +47,27 @@ from typing import TYPE_CHECKING, Any
 
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import atomic_write_json, open_private, private_dir, sha256_file
+from edgenas.device import probe as devlib
 from edgenas.device.cancel import Cancel
 from edgenas.device.connect import open_transport
 from edgenas.device.fanout import DeviceResult, fan_out, session_for
 from edgenas.device.registry import Device, save_probe, select_devices
 from edgenas.device.transports import Transport
+from edgenas.export.package import ModelPackage
+from edgenas.fleet.bench import spot_check
 from edgenas.fleet.common import FleetError, validate_model_name
+from edgenas.fleet.push import push
+from edgenas.measure.adaptive import measure_adaptive
+from edgenas.measure.bench import BenchSettings
+from edgenas.measure.campaign import ExportWorkers
+from edgenas.predictors.accuracy import AccuracyPredictor, fit_and_save
+from edgenas.predictors.accuracy import predictor_path as accuracy_path
+from edgenas.predictors.latency import LatencyPredictorError, load_predictor
+from edgenas.predictors.latency_fit import fit
 from edgenas.records.classes import by_class, how
-from edgenas.records.store import Store
+from edgenas.records.store import Store, open_store
+from edgenas.search.problem import Constraints
+from edgenas.space.spec import SearchSpace
 
 if TYPE_CHECKING:
     from edgenas.measure.campaign import ExportWorkers
@@ -157,7 +170,6 @@ def probe_group(store: Store, home: Path, devices: Sequence[Device], *, parallel
                 ) -> tuple[list[Device], dict[str, str]]:
     """Probe every device now (their classes come from what they are today); (reachable devices,
     re-read with their new probe, {unreachable device: reason})."""
-    from edgenas.device import probe as devlib
 
     def work(dev: Device, cancel: Cancel) -> DeviceResult:
         with session_for(home, dev, cancel, opener) as session:
@@ -178,11 +190,7 @@ def make_plan(store: Store, home: Path, ckpt: Path, group: str, *, latency_ms: f
               precision: str = "auto", threads: int = 1, name: str | None = None, probe: bool = True,
               opener: Callable[[Device, Path], Transport] = open_transport) -> Plan:
     """Probe the group, group it into classes and say what each class needs."""
-    from edgenas.predictors.accuracy import AccuracyPredictor
-    from edgenas.predictors.accuracy import predictor_path as accuracy_path
-    from edgenas.predictors.latency import LatencyPredictorError, load_predictor
-    from edgenas.space.spec import SearchSpace
-    from edgenas.supernets.checkpoint import load_checkpoint
+    from edgenas.supernets.checkpoint import load_checkpoint  # lazy: torch stays out of CLI start-up
 
     if precision != "auto" and precision not in ("fp32", "fp16", "int8", "dynamic"):
         raise SpecializeError(f"unknown precision {precision!r} (auto, fp32, fp16, int8 or dynamic)")
@@ -292,11 +300,9 @@ def run(store: Store, home: Path, plan: Plan, *, samples: int = DEFAULT_SAMPLES,
         state.setdefault("classes", {})
         if any(cp.todo for cp in plan.classes) and not plan.accuracy_predictor:
             say(f"accuracy predictor: evaluating {ACCURACY_SAMPLES} subnets of the supernet (once)")
-            from edgenas.predictors.accuracy import fit_and_save
 
             fit_and_save(home, plan.ckpt, ACCURACY_SAMPLES, None, seed)
         outcomes = []
-        from edgenas.measure.campaign import ExportWorkers
 
         # One set of export workers for every class's campaign rounds and search verification.
         with ExportWorkers() as exporters:
@@ -385,9 +391,6 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
 
 def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str, samples: int,
              seed: int, protocol: tuple[int, float], exporters: ExportWorkers | None = None) -> None:
-    from edgenas.measure.adaptive import measure_adaptive
-    from edgenas.measure.bench import BenchSettings
-    from edgenas.predictors.latency_fit import fit
 
     settings = BenchSettings(threads=plan.threads, runs=protocol[0], min_secs=protocol[1])
     rep = measure_adaptive(store, home, plan.ckpt, cp.representative, samples, precision,
@@ -400,8 +403,7 @@ def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str
 
 def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int,
             seed: int, exporters: ExportWorkers | None = None) -> dict[str, Any]:
-    from edgenas.search.job import run_search
-    from edgenas.search.problem import Constraints
+    from edgenas.search.job import run_search  # lazy: torch stays out of CLI start-up
 
     outcome = run_search(store, home, plan.ckpt, [cp.representative],
                          Constraints(latency_ms=cp.budget_ms), precision=plan.precision,
@@ -436,7 +438,7 @@ def promise_for_class(plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[
 
 
 def _export(home: Path, plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[str, Any]:
-    from edgenas.export.api import export
+    from edgenas.export.api import export  # lazy: torch stays out of CLI start-up
 
     out_dir = class_model_dir(home, plan.group, cp.key)
     result = export(plan.ckpt, found["arch"], found["precision"], out_dir,
@@ -448,8 +450,6 @@ def _export(home: Path, plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dic
 
 def _push(store: Store, home: Path, plan: Plan, cp: ClassPlan, model_dir: Path, canary: int,
           opener: Callable[[Device, Path], Transport]) -> dict[str, str]:
-    from edgenas.export.package import ModelPackage
-    from edgenas.fleet.push import push
 
     devices = select_devices(store, cp.devices)
     fan = push(store, home, devices, ModelPackage.open(model_dir), plan.name, canary=canary,
@@ -464,8 +464,6 @@ def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
     """Spot-check the deployed model on a sample of the class (:func:`edgenas.fleet.bench.spot_check`:
     seeded sample; each device held to the class's promise in the manifest and to the class's median
     in this run).  ({device: measured ms}, [drifted devices])."""
-    from edgenas.fleet.bench import spot_check
-    from edgenas.records.store import open_store
 
     with open_store(home) as store:
         devices = select_devices(store, cp.devices)

@@ -37,10 +37,14 @@ from edgenas.device.session import (
     ModelFileError,
     NoRuntimeError,
     RunnerError,
+    runner_file,
+    runner_result,
 )
 from edgenas.device.transports import Transport
 from edgenas.export.package import ModelPackage, PackageError, record_latency
 from edgenas.measure import benchmark_model as bmb
+from edgenas.records import measurements
+from edgenas.records.classes import class_of
 from edgenas.records.store import Store, open_store
 
 BenchError = RunnerError  # what a failed benchmark raises (the device-layer's runner error)
@@ -103,7 +107,6 @@ class RunnerBackend:
         self.home = home
 
     def tool(self) -> LocalFile:
-        from edgenas.device.session import runner_file
 
         return runner_file(self.home)
 
@@ -112,7 +115,6 @@ class RunnerBackend:
 
     def run_once(self, session: DeviceSession, model: ModelPackage, s: BenchSettings,
                  timeout: float, remote: str | None = None) -> dict[str, Any]:
-        from edgenas.device.session import runner_result
 
         remote = remote or layout.cached_model(model.sha256)
         res = session.run([session.python, layout.RUNNER, "bench", remote, *s.argv()], timeout, job=True)
@@ -357,8 +359,6 @@ def _store_row(store: Store, device: Device, model: ModelPackage, r: dict[str, A
     """Store the kept run as one ``measurements`` row (:mod:`edgenas.records.measurements` owns the
     SQL), stamped with the device's class, and return the row as a dict, its ``id`` and raw
     ``result_json`` included."""
-    from edgenas.records import measurements
-    from edgenas.records.classes import class_of
 
     m = model.data
     before, after = r.get("state_before") or {}, r.get("state_after") or {}

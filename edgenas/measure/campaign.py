@@ -48,6 +48,7 @@ from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import sha256_file
 from edgenas.core.progress import ProgressFn, Reporter, reporter
 from edgenas.device.cancel import Cancel, Cancelled
+from edgenas.device.fanout import DeviceResult, fan_out
 from edgenas.device.registry import Device, select_devices
 from edgenas.device.session import NoRuntimeError
 from edgenas.export.package import PackageError
@@ -118,16 +119,16 @@ def _worker_init(ckpt: str, source_sha: str, nice: int, cpus: set[int] | None = 
     import torch
 
     torch.set_num_threads(1)
-    from edgenas.supernets.mbv3 import load_supernet
+    from edgenas.supernets.mbv3 import load_supernet  # lazy: torch stays out of CLI start-up
 
     net = load_supernet(ckpt)
     data = None
-    from edgenas.export.api import training_data_source
+    from edgenas.export.api import training_data_source  # lazy: torch stays out of CLI start-up
 
     source = training_data_source(net.meta)
     if source:
         try:
-            from edgenas.training.data import load_data
+            from edgenas.training.data import load_data  # lazy: torch stays out of CLI start-up
 
             data = load_data(source, size=net.space.resolutions[-1])
         except EdgeNASError:
@@ -139,7 +140,7 @@ def _export_job(arch_id: str, precision: str, final: str, calibration: int) -> s
     """Export one arch into ``final`` (through a temp folder renamed into place) and return it."""
     import numpy as np
 
-    from edgenas.export.pipeline import export_model
+    from edgenas.export.pipeline import export_model  # lazy: torch stays out of CLI start-up
 
     net = _WORKER["net"]
     arch = net.space.parse(arch_id)
@@ -162,11 +163,11 @@ def _export_job(arch_id: str, precision: str, final: str, calibration: int) -> s
         if _WORKER["data"] is not None:
             # The supernet's BN statistics fit no single subnet; without recalibration activations
             # can grow large enough that float32 rounding alone breaks the parity check.
-            from edgenas.training.evaluate import recalibrate_bn
+            from edgenas.training.evaluate import recalibrate_bn  # lazy: torch stays out of CLI start-up
 
             recalibrate_bn(model, _WORKER["data"].calibration_images(LATENCY_BN_IMAGES,
                                                                      arch.resolution))
-        from edgenas.export.pipeline import prepare
+        from edgenas.export.pipeline import prepare  # lazy: torch stays out of CLI start-up
 
         prepared = prepare(model, arch, images)
         _WORKER["last"] = ((arch_id, calibration), model, prepared)
@@ -276,7 +277,7 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     Returns a :class:`MeasureReport`; device failures are reported there, not raised, so one dead
     device does not stop the others.
     """
-    from edgenas.supernets.checkpoint import load_checkpoint
+    from edgenas.supernets.checkpoint import load_checkpoint  # lazy: torch stays out of CLI start-up
 
     started = time.monotonic()
     home = Path(home)
@@ -340,7 +341,7 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     report = MeasureReport(cid, space.name, arch_ids, list(precisions), threads, reports)
 
     exports_done = threading.Event()
-    export_cpus = _export_cpus(workers) if any(d.kind == "local" for d in devs) else None
+    export_cpus = _export_cpus(workers, threads) if any(d.kind == "local" for d in devs) else None
     queues: dict[str, queue.Queue] = {d.name: queue.Queue() for d in devs}
     # Not daemon threads: on Ctrl-C/SIGTERM each worker's session stops its benchmark on the device
     # and releases the device lock before the process exits (see the except clause below).
@@ -402,18 +403,19 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
     return report
 
 
-def _export_cpus(workers: int) -> set[int] | None:
-    """The cores export workers may use while this host is also being benchmarked: all but one, which
-    is left to the benchmark, so the two overlap (the benchmark starts with the first export instead
-    of after the last) without sharing a core.  None (wait for the exports instead) with one core or
-    in-process exports."""
+def _export_cpus(workers: int, threads: int = 1) -> set[int] | None:
+    """The cores export workers may use while this host is also being benchmarked: all but the
+    benchmark's ``threads``, so the two overlap (the benchmark starts with the first export instead
+    of after the last) without sharing a core.  None (wait for the exports instead) when no core is
+    left over — a 2-thread benchmark beside an export on 2 cores read 6-11 % slow, the larger subnets
+    most (issue 29) — and for in-process exports.  ``threads`` 0 (the runtime's choice) takes all."""
     try:
         cpus = set(os.sched_getaffinity(0))
     except (OSError, AttributeError):
         return None
-    if workers <= 0 or len(cpus) < 2:
+    if workers <= 0 or threads <= 0 or len(cpus) <= threads:
         return None
-    return cpus - {max(cpus)}
+    return set(sorted(cpus)[:len(cpus) - threads])
 
 
 def _campaign_lock(home: Path, cid: str) -> int:
@@ -440,7 +442,6 @@ def _device_runtimes(home: Path, devs: Sequence[Device], settings: BenchSettings
     """Each device's runtime (name, version) now, asked in parallel before anything is exported: what
     a stored row must have been measured with to count as done.  A device that cannot answer maps to
     the one-line reason (it is reported aborted, and nothing is exported for it alone)."""
-    from edgenas.device.fanout import DeviceResult, fan_out
 
     def work(dev: Device, cancel: Cancel) -> DeviceResult:
         with DeviceBencher(home, dev, settings, cancel=cancel) as bencher:

@@ -20,9 +20,14 @@ import numpy as np
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import atomic_write_json, sha256_file
 from edgenas.core.plots import plot_pareto
+from edgenas.device.registry import resolve_class as resolve
 from edgenas.device.registry import select_devices
+from edgenas.export.api import training_data_source
+from edgenas.measure.bench import BenchSettings
+from edgenas.measure.campaign import list_measurements, measure
 from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
 from edgenas.predictors.latency import STATISTICS, LatencyPredictor, load_predictor
+from edgenas.records.measurements import best_by_arch_precision
 from edgenas.records.store import Store
 from edgenas.search.problem import (
     Candidate,
@@ -43,6 +48,8 @@ from edgenas.search.strategies import (
 )
 from edgenas.space.spec import SearchSpace
 from edgenas.supernets.checkpoint import load_checkpoint
+from edgenas.supernets.mbv3 import load_supernet
+from edgenas.training.data import load_data
 
 if TYPE_CHECKING:
     from edgenas.measure.campaign import ExportWorkers
@@ -67,7 +74,6 @@ def measured_ratio(store: Store, device: str, threads: int, space: str,
     precision count — where the budget binds is what matters, and on some runtimes the ratio flips
     with size (LiteRT's aarch64 int8 is faster on small subnets and slower on large ones).  All archs
     count when fewer than 3 are that near."""
-    from edgenas.records.measurements import best_by_arch_precision
 
     rows = best_by_arch_precision(store, device, threads, space, STATISTICS[statistic],
                                   xnnpack=xnnpack)
@@ -90,7 +96,6 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
     """The precision to search with on ``device`` and why (``auto``: whichever measured faster on
     the subnets near ``budget_ms``, see :func:`measured_ratio`).  Only predictors fitted with the
     device's XNNPACK setting are used."""
-    from edgenas.device.registry import resolve_class as resolve
 
     klass = resolve(store, device)  # the device's class: its predictors and measurements
     if asked != "auto":
@@ -155,7 +160,6 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     evaluations of the ``accuracy`` source (``predictor``, ``proxy:NAME`` or ``supernet``);
     without a strategy, OFA's evolution runs ``population`` × ``generations`` as before (NSGA-II
     for ``objective="pareto"``).  ``export_workers``: the caller's, for the verification's exports."""
-    from edgenas.measure.campaign import list_measurements, measure
 
     data = load_checkpoint(ckpt)
     space = SearchSpace.from_spec(data["space"])
@@ -244,9 +248,6 @@ def _score(accuracy: str, space: SearchSpace, ckpt: Path, acc_pred: AccuracyPred
 
     if accuracy == "predictor":
         return make_score(accuracy, space, predictor=acc_pred)
-    from edgenas.export.api import training_data_source
-    from edgenas.supernets.mbv3 import load_supernet
-    from edgenas.training.data import load_data
 
     net = load_supernet(ckpt)
     source = data_source or training_data_source(net.meta)
@@ -261,7 +262,6 @@ def _bench_settings(protocol: dict[str, Any] | None, threads: int) -> Any:
     """BenchSettings from a predictor's recorded protocol (unknown fields ignored), else defaults."""
     from dataclasses import fields
 
-    from edgenas.measure.bench import BenchSettings
 
     known = {f.name for f in fields(BenchSettings)}
     kwargs = {k: v for k, v in (protocol or {}).items() if k in known}

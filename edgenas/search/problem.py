@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.space.plan import net_plan
 from edgenas.space.spec import NUM_STAGES, Arch, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,6 @@ class ArchCodec:
             return (s, m)
         if share == "plan":
             if self._in_sizes is None:
-                from edgenas.space.plan import net_plan
 
                 deepest = self.space.largest()
                 self._in_sizes = [[b.in_size for b in net_plan(self.space, Arch(int(res),

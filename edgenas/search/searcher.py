@@ -31,6 +31,7 @@ from edgenas.search.problem import (
     Score,
     pareto_front,
 )
+from edgenas.space.plan import net_plan
 from edgenas.space.spec import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ class Searcher:
         nc, bpp = self.num_classes, BYTES_PER_PARAM.get(self.size_precision, 4.0)
 
         def size_and_macs(archs: Sequence[Arch]) -> np.ndarray:
-            from edgenas.space.plan import net_plan
 
             plans = [net_plan(self.space, a) for a in archs]
             return np.array([[p.params(nc) * bpp / 1024.0, p.macs(nc)] for p in plans])

@@ -69,7 +69,10 @@ def make_score(kind: str, space: SearchSpace, *, predictor: Any = None, net: Any
                                "(`edgenas predictor fit-accuracy CKPT`)")
         return predictor_score(space, predictor)
     if kind.startswith("proxy:"):
-        from edgenas.predictors.proxies import SubnetProxies, check_names
+        from edgenas.predictors.proxies import (  # lazy: torch stays out of CLI start-up
+            SubnetProxies,
+            check_names,
+        )
 
         name = kind.partition(":")[2]
         check_names([name])
@@ -80,7 +83,7 @@ def make_score(kind: str, space: SearchSpace, *, predictor: Any = None, net: Any
     if kind == "supernet":
         if net is None or data is None:
             raise EdgeNASError("--accuracy supernet needs the supernet and its data set")
-        from edgenas.training.evaluate import evaluate_archs
+        from edgenas.training.evaluate import evaluate_archs  # lazy: torch stays out of CLI start-up
 
         return Score(lambda archs: [r.top1 for r in evaluate_archs(net, archs, data)],
                      name="supernet")

@@ -15,8 +15,12 @@ import numpy as np
 import torch
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.device.registry import get_device
+from edgenas.device.session import DeviceSession
 from edgenas.export.convert import run_tflite
 from edgenas.export.package import ModelPackage
+from edgenas.fleet.predict import input_file, predict_package
+from edgenas.records.store import open_store
 from edgenas.training.data import load_data
 
 
@@ -63,11 +67,6 @@ def evaluate_model_dir(directory: Path, data: str | None = None, *, home: Path |
 
 def _predict_on_device(directory: Path, manifest: dict[str, Any], images: np.ndarray,
                        home: Path | None, device: str, timeout: float) -> np.ndarray:
-    from edgenas.device.registry import get_device
-    from edgenas.device.session import DeviceSession
-    from edgenas.export.package import ModelPackage
-    from edgenas.fleet.predict import input_file, predict_package
-    from edgenas.records.store import open_store
 
     if home is None:
         raise EdgeNASError("evaluating on a device needs the workspace (--home)")

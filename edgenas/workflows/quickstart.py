@@ -23,8 +23,31 @@ from typing import Any
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.core.files import sha256_file
 from edgenas.core.progress import ProgressFn, Reporter, reporter
+from edgenas.device.probe import setup
+from edgenas.device.registry import add_device, get_device, make_device
+from edgenas.device.registry import resolve_class as resolve
+from edgenas.device.session import DeviceSession
+from edgenas.export.package import ModelPackage
+from edgenas.fleet.predict import input_file, predict_package
+from edgenas.fleet.push import push
+from edgenas.measure.bench import BenchSettings, bench_model
+from edgenas.measure.campaign import measure
+from edgenas.predictors.accuracy import fit_and_save
+from edgenas.predictors.latency import list_predictors
+from edgenas.predictors.latency_fit import fit
+from edgenas.records import measurements
 from edgenas.records.store import Store, open_store
+from edgenas.search.problem import Candidate, Constraints
+from edgenas.space.spec import Arch, SearchSpace
+from edgenas.workflows.report import (
+    ReportInputs,
+    fleet_classes,
+    fleet_rows,
+    specialize_states,
+    write_report,
+)
 
 # A shorter protocol than the default (runs >= 30 and >= 0.3 s, no re-run when noisy): the demo
 # measures dozens of sub-millisecond models on a laptop-class host and should finish in minutes.
@@ -84,8 +107,12 @@ class Steps:
 
 def train_step(cfg: QuickstartConfig, echo: Callable[[str], None]) -> dict[str, Any]:
     """Reuse a finished supernet, resume an interrupted one, or train from scratch."""
-    from edgenas.supernets.checkpoint import load_checkpoint
-    from edgenas.training.train import TrainConfig, state_path, train_supernet
+    from edgenas.supernets.checkpoint import load_checkpoint  # lazy: torch stays out of CLI start-up
+    from edgenas.training.train import (  # lazy: torch stays out of CLI start-up
+        TrainConfig,
+        state_path,
+        train_supernet,
+    )
 
     if cfg.ckpt.exists():
         meta = load_checkpoint(cfg.ckpt).get("meta") or {}
@@ -101,9 +128,6 @@ def train_step(cfg: QuickstartConfig, echo: Callable[[str], None]) -> dict[str, 
 
 def local_device_step(store: Store, cfg: QuickstartConfig) -> dict[str, Any]:
     """Register this machine as ``local`` (runner run by this very Python) and set it up."""
-    from edgenas.device.probe import setup
-    from edgenas.device.registry import add_device, get_device, make_device
-    from edgenas.device.session import DeviceSession
 
     try:
         device = get_device(store, "local")
@@ -117,8 +141,6 @@ def local_device_step(store: Store, cfg: QuickstartConfig) -> dict[str, Any]:
 def choose_budget(store: Store, space: str, threads: int, quantile: float
                   ) -> tuple[float, str, str]:
     """A latency budget inside the measured range: the ``quantile`` of the faster precision."""
-    from edgenas.device.registry import resolve_class as resolve
-    from edgenas.records import measurements
 
     rows = measurements.medians(store, resolve(store, "local"), space, threads)
     by: dict[str, list[float]] = {}
@@ -149,10 +171,7 @@ def budget_step(store: Store, cfg: QuickstartConfig) -> tuple[float, str]:
 def previous_search(cfg: QuickstartConfig, budget: float) -> Any:
     """The search already run for this supernet and budget, if any (a re-run must not re-decide:
     the verification measurements it added would otherwise shift the predictors and the choice)."""
-    from edgenas.core.files import sha256_file
-    from edgenas.search.job import SearchOutcome
-    from edgenas.search.problem import Candidate
-    from edgenas.space.spec import Arch
+    from edgenas.search.job import SearchOutcome  # lazy: torch stays out of CLI start-up
 
     path = cfg.root / "search" / "search.json"
     try:
@@ -171,9 +190,8 @@ def previous_search(cfg: QuickstartConfig, budget: float) -> Any:
 
 def export_step(cfg: QuickstartConfig, arch: str, precision: str, search_json: Path) -> Path:
     """Export the chosen arch unless the same arch of the same supernet is already there."""
-    from edgenas.core.files import sha256_file
-    from edgenas.export.api import export
-    from edgenas.export.pipeline import read_manifest
+    from edgenas.export.api import export  # lazy: torch stays out of CLI start-up
+    from edgenas.export.pipeline import read_manifest  # lazy: torch stays out of CLI start-up
 
     out = cfg.root / "models" / precision
     try:
@@ -188,11 +206,7 @@ def export_step(cfg: QuickstartConfig, arch: str, precision: str, search_json: P
 
 def predict_step(cfg: QuickstartConfig, model_dir: Path) -> dict[str, Any]:
     """One validation image through the on-device runner's ``predict``."""
-    from edgenas.device.registry import get_device
-    from edgenas.device.session import DeviceSession
-    from edgenas.export.package import ModelPackage
-    from edgenas.fleet.predict import input_file, predict_package
-    from edgenas.training.data import load_data
+    from edgenas.training.data import load_data  # lazy: torch stays out of CLI start-up
 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     data = load_data(cfg.data, size=manifest["input"]["size"])
@@ -213,10 +227,6 @@ def report_inputs(home: Path, store: Store, *, ckpt: Path | None = None,
                   search_json: Path | None = None, model_dirs: list[Path] | None = None,
                   summary: list[tuple[str, str]] | None = None) -> Any:
     """Collect what the workspace holds for :func:`edgenas.workflows.report.write_report`."""
-    from edgenas.predictors.latency import list_predictors
-    from edgenas.records import measurements
-    from edgenas.space.spec import SearchSpace
-    from edgenas.workflows.report import ReportInputs, fleet_classes, fleet_rows, specialize_states
 
     inputs = ReportInputs(title="edgenas report", summary=summary or [])
     root = home / "quickstart"
@@ -257,16 +267,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool | ProgressFn = True) ->
     ``progress``: where the steps and the campaign's progress go (see
     :func:`edgenas.core.progress.reporter`:
     True draws them on stderr)."""
-    from edgenas.device.registry import get_device
-    from edgenas.export.package import ModelPackage
-    from edgenas.fleet.push import push
-    from edgenas.measure.bench import BenchSettings, bench_model
-    from edgenas.measure.campaign import measure
-    from edgenas.predictors.accuracy import fit_and_save
-    from edgenas.predictors.latency_fit import fit
-    from edgenas.search.job import run_search
-    from edgenas.search.problem import Constraints
-    from edgenas.workflows.report import write_report
+    from edgenas.search.job import run_search  # lazy: torch stays out of CLI start-up
 
     cfg.root.mkdir(parents=True, exist_ok=True)
     quick_bench = BenchSettings(threads=cfg.threads, **QUICK_BENCH_KW)
@@ -354,7 +355,6 @@ def summarize(cfg: QuickstartConfig, meta: dict[str, Any], chosen: Any,
               latency: dict[str, Any], budget: float, why: str, prediction: dict[str, Any],
               pushed: Any) -> dict[str, Any]:
     """The final numbers, as rows for the terminal and the report."""
-    from edgenas.space.spec import SearchSpace
 
     space = SearchSpace.load(cfg.space)
     m8, m32 = manifests["int8"], manifests["fp32"]

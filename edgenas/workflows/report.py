@@ -27,6 +27,17 @@ from typing import Any
 
 from edgenas.core.files import atomic_write_text
 from edgenas.core.plots import plot_pareto, plot_predictor, plot_training
+from edgenas.device.registry import list_devices
+from edgenas.fleet.bench import promised_latency
+from edgenas.predictors.latency import measured_latency
+from edgenas.records.classes import by_class, how
+from edgenas.records.deployments import (
+    deployed_manifest,
+    deployed_names,
+    expected_state,
+    latest_per_model,
+)
+from edgenas.records.measurements import find
 from edgenas.records.store import Store
 
 
@@ -48,7 +59,6 @@ class ReportInputs:
 
 def fleet_rows(store: Store) -> list[dict[str, Any]]:
     """Latest deployment per (device, model) from the workspace database."""
-    from edgenas.records.deployments import latest_per_model
 
     return [{"device": d.device, "model": d.model_name, "version": d.version,
              "sha256": (d.sha256 or "")[:16], "action": d.action, "status": d.status,
@@ -97,12 +107,6 @@ def fleet_classes(home: Path, store: Store) -> list[dict[str, Any]]:
     of that model on each device of the class (``fleet bench``), with a status in words.
 
     A class where nothing is deployed has one row saying so."""
-    from edgenas.device.registry import list_devices
-    from edgenas.fleet.bench import promised_latency
-    from edgenas.predictors.latency import measured_latency
-    from edgenas.records.classes import by_class, how
-    from edgenas.records.deployments import deployed_manifest, deployed_names, expected_state
-    from edgenas.records.measurements import find
 
     out: list[dict[str, Any]] = []
     for key, members in by_class(list_devices(store)).items():

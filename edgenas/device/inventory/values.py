@@ -37,6 +37,7 @@ from edgenas.device.registry import (
     validate_group,
     validate_name,
 )
+from edgenas.records.classes import ClassError, validate_class
 
 # ------------------------------------------------------------------------------ values → devices
 
@@ -211,7 +212,6 @@ def _latency_ms(value: Any) -> float:
 
 def _device_class(value: Any) -> str:
     """``edgenas_class``: the device's class, named by the user (edgenas.records.classes)."""
-    from edgenas.records.classes import ClassError, validate_class
 
     try:
         return validate_class(value)
