@@ -47,7 +47,6 @@ from edgenas.records import measurements
 from edgenas.records.classes import class_of
 from edgenas.records.store import Store, open_store
 
-BenchError = RunnerError  # what a failed benchmark raises (the device-layer's runner error)
 log = logging.getLogger(__name__)
 
 
@@ -435,5 +434,5 @@ def open_bencher(home: Path, device_name: str, settings: BenchSettings | None = 
     return DeviceBencher(home, device, settings)
 
 
-__all__ = ["BenchError", "BenchSettings", "DeviceBencher", "DeviceBusyError", "ModelPackage",
+__all__ = ["BenchSettings", "DeviceBencher", "DeviceBusyError", "ModelPackage",
            "ModelFileError", "TransportError", "bench_model", "open_bencher"]

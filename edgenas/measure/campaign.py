@@ -48,12 +48,12 @@ from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import sha256_file
 from edgenas.core.progress import ProgressFn, Reporter, reporter
 from edgenas.device.cancel import Cancel, Cancelled
+from edgenas.device.errors import RunnerError
 from edgenas.device.fanout import DeviceResult, fan_out
 from edgenas.device.registry import Device, select_devices
 from edgenas.device.session import NoRuntimeError
 from edgenas.export.package import PackageError
 from edgenas.measure.bench import (
-    BenchError,
     BenchSettings,
     DeviceBencher,
     DeviceBusyError,
@@ -576,7 +576,7 @@ def _device_worker(home: Path, device: Device, settings: BenchSettings, campaign
                     rec = bencher.bench(store, ModelPackage.open(model_dir), campaign=campaign)
                 except (DeviceBusyError, NoRuntimeError, Cancelled):
                     raise
-                except BenchError as exc:  # this model failed; the device is fine
+                except RunnerError as exc:  # this model failed; the device is fine
                     rep.failed += 1
                     rep.errors.append(f"{arch} {precision}: {exc}")
                     say(device.name, f"FAILED {arch} {precision}: {exc}", level="error")
