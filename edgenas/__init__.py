@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 # The torch-backed names load on first use (PEP 562), not on ``import edgenas``: every ``edgenas.x``
 # import runs this file, and verbs that touch no model (``device list``, ``fleet status``) must not
-# pay torch's start-up (about a second) for it.
+# pay torch's start-up for it.
 _LAZY = {
     "MobileNetV3": "edgenas.supernets",
     "MobileNetV3Supernet": "edgenas.supernets",

@@ -15,7 +15,7 @@ from tests.support.fleet.fleet import standing
 REPO = Path(__file__).resolve().parent.parent
 LITERT_PYTHON = REPO / ".venv" / "bin" / "python"  # ai-edge-litert, numpy 2 (and TensorFlow)
 TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"  # tflite-runtime 2.14, numpy < 2
-# 15 % of one CPU: on this VM the CFS bandwidth limit overruns (25 % measured only ≈2.2× slower), so
+# 15 % of one CPU: where the CFS bandwidth limit overruns (a 25 % quota may run only ≈2× slower), so
 # the slow device is given less to land near the ≈4× a 25 % quota gives on bare metal.
 SLOW_QUOTA = 0.15
 

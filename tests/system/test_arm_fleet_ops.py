@@ -145,9 +145,9 @@ def _results(out: dict) -> dict[str, dict]:
     return {r["device"]: r for r in out["results"]}
 
 
-# 75 s on a slow 2-core VM: outside the CI suite's time budget.  `make test` keeps fleet push/status/
-# rollback/predict on the x86 fleet (tests/system/test_fleet.py) and the runner on each emulated board
-# here.
+# Campaign tier: a push over the emulated boards repeats what make test checks more cheaply:
+# fleet push/status/rollback/predict on the x86 fleet (tests/system/test_fleet.py) and the runner on
+# each emulated board here.
 @pytest.mark.campaign
 def test_fleet_push_status_rollback_predict_over_host_pis_and_adb(ws, fleet, request, tmp_path):
     """One fleet, four runtimes' builds: x86 LiteRT (host), aarch64 LiteRT (pi64), armv7l

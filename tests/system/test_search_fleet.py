@@ -48,9 +48,9 @@ def register(home: Path, fleet, *names: str) -> None:
         assert result.exit_code == 0, result.output + repr(result.exception)
 
 
-# 5 min on a slow 2-core VM (a campaign on the CPU-quota device, two searches verified on it): outside
-# the CI suite's time budget.  `make test` keeps the property "one budget, a subnet per device, verified
-# there" through tests/integration/test_fleet_specialize.py (three classes of local devices).
+# Campaign tier (a campaign on the CPU-quota device, two searches verified on it: minutes).
+# `make test` keeps the property "one budget, a subnet per device, verified there" through
+# tests/integration/test_fleet_specialize.py (three classes of local devices).
 @pytest.mark.campaign
 def test_throttled_device_gets_a_smaller_arch_within_the_same_budget(fleet, workspace, tmp_path):
     torch.manual_seed(0)
