@@ -96,6 +96,24 @@ def device() -> None:
     help="ssh config file for aliases [default: ~/.ssh/config].",
 )
 @click.option(
+    "--jump",
+    "jump",
+    multiple=True,
+    metavar="[USER@]HOST[:PORT]",
+    help="Reach the SSH device through this jump host (ssh -J, ProxyJump): repeatable or a comma "
+    "list, first hop first; hop names are resolved in the ssh config. Replaces a ProxyJump the config "
+    "gives the device; `--jump none` connects directly. Each hop's host key is checked like the "
+    "device's.",
+)
+@click.option(
+    "--jump-host-key",
+    "jump_host_keys",
+    multiple=True,
+    metavar="SHA256:FINGERPRINT",
+    help="Pin a jump host's SSH host key: one per hop, in order (else known_hosts decides, or "
+    "--accept-new-host-key trusts it now).",
+)
+@click.option(
     "--group", "groups", multiple=True, metavar="GROUP", help="Put the device in GROUP (repeatable)."
 )
 @click.option("--workdir", help="Directory on the device for the runner and models.")
@@ -137,6 +155,8 @@ def add(
     accept_new_host_key: bool,
     host_key: str | None,
     ssh_config: Path | None,
+    jump: tuple[str, ...],
+    jump_host_keys: tuple[str, ...],
     groups: tuple[str, ...],
     workdir: str | None,
     python: str | None,
@@ -156,8 +176,10 @@ def add(
     that address later is refused."""
     if sum(x is not None and x is not False for x in (ssh_target, adb_serial, is_local or None)) != 1:
         raise click.UsageError("give exactly one of --ssh, --adb, --local")
-    if (accept_new_host_key or host_key) and not ssh_target:
-        raise click.UsageError("--accept-new-host-key and --host-key only apply to --ssh devices")
+    if (accept_new_host_key or host_key or jump or jump_host_keys) and not ssh_target:
+        raise click.UsageError(
+            "--accept-new-host-key, --host-key, --jump and --jump-host-key only apply to --ssh devices"
+        )
     if accept_new_host_key and host_key:
         raise click.UsageError("give --host-key (a pinned key) or --accept-new-host-key, not both")
     python, workdir = _checked_paths(python, workdir, "ssh" if ssh_target else
@@ -177,6 +199,12 @@ def add(
     )
     if ssh_target:
         target = registry.parse_ssh_target(ssh_target, ssh_config)
+        hops = registry.resolve_jump(jump, ssh_config) if jump else list(target.jump)
+        if jump_host_keys:
+            if not hops:
+                raise click.UsageError("--jump-host-key needs jump hosts (--jump, or ProxyJump in the "
+                                       "ssh config)")
+            hops = registry.pin_hops(hops, jump_host_keys)
         dev = registry.make_device(
             name,
             "ssh",
@@ -186,6 +214,7 @@ def add(
             key_path=str(key_path) if key_path else target.key_path,
             ssh_alias=target.alias,
             host_key=host_key,
+            jump=hops,
             **common,
         )
         if dev.key_path:
@@ -214,6 +243,9 @@ def add(
              "until registered again)")
     if not dev.xnnpack:
         echo("  without XNNPACK: benchmarks use the runtime's builtin kernels only")
+    if dev.jump:
+        echo(f"  through jump host{'s' if len(dev.jump) > 1 else ''} {dev.jump_spec} (each one's host "
+             "key checked like the device's)")
     if dev.kind == "ssh" and not (accept_new_host_key or host_key):
         echo(
             "  host key not checked yet: an unknown key will be refused on first use "
@@ -281,6 +313,7 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
         ("kind", d.kind),
         ("address", d.address),
         ("ssh alias", d.ssh_alias),
+        ("jump hosts", d.jump_spec),
         ("key", d.key_path),
         ("host key", d.host_key_fingerprint),
         ("workdir", d.workdir),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgenas.core.errors import DeviceError
-from edgenas.device.registry import Device
+from edgenas.device.registry import Device, hops_of
 from edgenas.device.transports.adb import AdbTransport
 from edgenas.device.transports.base import Transport
 from edgenas.device.transports.local import LocalTransport
@@ -34,7 +34,8 @@ def open_transport(
     unknown key is then recorded in the workspace known_hosts (a *changed* key is still refused).
     ``replace_known_host`` (``device add --replace --host-key``) records the pinned key in place of
     whatever the workspace known_hosts said about the host.  The device's pinned host key and ADB
-    serial are always enforced.
+    serial are always enforced.  An SSH device's jump hosts (``Device.jump``) are gone through, each
+    one's host key checked like the device's; their connections are shared within the process.
     """
     if device.kind == "local":
         return LocalTransport(device.name, workdir=device.workdir)
@@ -54,6 +55,7 @@ def open_transport(
             accept_new_host_key=accept_new_host_key,
             host_key_pin=device.host_key_fingerprint,
             replace_known_host=replace_known_host,
+            jump=hops_of(device),
         )
     if device.kind == "adb":
 

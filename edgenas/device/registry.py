@@ -14,16 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import stat
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
 from edgenas.core.errors import DeviceError
 from edgenas.device.transports.host_keys import parse_fingerprint
+from edgenas.device.transports.ssh import Hop
 from edgenas.records.classes import ClassError, class_of, validate_class
 
 # The table's record and its SQL live in records; the registry is the API callers use, so re-exported.
@@ -163,13 +166,19 @@ def make_device(
     cache_mib: int | None = None,
     device_class: str | None = None,
     latency_budget_ms: float | None = None,
+    jump: Sequence[Hop] = (),
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
     ``benchmark_binary`` (any kind) must be an existing regular file; its absolute path is kept and
     pinned (:func:`pin_benchmark_binary`): the real file it leads to now and that file's sha256.
-    ``host_key`` (SSH only) is a ``SHA256:…`` fingerprint to pin."""
+    ``host_key`` (SSH only) is a ``SHA256:…`` fingerprint to pin.  ``jump`` (SSH only): the jump hosts
+    (:func:`parse_jump_spec`, :func:`resolve_jump`), first one first."""
     validate_name(name)
+    if jump and kind != "ssh":
+        raise DeviceError(f"device {name}: jump hosts only apply to SSH devices")
+    if len(jump) > MAX_HOPS:
+        raise DeviceError(f"device {name}: more than {MAX_HOPS} jump hosts")
     if host_key is not None:
         if kind != "ssh":
             raise DeviceError(f"device {name}: a host key fingerprint only applies to SSH devices")
@@ -239,6 +248,7 @@ def make_device(
         cache_mib=None if cache_mib is None else int(cache_mib),
         device_class=device_class,
         latency_budget_ms=None if latency_budget_ms is None else float(latency_budget_ms),
+        jump=[hop.to_dict() for hop in jump],
         groups=group_list,
     )
 
@@ -253,17 +263,177 @@ class SSHTarget:
     port: int
     key_path: str | None
     alias: str | None
+    jump: tuple[Hop, ...] = field(default=())
+
+
+MAX_HOPS = 8  # jump hosts on the way to one device (a loop in ~/.ssh/config stops here too)
+_HOP_HOST = re.compile(r"^[A-Za-z0-9_.%:-]{1,253}$")
 
 
 def default_ssh_config() -> Path:
     return Path(os.path.expanduser("~/.ssh/config"))
 
 
+def _split_user_host_port(spec: str, what: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` or ``[user@][v6addr]:port`` (``ssh -J``'s form); ``ssh://`` URIs too."""
+    rest = spec.strip()
+    if rest.startswith("ssh://"):
+        rest = rest[len("ssh://"):].rstrip("/")
+    user: str | None = None
+    if "@" in rest:
+        user, rest = rest.rsplit("@", 1)
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", rest)
+    if m:
+        host, port_s = m.group(1), m.group(2)
+    elif rest.count(":") == 1:
+        host, port_s = rest.split(":")
+    else:
+        host, port_s = rest, None
+    port: int | None = None
+    if port_s is not None:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise DeviceError(f"invalid port in {what} {spec!r}")
+        port = int(port_s)
+    if not host or (user is not None and not user):
+        raise DeviceError(f"invalid {what} {spec!r}: expected [USER@]HOST[:PORT]")
+    if not _HOP_HOST.match(host) or host.startswith("-") or (user is not None and (
+            user.startswith("-") or not re.fullmatch(r"[A-Za-z0-9._@\\$-]{1,64}", user))):
+        raise DeviceError(f"invalid {what} {spec!r}: expected [USER@]HOST[:PORT]")
+    return user, host, port
+
+
+def parse_jump_spec(spec: str | Sequence[str]) -> list[tuple[str | None, str, int | None]]:
+    """The hops of ``ssh -J``/``ProxyJump``: comma-separated ``[user@]host[:port]`` (or ``ssh://`` URIs),
+    first one first; several specs (a repeated ``--jump``) are joined in order.  ``none`` is no jump.
+    Returns (user, host, port) triples, unresolved (see :func:`resolve_jump`)."""
+    parts: list[str] = []
+    for text in [spec] if isinstance(spec, str) else list(spec):
+        if any(c.isspace() for c in text.strip()) or "\0" in text:
+            raise DeviceError(f"invalid jump host list {text!r}: hosts are separated by commas only")
+        parts += [p for p in text.strip().split(",")]
+    if parts == ["none"]:
+        return []
+    if any(not p for p in parts):
+        raise DeviceError(f"invalid jump host list {','.join(parts)!r}: an empty hop")
+    if len(parts) > MAX_HOPS:
+        raise DeviceError(f"more than {MAX_HOPS} jump hosts: {','.join(parts)}")
+    return [_split_user_host_port(p, "jump host") for p in parts]
+
+
+def proxy_command_error(command: str, where: str) -> DeviceError:
+    """The refusal of a ``ProxyCommand`` (edgenas runs no local command to reach a device), with the
+    ``ProxyJump`` it can be written as when it is the usual ``ssh -W %h:%p [user@]bastion``."""
+    hint = "write the jump host as ProxyJump [USER@]HOST[:PORT] instead"
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        argv = []
+    if argv and os.path.basename(argv[0]) == "ssh" and "-W" in argv:
+        user = port = None
+        dest = None
+        i = 1
+        while i < len(argv):
+            a = argv[i]
+            if a in ("-W", "-p", "-l", "-i", "-F", "-o", "-J"):
+                if a == "-p" and i + 1 < len(argv):
+                    port = argv[i + 1]
+                if a == "-l" and i + 1 < len(argv):
+                    user = argv[i + 1]
+                i += 2
+                continue
+            if not a.startswith("-"):
+                dest = a
+            i += 1
+        if dest:
+            spec = (f"{user}@" if user and "@" not in dest else "") + dest + (f":{port}" if port else "")
+            hint = (f"this one is ProxyJump {spec} (as an option: -o ProxyJump={spec}); write that "
+                    "instead")
+    return DeviceError(
+        f"{where + ': ' if where else ''}ProxyCommand {command!r} is not supported (edgenas runs no "
+        f"local command to reach a device); {hint}"
+    )
+
+
+def _config(config_path: Path) -> paramiko.SSHConfig | None:
+    if not config_path.is_file():
+        return None
+    try:
+        return paramiko.SSHConfig.from_path(str(config_path))
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        raise DeviceError(f"cannot read ssh config {config_path}: {exc}") from exc
+
+
+def _lookup(config: paramiko.SSHConfig | None, host: str) -> dict[str, Any]:
+    if config is None:
+        return {}
+    try:
+        return dict(config.lookup(host))
+    except (paramiko.SSHException, ValueError) as exc:
+        raise DeviceError(f"ssh config: Host {host}: {exc}") from exc
+
+
+def resolve_jump(
+    spec: str | Sequence[str], ssh_config: Path | None = None, *, host_keys: Sequence[str] = (),
+    _depth: int = 0,
+) -> list[Hop]:
+    """The jump hosts of ``spec`` (:func:`parse_jump_spec`) as OpenSSH resolves them: each hop's
+    HostName, User, Port and first IdentityFile from the ssh config (what the spec says wins), and
+    the first hop's own ``ProxyJump`` put before it (``ssh -J a,b`` runs ``ssh -W … a`` for the first
+    hop, which reads its config).  A ``ProxyCommand`` on a hop is refused.  ``host_keys``: pinned
+    fingerprints, one per hop in order (``--jump-host-key``)."""
+    if _depth > MAX_HOPS:
+        raise DeviceError(f"jump hosts in the ssh config lead more than {MAX_HOPS} deep (a loop?)")
+    config_path = ssh_config or default_ssh_config()
+    config = _config(config_path)
+    hops: list[Hop] = []
+    for i, (user, host, port) in enumerate(parse_jump_spec(spec)):
+        entry = _lookup(config, host)
+        if entry.get("proxycommand") and i == 0:
+            raise proxy_command_error(str(entry["proxycommand"]),
+                                      f"ssh config {config_path}: Host {host}")
+        before: list[Hop] = []
+        if i == 0 and entry.get("proxyjump") and entry["proxyjump"] != "none":
+            before = resolve_jump(entry["proxyjump"], ssh_config, _depth=_depth + 1)
+        files = entry.get("identityfile") or []
+        hops += before
+        hops.append(Hop(
+            host=entry.get("hostname", host),
+            port=port or int(entry.get("port") or 22),
+            user=user or entry.get("user"),
+            key_path=os.path.expanduser(files[0]) if files else None,
+        ))
+    if len(hops) > MAX_HOPS:
+        raise DeviceError(f"more than {MAX_HOPS} jump hosts: {','.join(h.spec for h in hops)}")
+    return pin_hops(hops, host_keys) if host_keys else hops
+
+
+def pin_hops(hops: Sequence[Hop], host_keys: Sequence[str]) -> list[Hop]:
+    """``hops`` with their host keys pinned: one ``SHA256:…`` per hop, in order (``--jump-host-key``)."""
+    if len(host_keys) != len(hops):
+        raise DeviceError(
+            f"{len(host_keys)} jump host key(s) given for {len(hops)} jump host(s) "
+            f"({','.join(h.spec for h in hops)}): give one --jump-host-key per hop, in order"
+        )
+    pinned = []
+    for hop, fp in zip(hops, host_keys):
+        try:
+            pinned.append(Hop(hop.host, hop.port, hop.user, hop.key_path, parse_fingerprint(fp)))
+        except ValueError as exc:
+            raise DeviceError(f"jump host {hop.spec}: {exc}") from None
+    return pinned
+
+
+def hops_of(device: Device) -> list[Hop]:
+    """The device record's jump hosts as transport hops."""
+    return [Hop.from_dict(h) for h in device.jump]
+
+
 def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
     """``USER@HOST[:PORT]``, ``[V6ADDR]:PORT`` or a ``~/.ssh/config`` Host alias, resolved.
 
     Values written in ``spec`` win over the config file, as with ``ssh``; the config supplies HostName,
-    User, Port and the first IdentityFile.
+    User, Port, the first IdentityFile and ProxyJump (its hops resolved by :func:`resolve_jump`).  A
+    ProxyCommand is refused with the ProxyJump to write instead, never ignored.
     """
     user: str | None = None
     rest = spec.strip()
@@ -288,11 +458,15 @@ def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
     config_path = ssh_config or default_ssh_config()
     alias: str | None = None
     key_path: str | None = None
-    if config_path.is_file():
-        try:
-            entry = paramiko.SSHConfig.from_path(str(config_path)).lookup(host)
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise DeviceError(f"cannot read ssh config {config_path}: {exc}") from exc
+    jump: tuple[Hop, ...] = ()
+    config = _config(config_path)
+    if config is not None:
+        entry = _lookup(config, host)
+        if entry.get("proxycommand"):
+            raise proxy_command_error(str(entry["proxycommand"]),
+                                      f"ssh config {config_path}: Host {host}")
+        if entry.get("proxyjump") and entry["proxyjump"] != "none":
+            jump = tuple(resolve_jump(entry["proxyjump"], config_path))
         resolved = entry.get("hostname", host)
         if resolved != host:
             alias = host
@@ -303,7 +477,7 @@ def parse_ssh_target(spec: str, ssh_config: Path | None = None) -> SSHTarget:
         files = entry.get("identityfile") or []
         if files:
             key_path = os.path.expanduser(files[0])
-    return SSHTarget(host=host, user=user, port=port or 22, key_path=key_path, alias=alias)
+    return SSHTarget(host=host, user=user, port=port or 22, key_path=key_path, alias=alias, jump=jump)
 
 
 def resolve_class(store: Store, name: str) -> str:
@@ -321,17 +495,24 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Device",
     "KINDS",
+    "MAX_HOPS",
     "NAME_RE",
+    "Hop",
     "SSHTarget",
     "add_device",
     "default_ssh_config",
     "get_device",
+    "hops_of",
     "list_devices",
     "make_device",
+    "parse_jump_spec",
+    "pin_hops",
     "parse_ssh_target",
+    "proxy_command_error",
     "pin_benchmark_binary",
     "remove_device",
     "resolve_class",
+    "resolve_jump",
     "save_probe",
     "select_devices",
     "set_device_class",

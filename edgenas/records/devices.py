@@ -38,6 +38,7 @@ _COLUMNS = (
     "cache_mib",
     "device_class",
     "latency_budget_ms",
+    "jump_json",
     "probe_json",
     "probed_at",
     "created_at",
@@ -73,6 +74,10 @@ class Device:
 
     ``latency_budget_ms``: the latency this device's model must keep (``fleet specialize`` gives each
     class the strictest budget of its devices); None: none set.
+
+    ``jump`` (SSH): the jump hosts on the way to the device, first one first (``ProxyJump``), each a
+    mapping ``host``, ``port`` and optionally ``user``, ``key_path``, ``host_key`` (a pinned
+    ``SHA256:…``); empty: reached directly.
     """
 
     name: str
@@ -95,6 +100,7 @@ class Device:
     cache_mib: int | None = None
     device_class: str | None = None
     latency_budget_ms: float | None = None
+    jump: list[dict[str, Any]] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -108,10 +114,23 @@ class Device:
             user = f"{self.user}@" if self.user else ""
             host = f"[{self.host}]" if self.host and ":" in self.host else self.host
             port = f":{self.port}" if self.port and self.port != 22 else ""
-            return f"{user}{host}{port}"
+            via = f" via {self.jump_spec}" if self.jump else ""
+            return f"{user}{host}{port}{via}"
         if self.kind == "adb":
             return self.serial or ""
         return "local"
+
+    @property
+    def jump_spec(self) -> str:
+        """The jump hosts as ``ssh -J`` takes them: ``user@bastion,user@inner:2222``."""
+        out = []
+        for hop in self.jump:
+            host = str(hop.get("host", ""))
+            host = f"[{host}]" if ":" in host else host
+            user = f"{hop['user']}@" if hop.get("user") else ""
+            port = f":{hop['port']}" if hop.get("port") and int(hop["port"]) != 22 else ""
+            out.append(f"{user}{host}{port}")
+        return ",".join(out)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -170,6 +189,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.cache_mib,
                 device.device_class,
                 device.latency_budget_ms,
+                json.dumps(device.jump) if device.jump else None,
                 probe_json,
                 probed_at,
                 created,
@@ -311,6 +331,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         cache_mib=row["cache_mib"],
         device_class=row["device_class"],
         latency_budget_ms=row["latency_budget_ms"],
+        jump=json.loads(row["jump_json"]) if row["jump_json"] else [],
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

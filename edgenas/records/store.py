@@ -208,6 +208,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN benchmark_binary_real TEXT;
     ALTER TABLE devices ADD COLUMN benchmark_binary_sha256 TEXT;
     """,
+    # 10 -> 11: an SSH device reached through jump hosts (ProxyJump): a JSON list of hops, first one
+    # first, each {host, port, user?, key_path?, host_key?}; NULL: reached directly.
+    """
+    ALTER TABLE devices ADD COLUMN jump_json TEXT;
+    """,
 )
 
 

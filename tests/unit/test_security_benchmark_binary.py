@@ -147,8 +147,7 @@ def test_device_add_pins_too(workspace, repo):
 
 def test_a_record_from_before_pinning_is_refused_until_registered_again(workspace, repo):
     """An existing workspace: the schema before pinning, a device with a binary path and no hash."""
-    before = len(MIGRATIONS) - 1
-    assert "benchmark_binary_sha256" in MIGRATIONS[before]
+    before = next(i for i, m in enumerate(MIGRATIONS) if "benchmark_binary_sha256" in m)
     with open_store(workspace, MIGRATIONS[:before]) as store:
         with store.transaction() as conn:
             conn.execute(

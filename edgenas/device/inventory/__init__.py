@@ -18,8 +18,8 @@ characters.
 
 One module per job, as Ansible's inventory plugins are split: :mod:`.yaml_format`, :mod:`.ini_format`,
 :mod:`.ansible` (``ansible-inventory`` JSON), :mod:`.patterns` (host ranges), :mod:`.variables`
-(``group_vars``/``host_vars`` and precedence), :mod:`.values` (checks), :mod:`.load` (the whole read and
-the database import).
+(``group_vars``/``host_vars`` and precedence), :mod:`.values` (checks), :mod:`.ssh_args` (ssh arguments
+in ``ansible_ssh_*_args``: the jump hosts), :mod:`.load` (the whole read and the database import).
 """
 
 from edgenas.device.inventory.ansible import find_ansible_inventory, parse_ansible_json

@@ -3,6 +3,7 @@ benchmark binaries) with an error naming the host, the variable and the file."""
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
@@ -30,14 +31,22 @@ from edgenas.device.inventory.model import (
     MAX_BINARY_BYTES,
     _Var,
 )
+from edgenas.device.inventory.ssh_args import parse_ssh_args
 from edgenas.device.registry import (
     Device,
+    Hop,
     make_device,
     parse_ssh_target,
+    proxy_command_error,
+    resolve_jump,
     validate_group,
     validate_name,
 )
 from edgenas.records.classes import ClassError, validate_class
+
+log = logging.getLogger(__name__)
+# Ansible's ssh connection plugin passes these to ssh in this order; ssh keeps the first ProxyJump.
+_SSH_ARG_VARS = ("ansible_ssh_args", "ansible_ssh_common_args", "ansible_ssh_extra_args")
 
 # ------------------------------------------------------------------------------ values → devices
 
@@ -366,6 +375,7 @@ def _device(
         target = parse_ssh_target(address, ssh_config)
     except DeviceError as exc:
         ctx.fail("ansible_host", str(exc))
+    jump = _jump_hosts(ctx, ssh_config, target.jump)
     return make_device(
         ctx.host,
         "ssh",
@@ -374,8 +384,40 @@ def _device(
         port=port or target.port,
         key_path=key or target.key_path,
         ssh_alias=target.alias,
+        jump=jump,
         **common,
     )
+
+
+def _args_text(value: Any) -> str:
+    if not isinstance(value, str) or "\0" in value or len(value) > 4096:
+        raise ValueError(f"expected ssh arguments as one string, got {value!r}")
+    return value
+
+
+def _jump_hosts(ctx: _Ctx, ssh_config: Path | None, configured: Sequence[Hop]) -> list[Hop]:
+    """The jump hosts ``ansible_ssh_args``/``_common_args``/``_extra_args`` give (``-J`` or ``-o
+    ProxyJump=…``, the first one wins as in ssh), resolved through the ssh config; else those of the
+    ssh config's entry for the host (``configured``).  A ProxyCommand or any option edgenas cannot
+    follow is an error naming the host and the variable."""
+    for var in _SSH_ARG_VARS:
+        text = ctx.get(var, check=_args_text)
+        if text is None:
+            continue
+        try:
+            parsed = parse_ssh_args(text)
+        except ValueError as exc:
+            ctx.fail(var, str(exc))
+        for note in parsed.notes:
+            log.warning("inventory %s: host %s: %s: %s", ctx.vars[var].origin, ctx.host, var, note)
+        if parsed.proxy_command is not None:
+            ctx.fail(var, str(proxy_command_error(parsed.proxy_command, "")))
+        if parsed.jump is not None:
+            try:
+                return resolve_jump(parsed.jump, ssh_config)
+            except DeviceError as exc:
+                ctx.fail(var, str(exc))
+    return list(configured)
 
 
 def _bad_kind(value: Any) -> str:

@@ -17,6 +17,12 @@ Facts this module is built on:
   ``sh`` (:meth:`SSHTransport.put_known`), not SFTP, and AES-GCM is preferred: SFTP waits for an
   answer to every 32 KiB write, and paramiko computes a CTR cipher's per-packet HMAC in Python, so
   either would make the host's CPU, not the link, bound a push (``benchmarks/fleet.py`` times it).
+* Jump hosts (``ProxyJump``): the first hop is reached over TCP, every later hop and the device through
+  a ``direct-tcpip`` channel of the hop before it, passed to paramiko as ``sock=`` (what ``ssh -J``
+  does, without a second ssh process).  Every hop's host key is decided exactly as the device's
+  (pinned, known_hosts, ``@cert-authority``).  Hop connections are shared, counted, by every transport
+  of the process going through the same chain: a campaign or a fleet push over many devices behind one
+  bastion keeps one connection per hop chain, not one per device or per command.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -99,6 +106,60 @@ def shell_join(argv: Sequence[str], cwd: str | None = None) -> str:
         raise TransportError("empty command")
     line = " ".join(shlex.quote(str(a)) for a in argv)
     return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One jump host on the way to a device (``ProxyJump``), reached through the hops before it.
+
+    ``key_path``: the key offered to this hop (else the device's key, ssh-agent and ``~/.ssh/id_*``);
+    ``host_key``: a pinned ``SHA256:…`` fingerprint (else known_hosts decides, as for a device)."""
+
+    host: str
+    port: int = 22
+    user: str | None = None
+    key_path: str | None = None
+    host_key: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{known_hosts_name(self.host, self.port)}"
+
+    @property
+    def spec(self) -> str:
+        """The hop as ``ssh -J`` takes it: ``[user@]host[:port]`` (IPv6 in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port != 22 else ""
+        return f"{self.user + '@' if self.user else ''}{host}{port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "port": self.port}
+        for name in ("user", "key_path", "host_key"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hop:
+        return cls(host=str(data["host"]), port=int(data.get("port") or 22), user=data.get("user"),
+                   key_path=data.get("key_path"), host_key=data.get("host_key"))
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """What one SSH handshake is with: the device itself or one of its jump hosts."""
+
+    host: str
+    port: int
+    user: str | None
+    key_path: str | None
+    pin: str | None
+    replace: bool  # record the accepted key in place of what the workspace known_hosts said
+    what: str  # "" for the device; "jump host user@bastion:22 (1 of 2)" for a hop
+
+    @property
+    def target(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{known_hosts_name(self.host, self.port)}"
 
 
 @contextmanager
@@ -214,52 +275,66 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     no known keys at all, so it calls this for every connection, after the server proved it holds the
     key and before anything is authenticated or run."""
 
-    def __init__(self, owner: SSHTransport) -> None:
+    def __init__(self, owner: SSHTransport, endpoint: _Endpoint) -> None:
         self.owner = owner
+        self.endpoint = endpoint
         self.accepted: paramiko.PKey | None = None
         self.how = ""
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        t = self.owner
+        t, ep = self.owner, self.endpoint
+        who = f"{t.name}: {ep.what}" if ep.what else t.name
         workspace = load_known_hosts(t.known_hosts)
         user = load_known_hosts(t.user_known_hosts)
         offered = fingerprint(key)
         where = revoked(workspace + user, key)
         if where:
             raise HostKeyError(
-                f"{t.name}: the SSH host key of {hostname} ({offered}) or its CA is marked @revoked "
+                f"{who}: the SSH host key of {hostname} ({offered}) or its CA is marked @revoked "
                 f"in {where}; refusing to connect"
             )
         fix = (
             f"If the device was reinstalled, check its key on the device (ssh-keygen -lf "
             f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `edgenas device add {t.name} --replace "
             f"--ssh {t.target} --host-key {sha256_fingerprint(key)}`"
+        ) if not ep.what else (
+            f"If the jump host was reinstalled, check its key there (ssh-keygen -lf "
+            f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `edgenas device add {t.name} --replace "
+            f"... --jump {ep.target} --jump-host-key {sha256_fingerprint(key)}`"
         )
-        if t.host_key_pin:
-            pin = parse_fingerprint(t.host_key_pin)
+        if ep.pin:
+            pin = parse_fingerprint(ep.pin)
             if sha256_fingerprint(key) != pin:
                 raise HostKeyError(
-                    f"{t.name}: the SSH host key of {hostname} does not match the pinned fingerprint: "
+                    f"{who}: the SSH host key of {hostname} does not match the pinned fingerprint: "
                     f"pinned {pin}, offered {offered}. Refusing to connect; nothing was run. {fix}"
                 )
             self.how = "pinned fingerprint"
-            if t.replace_known_host:
+            if ep.replace:
                 self.accepted = key
             return
-        files = [("user", user)] if t.replace_known_host else [("workspace", workspace), ("user", user)]
+        files = [("user", user)] if ep.replace else [("workspace", workspace), ("user", user)]
         for label, entries in files:
-            decision = decide_file(entries, hostname, t.host, key)
+            decision = decide_file(entries, hostname, ep.host, key)
             if decision.verdict is Verdict.ACCEPT:
                 self.how = decision.detail
                 return
             if decision.verdict is Verdict.MISMATCH:
                 note = " (your ~/.ssh/known_hosts, which edgenas never edits)" if label == "user" else ""
                 raise HostKeyError(
-                    f"{t.name}: the SSH host key of {hostname} has CHANGED or is not vouched for: "
+                    f"{who}: the SSH host key of {hostname} has CHANGED or is not vouched for: "
                     f"{decision.detail}{note}; offered {offered}. Refusing to connect; nothing was "
                     f"run. {fix}"
                 )
         if not t.accept_new_host_key:
+            if ep.what:
+                raise HostKeyError(
+                    f"{who}: unknown SSH host key for {hostname} ({offered}); refusing to connect. "
+                    f"Check the fingerprint on the jump host (ssh-keygen -lf "
+                    f"/etc/ssh/ssh_host_*_key.pub), then add the device with --jump-host-key "
+                    f"{sha256_fingerprint(key)} (or --accept-new-host-key), or put the key into "
+                    f"{t.known_hosts}"
+                )
             raise HostKeyError(
                 f"unknown SSH host key for {hostname} ({offered}); refusing to connect. Check "
                 f"the fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add "
@@ -314,6 +389,66 @@ class _OrderedTransport(paramiko.Transport):
         return order_host_key_algorithms(super().preferred_keys, self.known_types, self.certs_first)
 
 
+class _HopPool:
+    """Jump-host connections shared by the transports of this process, counted: the first transport
+    through a chain opens it, the last one to let go closes it.  A dead connection is replaced by the
+    next transport that needs it (one lock per chain: parallel connects to other chains go on)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chain_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._entries: dict[tuple[Any, ...], list[Any]] = {}  # key -> [client, users]
+
+    def acquire(self, key: tuple[Any, ...],
+                opener: Callable[[], paramiko.SSHClient]) -> paramiko.SSHClient:
+        with self._lock:
+            chain_lock = self._chain_locks.setdefault(key, threading.Lock())
+        with chain_lock:
+            with self._lock:
+                entry = self._entries.get(key)
+            if entry is not None:
+                transport = entry[0].get_transport() if entry[0] is not None else None
+                if transport is not None and transport.is_active():
+                    with self._lock:
+                        entry[1] += 1
+                    return entry[0]
+            client = opener()
+            with self._lock:
+                entry = self._entries.setdefault(key, [None, 0])
+                dead, entry[0] = entry[0], client
+                entry[1] += 1
+            if dead is not None:
+                _close_quietly(dead)
+            return client
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._entries[key]
+        if entry[0] is not None:
+            _close_quietly(entry[0])
+
+    def open_count(self) -> int:
+        """How many hop connections are open (tests, diagnostics)."""
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e[0] is not None)
+
+
+def _close_quietly(client: paramiko.SSHClient) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
+        pass
+
+
+_HOPS = _HopPool()
+
+
 class SSHTransport(Transport):
     """One reusable SSH connection (commands on fresh channels; an upload is one command with the
     file as its stdin; downloads over one SFTP session)."""
@@ -335,12 +470,15 @@ class SSHTransport(Transport):
         user_known_hosts: Path | None = None,
         host_key_pin: str | None = None,
         replace_known_host: bool = False,
+        jump: Sequence[Hop] = (),
     ) -> None:
         """``host_key_pin`` (``SHA256:…``) is the only key accepted when set.  ``replace_known_host``
         (``device add --replace`` with a pin) ignores what the workspace known_hosts says about this
-        host and records the key that was accepted instead."""
+        host and records the key that was accepted instead.  ``jump``: the jump hosts, first one
+        first (``ProxyJump``); ``host`` is then resolved and reached by the last of them."""
         super().__init__(name, workdir)
         self.host, self.port, self.user, self.key_path = host, int(port), user, key_path
+        self.jump: tuple[Hop, ...] = tuple(jump)
         self.known_hosts = Path(known_hosts)
         self.user_known_hosts = (
             user_known_hosts
@@ -354,13 +492,20 @@ class SSHTransport(Transport):
         self.host_key_how = ""
         self.accepted_fingerprint: str | None = None
         self.host_fingerprint: str | None = None
+        # Per hop, the fingerprint it offered and whether it was trusted on first use now.
+        self.hop_fingerprints: list[str | None] = [None] * len(self.jump)
+        self.hops_accepted: list[str] = []
         self._client: paramiko.SSHClient | None = None
+        self._hop_keys: list[tuple[Any, ...]] = []  # the pooled hop connections this one holds
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
 
     @property
     def target(self) -> str:
-        return f"{self.user + '@' if self.user else ''}{known_hosts_name(self.host, self.port)}"
+        direct = f"{self.user + '@' if self.user else ''}{known_hosts_name(self.host, self.port)}"
+        if not self.jump:
+            return direct
+        return f"{direct} via {','.join(h.spec for h in self.jump)}"
 
     # --------------------------------------------------------------------------------- connection
 
@@ -375,35 +520,105 @@ class SSHTransport(Transport):
             self._client = self._open()
             return self._client
 
+    def _device_endpoint(self) -> _Endpoint:
+        return _Endpoint(self.host, self.port, self.user, self.key_path, self.host_key_pin,
+                         self.replace_known_host, "")
+
+    def _hop_endpoint(self, i: int) -> _Endpoint:
+        hop = self.jump[i]
+        what = f"jump host {hop.target} ({i + 1} of {len(self.jump)})"
+        return _Endpoint(hop.host, hop.port, hop.user, hop.key_path,
+                         parse_fingerprint(hop.host_key) if hop.host_key else None, False, what)
+
+    def _hop_key(self, i: int) -> tuple[Any, ...]:
+        """What makes two transports' hop ``i`` the same connection: the chain up to it and how its
+        keys are decided (another known_hosts, or trust on first use, is another connection)."""
+        return (self.jump[: i + 1], str(self.known_hosts), str(self.user_known_hosts),
+                self.accept_new_host_key, self.key_path)
+
     def _open(self) -> paramiko.SSHClient:
-        t = self.connect_timeout
+        """The device's connection: straight over TCP, or through the jump hosts' connections."""
+        via: paramiko.SSHClient | None = None
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=t)
+            for i in range(len(self.jump)):
+                key = self._hop_key(i)
+                ep = self._hop_endpoint(i)
+                previous = via
+                via = _HOPS.acquire(key, lambda ep=ep, previous=previous: self._handshake(
+                    ep, self._socket(ep, previous)))
+                self._hop_keys.append(key)
+                hop_transport = via.get_transport()
+                if hop_transport is not None:
+                    self.hop_fingerprints[i] = fingerprint(hop_transport.get_remote_server_key())
+            return self._handshake(self._device_endpoint(), self._socket(self._device_endpoint(), via))
+        except BaseException:
+            self._release_hops()
+            raise
+
+    def _release_hops(self) -> None:
+        keys, self._hop_keys = self._hop_keys, []
+        for key in reversed(keys):
+            _HOPS.release(key)
+
+    def _socket(self, ep: _Endpoint, via: paramiko.SSHClient | None) -> Any:
+        """A TCP socket to ``ep`` (TCP_NODELAY, bounded silence), or a ``direct-tcpip`` channel to it
+        through the jump host ``via`` (its name is resolved there, as ``ssh -J`` has it)."""
+        t = self.connect_timeout
+        who = f"{self.name}: {ep.what}" if ep.what else self.name
+        if via is not None:
+            hop_transport = via.get_transport()
+            assert hop_transport is not None
+            try:
+                return hop_transport.open_channel(
+                    "direct-tcpip", (ep.host, ep.port), ("127.0.0.1", 0), timeout=t
+                )
+            except paramiko.ChannelException as exc:
+                reason = {1: "the jump host does not allow TCP forwarding (AllowTcpForwarding)",
+                          2: "connection failed there (device off, unreachable from the jump host, "
+                             "or no sshd on that port?)",
+                          3: "unknown channel type", 4: "resource shortage"}.get(exc.code, exc.text)
+                raise TransportError(
+                    f"{who}: cannot reach {ep.target} through the jump host "
+                    f"{self.jump[-1].target if not ep.what else 'before it'}: {reason}"
+                ) from exc
+            except _NETWORK_ERRORS as exc:
+                raise TransportError(
+                    f"{who}: cannot reach {ep.target} through its jump host: {why(exc)}"
+                ) from exc
+        try:
+            sock = socket.create_connection((ep.host, ep.port), timeout=t)
             _bound_silence(sock, t)
         except TimeoutError as exc:
             raise TransportError(
-                f"{self.name}: cannot connect to {self.target}: no answer within {t:g} s "
+                f"{who}: cannot connect to {ep.target}: no answer within {t:g} s "
                 "(device off, unreachable or blackholed?)"
             ) from exc
         except ConnectionRefusedError as exc:
             raise TransportError(
-                f"{self.name}: cannot connect to {self.target}: connection refused "
+                f"{who}: cannot connect to {ep.target}: connection refused "
                 "(is sshd running on that port?)"
             ) from exc
         except OSError as exc:
             raise TransportError(
-                f"{self.name}: cannot connect to {self.target}: {exc.strerror or exc}"
+                f"{who}: cannot connect to {ep.target}: {exc.strerror or exc}"
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _handshake(self, ep: _Endpoint, sock: Any) -> paramiko.SSHClient:
+        """The SSH handshake with ``ep`` over ``sock``: host key decided by :class:`_HostKeyPolicy`,
+        then authentication.  Closes ``sock`` on failure."""
+        t = self.connect_timeout
+        who = f"{self.name}: {ep.what}" if ep.what else self.name
         try:
-            keys = self._identities()
+            keys = self._identities(ep)
         except TransportError:
             sock.close()
             raise
         client = paramiko.SSHClient()  # given no known keys: _HostKeyPolicy decides every time
-        policy = _HostKeyPolicy(self)
+        policy = _HostKeyPolicy(self, ep)
         client.set_missing_host_key_policy(policy)
-        name = known_hosts_name(self.host, self.port)
+        name = known_hosts_name(ep.host, ep.port)
         known: list[str] = []
         certs_first = False
         for path in (self.known_hosts, self.user_known_hosts):
@@ -412,15 +627,15 @@ class SSHTransport(Transport):
             certs_first = certs_first or has_ca
 
         def transport_factory(*args: Any, **kwargs: Any) -> paramiko.Transport:
-            t = _OrderedTransport(*args, **kwargs)
-            t.known_types, t.certs_first = known, certs_first
-            return t
+            tr = _OrderedTransport(*args, **kwargs)
+            tr.known_types, tr.certs_first = known, certs_first
+            return tr
 
         try:
             client.connect(
-                self.host,
-                port=self.port,
-                username=self.user,
+                ep.host,
+                port=ep.port,
+                username=ep.user,
                 sock=sock,
                 timeout=t,
                 banner_timeout=t,
@@ -435,7 +650,7 @@ class SSHTransport(Transport):
         except paramiko.BadHostKeyException as exc:
             _abort(client, sock)
             raise HostKeyError(
-                f"{self.name}: the SSH host key of {known_hosts_name(self.host, self.port)} has "
+                f"{who}: the SSH host key of {name} has "
                 f"CHANGED: "
                 f"known {fingerprint(exc.expected_key)}, offered {fingerprint(exc.key)}. Refusing to "
                 f"connect; nothing was run. If the device was reinstalled, verify the new key, then "
@@ -444,43 +659,56 @@ class SSHTransport(Transport):
         except paramiko.PasswordRequiredException as exc:
             _abort(client, sock)
             raise TransportError(
-                f"{self.name}: the key {self.key_path} is encrypted; give an unencrypted "
+                f"{who}: the key {ep.key_path or self.key_path} is encrypted; give an unencrypted "
                 "key or load it into ssh-agent"
             ) from exc
         except paramiko.SSHException as exc:
             _abort(client, sock)
             auth = isinstance(exc, paramiko.AuthenticationException) or "No authentication" in str(exc)
             if not auth:
-                msg = f"{self.name}: SSH connection to {self.target} failed: {exc}"
+                msg = f"{who}: SSH connection to {ep.target} failed: {exc}"
                 raise TransportError(msg) from exc
-            how = f"key {self.key_path}" if self.key_path else "ssh-agent and the ~/.ssh/id_* keys"
+            key = ep.key_path or self.key_path
+            how = f"key {key}" if key else "ssh-agent and the ~/.ssh/id_* keys"
             raise TransportError(
-                f"{self.name}: authentication to {self.target} failed with {how}"
+                f"{who}: authentication to {ep.target} failed with {how}"
             ) from exc
         except TimeoutError as exc:
             _abort(client, sock)
             raise TransportError(
-                f"{self.name}: {self.target} did not complete the SSH handshake within {t:g} s"
+                f"{who}: {ep.target} did not complete the SSH handshake within {t:g} s"
             ) from exc
         except _NETWORK_ERRORS as exc:
             _abort(client, sock)
-            raise TransportError(f"{self.name}: SSH connection to {self.target} failed: {exc}") from exc
+            raise TransportError(f"{who}: SSH connection to {ep.target} failed: {exc}") from exc
         transport = client.get_transport()
         assert transport is not None
         # With _bound_silence: a silent command still has keepalive data in flight to be acked.
         transport.set_keepalive(max(1, min(15, int(t))))
         server_key = transport.get_remote_server_key()
-        self.host_fingerprint = fingerprint(server_key)
-        self.host_key_how = policy.how
+        if not ep.what:
+            self.host_fingerprint = fingerprint(server_key)
+            self.host_key_how = policy.how
         if policy.accepted is not None:
-            add_known_host(
-                self.known_hosts, self.host, self.port, policy.accepted, replace=self.replace_known_host
-            )
-            self.accepted_fingerprint = fingerprint(policy.accepted)
+            add_known_host(self.known_hosts, ep.host, ep.port, policy.accepted, replace=ep.replace)
+            if ep.what:
+                self.hops_accepted.append(fingerprint(policy.accepted))
+            else:
+                self.accepted_fingerprint = fingerprint(policy.accepted)
         return client
 
-    def _identities(self) -> dict[str, Any]:
-        """What paramiko may offer: only the given key, or ssh-agent plus the default keys."""
+    def _identities(self, ep: _Endpoint | None = None) -> dict[str, Any]:
+        """What paramiko may offer: only the given key, or ssh-agent plus the default keys.  A jump
+        host without a key of its own is offered the device's key too (after ssh-agent)."""
+        if ep is not None and ep.what:
+            if ep.key_path:
+                check_private_key(ep.key_path)
+                return {"key_filename": [ep.key_path], "look_for_keys": False, "allow_agent": False}
+            extra = [self.key_path] if self.key_path else []
+            for path in extra:
+                check_private_key(path)
+            return {"key_filename": (extra + default_identities()) or None, "look_for_keys": False,
+                    "allow_agent": True}
         if self.key_path:
             check_private_key(self.key_path)
             return {"key_filename": [self.key_path], "look_for_keys": False, "allow_agent": False}
@@ -496,6 +724,7 @@ class SSHTransport(Transport):
                     pass
         self._sftp = None
         self._client = None
+        self._release_hops()
 
     def close(self) -> None:
         with self._lock:

@@ -111,7 +111,7 @@ class Fleet:
     def add_ssh(
         self, name: str, python: str, cpu_quota: float | None = None, cpus: str | None = None,
         period_us: int = PERIOD_US, memory_bytes: int | None = None, fake_clock: bool = False,
-        boot_id: str | None = None,
+        boot_id: str | None = None, _netns: tuple[str, str, str] | None = None,
     ) -> SSHDevice:
         """An SSH device with its own user, host key, home and (netns mode) namespace and address.
         ``cpu_quota`` (fraction of one CPU per ``period_us``) and ``cpus`` (a cpuset) make it a slow
@@ -146,7 +146,11 @@ class Fleet:
         host_key = keygen(ddir / "ssh_host_ed25519_key", f"{name}-host")
         cgroup = CGroup(f"edgenas-fleet-{self.run_id}-{name}", self.dir, cpu_quota=cpu_quota, cpus=cpus,
                         period_us=period_us, memory_bytes=memory_bytes)
-        if self.network is not None:
+        reached_from = None
+        if _netns is not None:  # add_behind_jump: (namespace, address, the jump host's namespace)
+            netns, host, reached_from = _netns
+            veth, port = None, 22
+        elif self.network is not None:
             netns, veth, host = self.network.attach(name)
             port = 22
         else:
@@ -167,10 +171,44 @@ class Fleet:
             cgroup=cgroup,
             env=env,
             boot_id=boot_id,
+            reached_from_netns=reached_from,
         )
         self.ssh[name] = dev
         dev.start()
         return dev
+
+    def add_behind_jump(self, name: str, python: str, jump: SSHDevice) -> SSHDevice:
+        """An SSH device that only ``jump`` reaches (``ProxyJump`` through it): its own namespace, wired
+        by a veth pair to ``jump``'s namespace alone, on a /30 carved from the top of the fleet's /24
+        (10.213.N.200 and up).  The host and every other device have no way there: the host's route for
+        the /24 points at the bridge, where nothing answers for that address, and the device has no
+        route back but to the jump host.  ``jump``'s sshd is restarted allowing TCP forwarding."""
+        if self.network is None or jump.netns is None:
+            raise FleetError("a device behind a jump host needs network namespace mode "
+                             "(EDGENAS_FLEET_NETNS=1)")
+        if not jump.allow_tcp_forwarding:
+            jump.allow_tcp_forwarding = True
+            jump.restart()
+        behind = sum(1 for d in self.ssh.values() if d.reached_from_netns)
+        if behind >= 13:
+            raise FleetError("at most 13 devices behind jump hosts per fleet")
+        base = self.network.net[200 + 4 * behind]
+        near, far = str(base + 1), str(base + 2)
+        netns = f"edgenas-{self.run_id}-{name}"
+        side_jump, side_dev = f"ej{self.run_id}{behind}", f"ek{self.run_id}{behind}"
+        sh(["ip", "netns", "add", netns])
+        record(self.dir, "netns", netns)
+        sh(["ip", "link", "add", side_jump, "type", "veth", "peer", "name", side_dev])
+        record(self.dir, "veth", side_jump)  # gone with the namespaces; recorded for a half-made link
+        sh(["ip", "link", "set", side_jump, "netns", jump.netns])
+        sh(["ip", "link", "set", side_dev, "netns", netns])
+        sh(["ip", "-n", jump.netns, "addr", "add", f"{near}/30", "dev", side_jump])
+        sh(["ip", "-n", jump.netns, "link", "set", side_jump, "up"])
+        sh(["ip", "-n", netns, "link", "set", side_dev, "name", "eth0"])
+        sh(["ip", "-n", netns, "addr", "add", f"{far}/30", "dev", "eth0"])
+        sh(["ip", "-n", netns, "link", "set", "lo", "up"])
+        sh(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        return self.add_ssh(name, python, _netns=(netns, far, jump.netns))
 
     def add_arm_ssh(self, name: str, board: str) -> SSHDevice:
         """An SSH device whose ``python3`` is an emulated Raspberry Pi (``board``: pi64, pi5 or pi32; see

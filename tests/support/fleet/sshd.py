@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.fleet.cgroups import CGroup
-from tests.support.fleet.system import FleetError, kill_pid, netns_pids, record_process, sh, wait_port
+from tests.support.fleet.system import (
+    FleetError,
+    kill_pid,
+    netns_pids,
+    record_process,
+    sh,
+    wait_port,
+    wait_port_in_netns,
+)
 
 SSHD = "/usr/sbin/sshd"
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -107,6 +115,10 @@ class SSHDevice:
     # A boot id of its own (bind-mounted over /proc/sys/kernel/random/boot_id in the device's mount
     # namespace): :meth:`reboot` changes it, as a real reboot would.  None: the host's.
     boot_id: str | None = None
+    # A jump host: its sshd lets clients open direct-tcpip channels (ProxyJump through it).
+    allow_tcp_forwarding: bool = False
+    # A device only a jump host reaches: readiness is polled from that host's namespace.
+    reached_from_netns: str | None = None
 
     @property
     def workdir(self) -> Path:
@@ -144,7 +156,7 @@ class SSHDevice:
                     "MaxStartups 100:30:200",
                     "MaxSessions 100",
                     "X11Forwarding no",
-                    "AllowTcpForwarding no",
+                    f"AllowTcpForwarding {'yes' if self.allow_tcp_forwarding else 'no'}",
                     "PrintMotd no",
                     *([f"SetEnv {' '.join(f'{k}={v}' for k, v in self.env.items())}"]
                       if self.env else []),
@@ -201,7 +213,10 @@ class SSHDevice:
                 start_new_session=True,
             )
         record_process(self.run_dir, self.proc.pid)
-        wait_port(self.host, self.port, timeout, self.proc, log)
+        if self.reached_from_netns:
+            wait_port_in_netns(self.reached_from_netns, self.host, self.port, timeout, self.proc, log)
+        else:
+            wait_port(self.host, self.port, timeout, self.proc, log)
 
     def pids(self) -> list[int]:
         """Every process of the device: the listener and all its sessions."""

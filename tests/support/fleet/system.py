@@ -78,6 +78,32 @@ def wait_port(
             time.sleep(0.02)
 
 
+def wait_port_in_netns(
+    netns: str, host: str, port: int, timeout: float, proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
+    """:func:`wait_port` as seen from inside network namespace ``netns`` (a device only a jump host
+    reaches): a connect attempt is made there, by this same Python, until one succeeds."""
+    import sys
+
+    deadline = time.monotonic() + timeout
+    probe = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.5)"
+             "\nexcept OSError:\n sys.exit(1)")
+    while True:
+        if proc is not None and proc.poll() is not None:
+            detail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise FleetError(
+                f"daemon exited with {proc.returncode} before listening on {host}:{port}: "
+                f"{detail.strip()}"
+            )
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-c", probe, host, str(port)]
+        if sh(argv, check=False).returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise FleetError(f"nothing listens on {host}:{port} (seen from {netns}) after {timeout} s")
+        time.sleep(0.02)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A kernel-chosen free TCP port (never in adb's emulator range 5555-5585: ephemeral ports are
     above 32768 on Linux)."""
