@@ -109,7 +109,20 @@ def cores() -> dict[str, Any]:
         "count": os.cpu_count(),
         "affinity": affinity,
         "available": len(affinity) if affinity is not None else os.cpu_count(),
+        "topology": topology(),
     }
+
+
+def topology() -> list[dict[str, Any]]:
+    """Per CPU, its maximum frequency (``cpufreq/cpuinfo_max_freq``, kHz) and capacity (``cpu_capacity``:
+    the scheduler's relative size, 1024 for the biggest core), None where the kernel does not say:
+    on big.LITTLE the big cores are the ones with the larger values, the set to give ``--cpus``."""
+    rows = []
+    paths = glob.glob("/sys/devices/system/cpu/cpu[0-9]*")
+    for d in sorted(paths, key=_cpu_index)[:1024]:
+        rows.append({"cpu": _cpu_index(d), "max_khz": read_int(d + "/cpufreq/cpuinfo_max_freq"),
+                     "capacity": read_int(d + "/cpu_capacity")})
+    return rows
 
 
 def memory() -> dict[str, Any]:

@@ -8,6 +8,7 @@ import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
 from edgenas.measure.bench import bench_model
+from edgenas.records.classes import parse_cpu_set
 from edgenas.records.store import open_store
 
 
@@ -22,10 +23,14 @@ from edgenas.records.store import open_store
               help="And at least this many seconds of timed runs.")
 @click.option("--cv-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="Re-run once when the coefficient of variation is above this; flag if still above.")
+@click.option("--cpus", default=None, metavar="SET", callback=lambda _c, _p, v: _cpu_set(v),
+              help="Pin the benchmark to these CPUs (4-7, 0,2-3): big.LITTLE cores run a model 2-4x "
+              "apart. The set is stored with the row and makes another device class [default: the "
+              "device's own set, else unpinned].")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored record as JSON.")
 @click.pass_obj
 def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, runs: int,
-              min_secs: float, cv_threshold: float, as_json: bool) -> None:
+              min_secs: float, cv_threshold: float, cpus: str | None, as_json: bool) -> None:
     """Benchmark the model in MODEL_DIR (model.tflite + manifest.json) on a device.
 
     The runner and the model are copied only when the device does not already have them (by
@@ -35,7 +40,7 @@ def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, ru
 
     with open_store(ws.ensure()) as store:
         rec = bench_model(store, ws.home, device_name, model_dir, threads=threads, runs=runs,
-                          min_secs=min_secs, cv_threshold=cv_threshold)
+                          min_secs=min_secs, cv_threshold=cv_threshold, cpus=cpus)
     if as_json:
         echo_json({k: v for k, v in rec.items() if k != "result_json"})
         return
@@ -47,4 +52,16 @@ def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, ru
           f"{100 * (rec['cv'] or 0):.1f} %" + (" noisy" if rec["noisy"] else ""), rss]],
     ))
     sent = ", ".join(rec["uploaded"]) or "nothing (already on the device)"
-    echo(f"arch {rec['arch']}  model {rec['model_sha256'][:12]}  uploaded: {sent}")
+    pin = f"  CPUs {rec['cpus']}" if rec.get("cpus") else ""
+    echo(f"arch {rec['arch']}  model {rec['model_sha256'][:12]}  class {rec['device_class']}{pin}  "
+         f"uploaded: {sent}")
+
+
+def _cpu_set(value: str | None) -> str | None:
+    """``--cpus``: checked (and made canonical) before anything is contacted."""
+    if value is None:
+        return None
+    try:
+        return parse_cpu_set(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -17,7 +17,7 @@ from edgenas.device.connect import known_hosts_path
 from edgenas.device.inventory import python_command, validate_workdir
 from edgenas.device.session import DeviceSession
 from edgenas.device.transports.ssh import check_private_key, forget_known_host
-from edgenas.records.classes import ClassError, class_of, how, validate_class
+from edgenas.records.classes import ClassError, class_of, how, parse_cpu_set, validate_class
 from edgenas.records.store import Store, open_store
 
 
@@ -47,6 +47,16 @@ def _checked_paths(python: str | None, workdir: str | None, kind: str) -> tuple[
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--workdir") from None
     return python, workdir
+
+
+def _cpu_option(value: str | None) -> str | None:
+    """``--cpus``: a CPU set, checked before anything is contacted."""
+    if value is None:
+        return None
+    try:
+        return parse_cpu_set(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _store(ws: Workspace) -> Store:
@@ -143,6 +153,9 @@ def device() -> None:
 @click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="MS", help="The latency this device's model must keep: `fleet specialize` gives "
               "each class the strictest budget of its devices.")
+@click.option("--cpus", default=None, metavar="SET", callback=lambda _c, _p, v: _cpu_option(v),
+              help="Pin every benchmark of the device to these CPUs (4-7: big.LITTLE's big cores, as "
+              "`device probe` lists them); part of the device's class.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
 @click.pass_obj
 def add(
@@ -166,6 +179,7 @@ def add(
     cache_mib: int | None,
     device_class: str | None,
     latency_budget_ms: float | None,
+    cpus: str | None,
     replace: bool,
 ) -> None:
     """Register device NAME (exactly one of --ssh, --adb, --local).
@@ -196,6 +210,7 @@ def add(
         benchmark_binary=benchmark_binary,
         xnnpack=not no_xnnpack,
         cache_mib=cache_mib,
+        cpus=cpus,
     )
     if ssh_target:
         target = registry.parse_ssh_target(ssh_target, ssh_config)
@@ -321,6 +336,7 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
         ("benchmark binary", d.benchmark_binary),
         ("timeout", f"{d.timeout_s:g} s"),
         ("groups", ", ".join(d.groups)),
+        ("cpus", d.cpus),
         ("class", f"{class_of(d)} ({how(d)})"),
         ("latency budget", d.latency_budget_ms and f"{d.latency_budget_ms:g} ms"),
         ("probed", _age(d.probed_at)),
@@ -332,6 +348,7 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
             ("arch", p.get("arch")),
             ("cpu", p.get("cpu_model")),
             ("cores", p.get("cores")),
+            ("core clusters", p.get("cpu_clusters")),
             ("memory", f"{p.get('mem_total_mib')} MiB"),
             ("os", p.get("os")),
             ("python version", p.get("python_version")),
@@ -487,7 +504,10 @@ def import_(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def probe(ws: Workspace, names: tuple[str, ...], all_runtimes: bool, as_json: bool) -> None:
-    """Probe devices (NAMES may be groups): CPU, memory, OS, Python, TFLite runtimes, clocks."""
+    """Probe devices (NAMES may be groups): CPU, memory, OS, Python, TFLite runtimes, clocks.
+
+    The cores are listed with their maximum frequency and capacity where the kernel exposes them
+    (cpufreq/cpuinfo_max_freq, cpu_capacity): on big.LITTLE the big ones are the set to give --cpus."""
     home = ws.ensure()
     with _store(ws) as store:
         devs = registry.select_devices(store, names)
@@ -507,6 +527,8 @@ def probe(ws: Workspace, names: tuple[str, ...], all_runtimes: bool, as_json: bo
             f"{name}: {p.get('arch')}, {p.get('cores')} cores, {p.get('mem_total_mib')} MiB, "
             f"{p.get('os')}, Python {p.get('python_version') or '-'}, runtime {runtime}"
         )
+        if p.get("cpu_clusters"):
+            echo(f"  cores (max frequency, capacity): {p['cpu_clusters']}")
 
 
 @device.command("setup")

@@ -55,6 +55,9 @@ def _install_sigterm() -> Any:
               help="Measure every subnet this many times, in successive passes over the list, so a "
                    "device that drifts for a while spoils one measurement of a subnet, not all "
                    "(predictors fit the median of them).")
+@click.option("--cpus", default=None, metavar="SET",
+              help="Pin every benchmark to these CPUs (4-7: big.LITTLE's big cores); the rows form "
+                   "a device class of their own [default: each device's own set, else unpinned].")
 @click.option("--export-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where exports are cached [default: HOME/cache/exports].")
 @click.option("--json", "as_json", is_flag=True, help="Print the campaign report as JSON.")
@@ -71,7 +74,7 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
                 samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,
                 min_secs: float, warmup_secs: float, repeats: int, export_cache: Path | None,
                 as_json: bool,
-                quiet: bool, adaptive: bool = False) -> None:
+                quiet: bool, adaptive: bool = False, cpus: str | None = None) -> None:
     """Measure SAMPLES subnets of the supernet CKPT on devices and store every result.
 
     Subnets are sampled evenly over depth, kernel, expand and resolution; exports are cached and
@@ -84,7 +87,18 @@ def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups
     from edgenas.measure.campaign import measure
     from edgenas.records.store import open_store
 
-    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs, warmup_secs=warmup_secs)
+    if cpus is not None:
+        from edgenas.records.classes import parse_cpu_set
+
+        try:
+            cpus = parse_cpu_set(cpus)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cpus") from None
+        if adaptive:
+            raise click.UsageError("--adaptive measures the device as registered: pin it with "
+                                   "`edgenas device add ... --cpus SET --replace` instead of --cpus")
+    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs, warmup_secs=warmup_secs,
+                             cpus=cpus)
     previous = _install_sigterm()
     renderer = None if quiet else ProgressRenderer()  # a bar on a terminal, plain lines otherwise
     try:

@@ -98,7 +98,43 @@ def _from_info(info: dict[str, Any]) -> dict[str, Any]:
         if r.get("note"):
             runtimes[name]["note"] = str(r["note"])[:300]
     out["runtimes"] = runtimes
+    cpu = info.get("cpu") if isinstance(info.get("cpu"), dict) else {}
+    clusters = cpu_clusters(cpu.get("topology"))
+    if clusters:
+        out["cpu_clusters"] = clusters
     return out
+
+
+def cpu_clusters(topology: Any) -> str | None:
+    """The runner's per-CPU topology (untrusted) as one line: consecutive CPUs of the same maximum
+    frequency and capacity together, ``0-3 1800 MHz cap 446; 4-7 2400 MHz cap 1024``, so a user sees
+    which cores are big (the set to pin with ``--cpus``)."""
+    if not isinstance(topology, list):
+        return None
+
+    def whole(value: Any, high: int) -> int | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+        return value if ok else None
+
+    groups: list[list[Any]] = []  # [first cpu, last cpu, max_khz, capacity]
+    for row in topology[:1024]:
+        if not isinstance(row, dict):
+            continue
+        cpu = whole(row.get("cpu"), 4095)
+        if cpu is None:
+            continue
+        khz, cap = whole(row.get("max_khz"), 100_000_000), whole(row.get("capacity"), 1 << 20)
+        if groups and groups[-1][1] == cpu - 1 and groups[-1][2:] == [khz, cap]:
+            groups[-1][1] = cpu
+        else:
+            groups.append([cpu, cpu, khz, cap])
+    parts = []
+    for first, last, khz, cap in groups:
+        cpus = str(first) if first == last else f"{first}-{last}"
+        about = [f"{khz / 1000:g} MHz" if khz is not None else "",
+                 f"cap {cap}" if cap is not None else ""]
+        parts.append(" ".join([cpus, *[a for a in about if a]]))
+    return "; ".join(parts)[:512] or None
 
 
 def _round_trip_ms(transport: Transport, n: int = 3) -> float:

@@ -27,7 +27,7 @@ import paramiko
 from edgenas.core.errors import DeviceError
 from edgenas.device.transports.host_keys import parse_fingerprint
 from edgenas.device.transports.ssh import Hop
-from edgenas.records.classes import ClassError, class_of, validate_class
+from edgenas.records.classes import ClassError, class_of, parse_cpu_set, validate_class
 
 # The table's record and its SQL live in records; the registry is the API callers use, so re-exported.
 from edgenas.records.devices import (
@@ -167,6 +167,7 @@ def make_device(
     device_class: str | None = None,
     latency_budget_ms: float | None = None,
     jump: Sequence[Hop] = (),
+    cpus: str | None = None,
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
@@ -179,6 +180,11 @@ def make_device(
         raise DeviceError(f"device {name}: jump hosts only apply to SSH devices")
     if len(jump) > MAX_HOPS:
         raise DeviceError(f"device {name}: more than {MAX_HOPS} jump hosts")
+    if cpus is not None:
+        try:
+            cpus = parse_cpu_set(cpus)
+        except ValueError as exc:
+            raise DeviceError(f"device {name}: {exc}") from None
     if host_key is not None:
         if kind != "ssh":
             raise DeviceError(f"device {name}: a host key fingerprint only applies to SSH devices")
@@ -249,6 +255,7 @@ def make_device(
         device_class=device_class,
         latency_budget_ms=None if latency_budget_ms is None else float(latency_budget_ms),
         jump=[hop.to_dict() for hop in jump],
+        cpus=cpus,
         groups=group_list,
     )
 

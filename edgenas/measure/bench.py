@@ -44,7 +44,7 @@ from edgenas.device.transports import Transport
 from edgenas.export.package import ModelPackage, PackageError, record_latency
 from edgenas.measure import benchmark_model as bmb
 from edgenas.records import measurements
-from edgenas.records.classes import class_of
+from edgenas.records.classes import class_of, format_cpu_set, parse_cpu_set
 from edgenas.records.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class BenchSettings:
     cv_threshold: float = 0.05
     retries: int = 1
     xnnpack: bool = True
+    cpus: str | None = None  # the CPU set the benchmark is pinned to (canonical: 4-7); None: not pinned
 
     def argv(self) -> list[str]:
         argv = [
@@ -70,6 +71,8 @@ class BenchSettings:
             "--warmup-runs", str(self.warmup_runs), "--warmup-secs", f"{self.warmup_secs:g}",
             "--max-secs", f"{self.max_secs:g}",
         ]
+        if self.cpus:
+            argv += ["--cpu-affinity", self.cpus]
         return argv if self.xnnpack else [*argv, "--no-xnnpack"]
 
 
@@ -77,8 +80,26 @@ def for_device(device: Device, settings: BenchSettings) -> BenchSettings:
     """``settings`` as ``device`` is measured.  A device registered ``--no-xnnpack`` (a runtime built
     without it) is never measured with XNNPACK, whatever the caller asked: the profile belongs to the
     device like its CPU does, so bench, measure, search verification and fleet bench all honour it
-    here, and the stored row's ``edgenas.settings`` says ``xnnpack: false``."""
-    return settings if device.xnnpack or not settings.xnnpack else replace(settings, xnnpack=False)
+    here, and the stored row's ``edgenas.settings`` says ``xnnpack: false``.  Likewise the device's
+    CPU set (``device.cpus``, which ``bench --cpus``/``measure --cpus`` set for one run): every
+    benchmark of a pinned device is pinned, since the set is part of its class."""
+    if not device.xnnpack and settings.xnnpack:
+        settings = replace(settings, xnnpack=False)
+    cpus = getattr(device, "cpus", None)
+    if cpus != settings.cpus:
+        settings = replace(settings, cpus=cpus)
+    return settings
+
+
+def pinned(device: Device, cpus: str | None) -> Device:
+    """``device`` as measured on the CPU set ``cpus`` for one run (``bench``/``measure --cpus``): its
+    class, its settings and its rows all say so.  None: as registered."""
+    if cpus is None:
+        return device
+    try:
+        return replace(device, cpus=parse_cpu_set(cpus))
+    except ValueError as exc:
+        raise RunnerError(f"{device.name}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -175,6 +196,8 @@ class BinaryBackend:
                               warmup_secs=s.warmup_secs)
         if not s.xnnpack:
             argv.append("--use_xnnpack=false")
+        if s.cpus:  # benchmark_model has no affinity flag; taskset's hex mask works on toybox too
+            argv = ["taskset", _cpu_mask(s.cpus), *argv]
         sha = self.digest()
         version = self._version(session, sha)
         before = bmb.parse_state(session.sh("state", []).stdout)
@@ -215,6 +238,13 @@ class BinaryBackend:
             output=text[-20000:],
         )
         return answers.bench_answer(name, data, sha256=model.sha256)
+
+
+def _cpu_mask(cpus: str) -> str:
+    """A CPU set as ``taskset``'s hex mask (``4-7`` -> ``f0``)."""
+    from edgenas.records.classes import cpu_list
+
+    return format(sum(1 << c for c in cpu_list(cpus)), "x")
 
 
 def backend_for(device: Device, home: Path) -> Backend:
@@ -337,14 +367,15 @@ def bench_model(store: Store, home: Path, device_name: str, model_dir: Path | st
                 warmup_secs: float = 0.5, max_secs: float = 150.0, cv_threshold: float = 0.05,
                 retries: int = 1, campaign: str | None = None,
                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S,
-                update_manifest: bool = True) -> dict[str, Any]:
+                update_manifest: bool = True, cpus: str | None = None) -> dict[str, Any]:
     """Benchmark the exported model in ``model_dir`` on ``device_name``; store and return the row.
 
     Raises ModelFileError (corrupt model or manifest), DeviceError (no runtime / no Python),
     TransportError (device unreachable or lost mid-benchmark: nothing is stored), DeviceBusyError.
+    ``cpus``: pin this benchmark to a CPU set (else the device's own, if it has one).
     """
     model = ModelPackage.open(model_dir)
-    device = get_device(store, device_name)
+    device = pinned(get_device(store, device_name), cpus)
     settings = BenchSettings(threads, runs, min_secs, warmup_runs, warmup_secs, max_secs,
                              cv_threshold, retries)
     with DeviceBencher(home, device, settings, lock_timeout=lock_timeout) as bencher:
@@ -391,9 +422,26 @@ def _store_row(store: Store, device: Device, model: ModelPackage, r: dict[str, A
         temp_c_before=_temp_c(before),
         temp_c_after=_temp_c(after),
         protocol=measurements.Protocol.of(meta["settings"]),
+        cpus=_ran_on(device, r),
         result_json=json.dumps({**r, "edgenas": meta}),
     ))
     return {**stored.to_dict(), "result_json": stored.result_json}
+
+
+def _ran_on(device: Device, r: dict[str, Any]) -> str | None:
+    """The CPU set a pinned benchmark ran on, as the runner reports it (its ``cpu_affinity``); a
+    runner that pinned to another set than asked is refused (the row would lie about its class)."""
+    cpus = getattr(device, "cpus", None)
+    if not cpus:
+        return None
+    seen = r.get("cpu_affinity")
+    if isinstance(seen, list) and seen and all(isinstance(c, int) and not isinstance(c, bool)
+                                               for c in seen):
+        got = format_cpu_set(seen)
+        if got != cpus:
+            raise RunnerError(f"{device.name}: the benchmark was to run on CPUs {cpus} but ran on "
+                              f"{got[:80]}; nothing was stored")
+    return cpus
 
 
 def _bounded(value: Any) -> str | None:
@@ -435,4 +483,4 @@ def open_bencher(home: Path, device_name: str, settings: BenchSettings | None = 
 
 
 __all__ = ["BenchSettings", "DeviceBencher", "DeviceBusyError", "ModelPackage",
-           "ModelFileError", "TransportError", "bench_model", "open_bencher"]
+           "ModelFileError", "TransportError", "bench_model", "open_bencher", "pinned"]

@@ -59,6 +59,7 @@ from edgenas.measure.bench import (
     DeviceBusyError,
     ModelPackage,
     for_device,
+    pinned,
 )
 from edgenas.measure.plan import (
     DeviceTarget,
@@ -290,6 +291,8 @@ def measure(store: Store, home: Path, source_ckpt: Path | str, devices: Iterable
         raise MeasureError(f"unknown precision {', '.join(bad) or '(none)'} "
                            f"(one of {', '.join(EXPORT_PRECISIONS)})")
     devs = select_devices(store, list(devices))
+    if settings is not None and settings.cpus:  # measure --cpus: every device pinned for this run
+        devs = [pinned(d, settings.cpus) for d in devs]
     if not devs:
         raise MeasureError("no devices to measure on (give --device NAME or --group G)")
     ckpt = load_checkpoint(source_ckpt)

@@ -14,6 +14,11 @@ board behind the same name — moves to another class and its old rows stay with
 exception is a device's first probe: rows it took while unprobed (stamped with its name) follow it into
 its derived class (:func:`adopt_on_probe`), because they were measured on that same hardware.
 
+A device pinned to a CPU set (``device add --cpus 4-7``, inventory ``edgenas_cpus``, or ``bench
+--cpus`` / ``measure --cpus`` for one run) is another class: on big.LITTLE the big and the little cores
+run the same model 2-4x apart, so the set is appended to the class (``…-cpus4-7``), whether the class
+was derived or named.
+
 Class keys are file- and command-line-safe names (``[a-z0-9._-]``, at most 64 characters): they name
 predictor files and appear in reports.
 """
@@ -41,6 +46,63 @@ _NOISE = re.compile(r"\((?:r|tm|c)\)|\b(?:cpu|processor|with|radeon graphics)\b|
 
 class ClassError(EdgeNASError):
     """A device class name that cannot be used (bad characters, too long)."""
+
+
+MAX_CPU = 4095
+
+
+def parse_cpu_set(value: object) -> str:
+    """A CPU set as ``taskset -c`` and cgroups write it (``4-7``, ``0,2-3``, ``5``), checked and made
+    canonical (sorted, merged ranges); ValueError says what is wrong.  An int is one CPU."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"expected a CPU set such as 4-7 or 0,2-3, got {value!r}")
+    text = str(value).replace(" ", "")
+    cpus: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d{1,4})(?:-(\d{1,4}))?", part)
+        if not m:
+            raise ValueError(f"expected a CPU set such as 4-7 or 0,2-3, got {value!r}")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo or hi > MAX_CPU:
+            raise ValueError(f"CPU range {part!r} in {value!r} is empty or beyond CPU {MAX_CPU}")
+        cpus.update(range(lo, hi + 1))
+    return format_cpu_set(cpus)
+
+
+def cpu_list(spec: str) -> list[int]:
+    """The CPUs of a (canonical or not) CPU set, sorted."""
+    out: set[int] = set()
+    for part in parse_cpu_set(spec).split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(out)
+
+
+def format_cpu_set(cpus: Iterable[int]) -> str:
+    """``[0, 1, 2, 3, 6]`` as ``0-3,6``."""
+    ordered = sorted(set(int(c) for c in cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def pinned_class(key: str, cpus: str | None) -> str:
+    """``key`` of a device run on the CPU set ``cpus``: ``key-cpus4-7`` (``,`` written ``_``); within
+    64 characters (the base shortened, with a hash, when needed)."""
+    if not cpus:
+        return key
+    suffix = "-cpus" + cpus.replace(",", "_")
+    if len(key) + len(suffix) <= MAX_KEY:
+        return key + suffix
+    digest = hashlib.sha256(f"{key}{suffix}".encode()).hexdigest()[:8]
+    room = MAX_KEY - len(digest) - 1
+    return f"{(key + suffix)[:room].rstrip('-._')}-{digest}"
 
 
 def validate_class(name: str) -> str:
@@ -118,11 +180,12 @@ def derived_key(facts: ClassFacts) -> str:
 
 def class_of(device: Device) -> str:
     """``device``'s class now: the user's name for it, else derived from its probe, else its own
-    name (a device never probed shares nothing)."""
+    name (a device never probed shares nothing); with its CPU set appended when it is pinned."""
+    cpus = getattr(device, "cpus", None)
     if device.device_class:
-        return device.device_class
+        return pinned_class(device.device_class, cpus)
     facts = facts_of(device.probe, device.xnnpack, bool(device.benchmark_binary))
-    return derived_key(facts) if facts is not None else device.name
+    return pinned_class(derived_key(facts) if facts is not None else device.name, cpus)
 
 
 def how(device: Device) -> str:
@@ -130,7 +193,10 @@ def how(device: Device) -> str:
     if device.device_class:
         return "set by the user"
     facts = facts_of(device.probe, device.xnnpack, bool(device.benchmark_binary))
-    return f"derived: {facts.describe()}" if facts else "not probed yet: a class of its own"
+    cpus = getattr(device, "cpus", None)
+    pin = f", on CPUs {cpus}" if cpus else ""
+    return (f"derived: {facts.describe()}{pin}" if facts
+            else f"not probed yet: a class of its own{pin}")
 
 
 def by_class(devices: Iterable[Device]) -> dict[str, list[Device]]:
@@ -164,11 +230,14 @@ def adopt_on_probe(conn: Any, device: Device, new_probe: Mapping[str, Any]) -> N
     facts = facts_of(new_probe, device.xnnpack, bool(device.benchmark_binary))
     if facts is None:
         return
-    move_class(conn, device.name, derived_key(facts), from_class=device.name)
+    cpus = getattr(device, "cpus", None)
+    move_class(conn, device.name, pinned_class(derived_key(facts), cpus),
+               from_class=pinned_class(device.name, cpus))
 
 
 __all__ = ["ClassError", "ClassFacts", "adopt_on_probe", "backfill", "by_class", "class_of",
-           "derived_key", "facts_of", "how", "move_class", "validate_class"]
+           "cpu_list", "derived_key", "facts_of", "format_cpu_set", "how", "move_class",
+           "parse_cpu_set", "pinned_class", "validate_class"]
 
 
 def backfill(conn: Any) -> None:

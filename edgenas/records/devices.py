@@ -39,6 +39,7 @@ _COLUMNS = (
     "device_class",
     "latency_budget_ms",
     "jump_json",
+    "cpus",
     "probe_json",
     "probed_at",
     "created_at",
@@ -78,6 +79,9 @@ class Device:
     ``jump`` (SSH): the jump hosts on the way to the device, first one first (``ProxyJump``), each a
     mapping ``host``, ``port`` and optionally ``user``, ``key_path``, ``host_key`` (a pinned
     ``SHA256:…``); empty: reached directly.
+
+    ``cpus``: the CPU set every benchmark of the device is pinned to (``4-7``: big.LITTLE's big
+    cores); part of its class (:func:`edgenas.records.classes.class_of`).  None: not pinned.
     """
 
     name: str
@@ -101,6 +105,7 @@ class Device:
     device_class: str | None = None
     latency_budget_ms: float | None = None
     jump: list[dict[str, Any]] = field(default_factory=list)
+    cpus: str | None = None
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -190,6 +195,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.device_class,
                 device.latency_budget_ms,
                 json.dumps(device.jump) if device.jump else None,
+                device.cpus,
                 probe_json,
                 probed_at,
                 created,
@@ -332,6 +338,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         device_class=row["device_class"],
         latency_budget_ms=row["latency_budget_ms"],
         jump=json.loads(row["jump_json"]) if row["jump_json"] else [],
+        cpus=row["cpus"],
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

@@ -97,6 +97,7 @@ class Measurement:
     temp_c_after: float | None = None
     protocol: Protocol | None = None
     device_class: str | None = None
+    cpus: str | None = None  # the CPU set the benchmark was pinned to (None: not pinned)
     result_json: str = "{}"
     created_at: float = field(default_factory=time.time)
     id: int | None = None
@@ -130,7 +131,7 @@ FIELDS = (
     "std_ms", "min_ms",
     "cv", "init_ms", "first_ms", "runs", "peak_rss_kib", "noisy", "governor", "freq_mhz_before",
     "freq_mhz_after", "temp_c_before", "temp_c_after", "protocol_runs", "protocol_min_secs",
-    "protocol_warmup_runs", "protocol_warmup_secs", "xnnpack", "created_at",
+    "protocol_warmup_runs", "protocol_warmup_secs", "xnnpack", "cpus", "created_at",
 )
 _INSERT_COLUMNS = (*(c for c in FIELDS if c != "id"), "result_json")
 _SELECT = f"SELECT {', '.join(FIELDS)}, result_json FROM measurements"

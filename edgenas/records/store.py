@@ -213,6 +213,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE devices ADD COLUMN jump_json TEXT;
     """,
+    # 11 -> 12: core selection (big.LITTLE).  ``devices.cpus``: the CPU set a device's benchmarks are
+    # pinned to (NULL: not pinned); ``measurements.cpus``: the set a row was measured on (provenance;
+    # NULL: unpinned).  A pinned device is a class of its own (edgenas.records.classes.pinned_class).
+    """
+    ALTER TABLE devices ADD COLUMN cpus TEXT;
+    ALTER TABLE measurements ADD COLUMN cpus TEXT;
+    """,
 )
 
 

@@ -121,11 +121,13 @@ def load_inventory(
     Variables used: ``ansible_host``, ``ansible_user``, ``ansible_port``,
     ``ansible_ssh_private_key_file``, ``ansible_python_interpreter``, ``ansible_connection``
     (``local``), the jump hosts in ``ansible_ssh_args``/``ansible_ssh_common_args``/
-    ``ansible_ssh_extra_args`` (``-J``, ``-o ProxyJump=…``: :mod:`.ssh_args`), and edgenas' own ``edgenas_kind`` (``ssh``/``adb``/``local``), ``edgenas_serial``,
-    ``edgenas_python``, ``edgenas_workdir``, ``edgenas_timeout``, ``edgenas_benchmark_binary``
-    (relative to the inventory's folder), ``edgenas_latency_ms`` (the device's latency budget for
-    ``fleet specialize``), ``edgenas_class`` (its device class, instead of the one derived from its
-    probe) and ``edgenas_skip``.  Every group a host is in, except
+    ``ansible_ssh_extra_args`` (``-J``, ``-o ProxyJump=…``: :mod:`.ssh_args`), and edgenas' own
+    ``edgenas_kind`` (``ssh``/``adb``/``local``), ``edgenas_serial``, ``edgenas_python``,
+    ``edgenas_workdir``, ``edgenas_timeout``, ``edgenas_benchmark_binary`` (relative to the
+    inventory's folder), ``edgenas_latency_ms`` (the device's latency budget for ``fleet
+    specialize``), ``edgenas_class`` (its device class, instead of the one derived from its probe),
+    ``edgenas_cpus`` (the CPU set its benchmarks are pinned to) and ``edgenas_skip``.  Every group a
+    host is in, except
     ``all`` and ``ungrouped``, becomes an edgenas group.
 
     Reading it runs nothing: an inventory only Ansible can read (a script, a plugin configuration,

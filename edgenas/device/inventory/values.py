@@ -42,7 +42,7 @@ from edgenas.device.registry import (
     validate_group,
     validate_name,
 )
-from edgenas.records.classes import ClassError, validate_class
+from edgenas.records.classes import ClassError, parse_cpu_set, validate_class
 
 log = logging.getLogger(__name__)
 # Ansible's ssh connection plugin passes these to ssh in this order; ssh keeps the first ProxyJump.
@@ -342,7 +342,9 @@ def _device(
     timeout = ctx.get("edgenas_timeout", check=_timeout)
     budget = ctx.get("edgenas_latency_ms", check=_latency_ms)
     device_class = ctx.get("edgenas_class", check=_device_class)
+    cpus = ctx.get("edgenas_cpus", check=parse_cpu_set)
     common: dict[str, Any] = dict(
+        cpus=cpus,
         latency_budget_ms=budget,
         device_class=device_class,
         benchmark_binary=binary,
