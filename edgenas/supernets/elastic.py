@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,12 +21,35 @@ from edgenas.supernets.layers import BN_EPS, BN_MOMENTUM, activate, h_sigmoid
 from edgenas.supernets.static import MBBlock
 
 
+class _Recompute:
+    """Entered while activation checkpointing recomputes a block in the backward pass: batch norm
+    then normalises with the batch's statistics as before but leaves the running statistics
+    alone (they were updated in the forward pass; updating them twice would change training)."""
+
+    depth = 0
+
+    def __enter__(self) -> None:
+        _Recompute.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _Recompute.depth -= 1
+
+
+def recompute_contexts() -> tuple[contextlib.AbstractContextManager, _Recompute]:
+    """``context_fn`` for :func:`torch.utils.checkpoint.checkpoint` (forward, recompute)."""
+    return contextlib.nullcontext(), _Recompute()
+
+
 def elastic_bn(x: torch.Tensor, bn: nn.BatchNorm2d, channels: int) -> torch.Tensor:
     """Batch norm over the first ``channels`` channels of ``bn`` (running stats update in place).
 
     ``momentum=None`` means a cumulative average, as in ``nn.BatchNorm2d``: the factor is
     ``1 / batches seen`` so BN recalibration through the supernet averages every batch.
     """
+    if bn.training and _Recompute.depth:  # same computation; the update lands in throwaway copies
+        return F.batch_norm(x, bn.running_mean[:channels].clone(),
+                            bn.running_var[:channels].clone(), bn.weight[:channels],
+                            bn.bias[:channels], True, bn.momentum or 0.0, bn.eps)
     factor = bn.momentum
     if bn.training and factor is None:
         bn.num_batches_tracked.add_(1)

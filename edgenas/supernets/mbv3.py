@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from edgenas.core.errors import CheckpointError, SpecError
 from edgenas.space.plan import BlockPlan, conv_out, net_plan
@@ -18,7 +19,7 @@ from edgenas.supernets.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from edgenas.supernets.elastic import ElasticMBBlock
+from edgenas.supernets.elastic import ElasticMBBlock, recompute_contexts
 from edgenas.supernets.layers import HSwish
 from edgenas.supernets.static import ConvBNAct, MBBlock, MobileNetV3
 
@@ -44,6 +45,7 @@ class MobileNetV3Supernet(nn.Module):
             raise ValueError(f"{len(self.labels)} labels for {num_classes} classes")
         self.normalization = dict(normalization or DEFAULT_NORMALIZATION)
         self.meta: dict[str, Any] = {}
+        self.checkpointing = False  # recompute elastic blocks in backward (activation memory)
 
         self.stem = ConvBNAct(3, space.stem_width, 3, space.stem_stride, act="h_swish")
         self.first_block = MBBlock(BlockPlan(space.stem_width, space.stem_width,
@@ -97,8 +99,12 @@ class MobileNetV3Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first_block(self.stem(x))
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.active_blocks():
-            x = block(x)
+            if recompute:
+                x = checkpoint(block, x, use_reentrant=False, context_fn=recompute_contexts)
+            else:
+                x = block(x)
         x = self.head_expand(x)
         x = x.mean((2, 3), keepdim=True)
         x = self.feature_act(self.feature_mix(x)).flatten(1)

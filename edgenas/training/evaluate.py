@@ -33,13 +33,16 @@ class EvalResult:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> None:
+def recalibrate_bn(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor],
+                   batch_size: int = 250) -> None:
     """Re-estimate every BN layer's running mean/var as the average over ``images``.
 
     Stats are reset, then each batch gets momentum ``n / (seen + n)``: a cumulative average weighted
     by batch size (``momentum=None`` weights batches equally, so a short last batch would count as
     much as a full one).  The mean is then exactly the mean over all images, whatever the batch
     order.  Momenta are restored afterwards.  Runs in train mode without gradients.
+    ``images`` is one tensor (cut into ``batch_size`` batches) or an iterable of batches (e.g.
+    ``data.calibration_batches(...)``, which never holds the whole set as float).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in bns]
@@ -50,8 +53,9 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
         m.train()
     device = next(model.parameters()).device
     seen = 0
-    for i in range(0, images.shape[0], batch_size):
-        batch = images[i:i + batch_size]
+    batches = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)) \
+        if isinstance(images, torch.Tensor) else images
+    for batch in batches:
         for m in bns:
             m.momentum = len(batch) / (seen + len(batch))
         model(_to(batch, device))
@@ -86,7 +90,7 @@ def evaluate_subnet(model: nn.Module, resolution: int, data: ImageData, *,
                     calibrate: bool = True, calib_images: int = CALIBRATION_IMAGES) -> float:
     """Top-1 of a static subnet at ``resolution`` (BN recalibrated first unless told not to)."""
     if calibrate:
-        recalibrate_bn(model, data.calibration_images(calib_images, resolution))
+        recalibrate_bn(model, data.calibration_batches(calib_images, resolution))
     return top1(model, data.val_batches(resolution))[0]
 
 

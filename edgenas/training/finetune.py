@@ -121,5 +121,5 @@ def _time_step(model: MobileNetV3, data: ImageData, bs: int, res: int, dev: torc
         F.cross_entropy(model(x), y).backward()
         times.append(time.perf_counter() - t)
     model.zero_grad(set_to_none=True)
-    recalibrate_bn(model, data.calibration_images(resolution=res))
+    recalibrate_bn(model, data.calibration_batches(resolution=res))
     return 1.15 * min(times[1:])

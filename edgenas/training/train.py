@@ -20,6 +20,8 @@ Design choices that matter for users:
 from __future__ import annotations
 
 import copy
+import ctypes
+import gc
 import os
 import random
 import signal
@@ -81,6 +83,7 @@ class TrainConfig:
     limit: int | None = None
     data_mode: str = "auto"  # auto | memory | stream (see edgenas.training.data.load_data)
     workers: int | None = None  # decoding processes when streaming [default: spare cores]
+    activation_checkpointing: bool = False  # recompute elastic blocks in backward (less memory)
     schedule: list[dict[str, Any]] = field(
         default_factory=lambda: [asdict(p) for p in DEFAULT_SCHEDULE])
 
@@ -258,6 +261,7 @@ class Trainer:
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.net.to(self.device).to(memory_format=CL)
+        self.net.checkpointing = cfg.activation_checkpointing
         self.loss_module: nn.Module = SubnetsLoss(net, cfg.label_smoothing, cfg.kd_ratio)
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -383,21 +387,34 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            soft = None
-            if plan.phase.kd and self.teacher is not None:
-                with torch.no_grad():
-                    soft = F.softmax(self.teacher(x).float(), 1)
-            loss = self.loss_module(x, y, [a.to_string() for a in archs], soft)
+        soft = None
+        if plan.phase.kd and self.teacher is not None:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16,
+                                                        enabled=self.amp):
+                soft = F.softmax(self.teacher(x).float(), 1)
+            soft = soft.clone()  # an ordinary tensor: inference tensors cannot be saved for backward
         self.optimizer.zero_grad(set_to_none=True)
+        ids = [a.to_string() for a in archs]
+        # One backward per subnet frees its activations before the next subnet runs (a step holds
+        # one subnet's activations, not all of them; the summed gradients are the same).  Under
+        # DDP the subnets share one graph: one backward, one gradient all-reduce per step.
+        groups = [ids] if self.dist.world > 1 else [[i] for i in ids]
+        total = 0.0
+        for group in groups:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                loss = self.loss_module(x, y, group, soft)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            total += float(loss.detach())
+            del loss
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
-        self._last_loss = float(loss.detach()) / len(archs)
+        self._last_loss = total / len(archs)
         self.phase_step += 1
         self.global_step += 1
         self.images += len(idx) * self.dist.world
@@ -621,7 +638,7 @@ def _train(cfg: TrainConfig, out: Path, dist: DistInfo, say: Reporter, started: 
         SearchSpace.from_spec(state["supernet"]["space"])
     if data is None:
         data = load_data(cfg.data, space.resolutions[-1], limit=cfg.limit, mode=cfg.data_mode,
-                         workers=cfg.workers)
+                         workers=cfg.workers, space=space, batch_size=cfg.batch_size)
     elif cfg.limit is not None and data.num_train > cfg.limit:
         raise ValueError("pass limit either in the config or by slicing the data, not both")
     torch.manual_seed(cfg.seed)
@@ -647,6 +664,8 @@ def _train(cfg: TrainConfig, out: Path, dist: DistInfo, say: Reporter, started: 
         say(PROGRESS_SOURCE, f"training {space.name} on {data.name} ({data.num_train} train / "
             f"{data.num_val} val images, {data.num_classes} classes): {total} steps in "
             f"{len(plans)} phases, batch {trainer.global_batch}, device {dist.device}")
+        if getattr(data, "memory_plan", None) is not None:
+            say(PROGRESS_SOURCE, data.memory_plan.describe())
     with _signals(trainer, handle_signals):
         trainer.run()
     return _finish(trainer, cfg, data, out, log, say, dist)
@@ -667,6 +686,20 @@ def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: AnyImageData, dist: 
                       step_seconds=step_seconds), seconds)
 
 
+def release_memory(trainer: Trainer | None = None) -> None:
+    """Drop the optimizer state and the teacher, and hand freed heap pages back to the system
+    (glibc keeps freed blocks otherwise, so evaluation's memory would come on top of training's
+    instead of reusing it; the auto data mode's estimate counts on this)."""
+    if trainer is not None:
+        trainer.optimizer = None
+        trainer.teacher = None
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, log: JsonLog,
             say: Reporter, dist: DistInfo) -> TrainResult:
     net = trainer.net
@@ -674,6 +707,7 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
     val: dict[str, float] = {}
     if dist.main:
         # subnets are extracted, recalibrated and evaluated on the training device
+        release_memory(trainer)
         results = evaluate_archs(net, [space.smallest(), space.largest()], data,
                                  device=dist.device)
         net.to("cpu").to(memory_format=torch.contiguous_format)

@@ -27,7 +27,6 @@ root, out, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 import torch
 from edgenas.training.data import load_data
-from edgenas.training.data.stream import in_memory_bytes, memory_budget
 from edgenas.training.train import TrainConfig, TrainingInterrupted, train_supernet
 
 cfg = TrainConfig(out=out, space="mbv3-w1.0", data=root, epochs=1, batch_size=8, workers=1)
@@ -43,8 +42,9 @@ state = torch.load(out + ".state", weights_only=True)
 start = [json.loads(l) for l in open(out + ".log.jsonl") if '"start"' in l][0]
 print(json.dumps({
     "steps": state["counters"]["global_step"], "mode": start["data"]["mode"],
-    "images": start["data"]["train"] + start["data"]["val"], "budget": memory_budget(),
-    "in_memory_bytes": in_memory_bytes(start["data"]["train"] + start["data"]["val"], 224),
+    "images": start["data"]["train"] + start["data"]["val"],
+    "in_memory_bytes": (start["data"]["train"] + start["data"]["val"]) * 3 * 224 * 224,
+    "plan": start["data"]["memory"],
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}))
 """

@@ -12,11 +12,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from edgenas.core.errors import DataError
 from edgenas.training.data import transforms as T
+from edgenas.training.data.memory import MemoryPlan, plan_memory
 from edgenas.training.data.sources import (
     SPLIT_SEED,
     RawData,
@@ -26,15 +28,23 @@ from edgenas.training.data.sources import (
     load_digits_data,
     scan_image_folder,
 )
-from edgenas.training.data.stream import (
-    StreamedImageData,
-    in_memory_bytes,
-    memory_budget,
-    streamed_folder,
-)
+from edgenas.training.data.stream import StreamedImageData, default_workers, streamed_folder
+
+if TYPE_CHECKING:
+    from edgenas.space.spec import SearchSpace
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 2000
+CACHE_BYTES = 64 << 20  # float tensors kept between calls only below this size
+VAL_PIXELS = 500 * 64 * 64  # images × pixels of one validation batch (500 at 64 px, 40 at 224)
+
+
+def val_batch_size(resolution: int, requested: int | None = None) -> int:
+    """Validation batch: ``requested``, or as many images as keep its feature maps bounded (eval
+    mode, so the batch size does not change the result)."""
+    if requested is not None:
+        return requested
+    return max(25, min(500, VAL_PIXELS // (resolution * resolution)))
 
 
 @dataclass
@@ -51,6 +61,7 @@ class ImageData:
     flip: bool = False
     crop_scale: tuple[float, float] = (0.35, 1.0)
     normalization: dict[str, list[float]] = field(default_factory=dict)
+    memory_plan: MemoryPlan | None = None
     _cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     streamed = False
@@ -89,15 +100,20 @@ class ImageData:
         return T.normalize(x, mean, std), self.train_y[indices]
 
     # ---- evaluation
-    def val_batches(self, resolution: int, batch_size: int = 500
+    def val_batches(self, resolution: int, batch_size: int | None = None
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Validation images at ``resolution``; the resized tensor is cached per resolution."""
+        """Validation images at ``resolution``, converted batch by batch from the uint8 set (a
+        float copy of the whole set is kept between calls only when it is small)."""
+        batch_size = val_batch_size(resolution, batch_size)
         key = ("val", resolution, self.num_val)
-        if key not in self._cache:
+        if key not in self._cache and 4 * self.val_x[:1].numel() * self.num_val * (
+                resolution / max(1, self.val_x.shape[-1])) ** 2 <= CACHE_BYTES:
             self._cache[key] = self.prepare(self.val_x, resolution)
-        x = self._cache[key]
+        cached = self._cache.get(key)
         for i in range(0, self.num_val, batch_size):
-            yield x[i:i + batch_size], self.val_y[i:i + batch_size]
+            x = cached[i:i + batch_size] if cached is not None else \
+                self.prepare(self.val_x[i:i + batch_size], resolution)
+            yield x, self.val_y[i:i + batch_size]
 
     def calibration_indices(self, n: int = CALIBRATION_IMAGES, seed: int = SPLIT_SEED
                             ) -> torch.Tensor:
@@ -109,22 +125,42 @@ class ImageData:
 
     def calibration_images(self, n: int = CALIBRATION_IMAGES, resolution: int | None = None,
                            seed: int = SPLIT_SEED) -> torch.Tensor:
-        """Normalised float NCHW calibration images (BN recalibration, int8 export); cached.
+        """Normalised float NCHW calibration images (BN recalibration, int8 export); cached when
+        small (see :meth:`calibration_batches` for a bounded-memory way through them).
 
         Un-augmented so the statistics match what the subnet sees at inference.
         """
         resolution = resolution or int(self.train_x.shape[-1])
         key = (f"cal{seed}", resolution, n)
-        if key not in self._cache:
-            self._cache[key] = self.prepare(self.train_x[self.calibration_indices(n, seed)],
-                                            resolution)
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        x = self.prepare(self.train_x[self.calibration_indices(n, seed)], resolution)
+        if x.numel() * 4 <= CACHE_BYTES:
+            self._cache[key] = x
+        return x
+
+    def calibration_batches(self, n: int = CALIBRATION_IMAGES, resolution: int | None = None,
+                            seed: int = SPLIT_SEED, batch_size: int = 250
+                            ) -> Iterator[torch.Tensor]:
+        """The calibration images of :meth:`calibration_images`, normalised one batch at a time
+        (the same values; only one batch is ever float)."""
+        resolution = resolution or int(self.train_x.shape[-1])
+        key = (f"cal{seed}", resolution, n)
+        if key in self._cache or n * 3 * resolution * resolution * 4 <= CACHE_BYTES:
+            images = self.calibration_images(n, resolution, seed)
+            for i in range(0, images.shape[0], batch_size):
+                yield images[i:i + batch_size]
+            return
+        idx = self.calibration_indices(n, seed)
+        for i in range(0, len(idx), batch_size):
+            yield self.prepare(self.train_x[idx[i:i + batch_size]], resolution)
 
     def describe(self) -> dict[str, object]:
         return {"source": self.source, "name": self.name, "classes": self.num_classes,
                 "train": self.num_train, "val": self.num_val,
                 "size": int(self.train_x.shape[-1]), "normalization": self.normalization,
-                "mode": "memory"}
+                "mode": "memory",
+                "memory": self.memory_plan.to_json() if self.memory_plan is not None else None}
 
 
 DATA_MODES = ("auto", "memory", "stream")
@@ -132,7 +168,8 @@ DATA_MODES = ("auto", "memory", "stream")
 
 def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
               val_fraction: float = 0.2, mode: str = "auto",
-              workers: int | None = None) -> ImageData | StreamedImageData:
+              workers: int | None = None, space: SearchSpace | None = None,
+              batch_size: int = 64) -> ImageData | StreamedImageData:
     """Load ``digits``, an ImageFolder root, or a CIFAR-10 folder, stored at ``size`` px.
 
     ``size`` is the storage size (use the space's largest resolution); batches are resized to each
@@ -140,9 +177,11 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
 
     ``mode``: ``memory`` decodes every image once and keeps it (fastest per step); ``stream``
     decodes each batch on the fly in ``workers`` DataLoader processes (ImageFolder only; memory
-    bounded whatever the size); ``auto`` streams an ImageFolder when ``images × 3 × size²`` bytes
-    exceed half of the memory this process may use (see
-    :func:`edgenas.training.data.stream.memory_budget`).
+    bounded whatever the size); ``auto`` keeps an ImageFolder in memory when what that path
+    really costs — decoded set, load and augmentation transients, and (given ``space`` and
+    ``batch_size``) training and evaluation of the largest subnet — fits the memory left, and
+    streams it otherwise (:func:`edgenas.training.data.memory.plan_memory`).  The decision and its
+    reasons are in the returned data's ``memory_plan`` (and logged).
     """
     if mode not in DATA_MODES:
         raise DataError(f"data mode must be one of {', '.join(DATA_MODES)}, got {mode!r}")
@@ -150,6 +189,7 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
     if limit is not None and limit < 2:
         raise DataError(f"limit must be at least 2 images, got {limit}")
     raw: RawData
+    plan: MemoryPlan | None = None
     if mode == "stream" and (text == "digits" or text.startswith("cifar10:")):
         raise DataError(f"{text}: only an ImageFolder can be streamed (this source is small and "
                         "always held in memory); use --data-mode auto or memory")
@@ -173,18 +213,20 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
             files = scan_image_folder(path, val_fraction)
             if limit is not None:
                 files.train_files, files.train_y = files.train_files[:limit], files.train_y[:limit]
-            need = in_memory_bytes(len(files.train_files) + len(files.val_files), size)
-            budget = memory_budget()
-            if mode == "stream" or (mode == "auto" and need > budget):
-                if mode == "auto":
-                    log.info("%s: %.1f GB decoded exceeds the %.1f GB memory budget; streaming",
-                             path, need / 1e9, budget / 1e9)
+            n_workers = workers if workers is not None else default_workers()
+            plan = plan_memory(len(files.train_files) + len(files.val_files), size, space=space,
+                               batch=batch_size, num_classes=len(files.labels),
+                               workers=n_workers, requested=mode)
+            log.info("%s: %s", path, plan.describe())
+            if plan.mode == "stream":
                 if not files.val_files:
                     raise DataError(f"{text}: no validation images (too few images per class "
                                     "to split)")
-                return streamed_folder(text, files.name, files.labels,
+                data = streamed_folder(text, files.name, files.labels,
                                        (files.train_files, files.train_y),
                                        (files.val_files, files.val_y), size, workers)
+                data.memory_plan = plan
+                return data
             raw = decode_folder(files, size)  # already limited: the rest is never decoded
     if limit is not None:
         raw.train_x, raw.train_y = raw.train_x[:limit], raw.train_y[:limit]
@@ -192,6 +234,13 @@ def load_data(source: str | Path, size: int = 32, *, limit: int | None = None,
         raise DataError(f"{text}: no training images")
     if raw.val_x.shape[0] == 0:
         raise DataError(f"{text}: no validation images (too few images per class to split)")
+    if plan is None and space is not None:  # digits, CIFAR: held in memory; the estimate all the same
+        stored = int(raw.train_x.shape[-1])  # CIFAR stays at 32 px
+        plan = plan_memory(raw.train_x.shape[0] + raw.val_x.shape[0], stored, space=space,
+                           batch=batch_size, num_classes=len(raw.labels), workers=0,
+                           requested="memory", can_stream=False)
+        plan.baseline -= plan.memory_parts["data"]  # already decoded: counted once, as data
+        plan.reason = "this source is always held in memory"
     return ImageData(text, raw.name, raw.labels, raw.train_x.contiguous(), raw.train_y,
                      raw.val_x.contiguous(), raw.val_y, raw.flip, raw.crop_scale,
-                     T.compute_normalization(raw.train_x))
+                     T.compute_normalization(raw.train_x), memory_plan=plan)

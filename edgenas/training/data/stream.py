@@ -1,7 +1,7 @@
 """A streamed ImageFolder: DataLoader workers decode and augment each batch on the fly.
 
-Used when the decoded data set would not fit in memory (``load_data(..., mode="auto")`` estimates
-``images × 3 × size²`` bytes against the memory this process may use) or when asked for with
+Used when the in-memory path would not fit (``load_data(..., mode="auto")`` weighs what each path
+really costs against the memory left: :mod:`edgenas.training.data.memory`) or when asked for with
 ``mode="stream"``.  Memory then stays bounded by the batch size, the number of workers and their
 prefetch depth, whatever the number of images.
 
@@ -26,10 +26,8 @@ from __future__ import annotations
 import math
 import os
 import random
-import resource
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,57 +37,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from edgenas.core.errors import DataError
 from edgenas.training.data import transforms as T
 
-MEMORY_FRACTION = 0.5  # of the memory this process may use, for the decoded data set
 NORMALIZATION_SAMPLE = 2000
 NORMALIZATION_SIZE = 64
-
-
-# ------------------------------------------------------------------------------- memory budget
-
-
-def _cgroup_limit() -> int | None:
-    """Bytes left under this process's cgroup (v2 or v1) memory limit, if it has one."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text == "max" or not text.isdigit() or int(text) >= 1 << 60:
-            return None
-        try:
-            used = int(Path(usage_file).read_text().strip())
-        except (OSError, ValueError):
-            used = 0
-        return max(0, int(text) - used)
-    return None
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def memory_budget() -> int:
-    """Bytes the decoded data set may take: a fraction of the tightest of free RAM, the cgroup
-    limit, and the process's ``RLIMIT_AS``/``RLIMIT_DATA`` (what ``ulimit -v``/``-d`` set)."""
-    candidates = [v for v in (_mem_available(), _cgroup_limit()) if v is not None]
-    for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
-        soft, _ = resource.getrlimit(which)
-        if soft != resource.RLIM_INFINITY:
-            candidates.append(soft)
-    return int(MEMORY_FRACTION * min(candidates)) if candidates else 1 << 62
-
-
-def in_memory_bytes(images: int, size: int) -> int:
-    """What the in-memory path holds: every image as uint8 ``3 × size × size``."""
-    return images * 3 * size * size
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -274,6 +223,7 @@ class StreamedImageData:
     crop_scale: tuple[float, float] = (0.35, 1.0)
     normalization: dict[str, list[float]] = field(default_factory=dict)
     workers: int = field(default_factory=default_workers)
+    memory_plan: Any = None  # the MemoryPlan that chose streaming (edgenas.training.data.memory)
     _cache: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     streamed = True
@@ -332,9 +282,10 @@ class StreamedImageData:
                           collate_fn=_collate_train, generator=_private_generator(),
                           prefetch_factor=2 if workers > 0 else None)
 
-    def val_batches(self, resolution: int, batch_size: int = 250
+    def val_batches(self, resolution: int, batch_size: int | None = None
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Validation images at ``resolution``, decoded by workers as they are consumed."""
+        batch_size = batch_size or max(25, min(250, 500 * 64 * 64 // (resolution * resolution)))
         loader = DataLoader(_EvalSet(self.val_files, self.val_y, resolution),
                             batch_size=batch_size, num_workers=self.workers,
                             generator=_private_generator(),
@@ -348,10 +299,7 @@ class StreamedImageData:
         g = torch.Generator().manual_seed(seed)
         return torch.randperm(self.num_train, generator=g)[:n].sort().values
 
-    def calibration_images(self, n: int = 2000, resolution: int | None = None,
-                           seed: int = 0) -> torch.Tensor:
-        """Seeded un-augmented training images, normalised (cached as uint8, per resolution)."""
-        resolution = resolution or self.size
+    def _calibration_uint8(self, n: int, resolution: int, seed: int) -> torch.Tensor:
         key = (f"cal{seed}", resolution, n)
         if key not in self._cache:
             files = [self.train_files[int(i)] for i in self.calibration_indices(n, seed)]
@@ -359,12 +307,25 @@ class StreamedImageData:
                                          resolution), batch_size=250, num_workers=self.workers,
                                 generator=_private_generator())
             self._cache[key] = torch.cat([x for x, _ in loader])
-        return self.normalize(self._cache[key])
+        return self._cache[key]
+
+    def calibration_images(self, n: int = 2000, resolution: int | None = None,
+                           seed: int = 0) -> torch.Tensor:
+        """Seeded un-augmented training images, normalised (cached as uint8, per resolution)."""
+        return self.normalize(self._calibration_uint8(n, resolution or self.size, seed))
+
+    def calibration_batches(self, n: int = 2000, resolution: int | None = None, seed: int = 0,
+                            batch_size: int = 250) -> Iterator[torch.Tensor]:
+        """:meth:`calibration_images`, normalised one batch at a time (bounded float memory)."""
+        images = self._calibration_uint8(n, resolution or self.size, seed)
+        for i in range(0, images.shape[0], batch_size):
+            yield self.normalize(images[i:i + batch_size])
 
     def describe(self) -> dict[str, object]:
         return {"source": self.source, "name": self.name, "classes": self.num_classes,
                 "train": self.num_train, "val": self.num_val, "size": self.size,
-                "normalization": self.normalization, "mode": "stream"}
+                "normalization": self.normalization, "mode": "stream",
+                "memory": self.memory_plan.to_json() if self.memory_plan is not None else None}
 
 
 def streamed_folder(source: str, name: str, labels: list[str], train: tuple[list[str], torch.Tensor],
