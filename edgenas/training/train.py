@@ -50,6 +50,7 @@ from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.checkpoint import apply_state_dict, atomic_torch_save, read_torch_file
 from edgenas.supernets.mbv3 import MobileNetV3Supernet, build_supernet
 from edgenas.supernets.static import MobileNetV3, fold_batchnorm
+from edgenas.training.adapt import adopt_init, load_init
 from edgenas.training.data import AnyImageData, load_data
 from edgenas.training.data.stream import BatchOrder, StepBatchSampler
 from edgenas.training.evaluate import evaluate_archs
@@ -84,6 +85,7 @@ class TrainConfig:
     data_mode: str = "auto"  # auto | memory | stream (see edgenas.training.data.load_data)
     workers: int | None = None  # decoding processes when streaming [default: spare cores]
     activation_checkpointing: bool = False  # recompute elastic blocks in backward (less memory)
+    init: str | None = None  # start from this supernet (edgenas or OFA state dict), new head
     schedule: list[dict[str, Any]] = field(
         default_factory=lambda: [asdict(p) for p in DEFAULT_SCHEDULE])
 
@@ -292,6 +294,9 @@ class Trainer:
         self.stop_requested = False
         self._epoch_ended = False
         self._last_loss = float("nan")
+        self.first_step_at: float | None = None  # monotonic times, for start-up / wind-down
+        self.startup_marks: dict[str, float] = {}
+        self.last_step_at: float | None = None
 
     # ---- data order
     @property
@@ -458,6 +463,9 @@ class Trainer:
                     self.save()
                     last_save = time.monotonic()
                 self.elapsed += time.monotonic() - t0
+                self.last_step_at = time.monotonic()
+                if self.first_step_at is None:
+                    self.first_step_at = self.last_step_at
             self.log.write("phase_end", phase=plan.phase.name, step=self.global_step,
                            loss=self._last_loss, elapsed=round(self.elapsed, 2),
                            phase_seconds=round(time.monotonic() - phase_t0, 2))
@@ -529,7 +537,9 @@ class Trainer:
             "version": STATE_VERSION,
             "config": asdict(self.cfg),
             "plans": [p.to_json() for p in self.plans],
-            "supernet": self.net.checkpoint({"data": self.data.source, "complete": False}),
+            "supernet": self.net.checkpoint({"data": self.data.source, "complete": False,
+                                             **({"init": self.net.meta["init"]}
+                                                if "init" in self.net.meta else {})}),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "teacher": self.teacher_state,
@@ -634,23 +644,46 @@ def _train(cfg: TrainConfig, out: Path, dist: DistInfo, say: Reporter, started: 
     elif dist.main and state_path(out).exists():
         say(PROGRESS_SOURCE, f"note: starting afresh; overwriting the earlier state "
             f"{state_path(out)}", level="warning")
-    space = SearchSpace.load(cfg.space) if state is None else \
+    marks: dict[str, float] = {"imports": started - process_started()}
+    mark = [time.monotonic()]
+
+    def lap(name: str) -> None:
+        now = time.monotonic()
+        marks[name] = round(now - mark[0], 2)
+        mark[0] = now
+
+    init = None
+    if state is None and cfg.init:
+        init = load_init(cfg.init, cfg.space)
+    space = init.space if init is not None else SearchSpace.load(cfg.space) if state is None else \
         SearchSpace.from_spec(state["supernet"]["space"])
     if data is None:
         data = load_data(cfg.data, space.resolutions[-1], limit=cfg.limit, mode=cfg.data_mode,
                          workers=cfg.workers, space=space, batch_size=cfg.batch_size)
     elif cfg.limit is not None and data.num_train > cfg.limit:
         raise ValueError("pass limit either in the config or by slicing the data, not both")
+    lap("data")
     torch.manual_seed(cfg.seed)
     net = build_supernet(space, data.num_classes, data.labels, data.normalization)
+    if init is not None:
+        say(PROGRESS_SOURCE, adopt_init(net, init, cfg.init or ""))
+        data.normalization = dict(net.normalization)  # the body learned on inputs normalised so
+        data._cache.clear()
     if state is not None:
         apply_state_dict(net, state["supernet"]["state_dict"], str(state_path(out)))
+        if (state["supernet"].get("meta") or {}).get("init"):
+            net.meta["init"] = state["supernet"]["meta"]["init"]
+            net.normalization = dict(state["supernet"]["normalization"])
+            data.normalization = dict(net.normalization)
         plans = [PhasePlan.from_json(p) for p in state["plans"]]
         budget = None
     else:
+        lap("model")
         plans, budget = _plan(cfg, net, data, dist, started)
     trainer = Trainer(cfg, data, net, plans, dist, progress=say, log=log,
                       save_seconds=save_seconds, budget=budget, on_step=on_step)
+    lap("plan")
+    trainer.startup_marks = marks
     if state is not None:
         trainer.restore(state)
         log.write("resume", step=trainer.global_step, phase=trainer.phase)
@@ -686,6 +719,37 @@ def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: AnyImageData, dist: 
                       step_seconds=step_seconds), seconds)
 
 
+def process_started() -> float:
+    """``time.monotonic()`` at the moment this process started (the command, imports included)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.monotonic() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.monotonic()
+
+
+def _say_timing(trainer: Trainer, say: Reporter, log: JsonLog, eval_s: float) -> None:
+    """Start-up (command → first step) and wind-down (last step → checkpoint saved)."""
+    if trainer.first_step_at is None or trainer.last_step_at is None:
+        return
+    now = time.monotonic()
+    start = trainer.first_step_at - process_started()
+    marks = dict(trainer.startup_marks)
+    if marks:
+        marks["first step"] = round(start - sum(marks.values()), 2)
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in marks.items())
+    wind = now - trainer.last_step_at
+    log.write("timing", startup=round(start, 2), startup_parts=marks, winddown=round(wind, 2),
+              evaluation=round(eval_s, 2))
+    say(PROGRESS_SOURCE, f"start-up {start:.1f} s (command to first step"
+        + (f": {parts} s" if parts else "") + f"); wind-down {wind:.1f} s (last step to saved "
+        f"checkpoint: evaluation {eval_s:.1f} s, save {wind - eval_s:.1f} s)")
+
+
 def release_memory(trainer: Trainer | None = None) -> None:
     """Drop the optimizer state and the teacher, and hand freed heap pages back to the system
     (glibc keeps freed blocks otherwise, so evaluation's memory would come on top of training's
@@ -707,6 +771,7 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
     val: dict[str, float] = {}
     if dist.main:
         # subnets are extracted, recalibrated and evaluated on the training device
+        wind_t0 = time.monotonic()
         release_memory(trainer)
         results = evaluate_archs(net, [space.smallest(), space.largest()], data,
                                  device=dist.device)
@@ -715,6 +780,7 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
         meta = {
             "data": data.source,
             "dataset": {k: v for k, v in data.describe().items() if k != "normalization"},
+            **({"init": net.meta["init"]} if "init" in net.meta else {}),
             "val_top1": {k: round(v, 5) for k, v in val.items()},
             "val_archs": {"min": space.smallest().to_string(), "max": space.largest().to_string()},
             "training": {
@@ -727,7 +793,9 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
                            for p in trainer.plans],
             },
         }
+        eval_s = time.monotonic() - wind_t0
         net.save(out, meta)
+        _say_timing(trainer, say, log, eval_s)
         state_path(out).unlink(missing_ok=True)
         log.write("done", out=str(out), val_top1=val, steps=trainer.global_step,
                   seconds=round(trainer.elapsed, 1))
