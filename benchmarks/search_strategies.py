@@ -13,6 +13,16 @@ budget, loose latency, seed 0) is exported (fp32 TFLite, untrained weights: late
 depend on them) and measured on this machine as a local device through
 ``edgenas.measure.bench.bench_model``, so the predicted order can be compared with a measured one.
 
+With ``--supernet CKPT`` it runs the other comparison, the one the ``gradient`` strategy needs (it
+searches the supernet itself, so a synthetic accuracy cannot judge it): on one trained supernet, its
+data and the same latency predictor, every strategy gets the same **wall time** (``--seconds``)
+under a tight and a loose latency budget; the predictor strategies search with an accuracy predictor
+fitted to the BN-recalibrated top-1 of ``--fit-archs`` random subnets of that supernet, the gradient
+strategy with the supernet and the training images; each one's choice is then scored by its
+BN-recalibrated top-1 (mean over seeds).  The choices at the loose budget (seed 0) are measured on
+this machine next to the latency the search promised.  Its rows go to the ``supernet`` section of
+the same JSON (the rest of the file is kept).
+
 Writes ``benchmarks/results/search_strategies.json``.
 """
 
@@ -101,6 +111,112 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return s / (n * (n - 1) / 2) if n > 1 else float("nan")
 
 
+def supernet_mode(args: argparse.Namespace) -> None:
+    """Equal wall time on a trained supernet; BN-recalibrated top-1 of every strategy's choice."""
+    import torch
+
+    from edgenas.predictors.accuracy import fit_accuracy_predictor
+    from edgenas.supernets.mbv3 import load_supernet
+    from edgenas.training.data import load_data
+    from edgenas.training.evaluate import evaluate_archs
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    net = load_supernet(args.supernet)
+    space = net.space
+    data = load_data(net.meta.get("data") or "digits", size=space.resolutions[-1])
+    data.normalization = dict(net.normalization)
+    top1_cache: dict[str, float] = {}
+
+    def top1(archs: list[str]) -> list[float]:
+        new = [a for a in dict.fromkeys(archs) if a not in top1_cache]
+        for r in evaluate_archs(net, [space.parse(a) for a in new], data,
+                                calib_images=args.calib_images):
+            top1_cache[r.arch.to_string()] = r.top1
+        return [top1_cache[a] for a in archs]
+
+    t = time.perf_counter()
+    fit = [a.to_string() for a in space.sample_many(args.fit_archs, seed=123)]
+    truth = dict(zip(fit, top1(fit)))
+    acc_pred = fit_accuracy_predictor(space, truth, "benchmark", "digits")
+    fit_s = time.perf_counter() - t
+    print(f"accuracy predictor on {len(fit)} subnets' BN-recalibrated top-1 in {fit_s:.0f} s: "
+          f"{acc_pred.quality}", flush=True)
+    _, lat_pred = predictors(space)
+    device = DeviceModel("host", "fp32", lambda archs: lat_pred.predict_many(space, archs), 0.05)
+    lo, hi = lat_pred.predict(space, space.smallest()), lat_pred.predict(space, space.largest())
+    fractions = [float(x) for x in args.latency.split(",")]
+    names = args.strategies.split(",") if args.strategies else list(STRATEGIES)
+    results: dict[str, dict[str, object]] = {}
+    chosen: dict[str, str] = {}
+    for frac in fractions:
+        limit = lo + frac * (hi - lo)
+        cell = f"{args.seconds:g} s, {limit:.2f} ms"
+        results[cell] = {}
+        for name in names:
+            archs, seconds, spent, pred_acc, pred_ms = [], [], [], [], []
+            load = os.getloadavg()[0]
+            for seed in range(args.seeds):
+                s = Searcher(space, predictor_score(space, acc_pred), [device],
+                             Constraints(latency_ms=limit), net.num_classes, seed=seed)
+                options = {"net": net, "data": data} if name == "gradient" else {}
+                t = time.perf_counter()
+                ranked = run_strategy(s, name, budget=100 if name == "gradient" else 10**6,
+                                      seconds=args.seconds, **options)
+                seconds.append(time.perf_counter() - t)
+                spent.append(s.evaluations)
+                archs.append(ranked[0].arch.to_string())
+                pred_acc.append(ranked[0].accuracy)
+                pred_ms.append(ranked[0].worst_latency)
+            tops = top1(archs)
+            results[cell][name] = {"mean": float(np.mean(tops)), "std": float(np.std(tops)),
+                                   "top1": tops, "predicted_accuracy": pred_acc,
+                                   "predicted_ms": pred_ms, "archs": archs,
+                                   "seconds": float(np.median(seconds)), "evaluations": spent,
+                                   "load_avg_1min": load}
+            print(f"{cell:20s} {name:14s} top-1 {np.mean(tops):.4f} ± {np.std(tops):.4f}  "
+                  f"{np.median(seconds):.1f} s, {int(np.median(spent))} evaluations "
+                  f"(load {load:.1f})", flush=True)
+            if frac == fractions[-1]:
+                chosen[name] = archs[0]
+
+    def winners(per: dict[str, dict[str, object]]) -> list[str]:
+        top = max(float(v["mean"]) for v in per.values())  # type: ignore[arg-type]
+        return [k for k, v in per.items() if float(v["mean"]) >= top - 1e-12]  # type: ignore[arg-type]
+
+    rows = [[cell] + [f"{per[k]['mean']:.4f} ±{per[k]['std']:.4f}"
+                      + (" *" if k in winners(per) else "") for k in names]
+            + ["/".join(winners(per))] for cell, per in results.items()]
+    print(f"\n{space.name} supernet {args.supernet}, {args.seeds} seeds, mean BN-recalibrated top-1 "
+          "of each strategy's choice at equal wall time (* = best in the row)")
+    print(table(["wall time, latency budget"] + names + ["winner"], rows))
+    host: dict[str, dict[str, object]] = {}
+    if not args.no_host:
+        keep = {k: v for k, v in chosen.items() if k in args.host_strategies.split(",")}
+        host = measure_on_host(space, keep, args.host_repeats, args.host_runs)
+        rows = []
+        for name, arch in keep.items():
+            promised = float(lat_pred.predict(space, space.parse(arch)))
+            rows.append([name, arch, f"{promised:.3f}", f"{float(host[arch]['median_ms']):.3f}"])
+            host[arch]["promised_ms"] = promised
+        print(table(["strategy", "arch", "promised ms (synthetic predictor)", "host ms"], rows))
+    path = Path(args.out)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved["supernet"] = {
+        "checkpoint": str(args.supernet), "space": space.name, "data": data.name,
+        "seeds": args.seeds, "seconds": args.seconds, "threads": args.threads,
+        "calib_images": args.calib_images,
+        "latency_budgets_ms": {f: lo + f * (hi - lo) for f in fractions},
+        "accuracy_predictor": {"subnets": len(fit), "fit_seconds": fit_s, **acc_pred.quality},
+        "results": results, "winners": {c: winners(per) for c, per in results.items()},
+        "chosen": chosen, "host": host, "cpus": os.cpu_count(),
+        "load_avg": {"before": load_before, "end": os.getloadavg()},
+        "wall_seconds": time.perf_counter() - started}
+    path.write_text(json.dumps(saved, indent=1))
+    print(f"wrote the supernet section of {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="mbv3-w1.0")
@@ -109,7 +225,17 @@ def main() -> None:
                     help="latency budgets as fractions of the way from the smallest to the "
                     "largest subnet's predicted latency")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", default=None, help="comma-separated [default: all; "
+                    "without --supernet all but gradient, which needs a supernet]")
+    ap.add_argument("--supernet", default=None, help="a trained supernet checkpoint: compare at "
+                    "equal wall time on its BN-recalibrated top-1 (see the module doc)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="--supernet: wall time each")
+    ap.add_argument("--fit-archs", type=int, default=40,
+                    help="--supernet: subnets the accuracy predictor is fitted on")
+    ap.add_argument("--calib-images", type=int, default=500, help="--supernet: BN recalibration")
+    ap.add_argument("--threads", type=int, default=1, help="--supernet: torch threads")
+    ap.add_argument("--host-strategies", default="gradient,evolution,ofa-evolution",
+                    help="--supernet: whose choice is measured on the host")
     ap.add_argument("--no-host", action="store_true", help="skip the on-host measurement")
     ap.add_argument("--host-repeats", type=int, default=3,
                     help="interleaved passes over the chosen subnets (their spread is the noise "
@@ -117,13 +243,17 @@ def main() -> None:
     ap.add_argument("--host-runs", type=int, default=30, help="timed runs per bench")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "search_strategies.json"))
     args = ap.parse_args()
+    if args.supernet:
+        supernet_mode(args)
+        return
     space = SearchSpace.load(args.space)
     acc_pred, lat_pred = predictors(space)
     device = DeviceModel("host", "fp32", lambda archs: lat_pred.predict_many(space, archs), 0.05)
     lo, hi = lat_pred.predict(space, space.smallest()), lat_pred.predict(space, space.largest())
     budgets = [int(x) for x in args.evaluations.split(",")]
     fractions = [float(x) for x in args.latency.split(",")]
-    names = args.strategies.split(",")
+    names = (args.strategies.split(",") if args.strategies
+             else [n for n in STRATEGIES if n != "gradient"])
     load_before = os.getloadavg()
     tables = None
     results: dict[str, dict[str, object]] = {}
@@ -229,6 +359,7 @@ def main() -> None:
     load_end = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(out.read_text()).get("supernet") if out.exists() else None
     out.write_text(json.dumps({"space": space.name, "seeds": args.seeds,
                                "latency_budgets_ms": {f: lo + f * (hi - lo) for f in fractions},
                                "results": results, "wins": wins, "overall": overall,
@@ -238,7 +369,8 @@ def main() -> None:
                                "chosen": chosen, "host": host, "host_summary": host_summary,
                                "cpus": os.cpu_count(),
                                "load_avg": {"before": load_before, "after_search": load_after,
-                                            "end": load_end}},
+                                            "end": load_end},
+                               **({"supernet": kept} if kept else {})},
                               indent=1))
     print(f"wrote {out}")
 

@@ -11,7 +11,8 @@ from edgenas.records.store import open_store
 from edgenas.search.problem import Constraints
 
 # edgenas.search.strategies imports numpy only, but the CLI lists the names without importing it
-STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce")
+STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinforce",
+                  "gradient")
 
 
 @click.command("search")
@@ -35,17 +36,20 @@ STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinf
               help="Search strategy (docs/search.md) spending --budget accuracy evaluations "
               "[default: ofa-evolution over --population x --generations; with --budget or "
               "--accuracy other than predictor, the measured winner: ofa-evolution up to 100 "
-              "evaluations, evolution above].")
+              "evaluations, evolution above]. gradient: ProxylessNAS-style search of the supernet "
+              "itself on its training data, expected latency in the loss (about 20 s).")
 @click.option("--budget", type=click.IntRange(min=1), default=None,
-              help="Accuracy evaluations to spend [default: 1000 with the predictor, 100 with a "
-              "proxy, 40 with the supernet].")
+              help="Accuracy evaluations to spend [default: 1000 with the predictor (150 for tpe, "
+              "whose cost per trial grows with the trials: 1000 took minutes), 100 with a proxy, "
+              "40 with the supernet; gradient spends at most 25, its time is its training "
+              "steps].")
 @click.option("--accuracy", "accuracy", default="predictor", show_default=True,
               help="Accuracy estimate: predictor (fitted by `predictor fit-accuracy`), "
               "proxy:synflow|grad_norm|snip|naswot|jacob_cov (zero-cost, freshly initialised "
               "subnets), or supernet (BN-recalibrated top-1; slow).")
 @click.option("--data", "data_source", default=None,
-              help="Images for a proxy's minibatch or the supernet's top-1 [default: the data "
-              "set CKPT trained on].")
+              help="Images for a proxy's minibatch, the supernet's top-1 or the gradient "
+              "strategy's training [default: the data set CKPT trained on].")
 @click.option("--population", type=click.IntRange(min=4), default=60, show_default=True)
 @click.option("--generations", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

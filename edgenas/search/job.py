@@ -179,8 +179,12 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     searcher = Searcher(space, _score(accuracy, space, ckpt, acc_pred, data_source, seed),
                         models, constraints, num_classes, seed)
     if strategy is not None or budget is not None or accuracy != "predictor":
-        budget = budget or default_budget(accuracy)
-        run_strategy(searcher, strategy or default_strategy(budget), budget=budget)
+        budget = budget or default_budget(accuracy, strategy)
+        options: dict[str, Any] = {}
+        if strategy == "gradient":  # it searches the supernet itself, on its training data
+            options["net"], options["data"] = _supernet_and_data(ckpt, space, data_source)
+        run_strategy(searcher, strategy or default_strategy(budget), budget=budget,
+                     progress=progress, **options)
         ranked = searcher.front() if objective == "pareto" else searcher.ranked()
     elif objective == "pareto":
         ranked = nsga2_front(searcher, population, generations)
@@ -240,6 +244,18 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         path = atomic_write_json(out_dir / "search.json", result, indent=1)
         plot_pareto(result, out_dir / "pareto.png")
     return SearchOutcome(result, chosen, path)
+
+
+def _supernet_and_data(ckpt: Path, space: SearchSpace, data_source: str | None) -> tuple[Any, Any]:
+    """The supernet of ``ckpt`` and the data set it trained on (or ``data_source``), normalised as
+    the supernet expects."""
+    net = load_supernet(ckpt)
+    source = data_source or training_data_source(net.meta)
+    if source is None:
+        raise EdgeNASError(f"{ckpt} does not record its data set; pass --data")
+    data = load_data(source, size=space.resolutions[-1])
+    data.normalization = dict(net.normalization)
+    return net, data
 
 
 def _score(accuracy: str, space: SearchSpace, ckpt: Path, acc_pred: AccuracyPredictor | None,

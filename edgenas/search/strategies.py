@@ -15,17 +15,28 @@ candidates best first, so they can be compared at equal cost (``benchmarks/searc
 * ``reinforce`` — a REINFORCE controller: one categorical distribution per choice (a factorised
   policy rather than an RNN: the choices of this space are nearly independent, and it trains in
   numpy), rewarded with the accuracy, a moving-average baseline, infeasible samples punished.
+* ``gradient`` — ProxylessNAS/FBNet-style relaxation over the supernet itself, the expected latency
+  from the per-block tables in the loss (:mod:`edgenas.search.gradient`; needs ``net=`` and
+  ``data=``, and imports torch only when it runs).
+
+Every strategy reports progress on long work (``progress=``, :mod:`edgenas.core.progress`: a line
+every few seconds with the evaluations spent and the best so far), and ``seconds=`` stops any of
+them at a wall-time limit (how ``benchmarks/search_strategies.py`` compares them at equal time).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.core.progress import ProgressFn, Reporter, reporter
 from edgenas.search.problem import (
     Candidate,
     Score,
@@ -56,6 +67,11 @@ ACCURACY_SOURCES = ("predictor", "proxy:NAME", "supernet")
 # evaluations a search spends by default: accuracy predictions cost microseconds, a proxy about a
 # second on a laptop, a supernet evaluation (BN recalibration + validation) several
 DEFAULT_BUDGET = {"predictor": 1000, "proxy": 100, "supernet": 40}
+# ... except where a strategy's own cost per evaluation would make that slow: optuna's TPE costs
+# milliseconds per trial, growing with the trials, so 1000 predictor evaluations took 5½–10 min on
+# a loaded 2-core machine; 150 take about 5–20 s, and TPE's best stops improving well before (the
+# gradient strategy's time is set by its steps, see edgenas.search.gradient.DEFAULT_SECONDS).
+STRATEGY_BUDGET = {"tpe": {"predictor": 150}}
 
 
 def make_score(kind: str, space: SearchSpace, *, predictor: Any = None, net: Any = None,
@@ -91,14 +107,67 @@ def make_score(kind: str, space: SearchSpace, *, predictor: Any = None, net: Any
                        f"{', '.join(ACCURACY_SOURCES)})")
 
 
-def default_budget(kind: str) -> int:
-    return DEFAULT_BUDGET["proxy" if kind.startswith("proxy:") else kind]
+def default_budget(kind: str, strategy: str | None = None) -> int:
+    source = "proxy" if kind.startswith("proxy:") else kind
+    return STRATEGY_BUDGET.get(strategy or "", {}).get(source, DEFAULT_BUDGET[source])
+
+
+class _Ticker:
+    """A running strategy's progress line (at most every ``every`` seconds) and wall-time limit:
+    past ``deadline`` it ends the search by spending the searcher's budget."""
+
+    def __init__(self, searcher: Searcher, name: str, say: Reporter, deadline: float | None,
+                 every: float = 5.0) -> None:
+        self.searcher, self.name, self.say = searcher, name, say
+        self.deadline, self.every = deadline, every
+        self.started = self.last = time.monotonic()
+        self.total = searcher.budget
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if (self.deadline is not None and now >= self.deadline
+                and self.searcher.best_accuracy() == self.searcher.best_accuracy()):  # not NaN
+            # past the time with a feasible candidate: every loop ends on remaining == 0
+            self.searcher.budget = self.searcher.evaluations
+        if now - self.last >= self.every:
+            self.last = now
+            self.report(now)
+
+    def report(self, now: float) -> None:
+        s = self.searcher
+        best = s.best_accuracy()
+        self.say(self.name, f"{s.evaluations} evaluations, best {best:.4f} "
+                 f"({now - self.started:.0f} s)", done=s.evaluations,
+                 total=max(self.total or 0, s.evaluations))
+
+
+_TICKER: contextvars.ContextVar[_Ticker | None] = contextvars.ContextVar("edgenas_search_ticker",
+                                                                         default=None)
+
+
+def _tick() -> None:
+    """Called from every strategy's loop: progress and the wall-time limit."""
+    ticker = _TICKER.get()
+    if ticker is not None:
+        ticker()
+
+
+@contextmanager
+def _ticking(ticker: _Ticker) -> Iterator[_Ticker]:
+    token = _TICKER.set(ticker)
+    try:
+        yield ticker
+    finally:
+        _TICKER.reset(token)
 
 
 def run_strategy(searcher: Searcher, name: str, budget: int | None = None,
-                 limit: int = 500, **options: Any) -> list[Candidate]:
+                 limit: int = 500, *, progress: bool | ProgressFn | Reporter | None = None,
+                 seconds: float | None = None, **options: Any) -> list[Candidate]:
     """Run strategy ``name`` for ``budget`` more accuracy evaluations; feasible candidates best
-    first (at most ``limit``)."""
+    first (at most ``limit``).  ``progress``: where to report on work that takes more than a few
+    seconds (:func:`edgenas.core.progress.reporter`'s argument); ``seconds``: stop after that much
+    wall time even if evaluations are left."""
     if name not in STRATEGIES:
         raise EdgeNASError(f"unknown search strategy {name!r} (one of {', '.join(STRATEGIES)})")
     if budget is not None:
@@ -107,13 +176,23 @@ def run_strategy(searcher: Searcher, name: str, budget: int | None = None,
         searcher.budget = searcher.evaluations + budget
     if searcher.budget is None:
         raise EdgeNASError("give the strategy an evaluation budget")
-    STRATEGIES[name](searcher, **options)
+    say = progress if isinstance(progress, Reporter) else reporter(progress)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    with _ticking(_Ticker(searcher, name, say, deadline)) as ticker:
+        if name == "gradient":
+            options.setdefault("progress", say)
+            if seconds is not None:
+                options.setdefault("seconds", seconds)
+        STRATEGIES[name](searcher, **options)
+        if time.monotonic() - ticker.started >= ticker.every:
+            ticker.report(time.monotonic())  # long work ends with its final count
     return searcher.ranked(limit)
 
 
 def _stalled(searcher: Searcher, before: int, misses: int, patience: int) -> tuple[bool, int]:
     """(stop?, misses): a strategy that proposes only known or infeasible archs ``patience``
     times in a row has converged (or cannot find feasible archs) and stops early."""
+    _tick()
     misses = 0 if searcher.evaluations > before else misses + 1
     return misses >= patience or searcher.remaining == 0, misses
 
@@ -207,7 +286,8 @@ def reinforce(searcher: Searcher, batch: int = 32, lr: float = 0.2, baseline_dec
         # constraints — under a tight budget almost every sample is infeasible at first, and a flat
         # penalty gives the policy no direction to the feasible region (it stalled after 2-11
         # evaluations where the others spent their budget).
-        reward[~ok] = floor - searcher.overshoot(searcher.costs(enc[~ok]))
+        if not ok.all():  # (a batch with none infeasible has nothing to price)
+            reward[~ok] = floor - searcher.overshoot(searcher.costs(enc[~ok]))
         keep = ~np.isnan(reward)  # feasible but past the budget: no signal
         if keep.sum() >= 2:
             r = reward[keep]
@@ -300,6 +380,13 @@ def _violation(searcher: Searcher, cost: np.ndarray, n_dev: int) -> float:
     return v
 
 
+def gradient(searcher: Searcher, **options: Any) -> None:
+    """:func:`edgenas.search.gradient.gradient_search` (imported here: it needs torch)."""
+    from edgenas.search.gradient import gradient_search  # lazy: torch stays out of CLI start-up
+
+    gradient_search(searcher, **options)
+
+
 STRATEGIES: dict[str, Callable[..., None]] = {
     "evolution": aging_evolution,
     "ofa-evolution": ofa_evolution,
@@ -307,6 +394,7 @@ STRATEGIES: dict[str, Callable[..., None]] = {
     "random": random_search,
     "tpe": tpe,
     "reinforce": reinforce,
+    "gradient": gradient,
 }
 
 
@@ -332,6 +420,7 @@ def evolve(searcher: Searcher, population: int = 100, generations: int | None = 
     n_mut = int(n_children * mutation_ratio)
     gen = 0
     while (generations is None or gen < generations) and not searcher._spent() and len(pop_rows):
+        _tick()
         gen += 1
         parents = pop_rows[np.argsort(-searcher._acc[pop_rows], kind="stable")][:n_parents]
         penc = searcher._enc[parents]
@@ -362,6 +451,7 @@ def nsga2_front(searcher: Searcher, population: int = 100, generations: int | No
     pop_rows = np.unique(pop_rows[pop_rows >= 0])
     gen = 0
     while (generations is None or gen < generations) and not searcher._spent() and len(pop_rows):
+        _tick()
         gen += 1
         rank, crowd = rank_and_crowd(searcher._objectives(pop_rows, with_size))
         penc = searcher._enc[pop_rows]

@@ -25,13 +25,20 @@ from edgenas.search.problem import (
     ArchCodec,
     Constraints,
     DeviceModel,
+    InfeasibleError,
     Score,
     model_size_kb,
     pareto_front,
     predictor_score,
 )
 from edgenas.search.searcher import Searcher
-from edgenas.search.strategies import STRATEGIES, default_strategy, nsga2_front, run_strategy
+from edgenas.search.strategies import (
+    STRATEGIES,
+    default_budget,
+    default_strategy,
+    nsga2_front,
+    run_strategy,
+)
 
 SPACE = SearchSpace.load("mbv3-tiny")
 COSTS = {"invoke": 0.05, "blocks": 0.004, "stem_macs": 2e-8, "head_macs": 1.2e-8,
@@ -51,6 +58,35 @@ def predictors():
                            [COSTS.get(n, 0.0) for n in names], [1.0] * len(names), 10,
                            {"p90_rel_error": 0.05})
     return acc, lat
+
+
+@pytest.fixture(scope="module")
+def tiny_supernet():
+    """A random-weight mbv3-tiny supernet and a few random images (the gradient strategy's input:
+    what it learns is irrelevant here, that it answers the searches is the point)."""
+    import torch
+
+    from edgenas.supernets.mbv3 import build_supernet
+    from edgenas.training.data import ImageData
+
+    torch.manual_seed(0)
+    net = build_supernet(SPACE, 10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (32,), generator=g)
+    data = ImageData("random", "random", [str(i) for i in range(10)], x, y, x[:8], y[:8],
+                     normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: threads only wait on each other (10x on 2 cores)
+    yield net, data
+    torch.set_num_threads(threads)
+
+
+def fast(tiny_supernet, **kw):
+    """The gradient strategy's options for a unit test: a handful of steps on 4 images."""
+    net, data = tiny_supernet
+    return {"net": net, "data": data, "steps": 2, "rounds": 2, "batch_size": 4, "samples": 2,
+            **kw}
 
 
 def make(predictors, fraction: float = 0.3, seed: int = 0, budget: int | None = None,
@@ -115,10 +151,12 @@ def test_a_function_that_is_not_additive_is_called_per_arch() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_strategy_spends_its_budget_on_feasible_candidates(predictors, name) -> None:
+def test_every_strategy_spends_its_budget_on_feasible_candidates(predictors, tiny_supernet,
+                                                                  name) -> None:
     budget = 25 if name == "tpe" else 150
     searcher = make(predictors, seed=1)
-    ranked = run_strategy(searcher, name, budget=budget)
+    options = fast(tiny_supernet) if name == "gradient" else {}
+    ranked = run_strategy(searcher, name, budget=budget, **options)
     assert 0 < searcher.evaluations <= budget
     limit = searcher.constraints.latency_ms
     assert ranked and all(c.worst_latency <= limit for c in ranked)
@@ -188,3 +226,134 @@ def test_the_default_strategy_is_the_measured_winner() -> None:
         assert default_strategy(evaluations) in winners, (cell, winners)
     assert {default_strategy(n) for n in (1, 50, 100, 101, 1000)} <= set(STRATEGIES)
     assert default_strategy(100) == "ofa-evolution" and default_strategy(101) == "evolution"
+
+
+# ------------------------------------------------------------------------------ gradient strategy
+
+
+def test_the_relaxed_supernet_runs_exactly_the_subnet_of_one_hot_choices(tiny_supernet) -> None:
+    """Straight-through choice weights are one-hot in value: the relaxed forward pass (mixed
+    kernels, channel masks, mixed depth, batch statistics) must be that subnet's own output."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from edgenas.search.gradient import RelaxedSupernet
+
+    net = copy.deepcopy(tiny_supernet[0]).train()
+    net.dropout.p = 0.0
+    codec = ArchCodec(SPACE)
+    relaxed = RelaxedSupernet(copy.deepcopy(net), codec)
+    for arch in SPACE.sample_many(2, seed=5):
+        enc = torch.as_tensor(codec.pad(codec.encode([arch]))[0])
+        x = torch.randn(4, 3, arch.resolution, arch.resolution)
+        with torch.no_grad():
+            got = relaxed.forward(x, F.one_hot(enc[1:codec.k0], len(codec.depths)).float(),
+                                  F.one_hot(enc[codec.k0:codec.e0], len(codec.kernels)).float(),
+                                  F.one_hot(enc[codec.e0:], len(codec.expands)).float())
+            want = net.set_active(arch)(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_expected_cost_of_a_certain_choice_is_the_table_cost(predictors) -> None:
+    """With logits that pick one subnet for sure, the differentiable expected latency (and size)
+    equals the searcher's table cost of that subnet, divided by the limits."""
+    import torch
+
+    from edgenas.search.gradient import CostModel, _Logits
+
+    searcher = make(predictors)
+    searcher.constraints = Constraints(latency_ms=1.0, max_size_kb=1000.0)
+    model = CostModel(searcher)
+    codec = searcher.codec
+    enc = codec.pad(codec.encode(SPACE.sample_many(3, seed=8)))
+    for row in enc:
+        big = 60.0
+        lg = _Logits(*(torch.nn.functional.one_hot(torch.as_tensor(g), n).float() * big
+                       for g, n in ((row[1:codec.k0], len(codec.depths)),
+                                    (row[codec.k0:codec.e0], len(codec.kernels)),
+                                    (row[codec.e0:], len(codec.expands)),
+                                    (row[0], len(codec.res)))))
+        got = model.expected(lg).detach().numpy()
+        want = searcher.costs(row[None])[0, :2]  # latency (limit 1 ms), size (limit 1000 KB)
+        np.testing.assert_allclose(got, want / [1.0, 1000.0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+def test_gradient_meets_a_tight_and_a_loose_budget(predictors, tiny_supernet, fraction) -> None:
+    searcher = make(predictors, fraction=fraction, seed=3)
+    ranked = run_strategy(searcher, "gradient", budget=30, **fast(tiny_supernet, rounds=3))
+    assert ranked and 0 < searcher.evaluations <= 30
+    assert all(c.worst_latency <= searcher.constraints.latency_ms for c in ranked)
+    # the loss pulls towards the budget: λ rises until the round's subnet fits it
+    assert ranked[0].accuracy == pytest.approx(predictors[0].predict(SPACE, ranked[0].arch))
+
+
+def test_gradient_answers_an_impossible_budget_with_the_tightest_value(predictors,
+                                                                        tiny_supernet) -> None:
+    searcher = make(predictors, fraction=-0.5)
+    with pytest.raises(InfeasibleError, match="tightest achievable") as info:
+        run_strategy(searcher, "gradient", budget=10, **fast(tiny_supernet))
+    lo = predictors[1].predict(SPACE, SPACE.smallest())
+    assert info.value.tightest["latency_ms"] == pytest.approx(lo, rel=1e-6)
+    assert searcher.evaluations == 0
+
+
+@pytest.mark.parametrize("group", ["smoothmax", "max"])
+def test_gradient_meets_the_budget_on_every_device_of_a_group(predictors, tiny_supernet,
+                                                              group) -> None:
+    acc, lat = predictors
+    fast_dev = DeviceModel("a", "fp32", lambda archs: lat.predict_many(SPACE, archs), 0.05)
+    slow_dev = DeviceModel("b", "int8", lambda archs: [1.6 * v for v in
+                                                       lat.predict_many(SPACE, archs)], 0.05)
+    lo, hi = lat.predict(SPACE, SPACE.smallest()), lat.predict(SPACE, SPACE.largest())
+    limit = 1.6 * (lo + 0.3 * (hi - lo))
+    searcher = Searcher(SPACE, predictor_score(SPACE, acc), [fast_dev, slow_dev],
+                        Constraints(latency_ms=limit), 10, seed=4)
+    ranked = run_strategy(searcher, "gradient", budget=20, **fast(tiny_supernet, group=group))
+    assert ranked and all(c.latency["b"] <= limit and c.latency["a"] <= limit for c in ranked)
+    assert all(c.latency["b"] > c.latency["a"] for c in ranked)  # the slow device binds
+
+
+def test_gradient_needs_the_supernet_and_leaves_it_untouched(predictors, tiny_supernet) -> None:
+    import torch
+
+    with pytest.raises(EdgeNASError, match="supernet and its training data"):
+        run_strategy(make(predictors), "gradient", budget=5)
+    net = tiny_supernet[0]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    events = []
+    run_strategy(make(predictors, seed=5), "gradient", budget=10, progress=events.append,
+                 **fast(tiny_supernet, train_weights=True, rounds=1))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # DARTS-style steps on a copy
+    assert any("round 1" in e.message for e in events)
+
+
+def test_every_default_budget_is_quick_and_a_time_limit_stops_a_strategy(predictors) -> None:
+    """tpe's cost per trial grows with the trials (1000 took minutes): its default is smaller; any
+    strategy stops at ``seconds`` with what it found, and long work reports progress."""
+    assert default_budget("predictor", "tpe") < default_budget("predictor") == 1000
+    assert default_budget("supernet", "tpe") == default_budget("supernet") == 40
+    searcher = make(predictors, seed=6)
+    events = []
+    ranked = run_strategy(searcher, "tpe", budget=10**6, seconds=0.5, progress=events.append)
+    assert ranked and searcher.evaluations < 10**6
+
+
+def test_progress_is_reported_on_long_work(predictors, monkeypatch) -> None:
+    from edgenas.search import strategies
+
+    monkeypatch.setattr(strategies._Ticker, "__init__", _quick_ticker(strategies._Ticker.__init__))
+    events = []
+    run_strategy(make(predictors, seed=7), "evolution", budget=300, progress=events.append)
+    assert events and events[-1].source == "evolution"
+    assert events[-1].done == 300 and "best" in events[-1].message
+
+
+def _quick_ticker(init):
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.every = 0.0  # report at every tick
+    return wrapped
