@@ -84,6 +84,8 @@ def run_one(source: Path, ckpt: Path, profile: str, samples: int, workers: int) 
             "protocols": [r.protocol for r in rep.rounds], "stopped": rep.stopped,
             "seconds_campaign": round(rep.seconds, 1), "seconds_with_fit": round(seconds, 1),
             "estimate_at_stop": last.estimate if last else None,
+            # its estimate on the random subnets the design did not choose (held out, never fitted)
+            "unseen_estimate_at_stop": getattr(last, "unseen", None) if last else None,
             "noise_pairs_in_campaign": last.noise_pairs if last else 0,
             "campaign_noise_within_10": last.noise_within_10 if last else None,
             "method": pred.extra.get("method", "per-device"),

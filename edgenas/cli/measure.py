@@ -65,10 +65,15 @@ def _install_sigterm() -> Any:
 @click.option("--adaptive", is_flag=True,
               help="One device: choose the most informative subnets for its few-shot predictor, "
                    "measure them in rounds and stop once the held-out estimate holds ±10 % "
-                   "(SAMPLES is the most it measures; see docs/measurement.md).  Unless --runs, "
-                   "--min-secs or --warmup-secs is given, it starts with a trimmed protocol (20 "
-                   "runs, 0.25 s, 0.1 s warm-up) and returns to the full one as soon as a "
-                   "re-measured subnet moves by more than 5 %.")
+                   "(SAMPLES is the most it measures; see docs/measurement.md).  One in five of "
+                   "SAMPLES are random subnets the design did not choose, held out: each round "
+                   "prints the predictor's share of them within ±10 %, and the campaign stops only "
+                   "when that holds too.  Unless --runs, --min-secs or --warmup-secs is given, it "
+                   "starts with a trimmed protocol (20 runs, 0.25 s, 0.1 s warm-up) and checks it "
+                   "against the full protocol (the one `bench` and the search's verification use, "
+                   "so the one the predictor is judged by): each round re-measures a trimmed "
+                   "subnet with the full protocol, and the first that differs by more than 5 % "
+                   "ends the trimming.  Held-out subnets are measured with the full protocol.")
 @click.pass_obj
 def measure_cmd(ws: Workspace, ckpt: Path, device_names: tuple[str, ...], groups: tuple[str, ...],
                 samples: int, precisions: str, threads: int, seed: int, workers: int, runs: int,

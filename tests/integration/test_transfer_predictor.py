@@ -12,6 +12,7 @@ the CLI run on top of them.  `measure --adaptive` runs a real campaign on a loca
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -234,12 +235,16 @@ def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
         n = store.query("SELECT COUNT(DISTINCT arch) AS n FROM measurements "
                         "WHERE device = 'here'")[0]["n"]
     # Round 1 (K = 5) is under min_samples, so it goes on; round 2 reaches it and stops there.
+    # Two of the 14 (one in five) are random subnets the design did not choose, measured in round 1
+    # and never fitted: every round scores its predictor on them too, and prints it.
     assert rep.complete and [r.k for r in rep.rounds] == [5, 8], rep.to_dict()
     assert rep.rounds[0].method == "transfer" and all(r.estimate for r in rep.rounds)
+    assert all(r.unseen and r.unseen["samples"] == 2 for r in rep.rounds), rep.to_dict()
     assert rep.stopped.startswith("held-out estimate good enough at K=8"), rep.to_dict()
     last = rep.rounds[-1]
-    assert n == last.k == 8 and 0.0 <= last.estimate["within_10"] <= 1.0
+    assert n == last.k + 2 == 10 and 0.0 <= last.estimate["within_10"] <= 1.0
     assert last.noise_pairs >= 1 and "noise floor: re-measured" in last.line()
+    assert "unseen (not chosen by the design) ±10 %" in last.line()
     # The CLI flag: the same device asked for no more than it has stops at once and says so.
     out = Cli(tmp_path)("measure", str(ckpt), "--device", "here", "--adaptive", "--samples", str(n),
                         "--quiet")
@@ -249,8 +254,9 @@ def test_measure_adaptive_on_a_local_device_stops_early(tmp_path):
 @pytest.mark.usefixtures("user_home")
 def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_itself(tmp_path):
     """A campaign may start with the trimmed protocol; the first round already re-measures one of its
-    subnets, and once a re-measurement moves by more than the tolerance (0 here: any move) the rest
-    of the campaign runs the full protocol.  The stored rows carry the protocol each one ran.  Both
+    subnets *with the full protocol* (the one the predictor is judged by), and once that moves by
+    more than the tolerance (0 here: any move) from the trimmed reading the rest of the campaign runs
+    the full protocol.  The stored rows carry the protocol each one ran.  Both
     rounds export in one export worker, started once (torch and TensorFlow imported once)."""
     from edgenas.measure.adaptive import TRIMMED, measure_adaptive
     from edgenas.measure.bench import BenchSettings
@@ -270,7 +276,73 @@ def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_its
     assert "protocol trimmed" in first.line()
     assert second.protocol == "full" and second.noise_pairs == 2
     runs = [r["protocol_runs"] for r in rows]
-    # Round 1: three subnets and the first of them again, trimmed; round 2: two new ones and the
-    # second subnet of round 1 again (one full measurement completes its pair), all full.
-    assert runs == [TRIMMED["runs"]] * 4 + [full.runs] * 3, rows
+    # Round 1: three subnets trimmed and the first of them again, full; round 2: two new ones and
+    # the second subnet of round 1 again (one full measurement completes its pair), all full.
+    assert runs == [TRIMMED["runs"]] * 3 + [full.runs] * 4, rows
     assert rows[3]["arch"] == rows[0]["arch"] and rows[6]["arch"] == rows[1]["arch"], rows
+
+
+# A shorter full protocol than `bench`'s default (1 s, 0.5 s warm-up) keeps this test near a minute;
+# the campaign learns from it (and from the trimmed one while that agrees) and is judged by it.
+JUDGED = {"runs": 30, "min_secs": 0.4, "warmup_secs": 0.2}
+
+
+@pytest.mark.usefixtures("user_home")
+def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise_floor(tmp_path):
+    """Issue 29: a second local device at 2 threads, one prior profile (this host at 1 thread, stored),
+    a few-shot predictor from an adaptive campaign, then subnets neither has seen benchmarked twice
+    each with the full protocol.  The predictor must hold the device's own repeatability less 10
+    points.  It did not while the campaign benchmarked beside its own exports: on 2 cores a 2-thread
+    benchmark shares a core with the export worker and reads slow, the larger subnets most, so the
+    predictor learnt a device slower than `bench` then measured (13-27 % high above 0.6 ms).  On a
+    host so loaded that its own re-benchmarks agree less than half the time it skips: no predictor
+    can be judged there."""
+    import torch
+
+    from edgenas.device import registry
+    from edgenas.measure.adaptive import measure_adaptive
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.measure.campaign import ExportWorkers, measure
+    from edgenas.supernets import build_supernet
+
+    home = tmp_path
+    torch.manual_seed(0)
+    ckpt = build_supernet("mbv3-tiny", 10).save(home / "tiny.pt")
+    with open_store(home) as store:
+        for name in ("b", "x"):
+            registry.add_device(store, registry.make_device(name, "local", home=home))
+    prior = "host/fp32/t1"
+    store_profile(home, prior, sorted(PROFILES[prior]), device="a")  # the one prior profile
+    full = BenchSettings(threads=2, **JUDGED)
+    unseen = [a.to_string() for a in SPACE.sample_many(6, 11)]
+    with open_store(home) as store, ExportWorkers() as workers:
+        rep = measure_adaptive(store, home, ckpt, "b", 10, "fp32", 2, workers=2, settings=full,
+                               trim=True, progress=False, statistic="median",
+                               export_workers=workers)
+        pred = fit(store, "b", "fp32", 2, statistic="median")
+        unseen = [a for a in unseen if a not in set(rep.measured)]
+        # exported first (on x, one cheap run each), then benchmarked alone as `bench` does
+        measure(store, home, ckpt, ["x"], len(unseen), ["fp32"], 1, 0, 2, progress=False,
+                settings=BenchSettings(runs=1, min_secs=0.0, warmup_secs=0.0), archs=unseen,
+                export_workers=workers)
+        done = measure(store, home, ckpt, ["b"], len(unseen), ["fp32"], 2, 0, 2, progress=False,
+                       settings=full, archs=unseen, repeats=2, export_workers=workers)
+        rows = store.query("SELECT arch, median_ms FROM measurements WHERE device = 'b' "
+                           f"AND arch IN ({','.join('?' * len(unseen))}) ORDER BY id", unseen)
+    assert rep.complete and done.complete, (rep.to_dict(), done.to_dict())
+    assert len(set(rep.measured)) <= 20 and pred.extra["method"] == "transfer", pred.extra
+    assert rep.rounds[-1].unseen is not None, rep.to_dict()  # its own estimate on unseen subnets
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["arch"], []).append(float(r["median_ms"]))
+    first = np.asarray([by[a][0] for a in unseen])
+    second = np.asarray([by[a][1] for a in unseen])
+    floor = float(np.mean(np.abs(second / first - 1) <= 0.10))
+    if floor < 0.5:  # a host this loaded repeats no 2-thread benchmark: nothing can be judged on it
+        pytest.skip(f"this host's own re-benchmarks agree within ±10 % only {100 * floor:.0f} % "
+                    f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    y = (first + second) / 2
+    yhat = pred.predict_many(SPACE, [SPACE.parse(a) for a in unseen])
+    within = float(np.mean(np.abs(yhat / y - 1) <= 0.10))
+    detail = [(a, round(float(p), 3), by[a]) for a, p in zip(unseen, yhat)]
+    assert within >= floor - 0.10, (within, floor, detail, [r.line() for r in rep.rounds])
