@@ -199,7 +199,7 @@ def _combine(cost: torch.Tensor, group: str, tau: float = 0.02) -> torch.Tensor:
 def gradient_search(searcher: Searcher, net: Any = None, data: Any = None, *,
                     seconds: float | None = DEFAULT_SECONDS, steps: int | None = None,
                     rounds: int = DEFAULT_ROUNDS, batch_size: int = 64, lr: float = 0.1,
-                    tau: float = 1.0, lam: float = 0.3, samples: int = 4,
+                    tau: float = 1.0, lam: float = 2.0, samples: int = 4,
                     group: str = "smoothmax", train_weights: bool = False,
                     weight_lr: float = 0.005, progress: bool | ProgressFn | Reporter | None = None,
                     ) -> None:
@@ -207,8 +207,9 @@ def gradient_search(searcher: Searcher, net: Any = None, data: Any = None, *,
     space) on ``data``'s training images; see the module doc.
 
     ``steps`` architecture steps per round (default: as many as fit ``seconds`` over all
-    ``rounds``, timed on the first steps, at least 10), ``rounds`` of the λ bisection starting at
-    ``lam``; ``samples`` subnets drawn from each round's distribution besides its argmax
+    ``rounds``, timed on the first steps, at least 5), ``rounds`` of the λ bisection starting at
+    ``lam`` (high, so that the first round's subnet usually fits and a short search still has a
+    feasible answer; λ is then quartered until a round misses, then bisected); ``samples`` subnets drawn from each round's distribution besides its argmax
     (evaluations of the searcher's budget); ``group``: ``smoothmax`` or ``max`` over the
     constraints' normalised expected costs; ``tau`` the Gumbel-softmax temperature."""
     if net is None or data is None:
