@@ -8,6 +8,7 @@ stats fit no single subnet), and hands real calibration and validation images to
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from edgenas.export.convert import ExportError
-from edgenas.export.images import ImageStream
+from edgenas.export.images import ImageStream, channels_last, nhwc_strided
 from edgenas.export.pipeline import ExportResult, export_model, sha256_file
 from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.checkpoint import read_torch_file
@@ -121,11 +122,26 @@ def _validation(data: ImageData | StreamedImageData, resolution: int
     return _pick(data, "val", None, resolution), data.val_y.numpy()
 
 
+class _Batches:
+    """A stream as ``recalibrate_bn`` reads its images: batches of ``size`` torch tensors when
+    iterated, or tensor-like slices (``shape`` and ``[a:b]``)."""
+
+    def __init__(self, stream: ImageStream, size: int) -> None:
+        self.stream, self.size, self.shape = stream, size, stream.shape
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return nhwc_strided(self.stream[index])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (nhwc_strided(b) for b in self.stream.batches(self.size))
+
+
 def _recalibrate(model: MobileNetV3, data: ImageData | StreamedImageData, resolution: int) -> None:
     """BN statistics re-estimated on :data:`BN_CALIBRATION` images, read :data:`BN_BATCH` at a time
     (``recalibrate_bn``'s cumulative average is exact whatever the batch size)."""
-    images = calibration_stream(data, BN_CALIBRATION, resolution)
-    recalibrate_bn(model, images, batch_size=BN_BATCH)  # type: ignore[arg-type]
+    images = _Batches(calibration_stream(data, BN_CALIBRATION, resolution), BN_BATCH)
+    with channels_last(model):
+        recalibrate_bn(model, images, batch_size=BN_BATCH)  # type: ignore[arg-type]
 
 
 def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = None,

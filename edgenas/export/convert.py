@@ -25,7 +25,9 @@ from edgenas.export.images import ImageStream
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic")
-CALIBRATION_BATCH = 16  # images per calibration step (see representative_dataset)
+# Images per calibration step (see representative_dataset).  The calibrating interpreter keeps
+# every intermediate float tensor: at 224 px that is ≈0.1 GB an image for the largest subnet.
+CALIBRATION_BATCH = 4
 
 
 class ExportError(EdgeNASError):

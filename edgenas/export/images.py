@@ -9,6 +9,7 @@ exporter asks for batches of the size each consumer runs best at.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,3 +71,21 @@ class ImageStream:
 def as_stream(images: Any) -> ImageStream:
     """An :class:`ImageStream` over ``images`` (a stream already, or an NCHW array/tensor)."""
     return images if isinstance(images, ImageStream) else ImageStream.from_array(images)
+
+
+@contextlib.contextmanager
+def channels_last(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` with its weights in channels-last order while inside: on a CPU, oneDNN runs the
+    depthwise and 1×1 convolutions of a MobileNet ≈1.5–2× faster that way (feed it NHWC-strided
+    batches: :func:`nhwc_strided`).  The weights' values do not change; their layout is restored."""
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def nhwc_strided(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An NCHW batch as a torch tensor stored channels-last (same values and shape)."""
+    tensor = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+    return tensor.contiguous(memory_format=torch.channels_last)

@@ -26,7 +26,7 @@ from edgenas.export.convert import (
     make_interpreter,
     tflite_logits,
 )
-from edgenas.export.images import ImageStream, as_stream
+from edgenas.export.images import ImageStream, as_stream, channels_last, nhwc_strided
 from edgenas.export.keras_model import build_keras_model, first_divergence
 from edgenas.export.package import ModelPackage, PackageError
 from edgenas.space.spec import Arch, SearchSpace
@@ -34,6 +34,7 @@ from edgenas.supernets.static import MobileNetV3
 
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 16
+PARITY_BATCH = 4
 # Images per forward pass when validating: at 224 px the largest subnet's widest activation is
 # 4.8 MB an image, so a batch of 256 held ≈1.2 GB per tensor; 32 runs as fast and holds 150 MB.
 TORCH_BATCH = 32
@@ -92,8 +93,8 @@ def prepare(model: MobileNetV3, arch: Arch, calibration_nchw: np.ndarray | Image
 
 def float_logits(model: MobileNetV3, images: ImageStream) -> np.ndarray:
     """The torch model's logits for every image of ``images``, :data:`TORCH_BATCH` at a time."""
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x)).numpy()
+    with torch.no_grad(), channels_last(model):
+        return np.concatenate([model(nhwc_strided(x)).numpy()
                                for x in images.batches(TORCH_BATCH)])
 
 
@@ -106,7 +107,10 @@ def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) 
     """Max abs logit difference Keras vs torch; raises naming the first diverging block."""
     with torch.no_grad():
         want = model.eval()(torch.from_numpy(images_nchw)).numpy()
-    got = np.asarray(keras_model(images_nchw.transpose(0, 2, 3, 1), training=False))
+    # a few images per eager call: Keras keeps every activation of a call alive until it returns
+    got = np.concatenate([np.asarray(keras_model(np.ascontiguousarray(
+        images_nchw[i:i + PARITY_BATCH].transpose(0, 2, 3, 1)), training=False))
+        for i in range(0, len(images_nchw), PARITY_BATCH)])
     diff = float(np.abs(got - want).max())
     limit = parity_limit(want)
     if not np.isfinite(diff) or diff > limit:
