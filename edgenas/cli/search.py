@@ -39,7 +39,7 @@ STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinf
               "evaluations, evolution above]. gradient: ProxylessNAS-style search of the supernet "
               "itself on its training data, expected latency in the loss (about 20 s).")
 @click.option("--budget", type=click.IntRange(min=1), default=None,
-              help="Accuracy evaluations to spend [default: 1000 with the predictor (150 for tpe, "
+              help="Accuracy evaluations to spend [default: 1000 with the predictor (100 for tpe, "
               "whose cost per trial grows with the trials: 1000 took minutes), 100 with a proxy, "
               "40 with the supernet; gradient spends at most 25, its time is its training "
               "steps].")

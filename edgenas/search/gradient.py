@@ -209,8 +209,9 @@ def gradient_search(searcher: Searcher, net: Any = None, data: Any = None, *,
     ``steps`` architecture steps per round (default: as many as fit ``seconds`` over all
     ``rounds``, timed on the first steps, at least 5), ``rounds`` of the λ bisection starting at
     ``lam`` (high, so that the first round's subnet usually fits and a short search still has a
-    feasible answer; λ is then quartered until a round misses, then bisected); ``samples`` subnets drawn from each round's distribution besides its argmax
-    (evaluations of the searcher's budget); ``group``: ``smoothmax`` or ``max`` over the
+    feasible answer; λ is then quartered until a round misses, then bisected); ``samples``
+    subnets drawn from each round's distribution besides its argmax (evaluations of the
+    searcher's budget); ``group``: ``smoothmax`` or ``max`` over the
     constraints' normalised expected costs; ``tau`` the Gumbel-softmax temperature."""
     if net is None or data is None:
         raise EdgeNASError("the gradient strategy needs the supernet and its training data "

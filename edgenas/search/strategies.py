@@ -69,9 +69,11 @@ ACCURACY_SOURCES = ("predictor", "proxy:NAME", "supernet")
 DEFAULT_BUDGET = {"predictor": 1000, "proxy": 100, "supernet": 40}
 # ... except where a strategy's own cost per evaluation would make that slow: optuna's TPE costs
 # milliseconds per trial, growing with the trials, so 1000 predictor evaluations took 5½–10 min on
-# a loaded 2-core machine; 150 take about 5–20 s, and TPE's best stops improving well before (the
-# gradient strategy's time is set by its steps, see edgenas.search.gradient.DEFAULT_SECONDS).
-STRATEGY_BUDGET = {"tpe": {"predictor": 150}}
+# a loaded 2-core machine, 200 took 10-35 s and 50 took 1-4 s (benchmarks/search_strategies.py);
+# on that machine at load 7 it spent 94 in 15 s (a tight budget's infeasible trials cost time
+# too), so 100 keeps it near 15 s.  (The gradient strategy's time is set by its steps:
+# edgenas.search.gradient.DEFAULT_SECONDS.)
+STRATEGY_BUDGET = {"tpe": {"predictor": 100}}
 
 
 def make_score(kind: str, space: SearchSpace, *, predictor: Any = None, net: Any = None,
