@@ -23,23 +23,10 @@ from edgenas.cli import main
 from edgenas.core.errors import DeviceError
 from edgenas.device import inventory
 from edgenas.records.store import open_store
+from tests.support.ansible import needs_ansible, quiet_ansible  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 ELF = Path(sys.executable).resolve()  # a real ELF executable to stand in for benchmark_model
-
-needs_ansible = pytest.mark.skipif(
-    inventory.find_ansible_inventory() is None,
-    reason="ansible-inventory not installed (ansible-core is in requirements-test.txt)",
-)
-
-
-@pytest.fixture(autouse=True)
-def quiet_ansible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep Ansible's state and config out of the user's home and the working folder."""
-    monkeypatch.setenv("ANSIBLE_HOME", str(tmp_path / "ansible-home"))
-    monkeypatch.setenv("ANSIBLE_LOCAL_TEMP", str(tmp_path / "ansible-tmp"))
-    monkeypatch.setenv("ANSIBLE_CONFIG", str(tmp_path / "no-ansible.cfg"))
-
 
 def ansible_list(path: Path, *extra: str) -> Any:
     exe = inventory.find_ansible_inventory()

@@ -23,19 +23,7 @@ from edgenas.cli import main
 from edgenas.core.errors import DeviceError
 from edgenas.device import inventory
 from edgenas.records.store import open_store
-
-needs_ansible = pytest.mark.skipif(
-    inventory.find_ansible_inventory() is None,
-    reason="ansible-inventory not installed (ansible-core is in requirements-test.txt)",
-)
-
-
-@pytest.fixture(autouse=True)
-def quiet_ansible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep Ansible's state and config out of the user's home and the working folder."""
-    monkeypatch.setenv("ANSIBLE_HOME", str(tmp_path / "ansible-home"))
-    monkeypatch.setenv("ANSIBLE_LOCAL_TEMP", str(tmp_path / "ansible-tmp"))
-    monkeypatch.setenv("ANSIBLE_CONFIG", str(tmp_path / "no-ansible.cfg"))
+from tests.support.ansible import needs_ansible, quiet_ansible  # noqa: F401  (autouse fixture)
 
 
 def cli(home: Path, *args: str) -> Any:
