@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.cli.common import Workspace, cpu_set, echo, echo_json, table
 from edgenas.measure.bench import bench_model
-from edgenas.records.classes import parse_cpu_set
 from edgenas.records.store import open_store
 
 
@@ -23,7 +22,7 @@ from edgenas.records.store import open_store
               help="And at least this many seconds of timed runs.")
 @click.option("--cv-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="Re-run once when the coefficient of variation is above this; flag if still above.")
-@click.option("--cpus", default=None, metavar="SET", callback=lambda _c, _p, v: _cpu_set(v),
+@click.option("--cpus", default=None, metavar="SET", callback=cpu_set,
               help="Pin the benchmark to these CPUs (4-7, 0,2-3): big.LITTLE cores run a model 2-4x "
               "apart. The set is stored with the row and makes another device class [default: the "
               "device's own set, else unpinned].")
@@ -55,13 +54,3 @@ def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, ru
     pin = f"  CPUs {rec['cpus']}" if rec.get("cpus") else ""
     echo(f"arch {rec['arch']}  model {rec['model_sha256'][:12]}  class {rec['device_class']}{pin}  "
          f"uploaded: {sent}")
-
-
-def _cpu_set(value: str | None) -> str | None:
-    """``--cpus``: checked (and made canonical) before anything is contacted."""
-    if value is None:
-        return None
-    try:
-        return parse_cpu_set(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None

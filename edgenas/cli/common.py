@@ -14,6 +14,7 @@ import click
 
 from edgenas.core.files import private_dir
 from edgenas.core.text import printable
+from edgenas.records.classes import parse_cpu_set
 
 LOG_ENV = "EDGENAS_LOG"
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
@@ -144,3 +145,14 @@ def human(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(int(n))
+
+
+def cpu_set(_ctx: click.Context | None, _param: click.Parameter | None, value: str | None) -> str | None:
+    """Click callback for ``--cpus``: the CPU set checked (and made canonical) before anything is
+    contacted; a bad set is a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse_cpu_set(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

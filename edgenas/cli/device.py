@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.cli.common import Workspace, cpu_set, echo, echo_json, table
 from edgenas.core.errors import DeviceError
 from edgenas.device import enroll, layout, registry
 from edgenas.device import inventory as inv
@@ -17,7 +17,7 @@ from edgenas.device.connect import known_hosts_path
 from edgenas.device.inventory import python_command, validate_workdir
 from edgenas.device.session import DeviceSession
 from edgenas.device.transports.ssh import check_private_key, forget_known_host
-from edgenas.records.classes import ClassError, class_of, how, parse_cpu_set, validate_class
+from edgenas.records.classes import ClassError, class_of, how, validate_class
 from edgenas.records.store import Store, open_store
 
 
@@ -47,16 +47,6 @@ def _checked_paths(python: str | None, workdir: str | None, kind: str) -> tuple[
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--workdir") from None
     return python, workdir
-
-
-def _cpu_option(value: str | None) -> str | None:
-    """``--cpus``: a CPU set, checked before anything is contacted."""
-    if value is None:
-        return None
-    try:
-        return parse_cpu_set(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _store(ws: Workspace) -> Store:
@@ -153,7 +143,7 @@ def device() -> None:
 @click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="MS", help="The latency this device's model must keep: `fleet specialize` gives "
               "each class the strictest budget of its devices.")
-@click.option("--cpus", default=None, metavar="SET", callback=lambda _c, _p, v: _cpu_option(v),
+@click.option("--cpus", default=None, metavar="SET", callback=cpu_set,
               help="Pin every benchmark of the device to these CPUs (4-7: big.LITTLE's big cores, as "
               "`device probe` lists them); part of the device's class.")
 @click.option("--replace", is_flag=True, help="Overwrite an existing device of that name.")
