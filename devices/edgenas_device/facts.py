@@ -272,6 +272,30 @@ def rss_kib() -> int | None:
     return None
 
 
+def hwm_kib() -> int | None:
+    """Peak RSS (KiB) of this process image since it started or since :func:`reset_peak_rss`
+    (``VmHWM``); None off Linux.  Unlike ``ru_maxrss``, which Linux carries across ``exec`` (a runner
+    started by a 1 GB host process would report that process's peak), it belongs to this image."""
+    for line in (read_text("/proc/self/status") or "").splitlines():
+        if line.startswith("VmHWM:"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: ``5`` into ``/proc/self/clear_refs``), so a
+    later :func:`hwm_kib` is the peak of what follows alone; False where the kernel refuses it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_rss_kib() -> int | None:
     """Peak RSS of this process; ru_maxrss is KiB on Linux but bytes on macOS."""
     try:

@@ -149,6 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     affinity = set_affinity(args.cpu_affinity)
     state_before = facts.device_state()
     rss_before = facts.rss_kib()
+    # The model's peak memory is the peak RSS above rss_before: reset the high-water mark here, so
+    # neither the imports before nor a launching process's peak (ru_maxrss survives exec) count.
+    peak_reset = facts.reset_peak_rss()
     check_load_in_child(rt, args.model, threads_arg(args.threads), not args.no_xnnpack)
     t0 = time.perf_counter()
     interp, log_lines = make_interpreter(rt, args.model, threads_arg(args.threads), not args.no_xnnpack)
@@ -212,6 +215,8 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             "rss_before_kib": rss_before,
             "rss_after_init_kib": rss_after_init,
             "rss_after_kib": rss_after,
+            "hwm_kib": facts.hwm_kib(),
+            "hwm_reset": peak_reset,
         },
         "state_before": state_before,
         "state_after": state_after,

@@ -143,6 +143,11 @@ def device() -> None:
 @click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="MS", help="The latency this device's model must keep: `fleet specialize` gives "
               "each class the strictest budget of its devices.")
+@click.option("--memory-budget-mb", type=click.FloatRange(min=0, min_open=True, max=1 << 20,
+                                                          max_open=True),
+              default=None, metavar="MIB", help="The peak memory this device's model may use: `fleet "
+              "specialize` gives each class the strictest budget of its devices and `fleet bench` "
+              "flags a device measuring over it.")
 @click.option("--cpus", default=None, metavar="SET", callback=cpu_set,
               help="Pin every benchmark of the device to these CPUs (4-7: big.LITTLE's big cores, as "
               "`device probe` lists them); part of the device's class.")
@@ -169,6 +174,7 @@ def add(
     cache_mib: int | None,
     device_class: str | None,
     latency_budget_ms: float | None,
+    memory_budget_mb: float | None,
     cpus: str | None,
     replace: bool,
 ) -> None:
@@ -197,6 +203,7 @@ def add(
         groups=groups,
         device_class=device_class,
         latency_budget_ms=latency_budget_ms,
+        memory_budget_mb=memory_budget_mb,
         benchmark_binary=benchmark_binary,
         xnnpack=not no_xnnpack,
         cache_mib=cache_mib,
@@ -329,6 +336,7 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
         ("cpus", d.cpus),
         ("class", f"{class_of(d)} ({how(d)})"),
         ("latency budget", d.latency_budget_ms and f"{d.latency_budget_ms:g} ms"),
+        ("memory budget", d.memory_budget_mb and f"{d.memory_budget_mb:g} MiB"),
         ("probed", _age(d.probed_at)),
     ]
     p = d.probe or {}

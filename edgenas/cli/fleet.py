@@ -256,7 +256,8 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Bar plot PNG [default: <home>/reports/<campaign>.png].")
 @click.option("--fail-on-drift", is_flag=True,
-              help="Exit 1 when a device drifts past the promise's band or its class's median.")
+              help="Exit 1 when a device drifts past the promise's band or its class's median, or "
+                   "measures over its memory budget.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], names: tuple[str, ...],
@@ -268,8 +269,10 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
     Stores one measurement per device, prints device, class, runtime, precision, median, p90 and CV
     next to the latency the search promised (the manifest's `search` block for the device or its
     class, else the class's latency predictor), flags devices outside the promise's error band or
-    off their class's median in this run (classes with two or more devices measured), prints one
-    summary line per class and writes a bar plot.  With --per-class N only a sample of each class
+    off their class's median in this run (classes with two or more devices measured), flags devices
+    whose model's peak memory is over their memory budget (`device add --memory-budget-mb`, inventory
+    edgenas_memory_mb; else the search's --max-memory-mb in the manifest), prints one summary line
+    per class and writes a bar plot.  With --per-class N only a sample of each class
     is measured (a spot check).
     """
     import random
@@ -290,6 +293,7 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
         png = plot(rows, plot_path or ws.home / "reports" / f"{campaign}.png",
                    f"{name or (model_dir.name if model_dir else 'current model')} on the fleet")
     drifted = [r["device"] for r in rows if r.get("drift")]
+    heavy = [r["device"] for r in rows if r.get("memory_over")]
     if as_json:
         echo_json({"campaign": campaign, "plot": str(png) if png else None, "per_class": per_class,
                    "seed": seed, "rows": rows, "classes": summary})
@@ -302,19 +306,26 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
                 return f"FAIL {r['error']}"
             why = [w for w, on in (("promise", r.get("promise_drift")),
                                    ("class median", r.get("class_drift"))) if on]
-            return f"DRIFT ({', '.join(why)})" if why else "noisy" if r.get("noisy") else ""
+            flags = ([f"DRIFT ({', '.join(why)})"] if why else []) + (
+                ["OVER MEMORY"] if r.get("memory_over") else [])
+            return " ".join(flags) if flags else "noisy" if r.get("noisy") else ""
+
+        def mib(r: dict[str, Any]) -> str:
+            used, budget = r.get("memory_mb"), r.get("memory_budget_mb")
+            text = "" if used is None else f"{used:.1f}"
+            return text + ("" if budget is None else f" / {budget:g}")
 
         shown = sorted(rows, key=lambda r: (str(r.get("class")), r["device"]))
         echo(table(
             ["device", "class", "runtime", "precision", "median ms", "p90 ms", "CV", "predicted ms",
-             "band", "delta", "vs class", "flag"],
+             "band", "delta", "vs class", "memory MiB", "flag"],
             [[r["device"], r.get("class") or "", r.get("runtime") or "", r.get("precision") or "",
               r.get("median_ms"), r.get("p90_ms"), pct(r.get("cv")).lstrip("+"),
               "" if r.get("predicted_ms") is None else
               f"{r['predicted_ms']:.4g}" + ("" if r.get("statistic", "median") == "median"
                                             else f" ({r['statistic']})"),
               f"±{r['error_band'] * 100:.0f}%" if r.get("error_band") else "", pct(r.get("delta")),
-              pct(r.get("class_delta")), flag(r)]
+              pct(r.get("class_delta")), mib(r), flag(r)]
              for r in shown],
         ))
         for c in summary:
@@ -325,7 +336,9 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
             echo(f"class {c['class']}: {c['measured']}/{c['total']} devices measured"
                        + (f" ({c['failed']} failed)" if c["failed"] else "") + f", median {med}"
                        + "".join(f", {w}" for w in worst)
-                       + (f", drift on {', '.join(c['drift'])}" if c["drift"] else ""))
+                       + (f", drift on {', '.join(c['drift'])}" if c["drift"] else "")
+                       + (f", over memory on {', '.join(c['memory_over'])}"
+                          if c.get("memory_over") else ""))
         if per_class is not None:
             echo(f"sample: {per_class} per class, seed {seed} (--seed {seed} draws it again)")
         if png:
@@ -333,9 +346,11 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
     if drifted:
         echo(f"drift past the promise's band or the class median on: {', '.join(drifted)}",
                    err=True)
+    if heavy:
+        echo(f"over the memory budget on: {', '.join(heavy)}", err=True)
     if outcome.failures:
         _finish(outcome, "bench")
-    if drifted and fail_on_drift:
+    if (drifted or heavy) and fail_on_drift:
         sys.exit(EXIT_FAILED)
 
 
@@ -370,6 +385,10 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
 @click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Latency budget for every class [default: each class's strictest device budget, "
                    "from `device add --latency-budget-ms` or the inventory's edgenas_latency_ms].")
+@click.option("--max-memory-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak memory budget of the model (MiB) for every class [default: each class's "
+                   "strictest device budget, from `device add --memory-budget-mb` or the "
+                   "inventory's edgenas_memory_mb; none: no memory constraint].")
 @click.option("--precision", default="auto", show_default=True,
               type=click.Choice(["auto", "fp32", "fp16", "int8", "dynamic"]),
               help="auto: measure fp32 and int8 and let each class's search pick the faster.")
@@ -390,13 +409,15 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
 @click.option("--dry-run", is_flag=True, help="Probe and print the plan; measure and push nothing.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | None, precision: str,
-                   name: str | None, samples: int, canary: int, per_class: int, threads: int,
-                   runs: int, min_secs: float, seed: int, dry_run: bool, as_json: bool) -> None:
+def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | None,
+                   max_memory_mb: float | None, precision: str, name: str | None, samples: int,
+                   canary: int, per_class: int, threads: int, runs: int, min_secs: float, seed: int,
+                   dry_run: bool, as_json: bool) -> None:
     """Give every class of device in GROUP its own best subnet of the supernet CKPT.
 
     Per class (devices whose latency is the same: see `device list`): a few-shot latency campaign
-    on one of its devices when it has no predictor yet, a search under its budget, an export
+    on one of its devices when it has no predictor yet, a search under its budgets (latency, and
+    peak memory where one is set), an export
     calibrated on the training data, a push with health check (and canary) to all its devices, and
     a benchmark of a sample compared with the promise.  Resumable: a re-run skips every finished
     step (state in <home>/specialize/GROUP/state.json), so a finished group does nothing.
@@ -405,7 +426,7 @@ def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | No
     home = ws.ensure()
     with _store(ws) as store:
         plan = sp.make_plan(store, home, ckpt, group, latency_ms=latency_ms, precision=precision,
-                            threads=threads, name=name)
+                            threads=threads, name=name, memory_mb=max_memory_mb)
         for line in sp.describe_plan(plan, samples):  # the plan is the output of a dry run
             echo(line, err=as_json or not dry_run)
         if dry_run:

@@ -7,6 +7,8 @@ that ``edgenas --help`` does not pay for numpy/scipy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
@@ -22,6 +24,10 @@ from edgenas.predictors.latency_fit import fit
 from edgenas.records.store import open_store
 from edgenas.space.spec import SearchSpace
 
+if TYPE_CHECKING:
+    from edgenas.predictors.memory import MemoryPredictor
+    from edgenas.records.store import Store
+
 
 @click.group("predictor")
 def predictor() -> None:
@@ -35,6 +41,29 @@ def _quality_row(q: dict) -> list[str]:
 
 _STATISTICS = ["median", "min", "mean"]  # edgenas.predictors.latency.STATISTICS, without importing it
 _QUALITY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE ms", "Spearman", "p90 error"]
+
+
+_MEMORY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE MiB", "Spearman", "p90 error"]
+
+
+def _memory_row(q: dict) -> list[str]:
+    return [q.get("samples", q.get("pairs")), f"{100 * q['within_5']:.1f} %",
+            f"{100 * q['within_10']:.1f} %", f"{q['rmse_mib']:.3g}", f"{q['spearman']:.3f}",
+            f"±{100 * q['p90_rel_error']:.1f} %"]
+
+
+def _fit_memory(store: Store, ws: Workspace, device_name: str, precision: str, threads: int,
+                space: str) -> tuple[MemoryPredictor | None, str | None]:
+    """The memory predictor fitted beside the latency one, or why there is none (old rows carry no
+    peak memory; a device measured before it was recorded needs measuring again)."""
+    from edgenas.predictors.memory import MemoryPredictorError
+    from edgenas.predictors.memory import fit as fit_memory
+
+    try:
+        return fit_memory(store, device_name, precision, threads, space=space,
+                          save_to=ws.home), None
+    except MemoryPredictorError as exc:
+        return None, str(exc)
 
 
 @predictor.command("fit")
@@ -54,11 +83,12 @@ _QUALITY_HEADERS = ["subnets", "within ±5 %", "within ±10 %", "RMSE ms", "Spea
 @click.pass_obj
 def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space: str | None,
             statistic: str, method: str, as_json: bool) -> None:
-    """Fit the latency predictor of a device from its stored measurements.
+    """Fit the latency and memory predictors of a device from its stored measurements.
 
     Prints held-out quality (k-fold cross-validation): the share of subnets predicted within
     ±5 % and ±10 %, RMSE, Spearman rank correlation and the p90 relative error that every
-    later prediction carries.
+    later prediction carries.  The memory predictor (the model's peak memory, for `search
+    --max-memory-mb`) is printed beside the device's own repeatability: subnets measured twice.
     """
 
     with open_store(ws.ensure()) as store:
@@ -66,9 +96,12 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
                    statistic=statistic, method=method)
         base = evaluate_baseline(store, device_name, precision, threads, space=pred.space,
                                  statistic=statistic)
+        memory, why_not = _fit_memory(store, ws, device_name, precision, threads, pred.space)
     path = predictor_path(ws.home, pred.device, precision, threads)
     if as_json:
-        echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base})
+        echo_json({**pred.to_json(), "path": str(path), "macs_baseline": base,
+                   "memory": None if memory is None else memory.to_json(),
+                   "memory_not_fitted": why_not})
         return
     served = "" if pred.device == device_name else f" (class {pred.device})"
     echo(f"latency predictor for {device_name}{served} ({precision}, {threads} thread(s), "
@@ -79,6 +112,20 @@ def fit_cmd(ws: Workspace, device_name: str, precision: str, threads: int, space
                       ["MACs only", *_quality_row(base)]]))
     echo(f"method: {_method_line(pred.extra)}")
     echo(f"saved {path}")
+    if memory is None:
+        echo(f"memory predictor: not fitted ({why_not})")
+        return
+    from edgenas.predictors.memory import predictor_path as memory_path
+
+    noise = memory.noise
+    rows = [["memory (held-out)", *_memory_row(memory.quality)]]
+    if noise:
+        rows.append(["same subnets again", *_memory_row(noise)])
+    echo("memory predictor (the model's peak memory):")
+    echo(table(["", *_MEMORY_HEADERS], rows))
+    if not noise:
+        echo("noise floor: no subnet measured twice (`edgenas measure --repeats 2`)")
+    echo(f"saved {memory_path(ws.home, pred.device, precision, threads)}")
 
 
 def _method_line(extra: dict) -> str:

@@ -23,6 +23,11 @@ STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinf
 @click.option("--latency-ms", type=float, default=None, help="Latency budget on every device.")
 @click.option("--max-size-kb", type=float, default=None, help="Model size limit (estimated).")
 @click.option("--max-macs", type=float, default=None, help="MAC limit, e.g. 5e6.")
+@click.option("--max-memory-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak memory budget of the model on every device, in MiB (what loading and "
+                   "running it adds to the process; docs/search.md). Needs each device's memory "
+                   "predictor (`edgenas predictor fit`); verified candidates are held to their "
+                   "measured peak.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto",
               show_default=True,
               help="auto: per device, whichever precision measured faster on the subnets near the "
@@ -59,8 +64,8 @@ STRATEGY_NAMES = ("evolution", "ofa-evolution", "nsga2", "random", "tpe", "reinf
 @click.pass_obj
 def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tuple[str, ...],
                latency_ms: float | None, max_size_kb: float | None, max_macs: float | None,
-               precision: str, objective: str, threads: int, verify_top: int,
-               strategy: str | None, budget: int | None, accuracy: str,
+               max_memory_mb: float | None, precision: str, objective: str, threads: int,
+               verify_top: int, strategy: str | None, budget: int | None, accuracy: str,
                data_source: str | None, population: int, generations: int, seed: int,
                out_dir: Path) -> None:
     """Search CKPT's space for the most accurate subnet within the budget on the device(s).
@@ -77,7 +82,7 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
     if not (accuracy in ("predictor", "supernet") or accuracy.startswith("proxy:")):
         raise click.BadParameter(f"{accuracy!r}: use predictor, proxy:NAME or supernet",
                                  param_hint="--accuracy")
-    constraints = Constraints(latency_ms, max_size_kb, max_macs)
+    constraints = Constraints(latency_ms, max_size_kb, max_macs, max_memory_mb)
     with open_store(ws.ensure()) as store:
         outcome = run_search(store, ws.home, ckpt, targets, constraints, precision=precision,
                              objective=objective, threads=threads, out_dir=out_dir,
@@ -97,15 +102,25 @@ def search_cmd(ws: Workspace, ckpt: Path, devices: tuple[str, ...], groups: tupl
         pred = ", ".join(f"{v:.3f}±{100 * errs[d]['p90_rel_error']:.0f}%"
                          for d, v in c["latency_ms"].items())
         meas = ", ".join(f"{v:.3f}" for v in c["measured_ms"].values()) or "-"
-        rows.append([c["arch"], f"{c['accuracy']:.2%}", pred, meas, f"{c['size_kb']:.0f}",
-                     human(c["macs"])])
-    echo(table(["arch", "pred. top-1", "pred. ms", "measured ms", "size KB", "MACs"], rows))
+        row = [c["arch"], f"{c['accuracy']:.2%}", pred, meas, f"{c['size_kb']:.0f}",
+               human(c["macs"])]
+        if max_memory_mb is not None:
+            row += [f"{c['memory_mb']:.1f}" if c.get("memory_mb") is not None else "-",
+                    ", ".join(f"{v:.1f}" for v in (c.get("measured_memory_mb") or {}).values())
+                    or "-"]
+        rows.append(row)
+    memory_headers = ["pred. MiB", "measured MiB"] if max_memory_mb is not None else []
+    echo(table(["arch", "pred. top-1", "pred. ms", "measured ms", "size KB", "MACs",
+                *memory_headers], rows))
     chosen = r["chosen"]
     if chosen:
         echo(f"chosen: {chosen['arch']}")
         if chosen.get("measured_within_budget") is False:
             echo("warning: no verified candidate measured within the latency budget on "
                        "the device; the chosen one missed it least (see search.json)", err=True)
+        if chosen.get("measured_within_memory_budget") is False:
+            echo("warning: no verified candidate measured within the memory budget on the "
+                 "device; the chosen one missed it least (see search.json)", err=True)
         echo(f"next:   edgenas export {ckpt} --arch {chosen['arch']} --precision "
                    f"{next(iter(r['precision'].values()))} --search {outcome.path} --out model/")
     echo(f"wrote {outcome.path} and {out_dir / 'pareto.png'}")

@@ -232,7 +232,8 @@ def bench_answer(device: str, data: Any, *, sha256: str | None = None,
 
     Checked: the timing fields (:data:`TIMES_MS`; ``median_ms`` required) finite in [0, MAX_MS];
     ``count`` an integer in [1, MAX_COUNT]; ``cv`` finite in [0, sqrt(count)]; ``memory`` an object whose
-    ``peak_rss_kib`` is an integer; ``runtime`` an object whose ``name`` and ``version`` are short
+    ``peak_rss_kib``, ``rss_*_kib`` and ``hwm_kib`` are integers (``hwm_reset`` a bool, benchmark_model's
+    ``footprint_*_mib`` numbers); ``runtime`` an object whose ``name`` and ``version`` are short
     printable strings; ``model.sha256`` 64 hex digits and, given ``sha256``, that one; the state
     records' governors, frequencies and temperatures.  Anything else in the answer is kept as the raw
     record (bounded by :func:`parse_answer`), never read by the host."""
@@ -247,8 +248,13 @@ def bench_answer(device: str, data: Any, *, sha256: str | None = None,
     number(device, verb, "cv", answer.get("cv"),
            high=MAX_CV if count is None else math.sqrt(count) * (1 + 1e-9))
     memory = record(device, verb, "memory", answer.get("memory"))
-    for key in ("peak_rss_kib", "rss_before_kib", "rss_after_init_kib", "rss_after_kib"):
+    for key in ("peak_rss_kib", "rss_before_kib", "rss_after_init_kib", "rss_after_kib", "hwm_kib"):
         integer(device, verb, f"memory.{key}", memory.get(key), high=MAX_RSS_KIB)
+    if memory.get("hwm_reset") is not None and not isinstance(memory.get("hwm_reset"), bool):
+        raise _error(f"{_where(device, verb, 'memory.hwm_reset')}: {_shown(memory.get('hwm_reset'))} "
+                     "(true or false is expected)")
+    for key in ("footprint_init_mib", "footprint_overall_mib"):  # benchmark_model's own deltas
+        number(device, verb, f"memory.{key}", memory.get(key), high=1e7)  # the parser's MAX_MB
     runtime = record(device, verb, "runtime", answer.get("runtime"))
     name(device, verb, "runtime.name", runtime.get("name"))
     name(device, verb, "runtime.version", runtime.get("version"))

@@ -168,6 +168,7 @@ def make_device(
     latency_budget_ms: float | None = None,
     jump: Sequence[Hop] = (),
     cpus: str | None = None,
+    memory_budget_mb: float | None = None,
 ) -> Device:
     """Build a validated :class:`Device`, filling the per-kind defaults (workdir, python, port).
 
@@ -226,6 +227,11 @@ def make_device(
     if latency_budget_ms is not None and not (isinstance(latency_budget_ms, (int, float))
                                               and 0 < float(latency_budget_ms) < 1e7):
         raise DeviceError(f"device {name}: the latency budget must be a positive number of ms")
+    if memory_budget_mb is not None and not (isinstance(memory_budget_mb, (int, float))
+                                             and not isinstance(memory_budget_mb, bool)
+                                             and 0 < float(memory_budget_mb) < 1 << 20):
+        raise DeviceError(f"device {name}: the memory budget must be a positive number of MiB "
+                          f"(below 1048576), not {memory_budget_mb!r}")
     binary = validate_benchmark_binary(benchmark_binary) if benchmark_binary else None
     binary_real = binary_sha256 = None
     if binary is not None:
@@ -256,6 +262,7 @@ def make_device(
         latency_budget_ms=None if latency_budget_ms is None else float(latency_budget_ms),
         jump=[hop.to_dict() for hop in jump],
         cpus=cpus,
+        memory_budget_mb=None if memory_budget_mb is None else float(memory_budget_mb),
         groups=group_list,
     )
 

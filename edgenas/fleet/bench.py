@@ -22,6 +22,12 @@ a phone in power-save mode, a board someone put in the wrong class).  A device i
 two references: the promise (the manifest's ``search`` block for the device's name, then for its
 class, then the class's latency predictor) and, when its class has at least two devices measured in
 this run, the class's own median in this run.
+
+Memory is a promise too: a device registered with a memory budget (``device add --memory-budget-mb``,
+inventory ``edgenas_memory_mb``) — or, without one, the search's memory constraint recorded in the
+model's manifest — is flagged ``memory_over`` when the model's measured peak memory
+(:mod:`edgenas.records.memory`) exceeds it.  Unlike latency there is no band: the budget is what the
+device has to spare, so one MiB over is over.
 """
 
 from __future__ import annotations
@@ -142,6 +148,34 @@ def _space_of(manifest: Mapping[str, Any]) -> Any:
     return space
 
 
+def memory_promise(manifest: Mapping[str, Any],
+                   device: Device | None) -> tuple[float | None, str | None]:
+    """(the peak memory in MiB the model must stay within on ``device``, where that comes from): the
+    device's own budget first, then the memory constraint of the search the manifest records
+    (``search.constraints.max_memory_mb``, or under ``provenance.search``); (None, None) without
+    either."""
+    own = getattr(device, "memory_budget_mb", None)
+    if isinstance(own, (int, float)) and not isinstance(own, bool) and math.isfinite(own) and own > 0:
+        return float(own), "device budget"
+    for block in (manifest.get("search"), (manifest.get("provenance") or {}).get("search")):
+        constraints = block.get("constraints") if isinstance(block, Mapping) else None
+        limit = constraints.get("max_memory_mb") if isinstance(constraints, Mapping) else None
+        if (isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit)
+                and limit > 0):
+            return float(limit), "search constraint"
+    return None, None
+
+
+def over_memory(memory_kib: Any, budget_mb: float | None) -> tuple[float | None, bool]:
+    """(the measured peak memory in MiB, whether it is over ``budget_mb``); (None, False) when the
+    benchmark recorded no peak memory (an old runner)."""
+    if not (isinstance(memory_kib, (int, float)) and not isinstance(memory_kib, bool)
+            and math.isfinite(memory_kib) and memory_kib >= 0):
+        return None, False
+    mib = float(memory_kib) / 1024.0
+    return mib, budget_mb is not None and mib > budget_mb
+
+
 def compare(measured_ms: float, promise: Promise | None) -> tuple[float | None, bool]:
     """(relative difference, drifted past the band)."""
     if promise is None:
@@ -259,6 +293,7 @@ def fleet_bench(
 
     outcome = fan_out(devices, work, parallel=parallel, max_fail_percent=100.0)
     class_predictor = _class_predictors(home, threads)
+    by_name = {d.name: d for d in devices}
     rows = []
     for r in outcome.results:
         key = classes.get(r.device, r.device)
@@ -266,7 +301,7 @@ def fleet_bench(
         if predictor is None and not r.failed:
             precision = r.extra["manifest"].get("precision") or r.extra["record"].get("precision")
             predictor = class_predictor(key, precision)
-        rows.append(_row(r, predictor, key))
+        rows.append(_row(r, predictor, key, by_name.get(r.device)))
     check_against_class(rows)
     for row in rows:
         row["campaign"] = campaign
@@ -331,7 +366,8 @@ def class_summary(rows: Sequence[Mapping[str, Any]],
     for row in rows:
         key = str(row.get("class") or row["device"])
         s = out.setdefault(key, {"class": key, "measured": 0, "failed": 0, "medians": [],
-                                 "worst_delta": None, "worst_class_delta": None, "drift": []})
+                                 "worst_delta": None, "worst_class_delta": None, "drift": [],
+                                 "memory_over": []})
         if row.get("error"):
             s["failed"] += 1
             continue
@@ -343,6 +379,8 @@ def class_summary(rows: Sequence[Mapping[str, Any]],
                 s[name] = float(v)
         if row.get("drift"):
             s["drift"].append(row["device"])
+        if row.get("memory_over"):
+            s["memory_over"].append(row["device"])
     result = []
     for key in sorted(out):
         s = out[key]
@@ -354,14 +392,16 @@ def class_summary(rows: Sequence[Mapping[str, Any]],
 
 
 def _row(result: DeviceResult, predictor: LatencyPredictor | None,
-         device_class: str | None = None) -> dict[str, Any]:
+         device_class: str | None = None, device: Device | None = None) -> dict[str, Any]:
     key = device_class or result.device
     if result.failed:
         return {"device": result.device, "class": key, "error": result.reason, "drift": False,
-                "promise_drift": False}
+                "promise_drift": False, "memory_over": False}
     rec, manifest = result.extra["record"], result.extra["manifest"]
     promise = promised_latency(manifest, result.device, predictor, key)
     delta, drifted = compare(measured_latency(rec, promise.statistic) if promise else 0.0, promise)
+    budget_mb, budget_source = memory_promise(manifest, device)
+    memory_mb, memory_over = over_memory(rec.get("memory_kib"), budget_mb)
     return {
         "device": result.device,
         "class": key,
@@ -380,6 +420,10 @@ def _row(result: DeviceResult, predictor: LatencyPredictor | None,
         "delta": delta,
         "drift": drifted,
         "promise_drift": drifted,
+        "memory_mb": memory_mb,
+        "memory_budget_mb": budget_mb,
+        "memory_budget_source": budget_source,
+        "memory_over": memory_over,
         "measurement_id": rec.get("id"),
         "error": None,
     }

@@ -12,7 +12,10 @@ for each class in the group, in order:
    device of the class, the representative (the first reachable by name), then ``predictor fit``.
    With ``--precision auto`` both fp32 and int8 are measured, so that the search can pick the faster.
 2. **search** under the class's latency budget (``--latency-ms``, else the strictest
-   ``latency_budget_ms`` of its devices), the winner's latency verified on the representative.
+   ``latency_budget_ms`` of its devices) and memory budget (``--max-memory-mb``, else the strictest
+   ``memory_budget_mb`` of its devices, inventory ``edgenas_memory_mb``; none when no device has
+   one), the winner's latency and peak memory verified on the representative.  Under a memory
+   budget the class's memory predictor is fitted from its stored measurements when it has none.
 3. **export** the winner at the precision the search chose, calibrated and validated on the supernet's
    own training data; the manifest's promise is keyed by class, so ``fleet bench`` checks every
    device of the class against it.
@@ -97,6 +100,7 @@ class ClassPlan:
     precisions: list[str]
     to_measure: list[str] = field(default_factory=list)  # precisions without a predictor yet
     todo: list[str] = field(default_factory=list)  # steps to run (the others are done)
+    memory_mb: float | None = None  # the class's peak memory budget (MiB); None: none
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -156,7 +160,9 @@ def _fingerprint(*parts: Any) -> str:
 
 def step_inputs(plan: Plan, cp: ClassPlan, step: str) -> str:
     """What a step's result depends on: unchanged inputs make a finished step count as done."""
-    base = (plan.source_sha256, cp.budget_ms, plan.precision, plan.threads, cp.key)
+    base: tuple[Any, ...] = (plan.source_sha256, cp.budget_ms, plan.precision, plan.threads, cp.key)
+    if cp.memory_mb is not None:  # only then: steps finished before memory budgets stay done
+        base += (("memory_mb", cp.memory_mb),)
     if step in ("push", "bench"):
         return _fingerprint(*base, plan.name, sorted(cp.devices), step)
     return _fingerprint(*base, step)
@@ -188,14 +194,18 @@ def probe_group(store: Store, home: Path, devices: Sequence[Device], *, parallel
 
 def make_plan(store: Store, home: Path, ckpt: Path, group: str, *, latency_ms: float | None = None,
               precision: str = "auto", threads: int = 1, name: str | None = None, probe: bool = True,
-              opener: Callable[[Device, Path], Transport] = open_transport) -> Plan:
-    """Probe the group, group it into classes and say what each class needs."""
+              opener: Callable[[Device, Path], Transport] = open_transport,
+              memory_mb: float | None = None) -> Plan:
+    """Probe the group, group it into classes and say what each class needs (``memory_mb``: the
+    memory budget of every class, instead of each class's strictest device budget)."""
     from edgenas.supernets.checkpoint import load_checkpoint  # lazy: torch stays out of CLI start-up
 
     if precision != "auto" and precision not in ("fp32", "fp16", "int8", "dynamic"):
         raise SpecializeError(f"unknown precision {precision!r} (auto, fp32, fp16, int8 or dynamic)")
     if latency_ms is not None and not latency_ms > 0:
         raise SpecializeError("--latency-ms must be positive")
+    if memory_mb is not None and not memory_mb > 0:
+        raise SpecializeError("--max-memory-mb must be positive")
     name = validate_model_name(name or group)
     members = select_devices(store, [group])
     if not members:
@@ -215,6 +225,8 @@ def make_plan(store: Store, home: Path, ckpt: Path, group: str, *, latency_ms: f
         budgets = [d.latency_budget_ms for d in devs if d.latency_budget_ms]
         budget = latency_ms if latency_ms is not None else (min(budgets) if budgets else None)
         cp = ClassPlan(key, how(devs[0]), [d.name for d in devs], devs[0].name, budget, precisions)
+        memories = [d.memory_budget_mb for d in devs if d.memory_budget_mb]
+        cp.memory_mb = memory_mb if memory_mb is not None else (min(memories) if memories else None)
         for p in precisions:
             try:
                 pred = load_predictor(home, key, p, threads, xnnpack=devs[0].xnnpack)
@@ -252,6 +264,8 @@ def describe_plan(plan: Plan, samples: int) -> list[str]:
                      "shared by every class)")
     for cp in plan.classes:
         budget = f"≤ {cp.budget_ms:g} ms" if cp.budget_ms else "NO BUDGET (give --latency-ms)"
+        if cp.memory_mb is not None:
+            budget += f", peak memory ≤ {cp.memory_mb:g} MiB"
         measure = (f"measure {', '.join(cp.to_measure)} on {cp.representative} (≤ {samples} subnets "
                    "each, adaptive)") if cp.to_measure else "predictors exist"
         todo = ", ".join(cp.todo) if cp.todo else "nothing (done)"
@@ -276,6 +290,8 @@ class ClassOutcome:
     accuracy: float | None = None
     promised_ms: float | None = None
     measured_ms: dict[str, float] = field(default_factory=dict)
+    promised_memory_mb: float | None = None
+    measured_memory_mb: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     skipped_steps: list[str] = field(default_factory=list)
 
@@ -349,7 +365,8 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
             _measure(store, home, plan, cp, precision, samples, seed, protocol, exporters)
         done("measure", precisions=list(cp.to_measure))
     if fresh("search"):
-        say(f"class {cp.key}: searching under {cp.budget_ms:g} ms")
+        say(f"class {cp.key}: searching under {cp.budget_ms:g} ms"
+            + ("" if cp.memory_mb is None else f" and {cp.memory_mb:g} MiB of peak memory"))
         steps.pop("export", None)  # a new search invalidates what came after it
         steps.pop("push", None)
         steps.pop("bench", None)
@@ -358,8 +375,9 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
     found = steps["search"]
     out.arch, out.precision = found["arch"], found["precision"]
     out.accuracy, out.promised_ms = found.get("accuracy"), found.get("promised_ms")
+    out.promised_memory_mb = found.get("promised_memory_mb")
     entry.update(arch=out.arch, precision=out.precision, accuracy=out.accuracy,
-                 promised_ms=out.promised_ms)
+                 promised_ms=out.promised_ms, promised_memory_mb=out.promised_memory_mb)
     if fresh("export"):
         say(f"class {cp.key}: exporting {out.arch} ({out.precision})")
         steps.pop("push", None)
@@ -381,12 +399,15 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
     if fresh("bench"):
         say(f"class {cp.key}: benchmarking the deployed model on {min(per_class, len(cp.devices))} "
             f"of its {len(cp.devices)} device(s)")
-        measured, drifted = _bench(home, plan, cp, per_class, seed, protocol, opener)
-        done("bench", measured_ms=measured, drift=drifted)
+        measured, drifted, memory, heavy = _bench(home, plan, cp, per_class, seed, protocol, opener)
+        done("bench", measured_ms=measured, drift=drifted, measured_memory_mb=memory,
+             memory_over=heavy)
     bench = steps["bench"]
     out.measured_ms = dict(bench.get("measured_ms") or {})
+    out.measured_memory_mb = dict(bench.get("measured_memory_mb") or {})
     entry["measured_ms"] = out.measured_ms
-    out.status = "drift" if bench.get("drift") else "ok"
+    entry["measured_memory_mb"] = out.measured_memory_mb
+    out.status = "drift" if bench.get("drift") or bench.get("memory_over") else "ok"
 
 
 def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str, samples: int,
@@ -405,8 +426,11 @@ def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int
             seed: int, exporters: ExportWorkers | None = None) -> dict[str, Any]:
     from edgenas.search.job import run_search  # lazy: torch stays out of CLI start-up
 
+    if cp.memory_mb is not None:
+        _memory_predictors(store, home, plan, cp)
     outcome = run_search(store, home, plan.ckpt, [cp.representative],
-                         Constraints(latency_ms=cp.budget_ms), precision=plan.precision,
+                         Constraints(latency_ms=cp.budget_ms, max_memory_mb=cp.memory_mb),
+                         precision=plan.precision,
                          objective="accuracy", threads=plan.threads,
                          out_dir=state_dir(home, plan.group) / "search" / cp.key,
                          verify_top=verify_top, seed=seed, progress=False,
@@ -417,12 +441,43 @@ def _search(store: Store, home: Path, plan: Plan, cp: ClassPlan, verify_top: int
     rep = cp.representative
     precision = result["precision"][rep]
     latency = result["predictors"]["latency"][rep]
-    return {"arch": chosen.arch.to_string(), "precision": precision,
-            "accuracy": float(chosen.accuracy), "promised_ms": float(chosen.latency[rep]),
-            "verified_ms": chosen.measured.get(rep), "error": float(latency["p90_rel_error"]),
-            "statistic": latency.get("statistic", "median"),
-            "within_budget": result["chosen"].get("measured_within_budget"),
-            "search_json": str(outcome.path)}
+    found = {"arch": chosen.arch.to_string(), "precision": precision,
+             "accuracy": float(chosen.accuracy), "promised_ms": float(chosen.latency[rep]),
+             "verified_ms": chosen.measured.get(rep), "error": float(latency["p90_rel_error"]),
+             "statistic": latency.get("statistic", "median"),
+             "within_budget": result["chosen"].get("measured_within_budget"),
+             "search_json": str(outcome.path)}
+    if cp.memory_mb is not None:
+        found.update(promised_memory_mb=chosen.memory_mb,
+                     verified_memory_mb=chosen.measured_memory.get(rep),
+                     within_memory_budget=result["chosen"].get("measured_within_memory_budget"))
+    return found
+
+
+def _memory_predictors(store: Store, home: Path, plan: Plan, cp: ClassPlan) -> None:
+    """Under a memory budget, every precision the search may pick needs the class's memory predictor:
+    fit it from the stored measurements where there is none (every benchmark of this edgenas stored
+    the model's peak memory, the campaign's too); a class whose rows predate that cannot be searched
+    under a memory budget until it is measured again, and the error says so."""
+    from edgenas.predictors.memory import MemoryPredictorError
+    from edgenas.predictors.memory import fit as fit_memory
+    from edgenas.predictors.memory import load_predictor as load_memory
+
+    problems = []
+    for precision in cp.precisions:
+        try:
+            load_memory(home, cp.key, precision, plan.threads)
+            continue
+        except MemoryPredictorError:
+            pass
+        try:
+            fit_memory(store, cp.representative, precision, plan.threads, space=plan.space,
+                       save_to=home)
+        except MemoryPredictorError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SpecializeError(f"class {cp.key} has a memory budget of {cp.memory_mb:g} MiB but no "
+                              f"memory predictor: {problems[0]}")
 
 
 def promise_for_class(plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[str, Any]:
@@ -434,7 +489,9 @@ def promise_for_class(plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[
             "precision": {cp.key: found["precision"]},
             "predictors": {"latency": {cp.key: {"p90_rel_error": found["error"],
                                                 "statistic": found.get("statistic", "median")}}},
-            "constraints": {"latency_ms": cp.budget_ms}, "supernet_sha256": plan.source_sha256}
+            "constraints": {"latency_ms": cp.budget_ms,
+                            **({} if cp.memory_mb is None else {"max_memory_mb": cp.memory_mb})},
+            "supernet_sha256": plan.source_sha256}
 
 
 def _export(home: Path, plan: Plan, cp: ClassPlan, found: dict[str, Any]) -> dict[str, Any]:
@@ -460,10 +517,11 @@ def _push(store: Store, home: Path, plan: Plan, cp: ClassPlan, model_dir: Path, 
 
 def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
            protocol: tuple[int, float], opener: Callable[[Device, Path], Transport]
-           ) -> tuple[dict[str, float], list[str]]:
+           ) -> tuple[dict[str, float], list[str], dict[str, float], list[str]]:
     """Spot-check the deployed model on a sample of the class (:func:`edgenas.fleet.bench.spot_check`:
     seeded sample; each device held to the class's promise in the manifest and to the class's median
-    in this run).  ({device: measured ms}, [drifted devices])."""
+    in this run, and to its memory budget).  ({device: measured ms}, [drifted devices], {device:
+    measured peak memory MiB}, [devices over their memory budget])."""
 
     with open_store(home) as store:
         devices = select_devices(store, cp.devices)
@@ -473,7 +531,9 @@ def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
     if failed:
         raise SpecializeError("bench failed on " + ", ".join(failed))
     measured = {r["device"]: float(r["median_ms"]) for r in rows}
-    return measured, [r["device"] for r in rows if r.get("drift")]
+    memory = {r["device"]: float(r["memory_mb"]) for r in rows if r.get("memory_mb") is not None}
+    return (measured, [r["device"] for r in rows if r.get("drift")], memory,
+            [r["device"] for r in rows if r.get("memory_over")])
 
 
 class _group_lock:

@@ -45,6 +45,7 @@ from edgenas.export.package import ModelPackage, PackageError, record_latency
 from edgenas.measure import benchmark_model as bmb
 from edgenas.records import measurements
 from edgenas.records.classes import class_of, format_cpu_set, parse_cpu_set
+from edgenas.records.memory import model_memory_kib
 from edgenas.records.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,7 @@ def _store_row(store: Store, device: Device, model: ModelPackage, r: dict[str, A
         temp_c_after=_temp_c(after),
         protocol=measurements.Protocol.of(meta["settings"]),
         cpus=_ran_on(device, r),
+        memory_kib=model_memory_kib(r),
         result_json=json.dumps({**r, "edgenas": meta}),
     ))
     return {**stored.to_dict(), "result_json": stored.result_json}

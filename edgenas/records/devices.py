@@ -40,6 +40,7 @@ _COLUMNS = (
     "latency_budget_ms",
     "jump_json",
     "cpus",
+    "memory_budget_mb",
     "probe_json",
     "probed_at",
     "created_at",
@@ -82,6 +83,11 @@ class Device:
 
     ``cpus``: the CPU set every benchmark of the device is pinned to (``4-7``: big.LITTLE's big
     cores); part of its class (:func:`edgenas.records.classes.class_of`).  None: not pinned.
+
+    ``memory_budget_mb``: the peak memory (MiB) this device's model may use (``device add
+    --memory-budget-mb``, inventory ``edgenas_memory_mb``): ``fleet specialize`` searches each class
+    under the strictest budget of its devices and ``fleet bench`` flags a device whose measured peak
+    is over it (:mod:`edgenas.records.memory` says what is measured).  None: none set.
     """
 
     name: str
@@ -106,6 +112,7 @@ class Device:
     latency_budget_ms: float | None = None
     jump: list[dict[str, Any]] = field(default_factory=list)
     cpus: str | None = None
+    memory_budget_mb: float | None = None
     groups: list[str] = field(default_factory=list)
     probe: dict[str, Any] | None = None
     probed_at: float | None = None
@@ -196,6 +203,7 @@ def add_device(store: Store, device: Device, *, replace_existing: bool = False) 
                 device.latency_budget_ms,
                 json.dumps(device.jump) if device.jump else None,
                 device.cpus,
+                device.memory_budget_mb,
                 probe_json,
                 probed_at,
                 created,
@@ -339,6 +347,7 @@ def _from_row(row: Any, groups: list[str]) -> Device:
         latency_budget_ms=row["latency_budget_ms"],
         jump=json.loads(row["jump_json"]) if row["jump_json"] else [],
         cpus=row["cpus"],
+        memory_budget_mb=row["memory_budget_mb"] if "memory_budget_mb" in row.keys() else None,
         probe=json.loads(row["probe_json"]) if row["probe_json"] else None,
         probed_at=row["probed_at"],
         groups=list(groups),

@@ -98,6 +98,7 @@ class Measurement:
     protocol: Protocol | None = None
     device_class: str | None = None
     cpus: str | None = None  # the CPU set the benchmark was pinned to (None: not pinned)
+    memory_kib: int | None = None  # the model's peak memory (records.memory); None: not known
     result_json: str = "{}"
     created_at: float = field(default_factory=time.time)
     id: int | None = None
@@ -131,7 +132,7 @@ FIELDS = (
     "std_ms", "min_ms",
     "cv", "init_ms", "first_ms", "runs", "peak_rss_kib", "noisy", "governor", "freq_mhz_before",
     "freq_mhz_after", "temp_c_before", "temp_c_after", "protocol_runs", "protocol_min_secs",
-    "protocol_warmup_runs", "protocol_warmup_secs", "xnnpack", "cpus", "created_at",
+    "protocol_warmup_runs", "protocol_warmup_secs", "xnnpack", "cpus", "memory_kib", "created_at",
 )
 _INSERT_COLUMNS = (*(c for c in FIELDS if c != "id"), "result_json")
 _SELECT = f"SELECT {', '.join(FIELDS)}, result_json FROM measurements"
@@ -162,7 +163,7 @@ class ResumeKey:
 _CHECKED = (("median_ms", 1e6, False), ("p90_ms", 1e6, False), ("mean_ms", 1e6, False),
             ("std_ms", 1e6, False), ("min_ms", 1e6, False), ("cv", 1e4, False),
             ("init_ms", 1e6, False), ("first_ms", 1e6, False), ("runs", 100_000_000, True),
-            ("peak_rss_kib", 1 << 30, True))
+            ("peak_rss_kib", 1 << 30, True), ("memory_kib", 1 << 30, True))
 
 
 def _check(m: Measurement) -> None:

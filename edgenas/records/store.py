@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgenas.core.errors import EdgeNASError
 from edgenas.core.files import PRIVATE_FILE_MODE, private_dir, private_file
-from edgenas.records import classes
+from edgenas.records import classes, memory
 
 DB_NAME = "edgenas.db"
 BUSY_TIMEOUT_MS = 30_000
@@ -220,11 +220,21 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN cpus TEXT;
     ALTER TABLE measurements ADD COLUMN cpus TEXT;
     """,
+    # 12 -> 13: memory as a measured objective.  ``measurements.memory_kib``: the model's peak memory
+    # (edgenas.records.memory; rows from before are filled from their raw answer by the Python step,
+    # NULL where that answer has no trustworthy peak); ``devices.memory_budget_mb``: the device's
+    # memory budget (``device add --memory-budget-mb``, inventory ``edgenas_memory_mb``) for
+    # ``fleet specialize`` and ``fleet bench``.
+    """
+    ALTER TABLE measurements ADD COLUMN memory_kib INTEGER;
+    ALTER TABLE devices ADD COLUMN memory_budget_mb REAL;
+    """,
 )
 
 
 # Python steps run after a migration's SQL, in its transaction: {version reached: step}.
-MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {9: classes.backfill}
+MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {9: classes.backfill,
+                                                                   13: memory.backfill}
 
 
 class StoreError(EdgeNASError):

@@ -27,6 +27,8 @@ from edgenas.measure.bench import BenchSettings
 from edgenas.measure.campaign import list_measurements, measure
 from edgenas.predictors.accuracy import AccuracyPredictor, predictor_path
 from edgenas.predictors.latency import STATISTICS, LatencyPredictor, load_predictor
+from edgenas.predictors.memory import MemoryPredictor
+from edgenas.predictors.memory import load_predictor as load_memory_predictor
 from edgenas.records.measurements import best_by_arch_precision
 from edgenas.records.store import Store
 from edgenas.search.problem import (
@@ -123,7 +125,8 @@ def choose_precision(store: Store, home: Path, device: str, threads: int, space:
 def with_safety_margin(ranked: list[Candidate], models: list[DeviceModel],
                        constraints: Constraints, k: int) -> list[Candidate]:
     """Candidates to measure: the best by prediction, then the best that still fit when every
-    device's latency is inflated by its predictor's error band.
+    device's latency (and, under a memory budget, peak memory) is inflated by its predictor's error
+    band.
 
     The most accurate predictions sit right at the budget, so on a noisy device all of them can
     measure over it; the margin keeps at least one candidate that should truly fit.
@@ -131,10 +134,18 @@ def with_safety_margin(ranked: list[Candidate], models: list[DeviceModel],
     if k <= 0 or not ranked:
         return []
     picks = ranked[: max(1, k // 2)]
-    if constraints.latency_ms is not None:
+    if constraints.latency_ms is not None or constraints.max_memory_mb is not None:
         errors = {m.name: m.error if m.error == m.error else 0.0 for m in models}  # NaN -> 0
-        safe = [c for c in ranked if all(ms * (1 + errors.get(d, 0.0)) <= constraints.latency_ms
-                                         for d, ms in c.latency.items())]
+        mem_err = max([m.memory_error for m in models if m.memory_error == m.memory_error] or [0.0])
+
+        def fits(c: Candidate) -> bool:
+            late = constraints.latency_ms is not None and any(
+                ms * (1 + errors.get(d, 0.0)) > constraints.latency_ms for d, ms in c.latency.items())
+            heavy = (constraints.max_memory_mb is not None and c.memory_mb is not None
+                     and c.memory_mb * (1 + mem_err) > constraints.max_memory_mb)
+            return not (late or heavy)
+
+        safe = [c for c in ranked if fits(c)]
         picks += [c for c in safe if c not in picks][: k - len(picks)]
     picks += [c for c in ranked if c not in picks][: k - len(picks)]
     return picks
@@ -170,12 +181,19 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
     devices = select_devices(store, targets)
     models, chosen_precision, reasons = [], {}, {}
     preds: dict[str, LatencyPredictor] = {}
+    memory: dict[str, MemoryPredictor] = {}
     for dev in devices:
         prec, pred, why = choose_precision(store, home, dev.name, threads, space.name, precision,
                                            dev.xnnpack, constraints.latency_ms)
         chosen_precision[dev.name], reasons[dev.name], preds[dev.name] = prec, why, pred
-        models.append(DeviceModel(dev.name, prec,
-                                  lambda archs, p=pred: p.predict_many(space, archs), pred.error))
+        model = DeviceModel(dev.name, prec, lambda archs, p=pred: p.predict_many(space, archs),
+                            pred.error)
+        if constraints.max_memory_mb is not None:  # a memory budget: each device's memory predictor
+            mem = memory[dev.name] = load_memory_predictor(home, resolve(store, dev.name), prec,
+                                                           threads)
+            model.memory = lambda archs, m=mem: m.predict_many(space, archs)
+            model.memory_error = mem.error
+        models.append(model)
     searcher = Searcher(space, _score(accuracy, space, ckpt, acc_pred, data_source, seed),
                         models, constraints, num_classes, seed)
     if strategy is not None or budget is not None or accuracy != "predictor":
@@ -213,11 +231,15 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
                         if r["arch"] == c.arch.to_string()]
                 if rows:
                     c.measured[dev] = preds[dev].measured(rows[-1])
+                    if rows[-1].get("memory_kib") is not None:
+                        c.measured_memory[dev] = float(rows[-1]["memory_kib"]) / 1024.0
         to_verify = rerank_on_measured(to_verify, constraints)
     chosen = to_verify[0] if to_verify else (ranked[0] if ranked else None)
-    within = None
+    within = memory_within = None
     if chosen is not None and chosen.measured and constraints.latency_ms is not None:
         within = max(chosen.measured.values()) <= constraints.latency_ms
+    if chosen is not None and chosen.measured_memory and constraints.max_memory_mb is not None:
+        memory_within = max(chosen.measured_memory.values()) <= constraints.max_memory_mb
 
     result = {
         "supernet": str(ckpt), "supernet_sha256": source_sha, "space": space.name,
@@ -228,7 +250,9 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
                            "rmse": acc_pred.rmse, "spearman": acc_pred.quality.get("spearman")},
                        "latency": {m.name: {"precision": m.precision, "p90_rel_error": m.error,
                                             "statistic": preds[m.name].statistic}
-                                   for m in models}},
+                                   for m in models},
+                       "memory": {d: {"precision": m.precision, "p90_rel_error": m.error,
+                                      "repeatability": m.noise} for d, m in memory.items()}},
         "evaluated": [c.to_json() for c in list(searcher.cache.values())[:2000]],
         "front": [c.to_json() for c in predicted_front(list(searcher.cache.values()))],
         "ranked": [c.to_json() for c in ranked[:50]],
@@ -236,7 +260,9 @@ def run_search(store: Store, home: Path, ckpt: Path, targets: list[str], constra
         "chosen": None if chosen is None else {
             **chosen.to_json(), "error": {m.name: m.error for m in models},
             "statistic": {d: p.statistic for d, p in preds.items()},
-            "precision": chosen_precision, "measured_within_budget": within},
+            "precision": chosen_precision, "measured_within_budget": within,
+            **({"memory_error": {d: m.error for d, m in memory.items()},
+                "measured_within_memory_budget": memory_within} if memory else {})},
     }
     path = None
     if out_dir is not None:

@@ -42,6 +42,14 @@ class Constraints:
     latency_ms: float | None = None
     max_size_kb: float | None = None
     max_macs: float | None = None
+    max_memory_mb: float | None = None  # the model's peak memory (MiB) on every device
+
+    def __post_init__(self) -> None:
+        # (an impossible latency budget is answered with the tightest value instead: see Searcher)
+        value = self.max_memory_mb
+        if value is not None and not (isinstance(value, (int, float)) and value > 0
+                                      and np.isfinite(value)):
+            raise EdgeNASError(f"max-memory-mb must be a positive number, not {value!r}")
 
     def describe(self) -> str:
         parts = []
@@ -51,15 +59,20 @@ class Constraints:
             parts.append(f"size <= {self.max_size_kb:g} KB")
         if self.max_macs is not None:
             parts.append(f"MACs <= {self.max_macs:.3g}")
+        if self.max_memory_mb is not None:
+            parts.append(f"memory <= {self.max_memory_mb:g} MB")
         return ", ".join(parts) or "none"
 
 
 @dataclass
 class DeviceModel:
-    """How the search sees one device: a latency predictor for the chosen precision.
+    """How the search sees one device: a latency predictor for the chosen precision, and a memory
+    predictor where the search has a memory budget.
 
     ``additive``: the predictor is a sum of per-block costs (edgenas's NNLS predictors are), so the
     search may tabulate it; the table is checked against ``predict`` and dropped if it disagrees.
+    ``memory``: the model's peak memory in MiB (:mod:`edgenas.predictors.memory`); not additive (the
+    tensor arena is a maximum over layers), so it is called on decoded archs.
     """
 
     name: str
@@ -67,6 +80,8 @@ class DeviceModel:
     predict: ArchFn
     error: float = 0.0  # relative error band of the predictor (e.g. 0.08 = ±8 %)
     additive: bool = True
+    memory: ArchFn | None = None
+    memory_error: float = 0.0
 
 
 @dataclass
@@ -102,6 +117,8 @@ class Candidate:
     size_kb: float
     macs: int
     measured: dict[str, float] = field(default_factory=dict)
+    memory_mb: float | None = None  # predicted peak memory, worst device (None: not predicted)
+    measured_memory: dict[str, float] = field(default_factory=dict)  # MiB per device
 
     @property
     def worst_latency(self) -> float:
@@ -111,11 +128,18 @@ class Candidate:
     def worst_measured(self) -> float | None:
         return max(self.measured.values()) if self.measured else None
 
+    @property
+    def worst_measured_memory(self) -> float | None:
+        return max(self.measured_memory.values()) if self.measured_memory else None
+
     def to_json(self) -> dict[str, object]:
         return {"arch": self.arch.to_string(), "accuracy": round(self.accuracy, 6),
                 "latency_ms": {k: round(v, 4) for k, v in self.latency.items()},
                 "measured_ms": {k: round(v, 4) for k, v in self.measured.items()},
-                "size_kb": round(self.size_kb, 1), "macs": self.macs}
+                "size_kb": round(self.size_kb, 1), "macs": self.macs,
+                **({} if self.memory_mb is None else {"memory_mb": round(self.memory_mb, 3)}),
+                **({"measured_memory_mb": {k: round(v, 3) for k, v in self.measured_memory.items()}}
+                   if self.measured_memory else {})}
 
 
 def model_size_kb(space: SearchSpace, arch: Arch, num_classes: int, precision: str) -> float:
@@ -451,12 +475,18 @@ def tournament(rng: np.random.Generator, rank: np.ndarray, crowd: np.ndarray,
 
 def rerank_on_measured(candidates: Sequence[Candidate], constraints: Constraints
                        ) -> list[Candidate]:
-    """Order measured candidates: those whose *measured* latency meets the budget first (by
-    accuracy), then the rest by how far they missed it."""
+    """Order measured candidates: those whose *measured* latency and peak memory meet the budgets
+    first (by accuracy), then the rest by how far (relatively) they missed them."""
     def key(c: Candidate) -> tuple[int, float]:
         worst = c.worst_measured if c.worst_measured is not None else c.worst_latency
-        ok = constraints.latency_ms is None or worst <= constraints.latency_ms
-        return (0, -c.accuracy) if ok else (1, worst)
+        over = 0.0
+        if constraints.latency_ms is not None:
+            over = max(over, worst / constraints.latency_ms - 1.0)
+        memory = (c.worst_measured_memory if c.worst_measured_memory is not None
+                  else c.memory_mb)
+        if constraints.max_memory_mb is not None and memory is not None:
+            over = max(over, memory / constraints.max_memory_mb - 1.0)
+        return (0, -c.accuracy) if over <= 0 else (1, over)
 
     return sorted(candidates, key=key)
 

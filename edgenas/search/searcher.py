@@ -51,6 +51,8 @@ class Searcher:
                  seed: int = 0, budget: int | None = None) -> None:
         if not devices and constraints.latency_ms is not None:
             raise EdgeNASError("a latency constraint needs at least one device")
+        if constraints.max_memory_mb is not None and not any(d.memory for d in devices):
+            raise EdgeNASError("a memory constraint needs a device with a memory predictor")
         self.space = space
         self.score = accuracy if isinstance(accuracy, Score) else Score(accuracy)
         self.accuracy = self.score.fn
@@ -65,7 +67,9 @@ class Searcher:
         self._keys: dict[bytes, int] = {}
         self._enc = np.zeros((0, self.codec.n_genes), dtype=np.int64)
         self._acc = np.zeros(0)
-        self._cost = np.zeros((0, len(self.devices) + 2))  # latency per device, size KB, MACs
+        # latency per device, size KB, MACs, worst predicted peak memory MiB (NaN: not predicted)
+        self._cost = np.zeros((0, len(self.devices) + 3))
+        self._memory = constraints.max_memory_mb is not None
         self._tables: dict[str, AdditiveTable | None] | None = None
 
     # ---- tables
@@ -91,7 +95,9 @@ class Searcher:
         return tables
 
     def costs(self, enc: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
-        """(N, devices + 2): predicted latency per device, size KB, MACs."""
+        """(N, devices + 3): predicted latency per device, size KB, MACs and — under a memory
+        budget — the worst device's predicted peak memory in MiB (NaN without one: a memory
+        predictor costs a layer plan per arch, so it is only asked when the search needs it)."""
         tables = self._build_tables()
         index = self.codec.index(enc) if index is None else index
         cols = []
@@ -107,7 +113,13 @@ class Searcher:
         if t is None:  # pragma: no cover - the plan's counts are additive by construction
             raise EdgeNASError("internal: size/MAC table failed its check")
         cols.append(t(index))
-        return np.concatenate(cols, axis=1) if cols else np.zeros((len(enc), 2))
+        memory = np.full((len(enc), 1), np.nan)
+        models = [d.memory for d in self.devices if d.memory is not None]
+        if self._memory and models and len(enc):
+            archs = archs if archs is not None else self.codec.decode(enc)
+            memory[:, 0] = np.max([np.asarray(m(archs), dtype=np.float64) for m in models], axis=0)
+        cols.append(memory)
+        return np.concatenate(cols, axis=1)
 
     def feasible_mask(self, cost: np.ndarray) -> np.ndarray:
         k, n_dev = self.constraints, len(self.devices)
@@ -118,11 +130,14 @@ class Searcher:
             ok &= cost[:, n_dev] <= k.max_size_kb
         if k.max_macs is not None:
             ok &= cost[:, n_dev + 1] <= k.max_macs
+        if k.max_memory_mb is not None:
+            ok &= cost[:, n_dev + 2] <= k.max_memory_mb  # NaN (not predicted) never fits
         return ok
 
     def overshoot(self, cost: np.ndarray) -> np.ndarray:
         """(N,) how far past its constraints each row of ``cost`` is, relatively (0: feasible):
-        the largest of worst latency / budget - 1, size / limit - 1, MACs / limit - 1."""
+        the largest of worst latency / budget - 1, size / limit - 1, MACs / limit - 1, memory /
+        limit - 1."""
         k, n_dev = self.constraints, len(self.devices)
         over = np.zeros(len(cost))
         if k.latency_ms is not None and n_dev:
@@ -131,6 +146,9 @@ class Searcher:
             over = np.maximum(over, cost[:, n_dev] / k.max_size_kb - 1.0)
         if k.max_macs is not None:
             over = np.maximum(over, cost[:, n_dev + 1] / k.max_macs - 1.0)
+        if k.max_memory_mb is not None:
+            over = np.maximum(over, np.nan_to_num(cost[:, n_dev + 2] / k.max_memory_mb - 1.0,
+                                                  nan=1e6))  # never: asked when budgeted
         return over
 
     def _accuracy(self, enc: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
@@ -201,9 +219,11 @@ class Searcher:
         out = []
         for arch, r in zip(archs, rows.tolist()):
             c = self._cost[r]
+            memory = float(c[n_dev + 2])
             out.append(Candidate(arch, float(self._acc[r]),
                                  {d.name: float(c[i]) for i, d in enumerate(self.devices)},
-                                 float(c[n_dev]), int(round(c[n_dev + 1]))))
+                                 float(c[n_dev]), int(round(c[n_dev + 1])),
+                                 memory_mb=None if np.isnan(memory) else memory))
         return out
 
     def evaluate(self, archs: Sequence[Arch]) -> list[Candidate]:
@@ -222,7 +242,9 @@ class Searcher:
         k = self.constraints
         return ((k.latency_ms is None or c.worst_latency <= k.latency_ms)
                 and (k.max_size_kb is None or c.size_kb <= k.max_size_kb)
-                and (k.max_macs is None or c.macs <= k.max_macs))
+                and (k.max_macs is None or c.macs <= k.max_macs)
+                and (k.max_memory_mb is None
+                     or (c.memory_mb is not None and c.memory_mb <= k.max_memory_mb)))
 
     def ranked(self, limit: int = 500) -> list[Candidate]:
         """Feasible evaluated candidates, most accurate first."""
@@ -258,6 +280,8 @@ class Searcher:
         n_dev = len(self.devices)
         tightest = {"latency_ms": float(cost[:, :n_dev].max(axis=1).min()) if n_dev else 0.0,
                     "size_kb": float(cost[:, n_dev].min()), "macs": float(cost[:, n_dev + 1].min())}
+        if k_memory := self.constraints.max_memory_mb:
+            tightest["memory_mb"] = float(np.nanmin(cost[:, n_dev + 2]))
         k = self.constraints
         broken = []
         if k.latency_ms is not None and tightest["latency_ms"] > k.latency_ms:
@@ -266,6 +290,8 @@ class Searcher:
             broken.append(f"size {tightest['size_kb']:.0f} KB (asked {k.max_size_kb:g} KB)")
         if k.max_macs is not None and tightest["macs"] > k.max_macs:
             broken.append(f"MACs {tightest['macs']:.3g} (asked {k.max_macs:.3g})")
+        if k_memory and tightest["memory_mb"] > k_memory:
+            broken.append(f"peak memory {tightest['memory_mb']:.3g} MB (asked {k_memory:g} MB)")
         detail = "; ".join(broken) or "the constraints cannot hold together"
         raise InfeasibleError(f"no subnet meets {k.describe()}: the tightest achievable is "
                               f"{detail}", tightest)

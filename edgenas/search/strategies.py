@@ -379,6 +379,9 @@ def _violation(searcher: Searcher, cost: np.ndarray, n_dev: int) -> float:
         v = max(v, float(cost[n_dev]) / k.max_size_kb - 1)
     if k.max_macs is not None:
         v = max(v, float(cost[n_dev + 1]) / k.max_macs - 1)
+    if k.max_memory_mb is not None:
+        memory = float(cost[n_dev + 2])
+        v = max(v, memory / k.max_memory_mb - 1 if np.isfinite(memory) else 1e6)
     return v
 
 

@@ -126,7 +126,8 @@ def load_inventory(
     ``edgenas_workdir``, ``edgenas_timeout``, ``edgenas_benchmark_binary`` (relative to the
     inventory's folder), ``edgenas_latency_ms`` (the device's latency budget for ``fleet
     specialize``), ``edgenas_class`` (its device class, instead of the one derived from its probe),
-    ``edgenas_cpus`` (the CPU set its benchmarks are pinned to) and ``edgenas_skip``.  Every group a
+    ``edgenas_cpus`` (the CPU set its benchmarks are pinned to), ``edgenas_memory_mb`` (the peak
+    memory budget of its model, MiB) and ``edgenas_skip``.  Every group a
     host is in, except
     ``all`` and ``ungrouped``, becomes an edgenas group.
 

@@ -219,6 +219,12 @@ def _latency_ms(value: Any) -> float:
     return _positive(value, "milliseconds", 1e7)
 
 
+def _memory_mb(value: Any) -> float:
+    """``edgenas_memory_mb``: the peak memory (MiB) the device's model may use, a budget for ``fleet
+    specialize`` and a promise ``fleet bench`` checks."""
+    return _positive(value, "MiB", float(1 << 20) - 1)
+
+
 def _device_class(value: Any) -> str:
     """``edgenas_class``: the device's class, named by the user (edgenas.records.classes)."""
 
@@ -341,11 +347,13 @@ def _device(
     )
     timeout = ctx.get("edgenas_timeout", check=_timeout)
     budget = ctx.get("edgenas_latency_ms", check=_latency_ms)
+    memory_mb = ctx.get("edgenas_memory_mb", check=_memory_mb)
     device_class = ctx.get("edgenas_class", check=_device_class)
     cpus = ctx.get("edgenas_cpus", check=parse_cpu_set)
     common: dict[str, Any] = dict(
         cpus=cpus,
         latency_budget_ms=budget,
+        memory_budget_mb=memory_mb,
         device_class=device_class,
         benchmark_binary=binary,
         workdir=workdir,
