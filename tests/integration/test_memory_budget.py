@@ -1,0 +1,98 @@
+"""A search under a memory budget on a real local device (issue 27): the subnets are exported and
+benchmarked by the real runner, whose peak memory is what the memory predictor is fitted on, and the
+search's verification measures its candidates again; the chosen subnet's *measured* peak memory must
+be within the budget.  The predictor logic itself is tested in tests/unit/test_memory_budget.py.
+
+Exporting a subnet costs TensorFlow about 3 s of CPU each, and what is tested here is the
+measurement, not the export: the supernet and its exported subnets are cached in pytest's cache
+(keyed by the sources that make them, as tests/support/runner_models.py caches its models), so only
+the first session exports; every session benchmarks every subnet again on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgenas.records.store import open_store
+from edgenas.space.spec import SearchSpace
+
+SPACE = SearchSpace.load("mbv3-tiny")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cache_key() -> str:
+    """The sources the cached supernet and exports come from: a change to any rebuilds them."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for folder in ("edgenas/export", "edgenas/supernets", "edgenas/space"):
+        for path in sorted((REPO / folder).glob("*.py")):
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture
+def export_cache(request, tmp_path_factory) -> Path:
+    """Where this test's supernet and exports persist between sessions (a temporary folder without
+    pytest's cache)."""
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("memory_budget")) if cache is not None else tmp_path_factory.mktemp("mb")
+    return root / _cache_key()
+
+
+@pytest.mark.usefixtures("user_home")
+def test_a_search_under_a_memory_budget_returns_a_subnet_measured_within_it(tmp_path: Path,
+                                                                            export_cache: Path):
+    import torch
+
+    from edgenas.core.files import sha256_file
+    from edgenas.device import registry
+    from edgenas.measure.bench import BenchSettings
+    from edgenas.measure.campaign import measure
+    from edgenas.predictors import memory
+    from edgenas.predictors.accuracy import AccuracyPredictor, arch_features, predictor_path
+    from edgenas.predictors.latency_fit import fit
+    from edgenas.records.measurements import find
+    from edgenas.search.job import run_search
+    from edgenas.search.problem import Constraints
+    from edgenas.supernets import build_supernet
+
+    home = tmp_path
+    exports = home / "cache" / "exports"  # the campaign's and the search's export cache
+    if (export_cache / "tiny.pt").exists():
+        shutil.copytree(export_cache, exports)
+    else:
+        exports.mkdir(parents=True)
+        torch.manual_seed(0)
+        build_supernet("mbv3-tiny", 10).save(exports / "tiny.pt")
+    ckpt = Path(shutil.copy(exports / "tiny.pt", home / "tiny.pt"))
+    # Accuracy grows with every choice the largest subnet makes, so without a memory budget the
+    # search would pick a subnet near the largest: the budget is what holds it back.
+    AccuracyPredictor("mbv3-tiny", sha256_file(ckpt), "synthetic",
+                      list(0.01 * arch_features(SPACE, SPACE.largest())), 0.3, {"rmse": 0.01},
+                      0).save(predictor_path(home, sha256_file(ckpt)))
+    archs = [SPACE.smallest(), SPACE.largest()] + SPACE.sample_many(6, seed=11)  # 8: the minimum
+    trimmed = BenchSettings(runs=3, min_secs=0.0, warmup_runs=1, warmup_secs=0.0)
+    with open_store(home) as store:
+        registry.add_device(store, registry.make_device("here", "local", home=home))
+        measure(store, home, ckpt, ["here"], 0, ["fp32"], 1, 0, workers=0, progress=False,
+                archs=archs, settings=trimmed)
+        peaks = {m.arch: m.memory_kib / 1024 for m in find(store, device="here")}
+        assert len(peaks) == len(archs) and min(peaks.values()) > 0, peaks
+        fit(store, "here", "fp32", 1, save_to=home, method="per-device")
+        pred = memory.fit(store, "here", "fp32", 1, save_to=home)
+        assert pred.samples == len(archs) and np.isfinite(pred.error)
+        budget = float(np.median(list(peaks.values())))
+        assert peaks[SPACE.largest().to_string()] > budget
+        outcome = run_search(store, home, ckpt, ["here"], Constraints(max_memory_mb=budget),
+                             precision="fp32", verify_top=2, population=16, generations=3,
+                             progress=False)
+    shutil.copytree(exports, export_cache, dirs_exist_ok=True)  # the next session's exports
+    chosen, result = outcome.chosen, outcome.result
+    assert chosen is not None and chosen.memory_mb is not None and chosen.memory_mb <= budget
+    assert chosen.measured_memory["here"] <= budget, (chosen.to_json(), budget)
+    assert result["chosen"]["measured_within_memory_budget"] is True
+    assert result["constraints"]["max_memory_mb"] == budget
+    assert result["predictors"]["memory"]["here"]["p90_rel_error"] == pred.error
