@@ -65,7 +65,9 @@ def main(ctx: click.Context, home: Path | None, verbose: int, quiet: int) -> Non
     device, and deploy int8 TFLite models to a fleet.
     """
     setup_logging(log_level(verbose, quiet))
-    ctx.obj = Workspace(home or default_home())
+    # absolute: a local device runs the runner from its own working directory, where a relative
+    # workspace path (--home ws) would name another file
+    ctx.obj = Workspace((home or default_home()).absolute())
 
 
 main.add_command(arch)
