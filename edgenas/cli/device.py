@@ -111,7 +111,8 @@ def device() -> None:
     multiple=True,
     metavar="SHA256:FINGERPRINT",
     help="Pin a jump host's SSH host key: one per hop, in order (else known_hosts decides, or "
-    "--accept-new-host-key trusts it now).",
+    "--accept-new-host-key trusts it now; a hop's key verified while the device is added is pinned "
+    "in its record either way).",
 )
 @click.option(
     "--group", "groups", multiple=True, metavar="GROUP", help="Put the device in GROUP (repeatable)."
@@ -326,6 +327,8 @@ def show(ws: Workspace, name: str, as_json: bool) -> None:
         ("address", d.address),
         ("ssh alias", d.ssh_alias),
         ("jump hosts", d.jump_spec),
+        ("jump host keys", ", ".join(h.get("host_key") or "(known_hosts decides)" for h in d.jump)
+         if d.jump else None),
         ("key", d.key_path),
         ("host key", d.host_key_fingerprint),
         ("workdir", d.workdir),

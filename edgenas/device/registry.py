@@ -437,6 +437,45 @@ def pin_hops(hops: Sequence[Hop], host_keys: Sequence[str]) -> list[Hop]:
     return pinned
 
 
+def pin_offered_hop_keys(jump: Sequence[dict[str, Any]],
+                         offered: Sequence[str | None]) -> list[dict[str, Any]]:
+    """The record's hops (``Device.jump``) with the key each hop just proved it holds pinned where none
+    was: registration pins the hops exactly as it pins the device, so a bastion whose key changes
+    later (reinstalled, or impersonated) is refused by name, whatever the known_hosts files say by
+    then: an edited or shared known_hosts no longer decides for this device.  ``offered``:
+    per hop, the fingerprint the registering connection verified (``None``: not reached).  A pin
+    already there (``--jump-host-key``) is kept: the connection was checked against it."""
+    if len(offered) != len(jump):
+        raise ValueError(f"{len(offered)} fingerprints for {len(jump)} jump hosts")
+    out = []
+    for hop, fp in zip(jump, offered):
+        hop = dict(hop)
+        if fp and not hop.get("host_key"):
+            hop["host_key"] = parse_fingerprint(fp)
+        out.append(hop)
+    return out
+
+
+def keep_hop_pins(jump: Sequence[dict[str, Any]],
+                  old: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``jump`` (an inventory's new record of the hops) keeping the pins of ``old`` (the stored
+    record) for every hop still at the same place in the chain with the same host and port, as an
+    import keeps the device's own pin: re-reading the inventory must not silently unpin a bastion.
+    A pin ``jump`` already carries (trusted again during this import) wins."""
+    out = []
+    for i, hop in enumerate(jump):
+        hop = dict(hop)
+        before = old[i] if i < len(old) else None
+        if (not hop.get("host_key") and before and before.get("host_key")
+                and (before.get("host"), int(before.get("port") or 22))
+                == (hop.get("host"), int(hop.get("port") or 22))
+                and [(h.get("host"), h.get("port")) for h in old[:i]]
+                == [(h.get("host"), h.get("port")) for h in jump[:i]]):
+            hop["host_key"] = before["host_key"]
+        out.append(hop)
+    return out
+
+
 def hops_of(device: Device) -> list[Hop]:
     """The device record's jump hosts as transport hops."""
     return [Hop.from_dict(h) for h in device.jump]
@@ -517,10 +556,12 @@ __all__ = [
     "default_ssh_config",
     "get_device",
     "hops_of",
+    "keep_hop_pins",
     "list_devices",
     "make_device",
     "parse_jump_spec",
     "pin_hops",
+    "pin_offered_hop_keys",
     "parse_ssh_target",
     "proxy_command_error",
     "pin_benchmark_binary",

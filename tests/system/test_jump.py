@@ -1,7 +1,7 @@
 """A device only a jump host reaches (ProxyJump), on a small fleet of its own: the device's sshd lives
 in a namespace wired to the jump host's namespace alone, so a direct connection fails while the jumped
-one probes, benches, pushes and rolls back; hop host keys are checked like any other, and transports
-through one chain share one hop connection."""
+one probes, benches, pushes and rolls back; hop host keys are checked like any other and pinned in
+the device's record at registration, and transports through one chain share one hop connection."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from tests.support.cli_runner import Cli
 from tests.support.fleet.fleet import standing
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
+
+
+def fp_only(fingerprint: str) -> str:
+    """``SHA256:…`` of a ``ssh-ed25519 SHA256:…`` fingerprint string."""
+    return fingerprint.split()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +58,17 @@ def test_only_the_jumped_connection_works_for_probe_bench_push_and_rollback(jump
     out = cli("device", "probe", "direct", "--json", code=1)
     assert "cannot connect" in out or "no answer" in out
 
-    # Through the jump host: both host keys trusted on first use, each recorded in known_hosts.
+    # Through the jump host: both host keys trusted on first use, each recorded in known_hosts and
+    # pinned in the device's record.
     out = cli("device", "add", "inner", "--ssh", target, "--jump", f"{bastion.user}@{bastion.host}",
               "--key", key, "--python", inner.python, "--accept-new-host-key", "--group", "far")
     assert "through jump host" in out and inner.fingerprint in out
     known = (workspace / "known_hosts").read_text()
     assert bastion.host in known and inner.host in known
     shown = cli.json("device", "show", "inner")
-    assert shown["jump"] == [{"host": bastion.host, "port": 22, "user": bastion.user}]
+    assert shown["jump"] == [{"host": bastion.host, "port": 22, "user": bastion.user,
+                              "host_key": fp_only(bastion.fingerprint)}]
+    assert shown["host_key_fingerprint"] == inner.fingerprint
     assert shown["address"] == f"{target} via {bastion.user}@{bastion.host}"
 
     probe = cli.json("device", "probe", "inner")["inner"]
@@ -94,10 +102,33 @@ def test_ssh_config_proxyjump_and_proxycommand(jumped, workspace, user_home):
         "--accept-new-host-key")
     shown = cli.json("device", "show", "aliased")
     assert shown["jump"] == [{"host": bastion.host, "port": 22, "user": bastion.user,
-                              "key_path": str(bastion.client_key)}]
+                              "key_path": str(bastion.client_key),
+                              "host_key": fp_only(bastion.fingerprint)}]
     assert cli.json("device", "probe", "aliased")["aliased"]["runtime"] == "tflite_runtime"
     out = cli("device", "add", "old", "--ssh", "lab-old", code=1)
     assert "ProxyCommand" in out and "ProxyJump lab-bastion" in out
+
+
+def test_a_jump_host_key_changed_after_registration_is_refused_naming_the_hop(jumped, workspace):
+    bastion, inner = jumped
+    cli = Cli(workspace)
+    own = ["--key", str(inner.client_key), "--python", inner.python, "--workdir", "edgenas-hopkey"]
+    cli("device", "add", "pinned", "--ssh", f"{inner.user}@{inner.host}", "--jump",
+        f"{bastion.user}@{bastion.host}", *own, "--accept-new-host-key")
+    old = fp_only(bastion.fingerprint)
+    new = fp_only(bastion.rotate_host_key())  # the bastion reinstalled; known_hosts never told
+    try:
+        out = cli("device", "probe", "pinned", code=1)
+        error = next(line for line in out.splitlines() if "jump host" in line)
+        assert f"jump host {bastion.user}@{bastion.host} (1 of 1)" in error
+        assert f"pinned {old}" in error and new in error and "nothing was run" in error
+        assert not (inner.home / "edgenas-hopkey").exists()  # the device was never reached
+        advice = error[error.index("`edgenas ") + 1: error.rindex("`")]
+        assert f"--jump-host-key {new}" in advice
+        cli(*advice.split()[1:], *own)  # the advice, as printed: pins the bastion's new key
+        assert cli.json("device", "show", "pinned")["jump"][0]["host_key"] == new
+    finally:
+        bastion.restore_host_key()
 
 
 def test_hop_host_keys_are_checked_and_one_connection_serves_a_chain(jumped, tmp_path):

@@ -1,17 +1,21 @@
 """Jump hosts as OpenSSH reads them: ``-J``/``ProxyJump`` specs, ``~/.ssh/config`` chains, Ansible's
-ssh argument variables, and the device record that keeps the chain."""
+ssh argument variables, the device record that keeps the chain, and each hop's host key pinned in
+it at registration and held to it afterwards."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import paramiko
 import pytest
 
-from edgenas.core.errors import DeviceError
-from edgenas.device import registry
+from edgenas.core.errors import DeviceError, HostKeyError
+from edgenas.device import enroll, registry
 from edgenas.device.inventory import load_inventory
 from edgenas.device.inventory.ssh_args import parse_ssh_args
 from edgenas.device.registry import Hop, parse_jump_spec, resolve_jump
+from edgenas.device.transports.host_keys import sha256_fingerprint
+from edgenas.device.transports.ssh import SSHTransport, _HostKeyPolicy
 from edgenas.records.store import open_store
 
 FP = "SHA256:" + "A" * 43
@@ -135,3 +139,68 @@ def test_the_jump_chain_is_stored_with_the_device(tmp_path):
         assert registry.get_device(store, "pi2").jump == []
     with pytest.raises(DeviceError, match="only apply to SSH"):
         registry.make_device("l", "local", home=tmp_path, jump=hops)
+
+
+# ------------------------------------------------------------------- hop host keys, pinned like devices
+
+
+def test_registration_pins_each_reached_hop_and_keeps_given_pins(tmp_path):
+    jump = [Hop("gw", 22, "ops").to_dict(), Hop("mid", 2200, host_key=FP2).to_dict(),
+            Hop("far").to_dict()]
+    pinned = registry.pin_offered_hop_keys(jump, [f"ssh-ed25519 {FP}", f"ssh-ed25519 {FP}", None])
+    assert [h.get("host_key") for h in pinned] == [FP, FP2, None]  # given pin kept; unreached: none
+    assert jump[0].get("host_key") is None  # the record passed in is not changed behind its back
+
+    class Reached:  # what enroll reads from the registering connection
+        hop_fingerprints = [f"ssh-ed25519 {FP}", None]
+
+    dev = registry.make_device("pi", "ssh", home=tmp_path, host="10.0.0.5",
+                               jump=[Hop("gw", 22, "ops"), Hop("far")])
+    lines = enroll._pin_hops(dev, Reached())  # type: ignore[arg-type]
+    assert [h.get("host_key") for h in dev.jump] == [FP, None]
+    assert f"jump host ops@gw: host key {FP} (pinned)" in lines and "far: not reached" in lines
+    with open_store(tmp_path) as store:  # the pins live in the record and come back as hop pins
+        registry.add_device(store, dev)
+        hops = registry.hops_of(registry.get_device(store, "pi"))
+    t = SSHTransport("pi", "10.0.0.5", known_hosts=tmp_path / "kh", jump=hops)
+    assert t._hop_endpoint(0).pin == FP and t._hop_endpoint(1).pin is None  # older: known_hosts
+
+
+def test_reimporting_an_inventory_keeps_the_hop_pins(tmp_path):
+    old = [{"host": "gw", "port": 22, "host_key": FP}, {"host": "mid", "port": 2200, "host_key": FP2}]
+    new = [{"host": "gw", "port": 22}, {"host": "mid", "port": 2200}]
+    assert registry.keep_hop_pins(new, old) == old
+    assert registry.keep_hop_pins([{"host": "gw", "port": 22, "host_key": FP2}], old)[0]["host_key"] \
+        == FP2  # trusted again during this import: the new pin wins
+    moved = registry.keep_hop_pins([{"host": "other", "port": 22}, {"host": "mid", "port": 2200}], old)
+    assert [h.get("host_key") for h in moved] == [None, None]  # another chain: nothing carried over
+    assert registry.keep_hop_pins([{"host": "gw", "port": 2222}], old)[0].get("host_key") is None
+
+
+def test_a_changed_hop_key_is_refused_naming_the_hop_with_the_readd_advice(tmp_path):
+    pinned_key, offered_key = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    pin, new = sha256_fingerprint(pinned_key), sha256_fingerprint(offered_key)
+    hops = [Hop("gw.lab", 22, "ops", host_key=FP2), Hop("inner", 2200, host_key=pin)]
+    t = SSHTransport("pi1", "10.0.0.5", 22, "pi", known_hosts=tmp_path / "known_hosts", jump=hops,
+                     host_key_pin=FP)
+
+    def offer(hop: int | None, key: paramiko.PKey) -> None:
+        """What paramiko calls once the server proved it holds ``key`` (nothing authenticated yet)."""
+        ep = t._device_endpoint() if hop is None else t._hop_endpoint(hop)
+        name = "10.0.0.5" if hop is None else "[inner]:2200"
+        _HostKeyPolicy(t, ep).missing_host_key(paramiko.SSHClient(), name, key)
+
+    offer(1, pinned_key)
+    with pytest.raises(HostKeyError) as err:
+        offer(1, offered_key)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("pi1: jump host [inner]:2200 (2 of 2): ")
+    assert f"pinned {pin}" in msg and new in msg and "nothing was run" in msg
+    assert msg.endswith(f"`edgenas device add pi1 --replace --ssh pi@10.0.0.5 --jump ops@gw.lab,"
+                        f"inner:2200 --jump-host-key {FP2} --jump-host-key {new} --host-key {FP}`")
+    assert not (tmp_path / "known_hosts").exists()
+    # The device's own changed key: the same advice, the hops' keys kept as they are.
+    with pytest.raises(HostKeyError) as err:
+        offer(None, offered_key)
+    assert str(err.value).startswith("pi1: the SSH host key of 10.0.0.5 does not match")
+    assert f"--jump-host-key {FP2} --jump-host-key {pin} --host-key {new}`" in str(err.value)

@@ -30,6 +30,7 @@ from edgenas.device.inventory.yaml_format import _parse_yaml
 from edgenas.device.registry import (
     Device,
     add_device,
+    keep_hop_pins,
     list_devices,
 )
 from edgenas.records.store import Store
@@ -188,8 +189,8 @@ class _Joined:
 
 def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str], list[str]]:
     """Record inventory devices; the inventory is the source of truth, so existing names are updated
-    (keeping their probe results, stored host-key fingerprint and, unless the inventory names one, the
-    registered benchmark binary).  Returns (added, updated) names.
+    (keeping their probe results, the device's and its jump hosts' pinned host-key fingerprints and,
+    unless the inventory names one, the registered benchmark binary).  Returns (added, updated) names.
 
     Called only with devices :func:`load_inventory` has validated in full, so a bad inventory writes
     nothing; and all devices are written in one transaction, so a failure in the middle (the database
@@ -203,7 +204,8 @@ def import_inventory(store: Store, devices: Iterable[Device]) -> tuple[list[str]
                 old = existing.get(device.name)
                 if old is not None and (device.kind, device.host, device.port) == (
                         old.kind, old.host, old.port):
-                    device = replace(device, host_key_fingerprint=old.host_key_fingerprint)
+                    device = replace(device, host_key_fingerprint=old.host_key_fingerprint,
+                                     jump=keep_hop_pins(device.jump, old.jump))
                 if old is not None and device.benchmark_binary is None:
                     device = replace(  # its pin too: it is the same registration, kept
                         device,

@@ -156,6 +156,7 @@ class _Endpoint:
     pin: str | None
     replace: bool  # record the accepted key in place of what the workspace known_hosts said
     what: str  # "" for the device; "jump host user@bastion:22 (1 of 2)" for a hop
+    hop: int | None = None  # which jump host (0: the first); None for the device
 
     @property
     def target(self) -> str:
@@ -295,12 +296,10 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
         fix = (
             f"If the device was reinstalled, check its key on the device (ssh-keygen -lf "
-            f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `edgenas device add {t.name} --replace "
-            f"--ssh {t.target} --host-key {sha256_fingerprint(key)}`"
+            f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `{t.readd_command(None, key)}`"
         ) if not ep.what else (
             f"If the jump host was reinstalled, check its key there (ssh-keygen -lf "
-            f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `edgenas device add {t.name} --replace "
-            f"... --jump {ep.target} --jump-host-key {sha256_fingerprint(key)}`"
+            f"/etc/ssh/ssh_host_ed25519_key.pub) and pin it: `{t.readd_command(ep.hop, key)}`"
         )
         if ep.pin:
             pin = parse_fingerprint(ep.pin)
@@ -528,7 +527,32 @@ class SSHTransport(Transport):
         hop = self.jump[i]
         what = f"jump host {hop.target} ({i + 1} of {len(self.jump)})"
         return _Endpoint(hop.host, hop.port, hop.user, hop.key_path,
-                         parse_fingerprint(hop.host_key) if hop.host_key else None, False, what)
+                         parse_fingerprint(hop.host_key) if hop.host_key else None, False, what, i)
+
+    def readd_command(self, hop: int | None, new_key: paramiko.PKey) -> str:
+        """The ``device add --replace`` that pins ``new_key`` for the device (``hop`` None) or for jump
+        host ``hop``, keeping every other end's key as this connection knows it: its pin, else the
+        key it proved on the way here; ``SHA256:<…>`` marks a key to look up (a hop not reached).
+        One place builds it, so the advice after a changed device key and a changed hop key agree."""
+        direct = Hop(self.host, self.port, self.user).spec  # --ssh takes [USER@]HOST[:PORT] too
+        parts = [f"edgenas device add {self.name} --replace --ssh {direct}"]
+        if self.jump:
+            parts.append(f"--jump {','.join(h.spec for h in self.jump)}")
+            for i, h in enumerate(self.jump):
+                if i == hop:
+                    fp = sha256_fingerprint(new_key)
+                elif h.host_key:
+                    fp = parse_fingerprint(h.host_key)
+                elif self.hop_fingerprints[i]:
+                    fp = parse_fingerprint(str(self.hop_fingerprints[i]))
+                else:
+                    fp = f"SHA256:<key of {h.spec}>"
+                parts.append(f"--jump-host-key {fp}")
+        if hop is None:
+            parts.append(f"--host-key {sha256_fingerprint(new_key)}")
+        elif self.host_key_pin:
+            parts.append(f"--host-key {self.host_key_pin}")
+        return " ".join(parts)
 
     def _hop_key(self, i: int) -> tuple[Any, ...]:
         """What makes two transports' hop ``i`` the same connection: the chain up to it and how its
