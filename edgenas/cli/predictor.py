@@ -146,22 +146,43 @@ def _method_line(extra: dict) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def show_cmd(ws: Workspace, device_name: str | None, as_json: bool) -> None:
-    """The saved latency predictors and their measured (held-out) error."""
+    """The saved latency and memory predictors and their measured (held-out) error.
+
+    A memory predictor's row is followed by the device's own noise floor where it measured subnets
+    twice: a held-out error near it is as good as the device allows."""
+    from edgenas.predictors.memory import list_predictors as list_memory
 
     if device_name is not None:
 
         with open_store(ws.ensure()) as store:
             device_name = resolve(store, device_name)  # a device's predictors are its class's
     found = list_predictors(ws.home, device_name)
-    if as_json:
-        echo_json([{**p.to_json(), "path": str(path)} for path, p in found])
+    memory = list_memory(ws.home, device_name)
+    if as_json:  # latency ones first, as before memory predictors were listed
+        echo_json([{**p.to_json(), "kind": "latency", "path": str(path)} for path, p in found]
+                  + [{**m.to_json(), "kind": "memory", "path": str(path)} for path, m in memory])
         return
-    if not found:
-        echo("no latency predictors (fit one with `edgenas predictor fit --device NAME`)")
+    if not found and not memory:
+        echo("no predictors (fit one with `edgenas predictor fit --device NAME`)")
         return
-    echo(table(["class", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
-                     [[p.device, p.precision, p.threads, p.space, p.statistic, p.model_name,
-                       *_quality_row(p.quality)] for _, p in found]))
+    if found:
+        echo("latency predictors:")
+        echo(table(["class", "precision", "threads", "space", "predicts", "model", *_QUALITY_HEADERS],
+                   [[p.device, p.precision, p.threads, p.space, p.statistic, p.model_name,
+                     *_quality_row(p.quality)] for _, p in found]))
+    else:
+        echo("no latency predictors")
+    if not memory:
+        echo("no memory predictors (`predictor fit` fits one where the measurements store the "
+             "model's peak memory)")
+        return
+    rows = []
+    for _, m in memory:
+        rows.append([m.device, m.precision, m.threads, m.space, "held-out", *_memory_row(m.quality)])
+        if m.noise:
+            rows.append(["", "", "", "", "same subnets again", *_memory_row(m.noise)])
+    echo("memory predictors (the model's peak memory, MiB):")
+    echo(table(["class", "precision", "threads", "space", "quality", *_MEMORY_HEADERS], rows))
 
 
 @predictor.command("predict")

@@ -21,6 +21,7 @@ Predictors are plain JSON beside the latency predictors:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -37,6 +38,8 @@ from edgenas.records.measurements import Measurement, for_predictor
 from edgenas.records.store import Store
 from edgenas.space.plan import net_plan
 from edgenas.space.spec import Arch, SearchSpace
+
+log = logging.getLogger(__name__)
 
 FORMAT = "edgenas-memory-predictor"
 VERSION = 1
@@ -249,6 +252,22 @@ def load_predictor(home: Path, device: str, precision: str = "fp32",
         raise MemoryPredictorError(f"{path}: corrupt memory predictor file ({exc})") from None
 
 
+def list_predictors(home: Path, device: str | None = None) -> list[tuple[Path, MemoryPredictor]]:
+    """The saved memory predictors (of one device class, or all), as ``predictor show`` lists them
+    beside the latency ones.  A file this edgenas cannot read is skipped with a warning rather than
+    failing the listing: one stale file must not hide the others."""
+    out = []
+    for path in sorted((Path(home) / "predictors").glob("memory-*.json")):
+        try:
+            pred = MemoryPredictor.from_json(json.loads(path.read_text()))
+        except (MemoryPredictorError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            log.warning("%s: skipped (%s)", path, exc)
+            continue
+        if device is None or pred.device == device:
+            out.append((path, pred))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- training
 
 
@@ -360,5 +379,5 @@ def fit(store: Store, device: str, precision: str = "fp32", threads: int = 1, *,
 
 
 __all__ = ["MemoryPredictor", "MemoryPredictorError", "feature_names", "features", "fit", "fit_arrays",
-           "load_predictor", "predictor_path", "quality", "repeatability", "training_rows",
-           "training_set"]
+           "list_predictors", "load_predictor", "predictor_path", "quality", "repeatability",
+           "training_rows", "training_set"]
