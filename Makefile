@@ -9,6 +9,9 @@ DEVICE_VENV := .venv-tflite
 DEVICE_STAMP := $(DEVICE_VENV)/.installed
 HOME_DIR ?= $(CURDIR)/.edgenas
 PYTEST_ARGS ?= --durations=15
+# Two pytest-xdist workers, each taking whole test modules (module fixtures are built once); much of
+# the suite waits on device processes, timeouts and daemons, which the other worker's tests overlap.
+WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 # The CI suite stays within its time budget; `make test-all` adds the campaign tier (tests marked
 # `campaign`: measurement campaigns on the emulated boards and slow variants of CI tests, minutes on
 # 2 cores).  PYTEST_ARGS prints the slowest tests so a run shows where the budget goes.
@@ -49,7 +52,7 @@ check: setup
 test: setup system-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q $(TEST_SELECTION) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(WORKERS) $(TEST_SELECTION) $(PYTEST_ARGS)
 
 test-all:
 	$(MAKE) test TEST_SELECTION=

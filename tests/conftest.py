@@ -1,5 +1,10 @@
 """Shared fixtures.  The device fleet (real sshd and adb devices) is one session fixture, built on first
-use by a ``@pytest.mark.fleet`` test and torn down at the end of the session."""
+use by a ``@pytest.mark.fleet`` test and torn down at the end of the session (under pytest-xdist, once
+per worker that runs such a test: the fleets of two workers share nothing).
+
+``make test`` runs two xdist workers, handing out whole modules (``--dist loadfile``).  The modules
+that take longest are collected first (:data:`LONGEST_FIRST`) so that no long module starts last while
+the other worker sits idle."""
 
 from __future__ import annotations
 
@@ -18,6 +23,37 @@ TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"  # tflite-runtime 2.14,
 # 15 % of one CPU: where the CFS bandwidth limit overruns (a 25 % quota may run only ≈2× slower), so
 # the slow device is given less to land near the ≈4× a 25 % quota gives on bare metal.
 SLOW_QUOTA = 0.15
+
+# The modules with the longest run, longest first (the rest keep their order after them).  A wrong or
+# stale entry costs only balance between the two workers, never a test.
+LONGEST_FIRST = (
+    "integration/test_fleet_specialize.py",
+    "integration/test_quickstart.py",
+    "system/test_faults.py",
+    "system/test_bench_measure.py",
+    "system/test_arm_fleet.py",
+    "integration/test_export.py",
+    "integration/test_train.py",
+    "system/test_arm_fleet_ops.py",
+    "integration/test_train_memory_limit.py",
+    "integration/test_transfer_predictor.py",
+    "integration/test_accuracy_predictor.py",
+    "system/test_fleet.py",
+    "integration/test_measure_resume.py",
+    "integration/test_evaluate.py",
+    "integration/test_data_stream.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Reorder whole modules, longest first (a stable sort: tests inside a module keep their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> int:
+        module = Path(str(item.path)).relative_to(REPO / "tests").as_posix()
+        return rank.get(module, len(rank))
+
+    items.sort(key=key)
 
 
 @pytest.fixture(scope="session")

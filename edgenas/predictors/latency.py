@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.core.files import atomic_write_json
 from edgenas.records.store import Store
 from edgenas.space.plan import net_plan
 from edgenas.space.spec import Arch, SearchSpace
@@ -309,10 +309,7 @@ class LatencyPredictor:
     def save(self, home: Path) -> Path:
         path = predictor_path(home, self.device, self.precision, self.threads)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_json(), indent=2)
 
 
 def measured_latency(row: Any, statistic: str = "median") -> float:

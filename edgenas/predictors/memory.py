@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.core.errors import EdgeNASError
+from edgenas.core.files import atomic_write_json
 from edgenas.predictors.latency import _folds, _nnls_fit, _nnls_predict, class_key, device_xnnpack
 from edgenas.records.measurements import Measurement, for_predictor
 from edgenas.records.store import Store
@@ -225,10 +225,7 @@ class MemoryPredictor:
     def save(self, home: Path) -> Path:
         path = predictor_path(home, self.device, self.precision, self.threads)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_json(), indent=2)
 
 
 def predictor_path(home: Path, device_class: str, precision: str, threads: int) -> Path:

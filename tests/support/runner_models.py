@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.support.cache import build_once
+
 INPUT_SIZE = 16
 NUM_CLASSES = 5
 LABELS = ["zero", "one", "two", "three", "four"]
@@ -89,11 +91,7 @@ def build(out_dir: Path) -> dict[str, Path]:
 
 
 def cached_models(cache_root: Path) -> dict[str, Path]:
-    """Build once per version of this file; later sessions reuse the files without importing TF."""
-    root = cache_root / source_hash()
-    done = root / "done"
-    paths = {p: root / p / "model.tflite" for p in ("fp32", "int8")}
-    if not done.exists():
-        build(root)
-        done.write_text("ok")
-    return paths
+    """Build once per version of this file (once for both test workers); later sessions reuse the
+    files without importing TF."""
+    root = build_once(cache_root / source_hash(), build)
+    return {p: root / p / "model.tflite" for p in ("fp32", "int8")}

@@ -30,6 +30,7 @@ import torch
 from edgenas import build_supernet
 from edgenas.training.data import load_data
 from tests.support import runner_models
+from tests.support.cache import build_once
 from tests.support.cli_runner import Cli
 from tests.support.fleet import arm
 from tests.support.fleet.sshd import SSHDevice
@@ -127,11 +128,10 @@ def models() -> dict[str, dict[str, Path]]:
     ones) exported by ``edgenas export`` as fp32 and int8; ``small``: the runner tests' four-layer
     Keras net (tests/runner_models.py); each with a batch of 4 inputs ``x``.  Cached under
     ``<repo>/.cache/arm-fleet-models/``."""
-    cache = MODEL_CACHE / _export_key()
+    cache = build_once(MODEL_CACHE / _export_key(), _build_models, prune_siblings=True)
     paths = {kind: {"fp32": cache / kind / "fp32", "int8": cache / kind / "int8",
                     "x": cache / kind / "x.npy"} for kind in MODEL_KINDS}
-    if (cache / "done").exists():
-        return paths
+    return paths
     MODEL_CACHE.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(dir=MODEL_CACHE, prefix="build-"))
     try:

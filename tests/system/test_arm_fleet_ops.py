@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +44,7 @@ from edgenas.training.data import load_data
 from edgenas.training.schedule import Phase
 from edgenas.training.train import TrainConfig, train_supernet
 from tests.support import fleet_models
+from tests.support.cache import build_once
 from tests.support.cli_runner import Cli
 
 pytestmark = [pytest.mark.fleet]
@@ -73,6 +72,12 @@ def _cache_key() -> str:
     return h.hexdigest()[:16]
 
 
+def _build(root: Path) -> None:
+    _train(root)
+    shutil.rmtree(root / "ws", ignore_errors=True)
+    (root / "exports").mkdir()
+
+
 def _train(root: Path) -> None:
     """mbv3-tiny on 384 digits for 3 short epochs (~15 s): far above chance, so a device that got the
     evaluation wrong cannot match the host's top-1 by luck."""
@@ -93,22 +98,8 @@ def _train(root: Path) -> None:
 def supernet() -> dict[str, Path]:
     """``ckpt``: the trained supernet; ``exports``: the campaign export cache shared by every
     workspace of this module (and kept across sessions); ``min_fp32``: its smallest subnet exported."""
-    cache = CACHE / _cache_key()
+    cache = build_once(CACHE / _cache_key(), _build, prune_siblings=True)
     paths = {"ckpt": cache / "tiny.pt", "exports": cache / "exports", "min_fp32": cache / "min-fp32"}
-    if not (cache / "done").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        root = Path(tempfile.mkdtemp(dir=CACHE, prefix="build-"))
-        try:
-            _train(root)
-            shutil.rmtree(root / "ws", ignore_errors=True)
-            (root / "exports").mkdir()
-            (root / "done").write_text("ok")
-            for old in CACHE.iterdir():  # a supernet of older code
-                if old.is_dir() and not old.name.startswith("build-"):
-                    shutil.rmtree(old, ignore_errors=True)
-            os.rename(root, cache)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
     return paths
 
 

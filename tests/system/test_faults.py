@@ -32,6 +32,7 @@ from edgenas.device.registry import get_device
 from edgenas.device.session import DeviceSession
 from edgenas.records.store import open_store
 from tests.support import fleet_models, runner_models
+from tests.support.cache import build_once
 from tests.support.cli_runner import Cli
 from tests.support.fleet import Fleet
 from tests.support.fleet.disk import small_fs, sshd_pid
@@ -94,12 +95,12 @@ def _huge_model(root: Path, cache: Path) -> Path:
     TensorFlow in a child process and cached by the hash of its source."""
     import hashlib
 
-    built = cache / f"huge-{hashlib.sha256(HUGE_SOURCE.encode()).hexdigest()[:12]}.tflite"
-    if not built.exists():
-        tmp = built.with_suffix(".part")
-        subprocess.run([LITERT, "-c", HUGE_SOURCE, str(tmp)], check=True, capture_output=True,
-                       timeout=300)
-        tmp.replace(built)
+    def convert(out: Path) -> None:
+        subprocess.run([LITERT, "-c", HUGE_SOURCE, str(out / "model.tflite")], check=True,
+                       capture_output=True, timeout=300)
+
+    key = hashlib.sha256(HUGE_SOURCE.encode()).hexdigest()[:12]
+    built = build_once(cache / f"huge-{key}", convert) / "model.tflite"
     folder = fleet_models.make_model_dir(root / "huge", built, name="huge", precision="fp32")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["input"]["size"] = 512
