@@ -8,6 +8,7 @@ the other worker sits idle."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,15 @@ LONGEST_FIRST = (
     "integration/test_evaluate.py",
     "integration/test_data_stream.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One compute thread per process for torch (OpenMP), MKL and OpenBLAS, here and in every process
+    a test starts: two workers share two cores with device processes, and OpenMP threads that spin
+    while they wait for a core turn a module's seconds into minutes.  Runs before collection imports
+    torch.  A test about threads passes them explicitly (``bench --threads``, TFLite's thread pool)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
