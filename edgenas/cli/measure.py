@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.device.cancel import raise_from_signal
 
 if TYPE_CHECKING:
     from edgenas.measure.bench import BenchSettings
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     # SystemExit unwinds normally: export workers are stopped and device locks released.
-    raise SystemExit(128 + signum)
+    raise_from_signal(signum, frame, SystemExit(128 + signum))
 
 
 def _install_sigterm() -> Any:

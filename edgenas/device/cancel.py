@@ -10,11 +10,13 @@ parallel and bounded in time, while the worker threads unwind.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any, Protocol
 
 from edgenas.core.errors import EdgeNASError
@@ -81,22 +83,47 @@ class Cancel:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+REDELIVER_S = 0.05  # how soon a signal that arrived inside a finalizer is sent again
+
+
+def _inside_finalizer(frame: FrameType | None) -> bool:
+    """True when the interrupted code runs in a ``__del__``: Python prints an exception raised there
+    ("Exception ignored in ...") and drops it, so a signal turned into one would be lost."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def raise_from_signal(signum: int, frame: FrameType | None, exc: BaseException) -> None:
+    """Raise ``exc`` for a signal, or, when it arrived inside a finalizer (paramiko's channels and
+    transports close in ``__del__`` while a command unwinds), send the same signal again a moment
+    later instead, so the command still stops instead of running on with the signal swallowed."""
+    if _inside_finalizer(frame):
+        threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum)).start()
+        return
+    raise exc
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, so that
-    one ``except KeyboardInterrupt``/``finally`` path cleans up for both."""
+    one ``except KeyboardInterrupt``/``finally`` path cleans up for both.  Ctrl-C's handler is
+    replaced too, so neither signal is lost when it lands in a finalizer (:func:`raise_from_signal`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise_from_signal(signum, frame, KeyboardInterrupt(f"signal {signum}"))
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-__all__ = ["Cancel", "Cancelled", "sigterm_as_interrupt"]
+__all__ = ["Cancel", "Cancelled", "raise_from_signal", "sigterm_as_interrupt"]
