@@ -14,8 +14,10 @@ PYTEST_ARGS ?= --durations=15
 WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 # The CI suite stays within its time budget; `make test-all` adds the campaign tier (tests marked
 # `campaign`: measurement campaigns on the emulated boards and slow variants of CI tests, minutes on
-# 2 cores).  PYTEST_ARGS prints the slowest tests so a run shows where the budget goes.
-TEST_SELECTION ?= -m "not campaign"
+# 2 cores).  Tests marked `quiet` judge wall-clock latency against the host's own noise floor: they
+# run after the parallel pass, alone.  PYTEST_ARGS prints the slowest tests so a run shows where the
+# budget goes.
+TEST_SELECTION ?= not campaign
 
 .PHONY: demo check test test-all lint setup system-packages bench clean
 
@@ -52,10 +54,11 @@ check: setup
 test: setup system-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q $(WORKERS) $(TEST_SELECTION) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(WORKERS) -m "($(TEST_SELECTION)) and not quiet" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "($(TEST_SELECTION)) and quiet" $(PYTEST_ARGS)
 
 test-all:
-	$(MAKE) test TEST_SELECTION=
+	$(MAKE) test TEST_SELECTION="campaign or not campaign"
 
 lint: setup
 	$(BIN)/ruff check .

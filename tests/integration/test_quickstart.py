@@ -16,8 +16,8 @@ from edgenas.export.pipeline import read_manifest
 from edgenas.records.store import open_store
 
 EDGENAS = str(Path(sys.executable).parent / "edgenas")
-ARGS = ["quickstart", "--minutes", "0.3", "--samples", "8", "--accuracy-samples", "10",
-        "--limit", "400", "--json"]
+ARGS = ["quickstart", "--minutes", "0.2", "--samples", "8", "--accuracy-samples", "8",
+        "--limit", "300", "--json"]
 
 
 def run_quickstart(home: Path) -> tuple[dict, float]:

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"runs": 10, "min_secs": 0.2, "warmup_secs": 0.05}  # the protocol, shortened for tests
-CAMPAIGN_SAMPLES = 10
+CAMPAIGN_SAMPLES = 8  # a latency predictor's minimum (the test fits one from the campaign)
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,7 @@ def test_device_killed_mid_benchmark_gives_a_clear_error_and_no_row(fleet, works
 def _measure_cmd(home: Path, tiny: dict) -> list[str]:
     return [sys.executable, "-c", "from edgenas.cli import main; main()", "--home", str(home),
             "measure", str(tiny["ckpt"]), "--device", "here", "--device", "ssh1",
-            "--samples", str(CAMPAIGN_SAMPLES), "--runs", "10", "--min-secs", "0.3", "--workers", "2",
+            "--samples", str(CAMPAIGN_SAMPLES), "--runs", "10", "--min-secs", "0.15", "--workers", "2",
             "--export-cache", str(tiny["cache"])]
 
 
