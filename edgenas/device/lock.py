@@ -285,10 +285,14 @@ class DeviceLock:
         if not self.token:
             return
         token, self.token = self.token, ""
-        try:
-            self._sh("unlock", [self.path, token, "1"])
-        except EdgeNASError:
-            pass
+        for attempt in (1, 2):  # a cancel may have broken the command in flight on this connection
+            try:
+                self._sh("unlock", [self.path, token, "1"])
+                return
+            except EdgeNASError as exc:
+                if attempt == 2:
+                    log.warning("%s: could not release the device lock (%s); the next command finds "
+                                "it stale once its holder is gone", self.device, exc)
 
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT_S", "LOCK_DIR", "DeviceBusyError", "DeviceLock", "Owner", "host_lock",

@@ -51,3 +51,36 @@ def test_sigint_and_sigterm_both_interrupt_and_are_restored_after() -> None:
             with pytest.raises(KeyboardInterrupt):
                 handler(sig, sys._getframe())
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+class _FlakyTransport:
+    """Answers the unlock script with a transport error ``failures`` times, then succeeds."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def remote_path(self, path: str) -> str:
+        return f"/wd/{path}"
+
+    def run(self, argv, timeout=None):  # noqa: ANN001 - the Transport.run shape the lock uses
+        from edgenas.core.errors import TransportError
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise TransportError("connection reset while a cancel was in flight")
+        return 0, "", ""
+
+
+@pytest.mark.parametrize("failures, calls, warned", [(1, 2, False), (2, 2, True)])
+def test_a_lock_release_broken_by_a_cancel_is_retried_once_then_reported(failures, calls, warned,
+                                                                         caplog) -> None:
+    from edgenas.device.lock import DeviceLock
+
+    transport = _FlakyTransport(failures)
+    lock = DeviceLock(transport, "board", ttl_s=60, workspace=None)  # type: ignore[arg-type]
+    lock.token = "abc"  # as if acquired
+    with caplog.at_level("WARNING"):
+        lock.release()
+    assert transport.calls == calls
+    assert ("could not release the device lock" in caplog.text) is warned
+    assert lock.token == ""
