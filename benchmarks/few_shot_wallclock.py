@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -272,6 +273,8 @@ def main() -> None:
     result = run(ARGS)
     result["seconds"] = round(time.monotonic() - started, 1)
     result["cpus"] = os.cpu_count()
+    result["host"] = platform.node()
+    result["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     table(result)
     out = ARGS.out or REPO / "benchmarks" / "results" / f"few_shot_wallclock-{ARGS.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
