@@ -55,7 +55,7 @@ test: setup system-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(WORKERS) -m "($(TEST_SELECTION)) and not quiet" $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -m "($(TEST_SELECTION)) and quiet" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs -m "($(TEST_SELECTION)) and quiet" $(PYTEST_ARGS)
 
 test-all:
 	$(MAKE) test TEST_SELECTION="campaign or not campaign"
