@@ -301,8 +301,11 @@ def runnable_tasks(seconds: float = 1.0) -> float:
     return float(np.mean(samples)) if samples else 0.0
 
 
-# Quiet tier: a wall-clock judgement against the host's own noise floor, so it runs alone after the
-# parallel tiers (make test), never beside another worker's tests.
+# Quiet: a wall-clock judgement against the host's own noise floor, so it runs alone after the
+# parallel pass, never beside another worker's tests.  Campaign tier (make test-all) while this 2-core
+# VM's own 2-thread re-benchmarks agree within 10 % on 12-50 % of subnets even idle: in three idle
+# runs it passed, skipped and failed once each, and make test must not flake.
+@pytest.mark.campaign
 @pytest.mark.quiet
 @pytest.mark.usefixtures("user_home")
 def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise_floor(tmp_path):
