@@ -291,12 +291,7 @@ def _score(accuracy: str, space: SearchSpace, ckpt: Path, acc_pred: AccuracyPred
     if accuracy == "predictor":
         return make_score(accuracy, space, predictor=acc_pred)
 
-    net = load_supernet(ckpt)
-    source = data_source or training_data_source(net.meta)
-    if source is None:
-        raise EdgeNASError(f"{ckpt} does not record its data set; pass --data")
-    data = load_data(source, size=space.resolutions[-1])
-    data.normalization = dict(net.normalization)
+    net, data = _supernet_and_data(ckpt, space, data_source)
     return make_score(accuracy, space, net=net, data=data, num_classes=net.num_classes, seed=seed)
 
 

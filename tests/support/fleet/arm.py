@@ -35,8 +35,6 @@ emulator, not a Pi.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -46,11 +44,11 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tests.support.cache import locked
 from tests.support.fleet.system import FleetError
 
 log = logging.getLogger(__name__)
@@ -402,16 +400,6 @@ def _open_up(root: Path) -> None:
     root.chmod(0o755)
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_built(cache_root: Path = CACHE_ROOT) -> ArmCache:
     """The cached sysroots, boards and wrappers, built on first use (about 10–60 s and 260 MB; two
     concurrent callers build once).  Needs qemu-user on the host and network access to Debian and
@@ -425,7 +413,7 @@ def ensure_built(cache_root: Path = CACHE_ROOT) -> ArmCache:
     done = final / "done.json"
     cache_root.mkdir(parents=True, exist_ok=True)
     os.chmod(cache_root, 0o755)
-    with _lock(cache_root / ".lock"):
+    with locked(cache_root / ".lock"):
         if done.exists():
             meta = json.loads(done.read_text())
             return ArmCache(final, 0.0, int(meta["bytes"]))
