@@ -1,4 +1,4 @@
-"""Keras model → TFLite flatbuffer for each precision, and running a TFLite model on the host.
+"""TensorFlow's converter (Keras model → TFLite, kept for ``dynamic``), and running a TFLite model.
 
 Precisions: ``fp32``; ``fp16`` (weights stored as float16); ``dynamic`` (int8 weights, float
 activations); ``int8`` (full-integer: int8 weights and activations, int8 input and output,
@@ -52,18 +52,14 @@ def load_tensorflow() -> tuple[Any, Any]:
 
 def convert(keras_model: Any, precision: str,
             calibration_nhwc: np.ndarray | ImageStream | None = None, *,
-            signatures: bool = True, frozen: Any | None = None) -> bytes:
-    """Convert the Keras model to a TFLite flatbuffer of ``precision``.
+            signatures: bool = True) -> bytes:
+    """Convert the Keras model to a TFLite flatbuffer of ``precision`` with TensorFlow's converter.
 
-    ``signatures=True`` (models that ship): ``TFLiteConverter.from_keras_model``, which freezes the
-    variables itself and keeps the ``serving_default`` signature, by way of a SavedModel written to
-    and read back from disk.  That round trip is most of an export's time (≈3–7 s of ≈4–10 s).
-    ``signatures=False`` (latency-measurement exports, which nobody calls by signature): the traced
-    inference function is frozen here and converted as a graph, ≈3× faster.  Both give the same
-    operators and the same outputs (checked bit for bit in the tests); only the signature table
-    differs.  Freezing before conversion matters: unfrozen concrete functions are what the
-    converter turns into a model with variables.  ``frozen`` (from :func:`freeze`): the same model's
-    frozen graph, traced once and converted at every precision a campaign asks for.
+    The exporter uses it for the ``dynamic`` precision only (the others are written directly, see
+    :mod:`edgenas.export.flatbuffer`); ``benchmarks/export.py`` uses it to compare both paths.
+    ``signatures``: keep the ``serving_default`` signature (``from_keras_model``, by way of a
+    SavedModel written and read back); without it the traced function is frozen and converted as
+    a graph, the same operators and outputs without the round trip.
     """
     import tensorflow as tf
 
@@ -73,7 +69,7 @@ def convert(keras_model: Any, precision: str,
         converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     else:
         with captured_output():  # absl warns that a graph without its Keras object is converted
-            converter = _frozen_graph_converter(tf, keras_model, frozen)
+            converter = _frozen_graph_converter(tf, keras_model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -137,8 +133,8 @@ def freeze(keras_model: Any) -> Any:
     return convert_variables_to_constants_v2(traced.get_concrete_function())
 
 
-def _frozen_graph_converter(tf: Any, keras_model: Any, frozen: Any | None = None) -> Any:
-    """A converter for the model's frozen inference function (frozen here unless given).
+def _frozen_graph_converter(tf: Any, keras_model: Any) -> Any:
+    """A converter for the model's frozen inference function.
 
     The frozen graph is handed over as a GraphDef with its input and output names: given the
     concrete function instead, the converter freezes it a second time (variable lifting and pruning
@@ -146,8 +142,7 @@ def _frozen_graph_converter(tf: Any, keras_model: Any, frozen: Any | None = None
     keeps its unknown batch dimension (-1), as in the shipped model; operators, tensor shapes and
     outputs are the same (tests/integration/test_export.py compares them with the signed conversion).
     """
-    if frozen is None:
-        frozen = freeze(keras_model)
+    frozen = freeze(keras_model)
     graph_def = frozen.graph.as_graph_def()
     inputs = [(t.name.split(":")[0], [-1 if d is None else int(d) for d in t.shape.as_list()])
               for t in frozen.inputs]
@@ -193,8 +188,11 @@ class _Rewinding:
         return str(self.handle.read())
 
 
-def make_interpreter(model: bytes | str, threads: int = 1) -> Any:
-    """LiteRT's interpreter when installed, else TensorFlow's (never tflite_runtime beside TF)."""
+def make_interpreter(model: bytes | str, threads: int = 1, preserve: bool = False) -> Any:
+    """LiteRT's interpreter when installed, else TensorFlow's (never tflite_runtime beside TF).
+
+    ``preserve`` keeps every intermediate tensor readable after ``invoke`` (tracing a parity
+    failure to its block)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - depends on the environment
@@ -202,6 +200,8 @@ def make_interpreter(model: bytes | str, threads: int = 1) -> Any:
 
         Interpreter = tf.lite.Interpreter  # noqa: N806
     kwargs: dict[str, Any] = {"num_threads": threads}
+    if preserve:
+        kwargs["experimental_preserve_all_tensors"] = True
     if isinstance(model, bytes):
         kwargs["model_content"] = model
     else:

@@ -1,5 +1,9 @@
 """Rebuild a static edgenas subnet in Keras (NHWC), layer by layer, with the weights copied.
 
+Used for the ``dynamic`` precision, which TensorFlow's converter writes (every other precision is
+written directly from the operator graph, :mod:`edgenas.export.graph`), and by
+``benchmarks/export.py`` to compare the converter's models with the writer's.
+
 Why a rebuild and not a generic converter: the network is small and regular, so an explicit
 rebuild gives full control over the three details that break parity (see docs/export.md):
 
@@ -21,20 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.export.graph import fold_conv
 from edgenas.supernets.static import ConvBNAct, MBBlock, MobileNetV3
-
-
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Conv weight (OIHW) and bias with the following batch norm folded in."""
-    weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else None
-    if bn is None:
-        return weight.numpy(), None if bias is None else bias.numpy()
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    shift = bn.bias.detach().double() - bn.running_mean.double() * scale
-    folded_w = weight * scale.reshape(-1, 1, 1, 1)
-    folded_b = shift if bias is None else bias * scale + shift
-    return folded_w.numpy(), folded_b.numpy()
 
 
 class _Builder:
@@ -63,23 +55,22 @@ class _Builder:
 
     def conv(self, x: Any, block: ConvBNAct | nn.Conv2d, where: str, act: str | None) -> Any:
         conv, bn = (block[0], block[1]) if isinstance(block, ConvBNAct) else (block, None)
-        weight, bias = _fold(conv, bn)
+        weight, bias = fold_conv(conv, bn)
         kernel, stride = conv.kernel_size[0], conv.stride[0]
         x, padding = self.pad(x, kernel, stride, where)
         if conv.groups == 1:
             layer = self.layers.Conv2D(conv.out_channels, kernel, stride, padding=padding,
-                                       use_bias=bias is not None, name=f"{where}_conv")
+                                       name=f"{where}_conv")
             layer.build(tuple(x.shape))
             values = [weight.transpose(2, 3, 1, 0)]
         else:
             if conv.groups != conv.in_channels or conv.out_channels != conv.in_channels:
                 raise ValueError(f"{where}: only depthwise grouped convolutions are supported")
             layer = self.layers.DepthwiseConv2D(kernel, stride, padding=padding,
-                                                use_bias=bias is not None, name=f"{where}_dw")
+                                                name=f"{where}_dw")
             layer.build(tuple(x.shape))
             values = [weight.transpose(2, 3, 0, 1)]
-        if bias is not None:
-            values.append(bias)
+        values.append(bias)
         layer.set_weights([v.astype(np.float32) for v in values])
         return self.act(layer(x), act, where)
 
@@ -124,31 +115,19 @@ def build_keras_model(model: MobileNetV3, resolution: int) -> Any:
     return b.keras.Model(inputs, outputs, name="edgenas_subnet")
 
 
-def torch_block_outputs(model: MobileNetV3, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """The torch model's per-block outputs in NHWC, keyed like the Keras ``block_*`` layers."""
-    outs: dict[str, np.ndarray] = {}
+def check_keras_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray,
+                       limit_of: Any) -> float:
+    """Max abs logit difference Keras vs torch (``limit_of(logits)`` is the allowed one); raises
+    :class:`~edgenas.export.convert.ExportError` past it, nothing written."""
+    from edgenas.export.convert import ExportError
+
     with torch.no_grad():
-        y = model.stem(x)
-        outs["block_stem"] = y.permute(0, 2, 3, 1).numpy()
-        for i, block in enumerate(model.blocks):
-            y = block(y)
-            outs[f"block_{i}"] = y.permute(0, 2, 3, 1).numpy()
-        outs["logits"] = model(x).numpy()
-    return outs
-
-
-def first_divergence(keras_model: Any, model: MobileNetV3, x_nchw: np.ndarray,
-                     tolerance: float) -> tuple[str, float] | None:
-    """Name and error of the first named block whose Keras output differs from torch's."""
-    import keras
-
-    names = ["block_stem"] + [f"block_{i}" for i in range(len(model.blocks))] + ["logits"]
-    probe = keras.Model(keras_model.inputs, [keras_model.get_layer(n).output for n in names])
-    got = probe([x_nchw.transpose(0, 2, 3, 1)], training=False)
-    want = torch_block_outputs(model, torch.from_numpy(x_nchw))
-    for name, value in zip(names, got):
-        err = float(np.abs(np.asarray(value) - want[name]).max())
-        scale = max(1.0, float(np.abs(want[name]).max()))
-        if err > tolerance * scale:
-            return name, err
-    return None
+        want = model.eval()(torch.from_numpy(images_nchw)).numpy()
+    got = np.concatenate([np.asarray(keras_model(np.ascontiguousarray(
+        images_nchw[i:i + 4].transpose(0, 2, 3, 1)), training=False))
+        for i in range(0, len(images_nchw), 4)])  # Keras holds every activation of a call
+    diff = float(np.abs(got - want).max())
+    if not np.isfinite(diff) or diff > limit_of(want):
+        raise ExportError(f"float parity check failed: Keras and torch logits differ by "
+                          f"{diff:.3g} (limit {limit_of(want):.3g}); nothing was written")
+    return diff

@@ -1,8 +1,11 @@
-"""The export pipeline: static subnet → parity-checked Keras model → TFLite + manifest.
+"""The export pipeline: static subnet → operator graph → parity-checked TFLite + manifest.
 
-The float parity check runs *before* any quantisation: if the Keras rebuild does not compute the
-torch function (max abs logit difference ≤ 1e-4 on real images), no model is written and the error
-names the first block that diverged.
+The subnet becomes an operator graph (:mod:`edgenas.export.graph`) that is written straight to a
+TFLite flatbuffer (:mod:`edgenas.export.flatbuffer`); int8 ranges are calibrated by running that
+graph in torch.  The float parity check runs *before* any quantisation: if the fp32 TFLite model
+does not compute the torch function (max abs logit difference ≤ 1e-4 on real images), no model
+is written and the error names the first block that diverged.  Only the ``dynamic`` precision
+(int8 weights, float activations) still goes through a Keras rebuild and TensorFlow's converter.
 """
 
 from __future__ import annotations
@@ -19,26 +22,27 @@ import torch
 
 from edgenas.core.files import sha256_file  # noqa: F401  (re-exported by edgenas.export)
 from edgenas.export.convert import (
+    PRECISIONS,
     ExportError,
     convert,
     io_details,
-    load_tensorflow,
     make_interpreter,
     tflite_logits,
 )
+from edgenas.export.flatbuffer import WRITABLE, write_tflite
+from edgenas.export.graph import Graph, activation_ranges, build_graph, run
 from edgenas.export.images import ImageStream, as_stream, channels_last, nhwc_strided
-from edgenas.export.keras_model import build_keras_model, first_divergence
 from edgenas.export.package import ModelPackage, PackageError
 from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.static import MobileNetV3
 
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 16
-PARITY_BATCH = 4
 # Images per forward pass when validating: at 224 px the largest subnet's widest activation is
 # 4.8 MB an image, so a batch of 256 held ≈1.2 GB per tensor; 32 runs as fast and holds 150 MB.
 TORCH_BATCH = 32
 TFLITE_BATCH = 16
+CALIBRATION_BATCH = 16  # images per torch pass when calibrating int8 ranges
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,6 @@ class ExportResult:
     model_path: Path
     manifest_path: Path
     manifest: dict[str, Any]
-
-
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -65,30 +67,41 @@ def parity_limit(logits: np.ndarray) -> float:
 
 
 class Prepared:
-    """A subnet's Keras graph, checked against torch once and frozen at most once: what every
-    precision of one subnet shares (a campaign exports fp32 and int8 of it from one graph)."""
+    """A subnet's operator graph, checked against torch once, with its int8 ranges calibrated at
+    most once: what every precision of one subnet shares (a campaign exports fp32 and int8)."""
 
-    def __init__(self, keras_model: Any, parity: float) -> None:
-        self.keras_model = keras_model
-        self.parity = parity
-        self._frozen: Any | None = None
+    def __init__(self, model: MobileNetV3, graph: Graph, parity: float) -> None:
+        self.model, self.graph, self.parity = model, graph, parity
+        self._ranges: tuple[int, dict[str, tuple[float, float]]] | None = None
+        self._keras: Any | None = None
 
-    def frozen(self) -> Any:
-        if self._frozen is None:
-            from edgenas.export.convert import captured_output, freeze
+    def ranges(self, calibration: ImageStream) -> dict[str, tuple[float, float]]:
+        """Every activation's min and max over the calibration images (computed once)."""
+        if self._ranges is None or self._ranges[0] != id(calibration):
+            with torch.no_grad(), channels_last(self.model):
+                self._ranges = (id(calibration), activation_ranges(
+                    self.graph, (nhwc_strided(b) for b in calibration.batches(CALIBRATION_BATCH))))
+        return self._ranges[1]
 
-            with captured_output():
-                self._frozen = freeze(self.keras_model)
-        return self._frozen
+    def keras_model(self, calibration: ImageStream) -> Any:
+        """The Keras rebuild (``dynamic`` precision only), parity-checked on first use."""
+        if self._keras is None:
+            from edgenas.export.keras_model import build_keras_model, check_keras_parity
+
+            self._keras = build_keras_model(self.model, self.graph.resolution)
+            check_keras_parity(self._keras, self.model,
+                               calibration.take(0, PARITY_IMAGES), parity_limit)
+        return self._keras
 
 
 def prepare(model: MobileNetV3, arch: Arch, calibration_nchw: np.ndarray | ImageStream
             ) -> Prepared:
-    """Build the Keras graph of ``model`` and check its parity on the first
-    :data:`PARITY_IMAGES` calibration images (raises on a mismatch)."""
-    keras_model = build_keras_model(model.eval(), arch.resolution)
-    parity = check_parity(keras_model, model, as_stream(calibration_nchw).take(0, PARITY_IMAGES))
-    return Prepared(keras_model, parity)
+    """Build the operator graph of ``model`` and check the parity of its fp32 TFLite model on
+    the first :data:`PARITY_IMAGES` calibration images (raises on a mismatch)."""
+    model = model.eval()
+    graph = build_graph(model, arch.resolution)
+    parity = check_parity(graph, model, as_stream(calibration_nchw).take(0, PARITY_IMAGES))
+    return Prepared(model, graph, parity)
 
 
 def float_logits(model: MobileNetV3, images: ImageStream) -> np.ndarray:
@@ -103,24 +116,79 @@ def _threads() -> int:
                       else os.cpu_count() or 1))
 
 
-def check_parity(keras_model: Any, model: MobileNetV3, images_nchw: np.ndarray) -> float:
-    """Max abs logit difference Keras vs torch; raises naming the first diverging block."""
+def check_parity(graph: Graph, model: MobileNetV3, images_nchw: np.ndarray) -> float:
+    """Max abs logit difference between the graph's fp32 TFLite model and torch; raises naming
+    the first diverging block."""
     with torch.no_grad():
         want = model.eval()(torch.from_numpy(images_nchw)).numpy()
-    # a few images per eager call: Keras keeps every activation of a call alive until it returns
-    got = np.concatenate([np.asarray(keras_model(np.ascontiguousarray(
-        images_nchw[i:i + PARITY_BATCH].transpose(0, 2, 3, 1)), training=False))
-        for i in range(0, len(images_nchw), PARITY_BATCH)])
+    blob = write_tflite(graph, "fp32", signatures=False)
+    got = tflite_logits(blob, [np.ascontiguousarray(images_nchw.transpose(0, 2, 3, 1))])
     diff = float(np.abs(got - want).max())
     limit = parity_limit(want)
     if not np.isfinite(diff) or diff > limit:
-        where = first_divergence(keras_model, model, images_nchw, PARITY_TOLERANCE)
+        where = first_divergence(graph, blob, model, images_nchw)
         block = f"; first divergence at {where[0]} (max abs diff {where[1]:.3g})" if where else ""
         raise ExportError(
-            f"float parity check failed: Keras and torch logits differ by {diff:.3g} "
+            f"float parity check failed: the TFLite model and torch differ by {diff:.3g} "
             f"(limit {limit:.3g}){block}; nothing was written"
         )
     return diff
+
+
+def torch_block_outputs(model: MobileNetV3, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """The torch model's per-block outputs (NCHW), keyed like the graph's ``block_*`` tensors."""
+    outs: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        y = model.stem(x)
+        outs["block_stem"] = y.numpy()
+        for i, block in enumerate(model.blocks):
+            y = block(y)
+            outs[f"block_{i}"] = y.numpy()
+        outs["logits"] = model(x).numpy()
+    return outs
+
+
+def first_divergence(graph: Graph, blob: bytes, model: MobileNetV3, x_nchw: np.ndarray
+                     ) -> tuple[str, float] | None:
+    """Name and error of the first block whose output differs from torch's: in the graph run
+    by torch (a wrong weight or fold), else in the written TFLite model (a wrong layout)."""
+    want = torch_block_outputs(model, torch.from_numpy(x_nchw))
+    names = list(want)
+    graph_out = run(graph, x_nchw, keep=names)
+    interpreter = make_interpreter(blob, preserve=True)
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(x_nchw.shape[:1]) + list(inp["shape"][1:]))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1)))
+    interpreter.invoke()
+    by_name = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
+    for source in ("graph", "tflite"):
+        for name in names:
+            if source == "graph":
+                got = graph_out[name]
+            elif name in by_name:
+                got = interpreter.get_tensor(by_name[name])
+                got = got.transpose(0, 3, 1, 2) if got.ndim == 4 else got
+            else:
+                continue
+            err = float(np.abs(got - want[name]).max())
+            if not np.isfinite(err) or err > PARITY_TOLERANCE * max(1.0, float(
+                    np.abs(want[name]).max())):
+                return name, err
+    return None
+
+
+def serialize(prepared: Prepared, precision: str, calibration: ImageStream,
+              signatures: bool = True) -> bytes:
+    """The TFLite flatbuffer of a prepared subnet at ``precision``."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision in WRITABLE:
+        if precision == "int8" and len(calibration) == 0:
+            raise ExportError("int8 export needs calibration images from the data set")
+        ranges = prepared.ranges(calibration) if precision == "int8" else None
+        return write_tflite(prepared.graph, precision, ranges, signatures)
+    return convert(prepared.keras_model(calibration), precision, None, signatures=signatures)
 
 
 def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: list[str],
@@ -138,21 +206,19 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
     top-1; its images too may be a stream.
     ``search`` is what the search promised for this arch (predicted latency per device and the
     predictors' error), kept so ``fleet bench`` can flag devices that miss the promise.
-    ``signatures=False`` converts without the signature table, ≈3× faster (see :func:`convert`);
-    measurement campaigns use it, models that ship keep their ``serving_default`` signature.
-    ``prepared`` (:func:`prepare`, for this ``model``): its Keras graph, parity-checked and frozen
+    ``signatures=False`` writes no signature table (measurement campaigns, which nobody calls by
+    signature); models that ship keep their ``serving_default`` signature.
+    ``prepared`` (:func:`prepare`, for this ``model``): its graph, parity-checked and calibrated
     once, reused for every precision of the subnet.
     """
-    tf, keras = load_tensorflow()
     out_dir = Path(out_dir)
     model = model.eval()
     start = time.perf_counter()
     if prepared is None:
         prepared = prepare(model, arch, calibration_nchw)
-    keras_model, parity = prepared.keras_model, prepared.parity
+    parity = prepared.parity
     calibration = as_stream(calibration_nchw)
-    blob = convert(keras_model, precision, calibration if precision == "int8" else None,
-                   signatures=signatures, frozen=None if signatures else prepared.frozen())
+    blob = serialize(prepared, precision, calibration, signatures)
 
     details = io_details(make_interpreter(blob))
     accuracy: dict[str, Any] = {}
@@ -185,8 +251,8 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
         "latency": {},
         "search": dict(search or {}),
         "provenance": dict(provenance or {}),
-        "tools": {"torch": torch.__version__, "tensorflow": tf.__version__,
-                  "keras": keras.__version__, "python": platform.python_version()},
+        "tools": {"torch": torch.__version__, "writer": _writer(precision),
+                  "python": platform.python_version()},
         "export_seconds": round(time.perf_counter() - start, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -195,6 +261,15 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
     except PackageError as exc:  # a bug in the exporter, not user input: say what broke the rules
         raise ExportError(f"the exported manifest breaks the package rules: {exc}") from None
     return ExportResult(out_dir, package.model_path, package.manifest_path, package.data)
+
+
+def _writer(precision: str) -> str:
+    """What wrote the flatbuffer: edgenas's writer, or TensorFlow's converter (``dynamic``)."""
+    if precision in WRITABLE:
+        return "edgenas.export.flatbuffer"
+    from edgenas.export.convert import load_tensorflow
+
+    return f"tensorflow {load_tensorflow()[0].__version__}"
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
