@@ -17,6 +17,7 @@ import pytest
 from tests.support.fleet import Fleet
 from tests.support.fleet.arm_fixture import arm_fleet  # noqa: F401  (session fixture: emulated Pis)
 from tests.support.fleet.fleet import standing
+from tests.support.tiny import Tiny, build_tiny_supernet
 
 REPO = Path(__file__).resolve().parent.parent
 LITERT_PYTHON = REPO / ".venv" / "bin" / "python"  # ai-edge-litert, numpy 2 (and TensorFlow)
@@ -88,6 +89,13 @@ def fleet() -> Iterator[Fleet]:
 
         with standing("the test fleet", build) as fleet:
             yield fleet
+
+
+@pytest.fixture(scope="session")
+def tiny_supernet(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    """The run's seed-0 mbv3-tiny supernet (digits labels, random weights) and its shared export
+    cache, built once for both xdist workers (tests/support/tiny.py)."""
+    return build_tiny_supernet(tmp_path_factory)
 
 
 @pytest.fixture

@@ -15,18 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
-from edgenas import build_supernet
-from edgenas.core.files import sha256_file
 from edgenas.core.progress import Progress
 from edgenas.device import registry
 from edgenas.device.lock import host_lock
 from edgenas.measure.bench import BenchSettings
-from edgenas.measure.campaign import _export_job, _worker_init, cached_export, measure
+from edgenas.measure.campaign import measure
 from edgenas.records import measurements
 from edgenas.records.store import open_store
-from edgenas.training.data import load_data
 
 REPO = Path(__file__).resolve().parents[2]
 TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
@@ -35,21 +31,13 @@ pytestmark = pytest.mark.usefixtures("user_home")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """A tiny supernet and an export cache holding the two subnets a 2-sample campaign measures (the
-    smallest and the largest), so no campaign here exports anything."""
-    root = tmp_path_factory.mktemp("resume")
-    torch.manual_seed(0)
-    data = load_data("digits", size=32)
-    net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
-    ckpt = net.save(root / "tiny.pt", meta={"data": {"source": "digits"}})
-    cache = root / "exports"
-    sha = sha256_file(ckpt)
-    _worker_init(str(ckpt), sha, 0)
-    for arch in (net.space.smallest(), net.space.largest()):
-        final = cached_export(cache, sha, arch.to_string(), "fp32")
-        _export_job(arch.to_string(), "fp32", str(final), 16)
-    return {"ckpt": ckpt, "cache": cache, "sha": sha}
+def tiny(tiny_supernet) -> dict:
+    """The run's tiny supernet and its shared export cache, holding the two subnets a 2-sample
+    campaign measures (the smallest and the largest), so no campaign here exports anything."""
+    space = tiny_supernet.space
+    for arch in (space.smallest(), space.largest()):
+        tiny_supernet.export(arch, "fp32")
+    return {"ckpt": tiny_supernet.ckpt, "cache": tiny_supernet.cache, "sha": tiny_supernet.sha}
 
 
 def _run(store, home: Path, tiny: dict, events: list[Progress] | None = None, **settings):

@@ -3,16 +3,13 @@ benchmarked by the real runner, whose peak memory is what the memory predictor i
 search's verification measures its candidates again; the chosen subnet's *measured* peak memory must
 be within the budget.  The predictor logic itself is tested in tests/unit/test_memory_budget.py.
 
-Exporting a subnet costs TensorFlow about 3 s of CPU each, and what is tested here is the
-measurement, not the export: the supernet and the 8 subnets the predictors are fitted on are cached in
-pytest's cache (keyed by the sources that make them, as tests/support/runner_models.py caches its
-models), so later sessions export only the two candidates the search verifies; every session
-benchmarks every subnet again on the device."""
+Exporting a subnet costs TensorFlow seconds of CPU, and what is tested here is the measurement, not
+the export: the supernet is the run's shared tiny one and the 8 subnets the predictors are fitted on
+are those the campaign tests measure (``sample_archs(space, 8, 0)``), exported once for the run into
+its shared export cache (tests/support/tiny.py); every test benchmarks them again on its device."""
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,67 +19,37 @@ from edgenas.records.store import open_store
 from edgenas.space.spec import SearchSpace
 
 SPACE = SearchSpace.load("mbv3-tiny")
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _cache_key() -> str:
-    """The sources the cached supernet and exports come from: a change to any rebuilds them."""
-    h = hashlib.sha256(Path(__file__).read_bytes())
-    for folder in ("edgenas/export", "edgenas/supernets", "edgenas/space"):
-        for path in sorted((REPO / folder).glob("*.py")):
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-@pytest.fixture
-def export_cache(request, tmp_path_factory) -> Path:
-    """Where this test's supernet and exports persist between sessions (a temporary folder without
-    pytest's cache)."""
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("memory_budget")) if cache is not None else tmp_path_factory.mktemp("mb")
-    return root / _cache_key()
 
 
 @pytest.mark.usefixtures("user_home")
 def test_a_search_under_a_memory_budget_returns_a_subnet_measured_within_it(tmp_path: Path,
-                                                                            export_cache: Path):
-    import torch
-
+                                                                            tiny_supernet):
     from edgenas.core.files import sha256_file
     from edgenas.device import registry
     from edgenas.measure.bench import BenchSettings
     from edgenas.measure.campaign import measure
+    from edgenas.measure.plan import sample_archs
     from edgenas.predictors import memory
     from edgenas.predictors.accuracy import AccuracyPredictor, arch_features, predictor_path
     from edgenas.predictors.latency_fit import fit
     from edgenas.records.measurements import find
     from edgenas.search.job import run_search
     from edgenas.search.problem import Constraints
-    from edgenas.supernets import build_supernet
 
     home = tmp_path
-    exports = home / "cache" / "exports"  # the campaign's and the search's export cache
-    if (export_cache / "tiny.pt").exists():
-        shutil.copytree(export_cache, exports)
-    else:
-        exports.mkdir(parents=True)
-        torch.manual_seed(0)
-        build_supernet("mbv3-tiny", 10).save(exports / "tiny.pt")
-    ckpt = Path(shutil.copy(exports / "tiny.pt", home / "tiny.pt"))
+    tiny_supernet.link_exports(home)  # the campaign's and the search's exports: the run's shared cache
+    ckpt = tiny_supernet.ckpt
     # Accuracy grows with every choice the largest subnet makes, so without a memory budget the
     # search would pick a subnet near the largest: the budget is what holds it back.
     AccuracyPredictor("mbv3-tiny", sha256_file(ckpt), "synthetic",
                       list(0.01 * arch_features(SPACE, SPACE.largest())), 0.3, {"rmse": 0.01},
                       0).save(predictor_path(home, sha256_file(ckpt)))
-    archs = [SPACE.smallest(), SPACE.largest()] + SPACE.sample_many(6, seed=11)  # 8: the minimum
+    archs = sample_archs(SPACE, 8, 0)  # 8: the minimum; the smallest and the largest among them
     trimmed = BenchSettings(runs=3, min_secs=0.0, warmup_runs=1, warmup_secs=0.0)
     with open_store(home) as store:
         registry.add_device(store, registry.make_device("here", "local", home=home))
         measure(store, home, ckpt, ["here"], 0, ["fp32"], 1, 0, workers=0, progress=False,
                 archs=archs, settings=trimmed)
-        # the next session's exports: these 8 only (the search's candidates differ with the
-        # measured peaks, so caching them would grow the cache by two subnets a session)
-        shutil.copytree(exports, export_cache, dirs_exist_ok=True)
         rows = find(store, device="here")
         peaks = {m.arch: m.memory_kib / 1024 for m in rows}
         assert len(peaks) == len(archs) and min(peaks.values()) > 0, peaks
