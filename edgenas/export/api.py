@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.core.progress import ProgressFn, reporter
 from edgenas.export.convert import ExportError
 from edgenas.export.images import ImageStream, channels_last, nhwc_strided
 from edgenas.export.pipeline import ExportResult, export_model, sha256_file
@@ -28,6 +29,8 @@ from edgenas.training.evaluate import recalibrate_bn
 
 DEFAULT_CALIBRATION = 500
 BN_CALIBRATION = 2000
+DEFAULT_VALIDATION = 1000
+SOURCE = "export"
 BN_BATCH = 32  # images per BN-recalibration pass: at 224 px, 250 held several GB of activations
 
 
@@ -117,9 +120,16 @@ def calibration_stream(data: ImageData | StreamedImageData, n: int, resolution: 
     return _pick(data, "train", data.calibration_indices(n), resolution)
 
 
-def _validation(data: ImageData | StreamedImageData, resolution: int
+def _validation(data: ImageData | StreamedImageData, resolution: int, samples: int
                 ) -> tuple[ImageStream, np.ndarray]:
-    return _pick(data, "val", None, resolution), data.val_y.numpy()
+    """The validation split, or a seeded choice of ``samples`` of its images when it is larger:
+    float and exported top-1 are measured on the same images, so their difference (what the
+    export cost) stays sharp on a sample even where the absolute accuracy gets noisier."""
+    if samples >= data.num_val:
+        return _pick(data, "val", None, resolution), data.val_y.numpy()
+    g = torch.Generator().manual_seed(0)
+    picked = torch.randperm(data.num_val, generator=g)[:samples].sort().values
+    return _pick(data, "val", picked, resolution), data.val_y[picked].numpy()
 
 
 class _Batches:
@@ -136,10 +146,11 @@ class _Batches:
         return (nhwc_strided(b) for b in self.stream.batches(self.size))
 
 
-def _recalibrate(model: MobileNetV3, data: ImageData | StreamedImageData, resolution: int) -> None:
-    """BN statistics re-estimated on :data:`BN_CALIBRATION` images, read :data:`BN_BATCH` at a time
+def _recalibrate(model: MobileNetV3, data: ImageData | StreamedImageData, resolution: int,
+                 samples: int = BN_CALIBRATION) -> None:
+    """BN statistics re-estimated on ``samples`` training images, read :data:`BN_BATCH` at a time
     (``recalibrate_bn``'s cumulative average is exact whatever the batch size)."""
-    images = _Batches(calibration_stream(data, BN_CALIBRATION, resolution), BN_BATCH)
+    images = _Batches(calibration_stream(data, samples, resolution), BN_BATCH)
     with channels_last(model):
         recalibrate_bn(model, images, batch_size=BN_BATCH)  # type: ignore[arg-type]
 
@@ -148,14 +159,20 @@ def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = N
            precision: str = "int8", out_dir: str | Path = "model",
            data: str | Path | ImageData | None = None,
            calibration_samples: int = DEFAULT_CALIBRATION,
-           search: str | Path | dict[str, Any] | None = None) -> ExportResult:
+           search: str | Path | dict[str, Any] | None = None, *,
+           bn_samples: int = BN_CALIBRATION, validation_samples: int = DEFAULT_VALIDATION,
+           progress: bool | ProgressFn | None = None) -> ExportResult:
     """Export one subnet to ``out_dir`` as ``model.tflite`` + ``manifest.json``.
 
     ``arch`` is an :class:`Arch`, an id, or ``min``/``max`` (default ``max``; a fine-tuned
     subnet checkpoint already fixes it).  ``data`` defaults to the data set the checkpoint was
-    trained on; images from it calibrate BN and int8 and measure accuracy.  ``search`` (a
-    ``search.json`` path or its dict) records the search's latency promise for this arch.
+    trained on; images from it calibrate BN (``bn_samples`` training images, for a subnet of a
+    supernet) and int8 (``calibration_samples``), and measure float and exported top-1 on
+    ``validation_samples`` validation images (0: none).  ``search`` (a ``search.json`` path or its
+    dict) records the search's latency promise for this arch.  ``progress``: True prints each
+    phase, a callback gets the events, None logs them.
     """
+    say = reporter(progress)
     src = _load_source(source, arch)
     if data is None:
         data = src.data_source
@@ -169,14 +186,19 @@ def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = N
                           f"{len(src.labels)}; export with the data it was trained on")
     data.normalization = dict(src.normalization)  # the model's own normalisation wins
     res = src.arch.resolution
+    bn_samples = min(bn_samples, data.num_train)
     if src.needs_bn_recalibration:
-        _recalibrate(src.model, data, res)
+        say(SOURCE, f"BN statistics of {src.arch} on {bn_samples} training images")
+        _recalibrate(src.model, data, res, bn_samples)
     calibration = calibration_stream(data, calibration_samples, res)
     provenance = {**src.provenance, "data": data.describe(), "bn_recalibrated":
                   src.needs_bn_recalibration}
+    if src.needs_bn_recalibration:
+        provenance["bn_images"] = bn_samples
+    validation = _validation(data, res, validation_samples) if validation_samples > 0 else None
     return export_model(src.model, src.arch, src.space, src.labels, src.normalization, precision,
-                        out_dir, calibration, _validation(data, res), provenance,
-                        search_promise(search, src.arch, precision))
+                        out_dir, calibration, validation, provenance,
+                        search_promise(search, src.arch, precision), say=say)
 
 
 def search_promise(search: str | Path | dict[str, Any] | None, arch: Arch,

@@ -2,9 +2,10 @@
 
 The exporter writes TFLite directly from this graph (:mod:`edgenas.export.flatbuffer`) instead of
 rebuilding the network in Keras and converting it: the graph is the converter's own output for
-this network, operator for operator (PAD before a convolution where TFLite's SAME padding is not torch's, batch norm folded into the
-convolution, ReLU and ReLU6 fused, HARD_SWISH, the SE gate's ``relu6(x + 3) / 6`` as a convolution
-with ``+3`` in its bias and fused ReLU6 followed by a MUL by 1/6).  Because the same graph runs in
+this network, operator for operator (a PAD only where TFLite's SAME padding is not torch's, batch
+norm folded into the convolution, ReLU and ReLU6 fused, HARD_SWISH, the SE gate's
+``relu6(x + 3) / 6`` as a convolution with ``+3`` in its bias and fused ReLU6 followed by a MUL by
+1/6).  Because the same graph runs in
 torch (:func:`run`), two things need no TensorFlow at all:
 
 * the float parity check of the *graph* against the torch model (folding, padding, activations);
@@ -194,7 +195,11 @@ class _Runner:
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        self.tensors = {name: torch.from_numpy(value) for name, value in graph.constants.items()}
+        # 4-D weights channels-last, like the NHWC-strided activations: oneDNN then runs the
+        # convolutions without reordering every call
+        self.tensors = {name: torch.from_numpy(value).contiguous(
+            memory_format=torch.channels_last) if value.ndim == 4 else torch.from_numpy(value)
+            for name, value in graph.constants.items()}
 
     def op(self, op: Op, values: dict[str, torch.Tensor]) -> torch.Tensor:
         args = [values[n] if n in values else self.tensors[n] for n in op.inputs]
@@ -208,9 +213,9 @@ class _Runner:
             pad = weight.shape[-1] // 2 if op.padding == "SAME" else 0
             y = F.conv2d(args[0], weight, args[2], op.stride, pad, groups=groups)
             if op.act == "RELU":
-                y = F.relu(y)
+                y = F.relu(y, inplace=True)
             elif op.act == "RELU6":
-                y = F.relu6(y)
+                y = F.hardtanh(y, 0.0, 6.0, inplace=True)
         elif kind == "HARD_SWISH":
             y = F.hardswish(args[0])
         elif kind == "MEAN":
@@ -248,7 +253,10 @@ class _Runner:
 
 
 def _fold_range(ranges: dict[str, list[float]], name: str, value: torch.Tensor) -> None:
-    lo, hi = float(value.min()), float(value.max())
+    if value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last):
+        value = value.permute(0, 2, 3, 1)  # a contiguous view: no copy for the reduction
+    lo_t, hi_t = torch.aminmax(value.reshape(-1))
+    lo, hi = float(lo_t), float(hi_t)
     if name in ranges:
         ranges[name][0] = min(ranges[name][0], lo)
         ranges[name][1] = max(ranges[name][1], hi)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from edgenas.core.files import sha256_file  # noqa: F401  (re-exported by edgenas.export)
+from edgenas.core.progress import Reporter
 from edgenas.export.convert import (
     PRECISIONS,
     ExportError,
@@ -72,14 +73,14 @@ class Prepared:
 
     def __init__(self, model: MobileNetV3, graph: Graph, parity: float) -> None:
         self.model, self.graph, self.parity = model, graph, parity
-        self._ranges: tuple[int, dict[str, tuple[float, float]]] | None = None
+        self._ranges: tuple[ImageStream, dict[str, tuple[float, float]]] | None = None
         self._keras: Any | None = None
 
     def ranges(self, calibration: ImageStream) -> dict[str, tuple[float, float]]:
         """Every activation's min and max over the calibration images (computed once)."""
-        if self._ranges is None or self._ranges[0] != id(calibration):
-            with torch.no_grad(), channels_last(self.model):
-                self._ranges = (id(calibration), activation_ranges(
+        if self._ranges is None or self._ranges[0] is not calibration:  # held: no id reuse
+            with torch.no_grad():
+                self._ranges = (calibration, activation_ranges(
                     self.graph, (nhwc_strided(b) for b in calibration.batches(CALIBRATION_BATCH))))
         return self._ranges[1]
 
@@ -197,7 +198,7 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
                  validation: tuple[np.ndarray | ImageStream, np.ndarray] | None,
                  provenance: dict[str, Any] | None = None,
                  search: dict[str, Any] | None = None, signatures: bool = True,
-                 prepared: Prepared | None = None) -> ExportResult:
+                 prepared: Prepared | None = None, say: Reporter | None = None) -> ExportResult:
     """Export ``model`` (the static subnet for ``arch``) and write ``model.tflite`` + manifest.
 
     ``calibration_nchw`` are normalised real images at ``arch.resolution`` (an NCHW array, or an
@@ -209,21 +210,27 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
     ``signatures=False`` writes no signature table (measurement campaigns, which nobody calls by
     signature); models that ship keep their ``serving_default`` signature.
     ``prepared`` (:func:`prepare`, for this ``model``): its graph, parity-checked and calibrated
-    once, reused for every precision of the subnet.
+    once, reused for every precision of the subnet.  ``say`` reports each phase.
     """
+    say = say or Reporter()
     out_dir = Path(out_dir)
     model = model.eval()
     start = time.perf_counter()
     if prepared is None:
+        say("export", "operator graph and fp32 parity check")
         prepared = prepare(model, arch, calibration_nchw)
     parity = prepared.parity
     calibration = as_stream(calibration_nchw)
+    if precision == "int8":
+        say("export", f"calibrating int8 ranges on {len(calibration)} images")
     blob = serialize(prepared, precision, calibration, signatures)
 
     details = io_details(make_interpreter(blob))
     accuracy: dict[str, Any] = {}
     if validation is not None:
         images, targets = as_stream(validation[0]), np.asarray(validation[1])
+        say("export", f"top-1 of the float and the {precision} model on {len(targets)} "
+            "validation images")
         exported_logits = tflite_logits(blob, images.nhwc_batches(TFLITE_BATCH), _threads())
         accuracy = {"split": "validation", "samples": int(len(targets)),
                     "float_top1": _top1(float_logits(model, images), targets),

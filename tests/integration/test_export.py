@@ -133,12 +133,27 @@ def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
     out = tmp_path / "model"
     result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
                                        "--precision", "int8", "--out", str(out),
-                                       "--calibration-samples", "64"])
+                                       "--calibration-samples", "64", "--bn-samples", "200",
+                                       "--validation-samples", "100"])
     assert result.exit_code == 0, result.output
     assert "parity" in result.output and "sha256" in result.output
+    # each long phase is announced (stderr; CliRunner mixes it in)
+    for phase in ("BN statistics", "on 200 training images", "calibrating int8 ranges on 64",
+                  "on 100 validation images"):
+        assert phase in result.output, phase
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["provenance"]["source_sha256"] == sha256_file(ckpt)
     assert manifest["provenance"]["bn_recalibrated"] is True
+    assert manifest["provenance"]["bn_images"] == 200
+    assert manifest["accuracy"]["samples"] == 100 < digits.num_val
+    assert manifest["tools"]["writer"] == "edgenas.export.flatbuffer"
+    again = tmp_path / "model-no-validation"
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
+                                       "--precision", "fp32", "--out", str(again),
+                                       "--calibration-samples", "16", "--bn-samples", "50",
+                                       "--validation-samples", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "manifest.json").read_text())["accuracy"] == {}
     # one validation image through the real runner, in its own process
     x, y = _val(digits, arch.resolution)
     np.save(tmp_path / "x.npy", x[:1].transpose(0, 2, 3, 1))
