@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from edgenas import build_supernet
 from edgenas.core.files import sha256_file
 from edgenas.device.registry import list_devices
 from edgenas.measure.plan import sample_archs
@@ -27,8 +25,8 @@ from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, 
 from edgenas.records import deployments, measurements
 from edgenas.records.classes import class_of
 from edgenas.records.store import open_store
-from edgenas.training.data import load_data
 from tests.support.cli_runner import Cli
+from tests.support.tiny import Tiny
 
 REPO = Path(__file__).resolve().parents[2]
 LITERT = str(REPO / ".venv" / "bin" / "python")
@@ -37,17 +35,17 @@ FAST = ["--runs", "15", "--min-secs", "0.2"]  # the bench protocol, shortened fo
 CLASS_REPS = ("lite-a", "noxnn", "tfl")  # one device of each class
 
 
-def _budget(cli: Cli, ckpt: Path, root: Path, space) -> float:
+def _budget(cli: Cli, tiny: Tiny) -> float:
     """A budget inside every class's latency range on *this* machine: at least 1.5x the slowest class's
     smallest subnet (every class has a subnet that fits, even with an 8-sample predictor) and below
     the largest subnet of both LiteRT classes (it binds on each, so their cost structures give
     different answers).  A fixed number does not hold across machines: tflite-runtime's smallest
     subnet took 2 ms on CI and on a later VM (0.1 ms with LiteRT), twice the budget that suited the
-    host the test was written on."""
+    host the test was written on.  The two subnets are the run's shared latency exports."""
     ms: dict[str, dict[str, float]] = {}
+    space = tiny.space
     for label, arch in (("small", space.smallest()), ("large", space.largest())):
-        out = root / "calibrate" / label
-        cli("export", str(ckpt), "--arch", arch.to_string(), "--precision", "fp32", "--out", str(out))
+        out = tiny.export(arch, "fp32")
         for name in CLASS_REPS:
             rec = cli.json("bench", str(out), "--device", name, *FAST)
             ms.setdefault(name, {})[label] = rec["median_ms"]
@@ -60,22 +58,20 @@ def _budget(cli: Cli, ckpt: Path, root: Path, space) -> float:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Cli, Path, Path, float]:
+def setup(tmp_path_factory, tiny_supernet: Tiny) -> tuple[Cli, Path, Path, float]:
     if not Path(TFLITE).exists():
         pytest.skip("the tflite-runtime environment (.venv-tflite) is missing: run `make setup`")
     root = tmp_path_factory.mktemp("specialize")
-    torch.manual_seed(0)
-    data = load_data("digits", size=32)
-    net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
-    ckpt = net.save(root / "tiny.pt", meta={"data": {"source": "digits"}})
+    ckpt = tiny_supernet.ckpt
     home = root / "ws"
+    tiny_supernet.link_exports(home)  # the campaigns' and the searches' latency exports, shared
     cli = Cli(home)
     devices = {"lite-a": [], "lite-b": [], "noxnn": ["--no-xnnpack"], "tfl": []}
     for name, extra in devices.items():
         python = TFLITE if name == "tfl" else LITERT
         cli("device", "add", name, "--local", "--workdir", str(root / name), "--python", python,
             "--group", "edge", *extra)
-    space = net.space
+    space = tiny_supernet.space
     archs = sample_for_accuracy(space, 24, seed=0) + sample_archs(space, 40, seed=0)
     macs = {a.to_string(): space.macs(a, 10) for a in archs}
     lo, hi = min(macs.values()), max(macs.values())
@@ -87,7 +83,7 @@ def setup(tmp_path_factory) -> tuple[Cli, Path, Path, float]:
     for name in CLASS_REPS:
         calibration("device", "add", name, "--local", "--workdir", str(root / f"cal-{name}"),
                     "--python", TFLITE if name == "tfl" else LITERT, *devices[name])
-    return cli, home, ckpt, _budget(calibration, ckpt, root, space)
+    return cli, home, ckpt, _budget(calibration, tiny_supernet)
 
 
 def _counts(home: Path) -> tuple[int, int]:

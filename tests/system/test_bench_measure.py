@@ -1,8 +1,8 @@
 """``edgenas bench`` and measurement campaigns against the real fleet, the real runner and real TFLite.
 
-A tiny mbv3-tiny supernet with random weights (latency does not depend on them) is exported once for
-the module into a shared export cache; the campaign test reuses that cache and exports the rest in
-worker processes.
+The run's tiny mbv3-tiny supernet with random weights (latency does not depend on them) and its shared
+export cache (tests/support/tiny.py); the campaign test reuses that cache and exports the subnets no
+test has exported yet in worker processes.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from edgenas import build_supernet
 from edgenas.cli import main
 from edgenas.core.errors import TransportError
 from edgenas.core.files import sha256_file
@@ -28,11 +26,9 @@ from edgenas.device.connect import open_transport
 from edgenas.device.lock import DeviceLock, installation_id
 from edgenas.device.registry import get_device
 from edgenas.measure.bench import DeviceBusyError, ModelFileError, bench_model
-from edgenas.measure.campaign import _export_job, _worker_init, cached_export
 from edgenas.measure.plan import sample_archs
 from edgenas.records.store import open_store
 from edgenas.space.spec import SearchSpace
-from edgenas.training.data import load_data
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 
@@ -42,24 +38,15 @@ CAMPAIGN_SAMPLES = 8  # a latency predictor's minimum (the test fits one from th
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """The checkpoint, an export cache shared by every test here, and three exported models."""
-    root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    data = load_data("digits", size=32)
-    net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
-    ckpt = net.save(root / "tiny.pt", meta={"data": {"source": "digits"}})
-    cache = root / "exports"
-    sha = sha256_file(ckpt)
-    _worker_init(str(ckpt), sha, 0)
-    space = net.space
-    models = {}
-    for name, arch, precision in (("min", space.smallest(), "fp32"), ("max", space.largest(), "fp32"),
-                                  ("min-int8", space.smallest(), "int8")):
-        final = cached_export(cache, sha, arch.to_string(), precision)
-        _export_job(arch.to_string(), precision, str(final), 16)
-        models[name] = final
-    return {"ckpt": ckpt, "cache": cache, "sha": sha, "space": space, **models}
+def tiny(tiny_supernet) -> dict:
+    """The run's tiny supernet, its shared export cache and three exported models."""
+    t = tiny_supernet
+    space = t.space
+    models = {name: t.export(arch, precision)
+              for name, arch, precision in (("min", space.smallest(), "fp32"),
+                                            ("max", space.largest(), "fp32"),
+                                            ("min-int8", space.smallest(), "int8"))}
+    return {"ckpt": t.ckpt, "cache": t.cache, "sha": t.sha, "space": space, **models}
 
 
 def cli(home: Path, *args: str, code: int = 0) -> str:

@@ -1,12 +1,12 @@
 """Hardware-aware search on the real fleet: one latency budget, two devices, two different answers.
 
-A tiny mbv3-tiny supernet (random weights: latency does not depend on them) is measured on the fast
-SSH device ``ssh1`` and on the CPU-quota throttled ``slow`` in one campaign (one export cache), a
-latency predictor is fitted per device, and an accuracy predictor is fitted to a synthetic top-1 that
-grows with MACs (the assertions are about latency, so any monotone accuracy does).  Searching both
-devices under the same budget — one the fast device meets with every measured subnet, the slow one
-only with about half of them — must give the slow device a smaller (or lower-resolution) subnet that,
-re-measured on the device, fits the budget.
+The run's tiny mbv3-tiny supernet (tests/support/tiny.py; random weights: latency does not depend on
+them) is measured on the fast SSH device ``ssh1`` and on the CPU-quota throttled ``slow`` in one
+campaign (the run's shared export cache), a latency predictor is fitted per device, and an accuracy
+predictor is fitted to a synthetic top-1 that grows with MACs (the assertions are about latency, so
+any monotone accuracy does).  Searching both devices under the same budget — one the fast device
+meets with every measured subnet, the slow one only with about half of them — must give the slow
+device a smaller (or lower-resolution) subnet that, re-measured on the device, fits the budget.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
-from edgenas import build_supernet
 from edgenas.cli import main
-from edgenas.core.files import sha256_file
 from edgenas.measure.bench import BenchSettings
 from edgenas.measure.campaign import list_measurements, measure
 from edgenas.measure.plan import sample_archs
@@ -30,7 +27,6 @@ from edgenas.predictors.latency_fit import fit
 from edgenas.records.store import open_store
 from edgenas.search.job import run_search
 from edgenas.search.problem import Constraints
-from edgenas.training.data import load_data
 
 pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 
@@ -52,12 +48,10 @@ def register(home: Path, fleet, *names: str) -> None:
 # `make test` keeps the property "one budget, a subnet per device, verified there" through
 # tests/integration/test_fleet_specialize.py (three classes of local devices).
 @pytest.mark.campaign
-def test_throttled_device_gets_a_smaller_arch_within_the_same_budget(fleet, workspace, tmp_path):
-    torch.manual_seed(0)
-    data = load_data("digits", size=32)
-    net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
-    ckpt = net.save(tmp_path / "tiny.pt", meta={"data": {"source": "digits"}})
-    space, sha = net.space, sha256_file(ckpt)
+def test_throttled_device_gets_a_smaller_arch_within_the_same_budget(fleet, workspace, tmp_path,
+                                                                     tiny_supernet):
+    ckpt, space, sha = tiny_supernet.ckpt, tiny_supernet.space, tiny_supernet.sha
+    tiny_supernet.link_exports(workspace)  # the run's shared latency exports
     register(workspace, fleet, FAST, SLOW)
 
     with open_store(workspace) as store:
