@@ -14,6 +14,7 @@ import pytest
 from edgenas.core.files import sha256_file
 from edgenas.export.pipeline import read_manifest
 from edgenas.records.store import open_store
+from tests.support.cli_runner import Cli
 
 EDGENAS = str(Path(sys.executable).parent / "edgenas")
 ARGS = ["quickstart", "--minutes", "0.2", "--samples", "8", "--accuracy-samples", "8",
@@ -85,10 +86,7 @@ def test_evaluate_reproduces_the_exported_accuracy_on_host_and_device(first_run)
     for precision in ("int8", "fp32"):
         model = home / "quickstart" / "models" / precision
         recorded = read_manifest(model)["accuracy"]["exported_top1"]
-        for where in ([], ["--device", "local"]):
-            proc = subprocess.run([EDGENAS, "--home", str(home), "evaluate", str(model), *where,
-                                   "--json"], capture_output=True, text=True, timeout=300)
-            assert proc.returncode == 0, proc.stderr[-2000:]
-            result = json.loads(proc.stdout)
+        for where in ([], ["--device", "local"]):  # in this process: the rerun above is the CLI's
+            result = Cli(home).json("evaluate", str(model), *where)
             assert result["images"] > 0 and result["top1"] == pytest.approx(recorded, abs=1e-9)
             assert result["where"] == (where[1] if where else "host")
