@@ -1,8 +1,7 @@
 """``edgenas bench`` and measurement campaigns against the real fleet, the real runner and real TFLite.
 
 The run's tiny mbv3-tiny supernet with random weights (latency does not depend on them) and its shared
-export cache (tests/support/tiny.py); the campaign test reuses that cache and exports the subnets no
-test has exported yet in worker processes.
+export cache (tests/support/tiny.py), which holds every subnet the tests here measure.
 """
 
 from __future__ import annotations
@@ -35,17 +34,24 @@ pytestmark = [pytest.mark.fleet, pytest.mark.usefixtures("user_home")]
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"runs": 10, "min_secs": 0.2, "warmup_secs": 0.05}  # the protocol, shortened for tests
 CAMPAIGN_SAMPLES = 8  # a latency predictor's minimum (the test fits one from the campaign)
+REPEATED_SAMPLES = 3  # the repeated campaign's
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_supernet) -> dict:
-    """The run's tiny supernet, its shared export cache and three exported models."""
+    """The run's tiny supernet, its shared export cache and three exported models.  The cache holds
+    the campaigns' subnets too, so the killed campaign and its resume benchmark at once instead of
+    each starting export workers (those are tested by test_quickstart, test_fleet_specialize and
+    test_pretrained_path)."""
     t = tiny_supernet
     space = t.space
     models = {name: t.export(arch, precision)
               for name, arch, precision in (("min", space.smallest(), "fp32"),
                                             ("max", space.largest(), "fp32"),
                                             ("min-int8", space.smallest(), "int8"))}
+    for n in (CAMPAIGN_SAMPLES, REPEATED_SAMPLES):
+        for arch in sample_archs(space, n, 0):
+            t.export(arch, "fp32")
     return {"ckpt": t.ckpt, "cache": t.cache, "sha": t.sha, "space": space, **models}
 
 
@@ -338,8 +344,8 @@ def test_repeated_campaign_spreads_passes_and_tops_up_on_resume(tmp_path, tiny):
         registry.add_device(store, registry.make_device("here", "local", home=tmp_path))
 
         def run(repeats: int):
-            return measure(store, tmp_path, tiny["ckpt"], ["here"], 3, ["fp32"], 1, 0, workers=0,
-                           progress=False, export_cache=tiny["cache"], settings=settings,
+            return measure(store, tmp_path, tiny["ckpt"], ["here"], REPEATED_SAMPLES, ["fp32"], 1,
+                           0, workers=0, progress=False, export_cache=tiny["cache"], settings=settings,
                            repeats=repeats)
 
         first = run(2)
