@@ -5,7 +5,11 @@ Each export runs in its own process, one after the other (never side by side: th
 cores), and each reports wall time and peak RSS, per phase and in all:
 
 * ``edgenas``: ``edgenas.export.api.export`` of ``max`` at int8, as ``edgenas export`` runs it, on a
-  random-weight ``mbv3-w1.0`` supernet (fresh initialisation; BN is recalibrated on the images);
+  random-weight ``mbv3-w1.0`` supernet (fresh initialisation): BN recalibrated on the training
+  images, int8 calibrated, float and int8 top-1 measured on the validation images;
+* ``edgenas-convert``: the peer's work only — the same subnet saved as a subnet checkpoint with its
+  own BN statistics (what ``edgenas subnet finetune`` leaves), exported with
+  ``validation_samples=0``: graph, parity check, int8 calibration on the same images, write;
 * ``baseline`` (``--baseline REV``): the same call with the package of an earlier revision
   (``git archive`` into a temporary folder, first on ``PYTHONPATH``);
 * ``peer``: ``keras.applications.MobileNetV3Large(weights=None)`` converted by
@@ -17,7 +21,7 @@ process's RSS high-water mark reset at the phase's start (``/proc/self/clear_ref
 are a folder of synthetic JPEGs unless ``--images`` names an ImageFolder; the ratio compares
 seconds per MAC.  Prints a table, writes ``benchmarks/results/export.json``.
 
-    .venv/bin/python benchmarks/export.py --baseline 74b38d9
+    .venv/bin/python benchmarks/export.py --baseline c3dfb8a   # the last converter-path revision
 """
 
 from __future__ import annotations
@@ -60,11 +64,15 @@ PHASES = [
     ("edgenas.export.pipeline", "tflite_logits", "validation, int8 (LiteRT)"),
     ("edgenas.export.pipeline", "make_interpreter", "interpreter"),
     ("edgenas.export.pipeline", "ModelPackage.write", "write package"),
+    ("edgenas.export.pipeline", "prepare", "graph + fp32 parity"),
+    ("edgenas.export.pipeline", "serialize", "calibrate + write int8"),
 ]
 # the converter's own steps, inside "convert + calibrate"
 CONVERTER_PHASES = [
     ("tensorflow.lite.python.optimize.calibrator", "Calibrator.calibrate", "converter calibration"),
     ("tensorflow.lite.python.lite", "_mlir_quantize", "converter quantisation"),
+    ("edgenas.export.graph", "activation_ranges", "int8 ranges (torch)"),
+    ("edgenas.export.flatbuffer", "write_tflite", "flatbuffer writes"),
 ]
 
 
@@ -149,7 +157,10 @@ def child_export(args: argparse.Namespace) -> dict[str, Any]:
     _reset_hwm()
     recorder.install(PHASES)
     inner = Recorder()  # the converter's steps, reported beside the phases
-    inner.install(CONVERTER_PHASES)  # imports TensorFlow: counted in "start-up"
+    # the converter's steps exist only where the exporter imports TensorFlow (the baseline):
+    # importing it here for the others would add TensorFlow's memory to a run that never uses it
+    inner.install([p for p in CONVERTER_PHASES
+                   if args.child == "baseline" or not p[0].startswith("tensorflow")])
     import edgenas
     from edgenas.export.api import export
 
@@ -157,8 +168,12 @@ def child_export(args: argparse.Namespace) -> dict[str, Any]:
                                              "peak_rss_mb": _vm_hwm_mb(), "calls": 1,
                                              "cpu_s": _cpu_s()}
 
-    result = export(args.ckpt, "max", "int8", args.out, args.images,
-                    calibration_samples=args.calibration)
+    if args.child == "edgenas-convert":  # the peer's work: own BN statistics, no validation
+        result = export(args.subnet, None, "int8", args.out, args.images,
+                        calibration_samples=args.calibration, validation_samples=0)
+    else:
+        result = export(args.ckpt, "max", "int8", args.out, args.images,
+                        calibration_samples=args.calibration)
     m = result.manifest
     return {"package": str(Path(edgenas.__file__).parent), "wall_s": time.perf_counter() - start,
             "phases": recorder.phases, "converter": inner.phases, "arch": m["arch"],
@@ -277,7 +292,9 @@ def run_child(mode: str, work: Path, extra: list[str], env: dict[str, str] | Non
                          + log.read_text()[-3000:])
     out = json.loads(report.read_text())
     out["process_wall_s"] = wall
-    out["peak_rss_mb"] = usage.ru_maxrss / 1024
+    # ru_maxrss is carried across exec (it starts at this parent's RSS at the fork), so the peak is
+    # the child's own high-water marks: the largest of its phases' and its last one
+    out["peak_rss_mb"] = out.get("process_peak_mb") or usage.ru_maxrss / 1024
     out["cpu_s"] = {"user": usage.ru_utime, "system": usage.ru_stime}
     return out
 
@@ -306,6 +323,7 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--report", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--subnet", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--images-npy", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mean", type=float, nargs=3, help=argparse.SUPPRESS)
@@ -313,8 +331,12 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.child:
-        result = child_export(args) if args.child in ("edgenas", "baseline") else child_peer(args)
+        result = (child_export(args) if args.child in ("edgenas", "edgenas-convert", "baseline")
+                  else child_peer(args))
         result["child_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["process_peak_mb"] = max([_vm_hwm_mb()] + [
+            p["peak_rss_mb"] for p in [*result["phases"].values(), *result.get(
+                "converter", {}).values()]])
         Path(args.report).write_text(json.dumps(result))
         return
 
@@ -335,6 +357,17 @@ def main() -> None:
     net = build_supernet("mbv3-w1.0", data.num_classes, labels=data.labels,
                          normalization=data.normalization)
     ckpt = net.save(work / "supernet.pt", meta={"data": {"source": str(images)}})
+    # the largest subnet as a checkpoint with its own BN statistics (estimated here, untimed):
+    # what `edgenas subnet finetune` leaves, exported the way the peer converts
+    from edgenas.supernets.subnet_ckpt import save_subnet
+    from edgenas.training.evaluate import recalibrate_bn
+
+    largest = net.extract(net.space.largest())
+    recalibrate_bn(largest, data.calibration_images(128, 224), batch_size=32)
+    subnet = save_subnet(work / "subnet.pt", largest, net.space.largest(), net.space,
+                         data.labels, data.normalization,
+                         meta={"data": {"source": str(images)}})
+    del largest
     calib = data.calibration_images(args.calibration, 224)  # the images edgenas calibrates on
     mean = torch.tensor(data.normalization["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(data.normalization["std"]).view(1, 3, 1, 1)
@@ -359,6 +392,8 @@ def main() -> None:
                                      env={"PYTHONPATH": str(tree)})
         runs["baseline"]["revision"] = args.baseline
     runs["edgenas"] = run_child("edgenas", work, [*common, "--out", str(work / "edgenas")])
+    runs["edgenas-convert"] = run_child("edgenas-convert", work, [
+        *common, "--subnet", str(subnet), "--out", str(work / "edgenas-convert")])
     if not args.no_peer:
         runs["peer"] = run_child("peer", work, [
             "--images-npy", str(work / "calibration.npy"), "--out", str(work / "peer"),
@@ -373,7 +408,7 @@ def report(runs: dict[str, Any], args: argparse.Namespace, load_before: tuple[fl
     sys.path.insert(0, str(REPO))
     from edgenas.cli.common import table
 
-    names = [n for n in ("baseline", "edgenas") if n in runs]
+    names = [n for n in ("baseline", "edgenas", "edgenas-convert") if n in runs]
     phase_names: list[str] = []
     for n in names:
         for p in runs[n]["phases"]:

@@ -21,7 +21,7 @@ from edgenas.cli.common import echo_json, human
               help="digits, an ImageFolder or CIFAR-10 folder [default: the training data].")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=500, show_default=True,
               help="Real images used to calibrate int8 activation ranges.")
-@click.option("--bn-samples", type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option("--bn-samples", type=click.IntRange(min=1), default=500, show_default=True,
               help="Training images that re-estimate a supernet subnet's BN statistics (a "
                    "fine-tuned subnet keeps its own).")
 @click.option("--validation-samples", type=click.IntRange(min=0), default=1000,

@@ -28,7 +28,10 @@ from edgenas.training.data import ImageData, StreamedImageData, load_data
 from edgenas.training.evaluate import recalibrate_bn
 
 DEFAULT_CALIBRATION = 500
-BN_CALIBRATION = 2000
+# BN re-estimation images: the int8 calibration images are the first of them (one seeded choice),
+# so with equal counts the export decodes one set.  500 re-estimate as well as the whole training
+# split did on digits (benchmarks/bn_images.py); fewer start to cost accuracy.
+BN_CALIBRATION = 500
 DEFAULT_VALIDATION = 1000
 SOURCE = "export"
 BN_BATCH = 32  # images per BN-recalibration pass: at 224 px, 250 held several GB of activations
@@ -82,7 +85,8 @@ def _load_source(source: str | Path | MobileNetV3Supernet, arch: Arch | str | No
             raise ExportError(f"{path} is a fine-tuned subnet of arch {sub.arch}; "
                               f"it cannot be exported as {arch}")
         return _Source(sub.model.eval(), sub.arch, sub.space, list(sub.labels),
-                       dict(sub.normalization), sub.data_source, provenance, False)
+                       dict(sub.normalization), training_data_source(sub.meta), provenance,
+                       False)
     raise ExportError(f"{path}: not an edgenas supernet or subnet checkpoint")
 
 

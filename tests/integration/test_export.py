@@ -166,6 +166,28 @@ def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
     assert predicted == direct
 
 
+def test_fine_tuned_subnet_checkpoint_exports_with_its_own_bn_statistics(trained, tmp_path):
+    """A subnet checkpoint (what `subnet train` writes) is exported as it is: its data set from
+    its meta, its BN statistics kept, no other arch accepted."""
+    from edgenas.supernets.subnet_ckpt import save_subnet
+
+    net, arch, model = trained
+    ckpt = save_subnet(tmp_path / "subnet.pt", model, arch, net.space, net.labels,
+                       net.normalization, {"data": "digits"})
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    result = export(ckpt, None, "int8", tmp_path / "m", calibration_samples=64,
+                    validation_samples=100)
+    m = result.manifest
+    assert m["arch"] == arch.to_string() and m["provenance"]["source_format"] == "edgenas-subnet"
+    assert m["provenance"]["bn_recalibrated"] is False and "bn_images" not in m["provenance"]
+    assert m["accuracy"]["samples"] == 100 and m["accuracy"]["float_top1"] > 0.6
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)
+    other = net.space.largest().to_string()
+    with pytest.raises(ExportError, match="cannot be exported as"):
+        export(ckpt, other, "int8", tmp_path / "m2", calibration_samples=8)
+    assert not (tmp_path / "m2").exists()
+
+
 def test_export_refuses_without_data_and_detects_tampering(tmp_path) -> None:
     net = build_supernet("mbv3-tiny", 10)
     ckpt = net.save(tmp_path / "s.pt")
