@@ -5,7 +5,8 @@ protocol, each next to the protocol's own noise floor.
                                            [--protocols default,trimmed]
                                            [--out benchmarks/results/measure.json]
 
-For each protocol, a random-weight mbv3-tiny supernet in a fresh temporary workspace (so nothing is
+For each protocol, a random-weight supernet of ``--space`` (default mbv3-tiny) in a fresh temporary
+workspace (so nothing is
 cached) is measured by `edgenas measure` on the host: the wall time of that first pass, exports
 included, gives subnets per minute (the few-shot issue's floor: 30).  Exports overlap benchmarks (the
 export workers keep off the core the benchmark uses, see docs/measurement.md).  Then every subnet is
@@ -37,7 +38,8 @@ from edgenas.measure.adaptive import TRIMMED  # noqa: E402  (the protocol `measu
 PROTOCOLS = {"default": dict(runs=50, min_secs=1.0, warmup_secs=0.5), "trimmed": dict(TRIMMED)}
 
 
-def run_protocol(name: str, samples: int, precisions: list[str], workers: int) -> dict:
+def run_protocol(name: str, samples: int, precisions: list[str], workers: int,
+                 space: str = "mbv3-tiny") -> dict:
     import numpy as np
     import torch
 
@@ -54,8 +56,11 @@ def run_protocol(name: str, samples: int, precisions: list[str], workers: int) -
     with tempfile.TemporaryDirectory(prefix="edgenas-bench-measure-") as tmp:
         home = Path(tmp)
         torch.manual_seed(0)
-        data = load_data("digits", size=32)
-        net = build_supernet("mbv3-tiny", 10, labels=data.labels, normalization=data.normalization)
+        from edgenas.space.spec import SearchSpace
+
+        size = SearchSpace.load(space).resolutions[-1]
+        data = load_data("digits", size=size)
+        net = build_supernet(space, 10, labels=data.labels, normalization=data.normalization)
         ckpt = net.save(home / "tiny.pt", meta={"data": {"source": "digits"}})
         with open_store(home) as store:
             registry.add_device(store, registry.make_device("host", "local", home=home))
@@ -85,6 +90,7 @@ def run_protocol(name: str, samples: int, precisions: list[str], workers: int) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="mbv3-tiny")
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--workers", type=int, default=2)
@@ -92,7 +98,7 @@ def main() -> None:
                     help=f"Comma list of {', '.join(PROTOCOLS)}.")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "measure.json")
     args = ap.parse_args()
-    rows = [run_protocol(p, args.samples, args.precision.split(","), args.workers)
+    rows = [run_protocol(p, args.samples, args.precision.split(","), args.workers, args.space)
             for p in args.protocols.split(",")]
     print(f"{'protocol':10} {'runs':>5} {'min s':>6} {'warm s':>6} {'subnets/min':>12} "
           f"{'noise ±5 %':>10} {'noise ±10 %':>11} {'load':>11}")
@@ -101,7 +107,7 @@ def main() -> None:
               f"{r['subnets_per_minute']:12.1f} {100 * (r['noise_within_5'] or 0):9.0f}% "
               f"{100 * (r['noise_within_10'] or 0):10.0f}% "
               f"{r['load_avg'][0]:5.2f}-{r['load_avg'][1]:<5.2f}")
-    result = {"benchmark": "measure", "space": "mbv3-tiny", "samples": args.samples,
+    result = {"benchmark": "measure", "space": args.space, "samples": args.samples,
               "precisions": args.precision.split(","), "workers": args.workers, "rows": rows,
               "host": {"machine": platform.machine(), "python": platform.python_version(),
                        "cpus": os.cpu_count()},
