@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.core.files import sha256_file
 from edgenas.device.registry import list_devices
 from edgenas.measure.plan import sample_archs
 from edgenas.predictors.accuracy import fit_accuracy_predictor, predictor_path, sample_for_accuracy
@@ -76,7 +75,7 @@ def setup(tmp_path_factory, tiny_supernet: Tiny) -> tuple[Cli, Path, Path, float
     macs = {a.to_string(): space.macs(a, 10) for a in archs}
     lo, hi = min(macs.values()), max(macs.values())
     top1 = {a: 0.5 + 0.4 * (m - lo) / (hi - lo) for a, m in macs.items()}
-    sha = sha256_file(ckpt)
+    sha = tiny_supernet.sha
     fit_accuracy_predictor(space, top1, sha, "digits").save(predictor_path(home, sha))
     # The budget is found in a workspace of its own: the tests count this one's measurements.
     calibration = Cli(root / "calibrate-ws")

@@ -24,7 +24,6 @@ SPACE = SearchSpace.load("mbv3-tiny")
 @pytest.mark.usefixtures("user_home")
 def test_a_search_under_a_memory_budget_returns_a_subnet_measured_within_it(tmp_path: Path,
                                                                             tiny_supernet):
-    from edgenas.core.files import sha256_file
     from edgenas.device import registry
     from edgenas.measure.bench import BenchSettings
     from edgenas.measure.campaign import measure
@@ -41,9 +40,9 @@ def test_a_search_under_a_memory_budget_returns_a_subnet_measured_within_it(tmp_
     ckpt = tiny_supernet.ckpt
     # Accuracy grows with every choice the largest subnet makes, so without a memory budget the
     # search would pick a subnet near the largest: the budget is what holds it back.
-    AccuracyPredictor("mbv3-tiny", sha256_file(ckpt), "synthetic",
+    AccuracyPredictor("mbv3-tiny", tiny_supernet.sha, "synthetic",
                       list(0.01 * arch_features(SPACE, SPACE.largest())), 0.3, {"rmse": 0.01},
-                      0).save(predictor_path(home, sha256_file(ckpt)))
+                      0).save(predictor_path(home, tiny_supernet.sha))
     archs = sample_archs(SPACE, 8, 0)  # 8: the minimum; the smallest and the largest among them
     trimmed = BenchSettings(runs=3, min_secs=0.0, warmup_runs=1, warmup_secs=0.0)
     with open_store(home) as store:
