@@ -9,8 +9,9 @@ of other CPUs' costs (int8 vs fp32, XNNPACK vs builtin kernels, 1 vs 2 threads, 
 few kinds up or down together).  So, in two stages:
 
 1. **Prior = a non-negative combination of the known profiles' costs, per group of kinds.**  Every
-   other stored profile (device × precision × threads, same search space and run-time statistic)
-   gets a per-device predictor fitted on all of its measurements; its per-kind costs ``c_j`` are
+   other stored profile (device × precision × threads, same search space) gets a per-device
+   predictor fitted on all of its measurements — their fastest runs, whose shape a busy host spoils
+   least (:data:`SHAPE_STATISTIC`); its per-kind costs ``c_j`` are
    mapped into one common coordinate system (the per-stage feature set, a superset of the per-kind
    one).  The kinds fall into four groups whose costs move together between devices (:data:`GROUPS`:
    per-operator overhead, elementwise work, 1×1/dense MACs, depthwise MACs): a second thread halves
@@ -68,6 +69,16 @@ COMPARE_FROM = 40  # below this many subnets `auto` does not let the per-device 
 # 13 costs, not 24).  When the known profiles do not resemble the new one (XNNPACK off while every
 # known profile has it on), shrinking toward their mix hurts; cross-validation then picks this.
 OWN = -1.0
+# What a known profile lends a new one is the *shape* of its costs — how the kinds of work compare —
+# since the mix rescales each group of kinds anyway.  So the prior is fitted from each profile's
+# fastest run per subnet, which interference only ever adds to: a profile measured on a busy host
+# keeps its shape in its minima, not in its medians.  Issue 29's one prior (this host at 1 thread,
+# measured at load 6-14: every row's CV above 5 %, medians up to 2.4× the minimum, unevenly by
+# subnet) put the same host's idle medians of 128 subnets at 0.76-0.96× its median fit (p10-p90),
+# 0.94-1.09× its minimum fit; 16-subnet campaigns replayed on those 128 held 86 % of unseen subnets
+# within ±10 % from the medians, 90 % from the minima, and one real campaign's data 73 % vs 93 %
+# of 15 (benchmarks/results/few_shot_wallclock-t1-after.json).
+SHAPE_STATISTIC = "min"
 LOO_MAX = 40  # above this many samples the held-out estimate uses 10 folds instead of leave-one-out
 
 
@@ -385,9 +396,11 @@ def _rank(q: dict[str, Any]) -> tuple[float, float]:
 
 def sources_from_store(store: Store, space: SearchSpace, exclude: tuple[str, str, int],
                        statistic: str = "median", home: Path | None = None,
-                       min_samples: int = MIN_SOURCE_SAMPLES) -> list[SourceProfile]:
+                       min_samples: int = MIN_SOURCE_SAMPLES,
+                       shape_statistic: str = SHAPE_STATISTIC) -> list[SourceProfile]:
     """Every other profile of the workspace with ≥ ``min_samples`` measured subnets of ``space``
-    (fitted on all of them), plus saved predictors of profiles with no measurements here."""
+    (fitted on all of them, from their ``shape_statistic``: see :data:`SHAPE_STATISTIC`), plus saved
+    predictors of profiles with no measurements here (of ``statistic``)."""
     from edgenas.records.measurements import profiles
 
     out: list[SourceProfile] = []
@@ -398,7 +411,7 @@ def sources_from_store(store: Store, space: SearchSpace, exclude: tuple[str, str
         if key == tuple(exclude) or n < min_samples:
             continue
         try:
-            ts = lat.training_set(store, *key, space=space.name, statistic=statistic)
+            ts = lat.training_set(store, *key, space=space.name, statistic=shape_statistic)
         except lat.LatencyPredictorError:
             continue
         out.append(SourceProfile.fit(f"{key[0]}/{key[1]}/t{key[2]}", ts.space, ts.archs,

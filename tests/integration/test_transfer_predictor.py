@@ -282,10 +282,14 @@ def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_its
     assert rows[3]["arch"] == rows[0]["arch"] and rows[6]["arch"] == rows[1]["arch"], rows
 
 
-# A shorter full protocol than `bench`'s default (1 s, 0.5 s warm-up) keeps this test near a minute;
-# the campaign learns from it (and from the trimmed one while that agrees) and is judged by it.
+# A shorter full protocol than `bench`'s default (1 s, 0.5 s warm-up) keeps this test under a
+# minute; the campaign learns from it (and from the trimmed one while that agrees) and is judged by it.
 JUDGED = {"runs": 30, "min_secs": 0.4, "warmup_secs": 0.2}
-UNSEEN = 8  # subnets neither device has seen: the noise floor and the judgement each from 8 pairs
+UNSEEN = 10  # subnets neither device has seen: the noise floor and the judgement each from 10 pairs
+# The one prior: this host's 1-thread profile as benchmarks/few_shot_wallclock.py measured it while
+# other work ran — 60 subnets, every row's CV above the 5 % threshold, medians up to 2.4× the minimum.
+LOADED = json.loads((Path(__file__).parents[1] / "support" / "data"
+                     / "transfer_loaded_host.json").read_text())
 
 
 def runnable_tasks(seconds: float = 1.0) -> float:
@@ -301,22 +305,39 @@ def runnable_tasks(seconds: float = 1.0) -> float:
     return float(np.mean(samples)) if samples else 0.0
 
 
+def store_loaded_prior(home: Path, device: str = "a") -> None:
+    """The loaded host's profile as the rows it was stored as: noisy, each with its own statistics."""
+    with open_store(home) as store, store.transaction() as conn:
+        for a, r in LOADED["rows"].items():
+            conn.execute(
+                "INSERT INTO measurements (device, arch, space, precision, threads, model_sha256, "
+                "median_ms, min_ms, mean_ms, p90_ms, cv, noisy, runtime, runtime_version, result_json, "
+                "created_at) VALUES (?, ?, 'mbv3-tiny', 'fp32', 1, 'sha', ?, ?, ?, ?, ?, 1, 'litert', "
+                "'2.3.0', '{}', ?)",
+                (device, a, r["median_ms"], r["min_ms"], r["mean_ms"], r["p90_ms"], r["cv"],
+                 time.time()))
+
+
 # Quiet: a wall-clock judgement against the host's own noise floor, so it runs alone after the
-# parallel pass, never beside another worker's tests.  Campaign tier (make test-all) while this 2-core
-# VM's own 2-thread re-benchmarks agree within 10 % on 12-50 % of subnets even idle: in three idle
-# runs it passed, skipped and failed once each, and make test must not flake.
+# parallel pass, never beside another worker's tests.  One thread: on a 2-core host a 2-thread
+# benchmark competes with everything else on the machine (this VM's own 2-thread re-benchmarks agree
+# within ±10 % on 12-50 % of subnets even idle), a 1-thread one has a core to itself (100 %).
+# Campaign tier (make test-all), not make test: at a 100 % floor it asks 9 of 10 unseen subnets
+# within ±10 %, and a one-prior transfer here holds 90-93 % of them on average (replayed campaigns
+# and benchmarks/few_shot_wallclock.py), so 10 subnets fall short of 9 about one run in four — two
+# idle runs on this VM at ~60 s each: 10/10, then 8/10.  make test must not flake.
 @pytest.mark.campaign
 @pytest.mark.quiet
 @pytest.mark.usefixtures("user_home")
-def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise_floor(tmp_path):
-    """Issue 29: a second local device at 2 threads, one prior profile (this host at 1 thread, stored),
-    a few-shot predictor from an adaptive campaign, then subnets neither has seen benchmarked twice
-    each with the full protocol.  The predictor must hold the device's own repeatability less 10
-    points.  It did not while the campaign benchmarked beside its own exports: on 2 cores a 2-thread
-    benchmark shares a core with the export worker and reads slow, the larger subnets most, so the
-    predictor learnt a device slower than `bench` then measured (13-27 % high above 0.6 ms).  On a
-    host busy with other work (more runnable tasks than cores), or one whose own re-benchmarks agree
-    less than half the time, it skips: no predictor can be judged there."""
+def test_a_second_local_device_from_16_adaptive_measurements_holds_its_own_noise_floor(tmp_path):
+    """Issue 29: a second local profile learnt by an adaptive campaign of 16 measurements with one
+    prior profile — this host's, measured on a busy day — then 10 subnets neither has seen
+    benchmarked twice each with the full protocol.  The predictor must hold the device's own
+    repeatability less 10 points.  It did not while the prior was fitted from the loaded profile's
+    medians (they carry the load, unevenly by subnet: a 16-subnet transfer held 13 of 15 unseen
+    subnets, ±10 % misses up to 16 %); it is fitted from the profile's minima now.  On a host busy
+    with other work (more runnable tasks than cores), or one whose own re-benchmarks agree less than
+    half the time, it skips: no predictor can be judged there."""
     import torch
 
     from edgenas.device import registry
@@ -327,52 +348,52 @@ def test_a_second_local_device_from_10_adaptive_measurements_holds_its_own_noise
 
     cores = os.cpu_count() or 1
 
-    def busy() -> bool:  # more runnable work than cores: a 2-thread run waits its turn
+    def busy() -> bool:  # more runnable work than cores: the benchmark waits its turn
         return runnable_tasks() > cores
 
     if busy():
-        pytest.skip(f"{runnable_tasks():.1f} runnable tasks on {cores} cores: a 2-thread benchmark's "
-                    "median here measures the scheduler")
+        pytest.skip(f"{runnable_tasks():.1f} runnable tasks on {cores} cores: a benchmark's median "
+                    "here measures the scheduler")
     home = tmp_path
     torch.manual_seed(0)
     ckpt = build_supernet("mbv3-tiny", 10).save(home / "tiny.pt")
     with open_store(home) as store:
         for name in ("b", "x"):
             registry.add_device(store, registry.make_device(name, "local", home=home))
-    prior = "host/fp32/t1"
-    store_profile(home, prior, sorted(PROFILES[prior]), device="a")  # the one prior profile
-    full = BenchSettings(threads=2, **JUDGED)
+    store_loaded_prior(home)  # the one prior profile
+    full = BenchSettings(threads=1, **JUDGED)
     candidates = [a.to_string() for a in SPACE.sample_many(4 * UNSEEN, 11)]
     with open_store(home) as store, ExportWorkers() as workers:
-        rep = measure_adaptive(store, home, ckpt, "b", 10, "fp32", 2, workers=2, settings=full,
+        rep = measure_adaptive(store, home, ckpt, "b", 16, "fp32", 1, workers=2, settings=full,
                                trim=True, progress=False, statistic="median",
                                export_workers=workers)
-        pred = fit(store, "b", "fp32", 2, statistic="median")
-        unseen = [a for a in candidates if a not in set(rep.measured)][:UNSEEN]
+        pred = fit(store, "b", "fp32", 1, statistic="median")
+        unseen = [a for a in dict.fromkeys(candidates) if a not in set(rep.measured)][:UNSEEN]
         # exported first (on x, one cheap run each), then benchmarked alone as `bench` does
         measure(store, home, ckpt, ["x"], len(unseen), ["fp32"], 1, 0, 2, progress=False,
                 settings=BenchSettings(runs=1, min_secs=0.0, warmup_secs=0.0), archs=unseen,
                 export_workers=workers)
-        done = measure(store, home, ckpt, ["b"], len(unseen), ["fp32"], 2, 0, 2, progress=False,
+        done = measure(store, home, ckpt, ["b"], len(unseen), ["fp32"], 1, 0, 2, progress=False,
                        settings=full, archs=unseen, repeats=2, export_workers=workers)
         rows = store.query("SELECT arch, median_ms FROM measurements WHERE device = 'b' "
                            f"AND arch IN ({','.join('?' * len(unseen))}) ORDER BY id", unseen)
     assert rep.complete and done.complete, (rep.to_dict(), done.to_dict())
     assert len(set(rep.measured)) <= 20 and pred.extra["method"] == "transfer", pred.extra
+    assert list(pred.extra["prior"]) == ["a/fp32/t1"], pred.extra
     assert rep.rounds[-1].unseen is not None, rep.to_dict()  # its own estimate on unseen subnets
     by: dict[str, list[float]] = {}
     for r in rows:
         by.setdefault(r["arch"], []).append(float(r["median_ms"]))
+    assert len(unseen) == UNSEEN and all(len(by[a]) == 2 for a in unseen), (unseen, by)
     first = np.asarray([by[a][0] for a in unseen])
     second = np.asarray([by[a][1] for a in unseen])
     floor = float(np.mean(np.abs(second / first - 1) <= 0.10))
-    # a host this loaded repeats no 2-thread benchmark: nothing can be judged on it
-    assert len(unseen) == UNSEEN, (len(unseen), rep.measured)
-    if floor < 0.5 or busy():
+    if floor < 0.5 or busy():  # a host this loaded repeats no benchmark: nothing can be judged
         pytest.skip(f"this host's own re-benchmarks agree within ±10 % only {100 * floor:.0f} % "
                     f"({runnable_tasks():.1f} runnable tasks on {cores} cores)")
     y = (first + second) / 2
     yhat = pred.predict_many(SPACE, [SPACE.parse(a) for a in unseen])
     within = float(np.mean(np.abs(yhat / y - 1) <= 0.10))
     detail = [(a, round(float(p), 3), by[a]) for a, p in zip(unseen, yhat)]
-    assert within >= floor - 0.10, (within, floor, detail, [r.line() for r in rep.rounds])
+    assert within >= floor - 0.10 - 1e-9, (within, floor, pred.extra["describe"], detail,
+                                           [r.line() for r in rep.rounds])
