@@ -62,6 +62,7 @@ PHASES = [
     ("edgenas.export.pipeline", "float_logits", "validation, float (torch)"),
     ("edgenas.export.pipeline", "run_tflite", "validation, int8 (LiteRT)"),
     ("edgenas.export.pipeline", "tflite_logits", "validation, int8 (LiteRT)"),
+    ("edgenas.export.pipeline", "validation_logits", "validation, float (torch graph) + int8 (LiteRT)"),
     ("edgenas.export.pipeline", "make_interpreter", "interpreter"),
     ("edgenas.export.pipeline", "ModelPackage.write", "write package"),
     ("edgenas.export.pipeline", "prepare", "graph + fp32 parity"),
@@ -319,6 +320,8 @@ def main() -> None:
     parser.add_argument("--baseline-json", default=None,
                         help="reuse the baseline of an earlier run's JSON instead of rerunning it")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--untuned", action="store_true",
+                        help="also export under the system malloc (no huge pages)")
     parser.add_argument("--work", default=None, help="scratch folder [default: a temp folder]")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--report", default=None, help=argparse.SUPPRESS)
@@ -391,9 +394,21 @@ def main() -> None:
         runs["baseline"] = run_child("baseline", work, [*common, "--out", str(work / "baseline")],
                                      env={"PYTHONPATH": str(tree)})
         runs["baseline"]["revision"] = args.baseline
-    runs["edgenas"] = run_child("edgenas", work, [*common, "--out", str(work / "edgenas")])
+    # `edgenas export` re-executes itself under a huge-page malloc (edgenas/cli/allocator.py):
+    # its children get the environment the command gives itself; the peer, a plain script, not
+    from edgenas.cli.allocator import tuned_environment
+
+    tuned = tuned_environment(dict(os.environ), ["export"]) or {}
+    cli_env = {k: tuned[k] for k in ("GLIBC_TUNABLES", "EDGENAS_MALLOC") if k in tuned}
+    if args.untuned:  # the same export under the system malloc: what the tuning is worth
+        runs["edgenas-untuned"] = run_child("edgenas", work, [
+            *common, "--out", str(work / "edgenas-untuned")], env={"EDGENAS_MALLOC": "system"})
+    runs["edgenas"] = run_child("edgenas", work, [*common, "--out", str(work / "edgenas")],
+                                env=cli_env)
     runs["edgenas-convert"] = run_child("edgenas-convert", work, [
-        *common, "--subnet", str(subnet), "--out", str(work / "edgenas-convert")])
+        *common, "--subnet", str(subnet), "--out", str(work / "edgenas-convert")], env=cli_env)
+    for name in ("edgenas", "edgenas-convert"):
+        runs[name]["malloc"] = cli_env.get("GLIBC_TUNABLES", "system")
     if not args.no_peer:
         runs["peer"] = run_child("peer", work, [
             "--images-npy", str(work / "calibration.npy"), "--out", str(work / "peer"),
@@ -408,7 +423,7 @@ def report(runs: dict[str, Any], args: argparse.Namespace, load_before: tuple[fl
     sys.path.insert(0, str(REPO))
     from edgenas.cli.common import table
 
-    names = [n for n in ("baseline", "edgenas", "edgenas-convert") if n in runs]
+    names = [n for n in ("baseline", "edgenas-untuned", "edgenas", "edgenas-convert") if n in runs]
     phase_names: list[str] = []
     for n in names:
         for p in runs[n]["phases"]:

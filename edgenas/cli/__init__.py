@@ -7,11 +7,14 @@ Each verb group lives in its own module and is registered here; library errors
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgenas import __version__
+from edgenas.cli.allocator import reexec_tuned
 from edgenas.cli.arch import arch
 from edgenas.cli.bench import bench_cmd
 from edgenas.cli.common import Workspace, log_level, setup_logging
@@ -34,8 +37,12 @@ from edgenas.device.cancel import sigterm_as_interrupt
 
 
 class _Main(click.Group):
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        if args is None:  # the process's own command line (not a caller's list): may re-exec
+            reexec_tuned(sys.argv[1:])
+        return super().main(args, *rest, **kwargs)
 
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             # SIGTERM unwinds like Ctrl-C, so commands stop their jobs on devices and release locks.
             with sigterm_as_interrupt():

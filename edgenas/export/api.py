@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from edgenas.core.progress import ProgressFn, reporter
+from edgenas.core.threads import usable_cores
 from edgenas.export.convert import ExportError
 from edgenas.export.images import ImageStream, channels_last, nhwc_strided
 from edgenas.export.pipeline import ExportResult, export_model, sha256_file
@@ -156,7 +157,8 @@ def _recalibrate(model: MobileNetV3, data: ImageData | StreamedImageData, resolu
     (``recalibrate_bn``'s cumulative average is exact whatever the batch size)."""
     images = _Batches(calibration_stream(data, samples, resolution), BN_BATCH)
     with channels_last(model):
-        recalibrate_bn(model, images, batch_size=BN_BATCH)  # type: ignore[arg-type]
+        recalibrate_bn(model, images, batch_size=BN_BATCH,  # type: ignore[arg-type]
+                       workers=usable_cores(4))
 
 
 def export(source: str | Path | MobileNetV3Supernet, arch: Arch | str | None = None,

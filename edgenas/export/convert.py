@@ -188,11 +188,13 @@ class _Rewinding:
         return str(self.handle.read())
 
 
-def make_interpreter(model: bytes | str, threads: int = 1, preserve: bool = False) -> Any:
+def make_interpreter(model: bytes | str, threads: int = 1, preserve: bool = False,
+                     builtin: bool = False) -> Any:
     """LiteRT's interpreter when installed, else TensorFlow's (never tflite_runtime beside TF).
 
     ``preserve`` keeps every intermediate tensor readable after ``invoke`` (tracing a parity
-    failure to its block)."""
+    failure to its block).  ``builtin`` runs TFLite's own kernels without the default XNNPACK
+    delegate: deterministic reference arithmetic whatever XNNPACK build or CPU runs it."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - depends on the environment
@@ -202,6 +204,8 @@ def make_interpreter(model: bytes | str, threads: int = 1, preserve: bool = Fals
     kwargs: dict[str, Any] = {"num_threads": threads}
     if preserve:
         kwargs["experimental_preserve_all_tensors"] = True
+    if builtin:
+        kwargs["experimental_op_resolver_type"] = _builtin_resolver(Interpreter)
     if isinstance(model, bytes):
         kwargs["model_content"] = model
     else:
@@ -210,6 +214,12 @@ def make_interpreter(model: bytes | str, threads: int = 1, preserve: bool = Fals
         interpreter = Interpreter(**kwargs)
         interpreter.allocate_tensors()
     return interpreter
+
+
+def _builtin_resolver(interpreter_cls: Any) -> Any:
+    """``OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`` of the interpreter's own module."""
+    module = sys.modules[interpreter_cls.__module__]
+    return module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
 
 def io_details(interpreter: Any) -> dict[str, Any]:
@@ -225,31 +235,41 @@ def io_details(interpreter: Any) -> dict[str, Any]:
             "output": describe(interpreter.get_output_details()[0])}
 
 
-def run_tflite(model: bytes | str, images_nhwc: np.ndarray, batch: int = 64) -> np.ndarray:
+def run_tflite(model: bytes | str, images_nhwc: np.ndarray, batch: int = 64,
+               builtin: bool = False) -> np.ndarray:
     """Float logits of a TFLite model for normalised NHWC float images (quantising as needed)."""
     return tflite_logits(model, (images_nhwc[start:start + batch]
-                                 for start in range(0, len(images_nhwc), batch)))
+                                 for start in range(0, len(images_nhwc), batch)), builtin=builtin)
 
 
-def tflite_logits(model: bytes | str, batches: Iterable[np.ndarray], threads: int = 1
-                  ) -> np.ndarray:
-    """Float logits of a TFLite model for an iterable of normalised NHWC float batches."""
-    interpreter = make_interpreter(model, threads)
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    results = []
-    current = None
-    for chunk in batches:
+class TFLiteLogits:
+    """One interpreter fed normalised NHWC float batches: resized to each new batch size,
+    input quantised and output dequantised as the model's own tensors say."""
+
+    def __init__(self, model: bytes | str, threads: int = 1, builtin: bool = False) -> None:
+        self.interpreter = make_interpreter(model, threads, builtin=builtin)
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+        self.batch: int | None = None
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
         chunk = np.asarray(chunk, dtype=np.float32)
-        if current != len(chunk):
-            interpreter.resize_tensor_input(inp["index"], [len(chunk), *chunk.shape[1:]])
+        if self.batch != len(chunk):
+            self.interpreter.resize_tensor_input(self.inp["index"], [len(chunk), *chunk.shape[1:]])
             with captured_output():
-                interpreter.allocate_tensors()
-            current = len(chunk)
-        interpreter.set_tensor(inp["index"], quantize(chunk, inp))
-        interpreter.invoke()
-        results.append(dequantize(interpreter.get_tensor(out["index"]), out))
-    return np.concatenate(results)
+                self.interpreter.allocate_tensors()
+            self.batch = len(chunk)
+        self.interpreter.set_tensor(self.inp["index"], quantize(chunk, self.inp))
+        self.interpreter.invoke()
+        return dequantize(self.interpreter.get_tensor(self.out["index"]), self.out)
+
+
+def tflite_logits(model: bytes | str, batches: Iterable[np.ndarray], threads: int = 1,
+                  builtin: bool = False) -> np.ndarray:
+    """Float logits of a TFLite model for an iterable of normalised NHWC float batches
+    (``builtin``: TFLite's own kernels, as an export's validation runs them)."""
+    run = TFLiteLogits(model, threads, builtin=builtin)
+    return np.concatenate([run(chunk) for chunk in batches])
 
 
 def quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

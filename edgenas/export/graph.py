@@ -20,7 +20,9 @@ so a parity failure names the first block that diverged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgenas.core.threads import torch_threads
 from edgenas.supernets.static import ConvBNAct, MBBlock, MobileNetV3
 
 INPUT = "image"
@@ -272,16 +275,51 @@ def run(graph: Graph, x_nchw: torch.Tensor | np.ndarray, keep: Iterable[str] = (
     return {n: v.numpy() for n, v in _Runner(graph)(x, keep).items()}
 
 
-def activation_ranges(graph: Graph, batches: Iterable[np.ndarray | torch.Tensor]
-                      ) -> dict[str, tuple[float, float]]:
+def logits_runner(graph: Graph) -> Callable[[torch.Tensor], np.ndarray]:
+    """The graph's logits for NCHW float batches, constants converted once: a float model that
+    runs faster than the torch module it was built from (batch norm folded).  Safe to call from
+    several threads at once (each call holds its own tensors)."""
+    runner = _Runner(graph)
+    return lambda x: runner(x)[OUTPUT].numpy()
+
+
+def activation_ranges(graph: Graph, batches: Iterable[np.ndarray | torch.Tensor],
+                      workers: int = 1) -> dict[str, tuple[float, float]]:
     """Min and max of every activation tensor (the input included) over all ``batches`` of NCHW
     images: what int8 calibration needs.  A batch gives the same extremes as its images one at a
-    time, so the batch size is a speed choice only."""
+    time, so the batch size is a speed choice only.
+
+    ``workers`` > 1 runs that many batches at once, each on one torch thread with its own
+    min/max table, merged at the end (min and max do not care about order): torch's own
+    threads scale poorly on these small per-layer ops, whole batches per core do not."""
     runner = _Runner(graph)
-    ranges: dict[str, list[float]] = {}
-    for batch in batches:
+    tables: list[dict[str, list[float]]] = []
+    local = threading.local()
+
+    def one(batch: np.ndarray | torch.Tensor) -> None:
+        if not hasattr(local, "ranges"):
+            local.ranges = {}
+            tables.append(local.ranges)
         x = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
-        runner(x, ranges=ranges)
-    if not ranges:
+        runner(x, ranges=local.ranges)
+
+    if workers <= 1:
+        for batch in batches:
+            one(batch)
+    else:
+        with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+            pending: list[Future[None]] = []
+            for batch in batches:  # at most two batches per worker made ahead
+                if len(pending) >= 2 * workers:
+                    pending.pop(0).result()
+                pending.append(pool.submit(one, batch))
+            for future in pending:
+                future.result()
+    if not tables:
         raise ValueError("no calibration images")
-    return {name: (lo, hi) for name, (lo, hi) in ranges.items()}
+    merged = {name: list(bounds) for name, bounds in tables[0].items()}
+    for table in tables[1:]:
+        for name, (lo, hi) in table.items():
+            merged[name][0] = min(merged[name][0], lo)
+            merged[name][1] = max(merged[name][1], hi)
+    return {name: (lo, hi) for name, (lo, hi) in merged.items()}

@@ -10,9 +10,10 @@ is written and the error names the first block that diverged.  Only the ``dynami
 
 from __future__ import annotations
 
-import os
 import platform
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,26 +23,31 @@ import torch
 
 from edgenas.core.files import sha256_file  # noqa: F401  (re-exported by edgenas.export)
 from edgenas.core.progress import Reporter
+from edgenas.core.threads import torch_threads, usable_cores
 from edgenas.export.convert import (
     PRECISIONS,
     ExportError,
+    TFLiteLogits,
     convert,
     io_details,
     make_interpreter,
     tflite_logits,
 )
 from edgenas.export.flatbuffer import WRITABLE, write_tflite
-from edgenas.export.graph import Graph, activation_ranges, build_graph, run
-from edgenas.export.images import ImageStream, as_stream, channels_last, nhwc_strided
+from edgenas.export.graph import (
+    Graph,
+    activation_ranges,
+    build_graph,
+    logits_runner,
+    run,
+)
+from edgenas.export.images import ImageStream, as_stream, nhwc_strided
 from edgenas.export.package import ModelPackage, PackageError
 from edgenas.space.spec import Arch, SearchSpace
 from edgenas.supernets.static import MobileNetV3
 
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 16
-# Images per forward pass when validating: at 224 px the largest subnet's widest activation is
-# 4.8 MB an image, so a batch of 256 held ≈1.2 GB per tensor; 32 runs as fast and holds 150 MB.
-TORCH_BATCH = 32
 TFLITE_BATCH = 16
 CALIBRATION_BATCH = 16  # images per torch pass when calibrating int8 ranges
 
@@ -81,7 +87,8 @@ class Prepared:
         if self._ranges is None or self._ranges[0] is not calibration:  # held: no id reuse
             with torch.no_grad():
                 self._ranges = (calibration, activation_ranges(
-                    self.graph, (nhwc_strided(b) for b in calibration.batches(CALIBRATION_BATCH))))
+                    self.graph, (nhwc_strided(b) for b in calibration.batches(CALIBRATION_BATCH)),
+                    workers=usable_cores(4)))
         return self._ranges[1]
 
     def keras_model(self, calibration: ImageStream) -> Any:
@@ -105,16 +112,41 @@ def prepare(model: MobileNetV3, arch: Arch, calibration_nchw: np.ndarray | Image
     return Prepared(model, graph, parity)
 
 
-def float_logits(model: MobileNetV3, images: ImageStream) -> np.ndarray:
-    """The torch model's logits for every image of ``images``, :data:`TORCH_BATCH` at a time."""
-    with torch.no_grad(), channels_last(model):
-        return np.concatenate([model(nhwc_strided(x)).numpy()
-                               for x in images.batches(TORCH_BATCH)])
+def validation_logits(graph: Graph, blob: bytes, images: ImageStream
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of the float network and of the exported model ``blob`` on ``images``, each batch
+    made once for both.
 
+    The float network runs as its operator graph in torch (batch norm folded; equal to the torch
+    module within :data:`PARITY_TOLERANCE`, checked by :func:`prepare`).  The exported model runs
+    on TFLite's built-in kernels, not the XNNPACK delegate: its int8 arithmetic is the reference
+    one whatever CPU validates it, and on x86 XNNPACK's int8 runs the largest subnets at half that
+    speed (7×7 depthwise layers) while it wins only on small ones, which cost little either way.
+    Neither scales well past one thread at these sizes, so each core runs its own one-thread
+    jobs — a batch through the graph, or a batch through that core's own interpreter — taken from
+    one queue: the cores stay busy until the last batch whichever model is slower."""
+    cores = usable_cores(4)
+    floats = logits_runner(graph)
+    local = threading.local()
 
-def _threads() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1))
+    def exported(batch: np.ndarray) -> np.ndarray:
+        if not hasattr(local, "run"):  # an interpreter is not shared between threads
+            local.run = TFLiteLogits(blob, threads=1, builtin=True)
+        return local.run(batch)
+
+    def float_job(batch: np.ndarray) -> np.ndarray:
+        # an NHWC array seen as NCHW: channels-last strides, no copy
+        return floats(torch.from_numpy(batch).permute(0, 3, 1, 2))
+
+    results: list[tuple[Future[np.ndarray], Future[np.ndarray]]] = []
+    with torch.no_grad(), torch_threads(1), ThreadPoolExecutor(cores) as pool:
+        for batch in images.nhwc_batches(TFLITE_BATCH):
+            # at most two batches per core in flight: the images are made as they are consumed
+            if len(results) >= 2 * cores:
+                wait(results[-2 * cores])
+            results.append((pool.submit(float_job, batch), pool.submit(exported, batch)))
+        return (np.concatenate([f.result() for f, _ in results]),
+                np.concatenate([e.result() for _, e in results]))
 
 
 def check_parity(graph: Graph, model: MobileNetV3, images_nchw: np.ndarray) -> float:
@@ -231,10 +263,10 @@ def export_model(model: MobileNetV3, arch: Arch, space: SearchSpace, labels: lis
         images, targets = as_stream(validation[0]), np.asarray(validation[1])
         say("export", f"top-1 of the float and the {precision} model on {len(targets)} "
             "validation images")
-        exported_logits = tflite_logits(blob, images.nhwc_batches(TFLITE_BATCH), _threads())
+        floats, exported = validation_logits(prepared.graph, blob, images)
         accuracy = {"split": "validation", "samples": int(len(targets)),
-                    "float_top1": _top1(float_logits(model, images), targets),
-                    "exported_top1": _top1(exported_logits, targets)}
+                    "float_top1": _top1(floats, targets),
+                    "exported_top1": _top1(exported, targets)}
 
     manifest = {
         "arch": arch.to_string(),

@@ -8,13 +8,17 @@ gives an exact cumulative average), leaving the supernet untouched.
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from edgenas.core.threads import torch_threads
 from edgenas.space.spec import Arch
 from edgenas.training.data import CALIBRATION_IMAGES, ImageData
 
@@ -34,7 +38,7 @@ class EvalResult:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor],
-                   batch_size: int = 250) -> None:
+                   batch_size: int = 250, workers: int = 1) -> None:
     """Re-estimate every BN layer's running mean/var as the average over ``images``.
 
     Stats are reset, then each batch gets momentum ``n / (seen + n)``: a cumulative average weighted
@@ -43,27 +47,72 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
     order.  Momenta are restored afterwards.  Runs in train mode without gradients.
     ``images`` is one tensor (cut into ``batch_size`` batches) or an iterable of batches (e.g.
     ``data.calibration_batches(...)``, which never holds the whole set as float).
+
+    ``workers`` > 1 runs that many batches at once, each through its own copy of the model on one
+    torch thread, and merges the copies' averages weighted by the images each saw: the same
+    weighted average of the same batches' statistics (float rounding aside), while torch's own
+    threads scale poorly on a MobileNet's small per-layer ops.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.train()
-    device = next(model.parameters()).device
-    seen = 0
     batches = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)) \
         if isinstance(images, torch.Tensor) else images
-    for batch in batches:
-        for m in bns:
-            m.momentum = len(batch) / (seen + len(batch))
-        model(_to(batch, device))
-        seen += len(batch)
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
+    was_training = model.training
+    if workers <= 1:
+        _Averager(model).run(batches)
+        model.train(was_training)
+        return
+    copies = [_Averager(model)] + [_Averager(copy.deepcopy(model)) for _ in range(workers - 1)]
+    source = iter(batches)
+    lock = threading.Lock()
+
+    def take() -> torch.Tensor | None:
+        with lock:  # one reader of the (possibly lazy) batch source at a time
+            return next(source, None)
+
+    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(c.run, iter(take, None)) for c in copies]:
+            future.result()
+    _merge(copies)
     model.train(was_training)
+
+
+class _Averager:
+    """One model's BN layers turned into cumulative averages of the batches it is fed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.seen = 0
+
+    def run(self, batches: Iterable[torch.Tensor]) -> None:
+        saved = [(m.momentum, m.training) for m in self.bns]
+        self.model.eval()
+        for m in self.bns:
+            m.reset_running_stats()
+            m.train()
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            for batch in batches:
+                for m in self.bns:
+                    m.momentum = len(batch) / (self.seen + len(batch))
+                self.model(_to(batch, device))
+                self.seen += len(batch)
+        for m, (momentum, training) in zip(self.bns, saved):
+            m.momentum = momentum
+            m.train(training)
+
+
+def _merge(copies: list[_Averager]) -> None:
+    """The first copy's BN statistics become the image-weighted average of all copies'."""
+    total = sum(c.seen for c in copies)
+    if total == 0:
+        return
+    first = copies[0]
+    for i, bn in enumerate(first.bns):
+        mean = sum(c.bns[i].running_mean * (c.seen / total) for c in copies if c.seen)
+        var = sum(c.bns[i].running_var * (c.seen / total) for c in copies if c.seen)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.num_batches_tracked.copy_(sum(c.bns[i].num_batches_tracked for c in copies))
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -60,6 +60,26 @@ def test_recalibration_barely_depends_on_batch_order(trained) -> None:
     assert torch.allclose(a.stem[1].running_mean, b.stem[1].running_mean, rtol=1e-4, atol=1e-5)
 
 
+def test_recalibration_in_parallel_copies_gives_the_same_statistics(trained) -> None:
+    """Workers split the same batches between copies of the model and merge the copies'
+    averages weighted by the images each saw: the one-copy result, float rounding aside, for
+    every BN layer, with the model's own momenta and mode restored."""
+    net, data, _ = trained
+    arch = net.space.largest()
+    images = data.calibration_images(resolution=32)
+    one, three = net.extract(arch), net.extract(arch)
+    recalibrate_bn(one, images, batch_size=32)
+    recalibrate_bn(three, images, batch_size=32, workers=3)
+    bns = [(a, b) for a, b in zip(one.modules(), three.modules())
+           if isinstance(a, torch.nn.BatchNorm2d)]
+    assert len(bns) > 10
+    for a, b in bns:
+        assert torch.allclose(a.running_mean, b.running_mean, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-4, atol=1e-6)
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked) > 0
+        assert b.momentum == 0.1 and not b.training
+
+
 def test_evaluate_archs_reuses_data(trained) -> None:
     net, data, _ = trained
     space = net.space

@@ -348,8 +348,9 @@ def test_representative_dataset_is_bounded_batches_of_the_stream() -> None:
 
 
 def test_batched_calibration_quantises_like_one_image_at_a_time(trained, digits) -> None:
-    """Batches only speed calibration up: every tensor gets the same range (float rounding aside:
-    oneDNN may pick another algorithm for another batch size)."""
+    """Batches and workers only speed calibration up: every tensor gets the same range (float
+    rounding aside: oneDNN may pick another algorithm for another batch size), whichever worker's
+    table saw a tensor's extremes."""
     from edgenas.export.graph import activation_ranges
 
     net, arch, model = trained
@@ -357,9 +358,12 @@ def test_batched_calibration_quantises_like_one_image_at_a_time(trained, digits)
     calib = digits.calibration_images(40, arch.resolution).numpy()
     one = activation_ranges(graph, [calib[i:i + 1] for i in range(len(calib))])
     batched = activation_ranges(graph, [calib[:16], calib[16:32], calib[32:]])
-    assert one.keys() == batched.keys() and len(one) > 3 * len(model.blocks)
+    parallel = activation_ranges(graph, [calib[i:i + 4] for i in range(0, len(calib), 4)],
+                                 workers=3)
+    assert one.keys() == batched.keys() == parallel.keys() and len(one) > 3 * len(model.blocks)
     for name in one:
         assert one[name] == pytest.approx(batched[name], rel=1e-5, abs=1e-6), name
+        assert one[name] == pytest.approx(parallel[name], rel=1e-5, abs=1e-6), name
 
 
 def test_streamed_export_keeps_parity_int8_io_and_accuracy(trained, digits, tmp_path) -> None:

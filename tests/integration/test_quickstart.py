@@ -86,11 +86,24 @@ def test_rerun_reuses_everything(first_run) -> None:
 
 
 def test_evaluate_reproduces_the_exported_accuracy_on_host_and_device(first_run) -> None:
+    """On the host, ``evaluate`` runs the kernels the export validated with (TFLite's built-in
+    ones) and reproduces the recorded top-1 exactly.  On a device it runs the device's default
+    (XNNPACK here): the local device must agree exactly with the host running those kernels."""
+    from edgenas.export.convert import run_tflite
+    from edgenas.export.package import ModelPackage
+    from edgenas.workflows.evaluate_model import _validation
+
     home, _, _ = first_run
     for precision in ("int8", "fp32"):
         model = home / "quickstart" / "models" / precision
         recorded = read_manifest(model)["accuracy"]["exported_top1"]
-        for where in ([], ["--device", "local"]):  # in this process: the rerun above is the CLI's
+        images, labels, _ = _validation(ModelPackage.load(model), None)
+        delegated = float((run_tflite(str(model / "model.tflite"), images).argmax(1)
+                           == labels).mean())
+        for where, want in (([], recorded), (["--device", "local"], delegated)):
+            # in this process: the rerun above is the CLI's
             result = Cli(home).json("evaluate", str(model), *where)
-            assert result["images"] > 0 and result["top1"] == pytest.approx(recorded, abs=1e-9)
+            assert result["images"] == len(labels) > 0, result
+            assert result["top1"] == pytest.approx(want, abs=1e-9), (where, result)
+            assert result["recorded_exported_top1"] == recorded
             assert result["where"] == (where[1] if where else "host")

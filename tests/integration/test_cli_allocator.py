@@ -1,0 +1,50 @@
+"""The heavy commands re-execute themselves under a huge-page malloc (edgenas/cli/allocator.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgenas.cli.allocator import TUNABLE, _glibc_knows_tunable, command_of, tuned_environment
+
+# prints the tunables this interpreter started with, then runs the CLI: a re-executed process
+# prints twice, the second time with the tunable set
+PROBE = ("import os; print('TUNABLES=' + os.environ.get('GLIBC_TUNABLES', ''), flush=True); "
+         "from edgenas.cli import main; main()")
+
+
+def _probe(home: Path, *args: str, **extra: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "EDGENAS_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", PROBE, "--home", str(home), *args],
+                         env={**env, **extra}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if line.startswith("TUNABLES=")]
+
+
+def test_the_command_word_skips_global_options() -> None:
+    assert command_of(["--home", "export", "-v", "supernet", "train"]) == "supernet"
+    assert command_of(["-vv", "export", "x"]) == "export"
+    assert command_of(["--version"]) is None
+
+
+def test_only_heavy_commands_not_yet_tuned_get_the_tunable() -> None:
+    env = tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, ["export"])
+    if not _glibc_knows_tunable() or not sys.platform.startswith("linux"):
+        assert env is None
+        return
+    assert env is not None and env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLE}"
+    assert tuned_environment({}, ["device", "list"]) is None  # a light command: no second start
+    assert tuned_environment({"EDGENAS_MALLOC": "tuned"}, ["export"]) is None  # never twice
+    assert tuned_environment({"EDGENAS_MALLOC": "system"}, ["export"]) is None  # opted out
+    assert tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, ["export"]) is None
+
+
+@pytest.mark.skipif(not _glibc_knows_tunable(), reason="glibc < 2.35 has no malloc.hugetlb")
+def test_a_heavy_command_restarts_itself_once_with_huge_pages(tmp_path: Path) -> None:
+    assert _probe(tmp_path, "export", "--help") == ["TUNABLES=", f"TUNABLES={TUNABLE}"]
+    assert _probe(tmp_path, "device", "--help") == ["TUNABLES="]
+    assert _probe(tmp_path, "export", "--help", EDGENAS_MALLOC="system") == ["TUNABLES="]
