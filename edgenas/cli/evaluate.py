@@ -18,7 +18,12 @@ from edgenas.cli.common import Workspace, echo, echo_json
 @click.pass_obj
 def evaluate_cmd(ws: Workspace, model_dir: Path, device: str | None, data: str | None,
                  as_json: bool) -> None:
-    """Top-1 of MODEL_DIR (model.tflite + manifest.json) over the validation split."""
+    """Top-1 of MODEL_DIR (model.tflite + manifest.json) over the validation split.
+
+    On the host it runs TFLite's built-in kernels, as the export's validation did, and so
+    reproduces the top-1 recorded at export; with --device, the device's own runtime and
+    delegate, which may round some int8 values differently.
+    """
     from edgenas.workflows.evaluate_model import (
         evaluate_model_dir,  # lazy: torch stays out of CLI start-up
     )
