@@ -123,7 +123,9 @@ def _load_eval_data(source: str | None, net, limit: int | None = None):  # noqa:
               help="Start from this pretrained supernet (an edgenas checkpoint, or a once-for-all "
                    "MobileNetV3 state dict as `import-ofa` takes): its body is kept, its head is "
                    "replaced by one for the data's labels unless they are the same; its space "
-                   "and normalisation are used.")
+                   "and normalisation are used. Training follows the adaptation schedule: the "
+                   "full network adapts first, then subnets of the whole space distil from it "
+                   "(the body already serves them all).")
 @click.option("--activation-checkpointing", is_flag=True,
               help="Recompute the elastic blocks' activations in the backward pass: less "
                    "training memory (about a quarter at 224 px) for more step time; same result.")

@@ -5,9 +5,11 @@ state dict (``supernet import-ofa``'s input, converted on the fly).  Every weigh
 linear classifier is copied; the classifier is kept only when the data's labels are exactly the
 checkpoint's, and otherwise replaced by a freshly initialised one for the data's labels (the old
 head is dropped: its classes mean nothing for the new data).  The checkpoint's input normalisation is
-kept, because the body's first layers learned on inputs normalised that way.  Training then runs the
-whole progressive-shrinking schedule: the first phase adapts the full network (new head and body),
-which then becomes the distillation teacher of the elastic phases.
+kept, because the body's first layers learned on inputs normalised that way.  Training then follows
+the adaptation schedule (:data:`edgenas.training.schedule.ADAPT_SCHEDULE`): the first phase adapts
+the full network (new head and body), which then becomes the distillation teacher
+of subnets sampled from the whole space -- the pretrained body already serves every one of them,
+so the staged shrinking is not repeated.
 """
 
 from __future__ import annotations

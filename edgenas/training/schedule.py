@@ -77,6 +77,17 @@ DEFAULT_SCHEDULE: tuple[Phase, ...] = (
     Phase("expand-1", 3, 3, 2, share=0.08, lr=0.03, subnets=2, reorder=True),
     Phase("expand-2", 3, 3, 3, share=0.26, lr=0.03, subnets=3, reorder=True, include_min=True),
 )
+# Adapting a supernet that already went through progressive shrinking (``train --init``): its
+# body serves every subnet already, so repeating the staged shrinking would spend most of a short
+# budget re-teaching sub-spaces it knows.  The full network first adapts to the new labels (a
+# warm-up lets the new head settle before large updates reach the body), then becomes the teacher
+# while subnets of the whole space -- the smallest always among them -- follow it.  The rate is
+# the from-scratch one: on a short budget the body has to move to the new data, and a gentler rate
+# adapted more slowly (benchmarks/adapt.py compares them).
+ADAPT_SCHEDULE: tuple[Phase, ...] = (
+    Phase("full", 1, 1, 1, share=0.3, lr=0.1, subnets=1, kd=False, warmup=0.1),
+    Phase("elastic", 3, 3, 3, share=0.7, lr=0.1, subnets=3, include_min=True),
+)
 BASE_BATCH = 64
 REFERENCE_EPOCHS = 40  # total epochs (all phases) for a data set of REFERENCE_IMAGES images
 REFERENCE_IMAGES = 50_000

@@ -28,7 +28,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,14 @@ from edgenas.training.adapt import adopt_init, load_init
 from edgenas.training.data import AnyImageData, load_data
 from edgenas.training.data.stream import BatchOrder, StepBatchSampler
 from edgenas.training.evaluate import evaluate_archs
-from edgenas.training.schedule import DEFAULT_SCHEDULE, Phase, PhasePlan, lr_at, make_plan
+from edgenas.training.schedule import (
+    ADAPT_SCHEDULE,
+    DEFAULT_SCHEDULE,
+    Phase,
+    PhasePlan,
+    lr_at,
+    make_plan,
+)
 
 STATE_FORMAT = "edgenas-train-state"
 STATE_VERSION = 1
@@ -86,11 +93,13 @@ class TrainConfig:
     workers: int | None = None  # decoding processes when streaming [default: spare cores]
     activation_checkpointing: bool = False  # recompute elastic blocks in backward (less memory)
     init: str | None = None  # start from this supernet (edgenas or OFA state dict), new head
-    schedule: list[dict[str, Any]] = field(
-        default_factory=lambda: [asdict(p) for p in DEFAULT_SCHEDULE])
+    # None: progressive shrinking from scratch, or the shorter adaptation schedule with ``init``
+    schedule: list[dict[str, Any]] | None = None
 
     def phases(self) -> list[Phase]:
-        return [Phase(**p) for p in self.schedule]
+        if self.schedule is not None:
+            return [Phase(**p) for p in self.schedule]
+        return list(ADAPT_SCHEDULE if self.init else DEFAULT_SCHEDULE)
 
 
 @dataclass
