@@ -11,9 +11,9 @@ ask: the same export took 0.2 million faults and 21 % less wall time (benchmarks
 glibc reads its tunables once, when the process starts, so the command re-executes itself with
 ``GLIBC_TUNABLES`` set, before any heavy import; the process keeps its pid, arguments and open
 files, and worker processes inherit the setting.  Only the commands that run networks do this
-(``device list`` should not pay a second interpreter start), only on glibc ≥ 2.35 (which knows the
-tunable), never twice, and never when the user set ``glibc.malloc.hugetlb`` themselves or asked
-for the system default with ``EDGENAS_MALLOC=system``.
+(``device list`` and ``--help`` should not pay a second interpreter start), only on glibc ≥ 2.35
+(which knows the tunable), never twice, and never when the user set ``glibc.malloc.hugetlb``
+themselves or asked for the system default with ``EDGENAS_MALLOC=system``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def _glibc_knows_tunable() -> bool:
 def tuned_environment(environ: dict[str, str], argv: Sequence[str]) -> dict[str, str] | None:
     """The environment to re-execute ``edgenas argv`` under, or None to run as is."""
     if environ.get(MARK) or command_of(argv) not in HEAVY or not sys.platform.startswith("linux"):
+        return None
+    if any(arg in ("-h", "--help") for arg in argv):  # help runs no network
         return None
     current = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in current or not _glibc_knows_tunable():

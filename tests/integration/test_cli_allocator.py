@@ -38,6 +38,7 @@ def test_only_heavy_commands_not_yet_tuned_get_the_tunable() -> None:
         return
     assert env is not None and env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLE}"
     assert tuned_environment({}, ["device", "list"]) is None  # a light command: no second start
+    assert tuned_environment({}, ["export", "--help"]) is None  # help runs no network
     assert tuned_environment({"EDGENAS_MALLOC": "tuned"}, ["export"]) is None  # never twice
     assert tuned_environment({"EDGENAS_MALLOC": "system"}, ["export"]) is None  # opted out
     assert tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, ["export"]) is None
