@@ -18,20 +18,23 @@ it); then B is trained
 * **adapted** (``init`` = the pretrained supernet: body kept, new 5-way head, the trainer's
   adaptation schedule) for fractions of it.
 
-Every point of a curve is its own complete run: the whole schedule compressed into that budget,
-then the trainer's own final evaluation (smallest and largest subnet, BN recalibrated, on B's
-validation images) -- the accuracy a user who trained that long would get, not a snapshot taken
-mid-schedule.  A run's accuracy is the mean of its smallest and largest subnets' top-1.  Budgets
-are epochs, so the step plan does not depend on the load of the shared machine; the time of a run
-is its process CPU seconds from the call to the last training step (start-up and the init
-checkpoint's loading included, final evaluation excluded), with wall seconds of the training loop
-beside it.  The two schedules sample different numbers of subnets per step, so an epoch costs
-differently in each: CPU seconds, not epochs, are the ratio that counts.
+Every point of a curve is its own complete run, once per seed (``--seeds``: one run's accuracy
+on 179 validation images moves by a point or two between seeds): the whole schedule compressed
+into that budget, then the trainer's own final evaluation (smallest and largest subnet, BN
+recalibrated, on B's validation images) -- the accuracy a user who trained that long would get,
+not a snapshot taken mid-schedule.  A run's accuracy is the mean of its smallest and largest
+subnets' top-1.  Budgets are epochs, so the step plan does not depend on the load of the shared
+machine; the time of a run is its process CPU seconds from the call to the last training step
+(start-up and the init checkpoint's loading included, final evaluation excluded), with wall
+seconds of the training loop beside it.  The two schedules sample different numbers of subnets
+per step, so an epoch costs differently in each: CPU seconds, not epochs, are the ratio that
+counts.
 
-The headline: the first adapted budget whose accuracy reaches the from-scratch accuracy at the
-full budget, and its time as a fraction of the scratch run's time (the goal is <= 0.2).  The
-scratch arm runs first; the adapted arm then runs its budgets in ascending order and stops at the
-first that reaches it (the rest would only cost time).
+The headline: the first adapted budget whose mean accuracy over the seeds reaches the
+from-scratch mean accuracy at the full budget, and its time as a fraction of the scratch run's
+time (the goal is <= 0.2).  The scratch arm runs first (its shorter budgets, which only draw the
+curve, at the first seed); the adapted arm then runs its budgets in ascending order and stops at
+the first that reaches it (the rest would only cost time).
 
 ``--pretrained CKPT`` skips pretraining (a supernet made by an earlier run from the same source);
 ``--reuse RESULT.json`` keeps the rows of an earlier result file and runs only the missing
@@ -63,6 +66,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from edgenas.cli.common import table
+from edgenas.supernets.mbv3 import load_supernet
 from edgenas.training.data.sources import load_digits_data
 from edgenas.training.data.transforms import square_uint8
 from edgenas.training.schedule import ADAPT_SCHEDULE
@@ -70,7 +74,7 @@ from edgenas.training.train import TrainConfig, Trainer, train_supernet
 
 SPACE = "mbv3-tiny"
 SCRATCH_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
-ADAPT_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.5)
+ADAPT_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 PRETRAIN_SETS = {"glyphs": "letters rendered from this machine's fonts (imaged like the digits)",
                  "digits": "digits 0-4"}
 
@@ -164,6 +168,18 @@ def run(out: Path, data: Path, epochs: float, threads: int, init: Path | None = 
             "top1_max": round(result.val_top1["max"], 4), "top1": round(acc, 4)}
 
 
+def described(checkpoint: Path) -> dict[str, Any]:
+    """What a pretrained supernet says of its own training (its checkpoint's meta)."""
+    meta = load_supernet(checkpoint).meta
+    training = meta.get("training") or {}
+    dataset = meta.get("dataset") or {}
+    top1 = meta.get("val_top1") or {}
+    return {"checkpoint": str(checkpoint), "classes": dataset.get("classes"),
+            "images": dataset.get("train"), "epochs": training.get("epochs"),
+            "steps": training.get("steps"), "wall_s": training.get("seconds"),
+            "top1_min": top1.get("min"), "top1_max": top1.get("max")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=float, default=36.0,
@@ -176,7 +192,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pretrain-threads", type=int, default=None,
                     help="threads for pretraining, which is not timed [default: --threads]")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the first seed")
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="seeds of the reference and of every adapted budget (their means count)")
     ap.add_argument("--pretrained", type=Path, default=None,
                     help="a supernet pretrained on A by an earlier run (skips pretraining)")
     ap.add_argument("--reuse", type=Path, default=None,
@@ -192,7 +210,10 @@ def main() -> None:
     load_start = os.getloadavg()
     started = time.monotonic()
     earlier = json.loads(args.reuse.read_text()) if args.reuse else None
-    done = {(r["run"], r["fraction"]): r for r in (earlier or {}).get("rows", [])}
+    done = {(r["run"], r["fraction"], r.get("seed", 0)): r
+            for r in (earlier or {}).get("runs", earlier.get("rows", []) if earlier else [])}
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    runs: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {"scratch": [], "adapted": []}
     with tempfile.TemporaryDirectory(prefix="edgenas-adapt-") as tmp:
         root = Path(tmp)
@@ -202,7 +223,7 @@ def main() -> None:
         print(f"images: {counts}", flush=True)
         if args.pretrained is not None:
             pretrained = args.pretrained
-            pre = (earlier or {}).get("pretrain") or {"checkpoint": str(pretrained)}
+            pre = described(pretrained)
         else:
             pretrained = root / "A.pt"
             source = root / ("G" if args.source == "glyphs" else "A")
@@ -212,22 +233,33 @@ def main() -> None:
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copy2(pretrained, args.keep / f"{args.source}.pt")
-        target: dict[str, Any] | None = None
-        for kind, fractions in (("scratch", SCRATCH_FRACTIONS), ("adapted", ADAPT_FRACTIONS)):
-            for f in fractions:
-                point = done.get((kind, f))
-                if point is None:
-                    point = run(root / f"{kind}-{f}.pt", root / "B", args.epochs * f,
-                                args.threads, init=pretrained if kind == "adapted" else None,
-                                seed=args.seed)
-                    point = {"run": kind, "fraction": f, **point}
-                curves[kind].append(point)
-                print(f"  {kind:8s} {point}", flush=True)
-                if kind == "adapted" and target is not None and point["top1"] >= target["top1"]:
-                    break
-            if kind == "scratch":
-                target = curves["scratch"][-1]
-    assert target is not None
+
+        def point(kind: str, f: float, its_seeds: list[int]) -> dict[str, Any]:
+            """One budget of one arm, run once per seed; the seeds' means."""
+            mine = []
+            for seed in its_seeds:
+                one = done.get((kind, f, seed))
+                if one is None:
+                    one = {"run": kind, "fraction": f, "seed": seed,
+                           **run(root / f"{kind}-{f}-{seed}.pt", root / "B", args.epochs * f,
+                                 args.threads, init=pretrained if kind == "adapted" else None,
+                                 seed=seed)}
+                print(f"  {kind:8s} {one}", flush=True)
+                mine.append(one)
+            runs.extend(mine)
+            mean = {k: round(sum(r[k] for r in mine) / len(mine), 4)
+                    for k in ("cpu_s", "wall_s", "top1_min", "top1_max", "top1")}
+            return {"run": kind, "fraction": f, "epochs": mine[0]["epochs"],
+                    "steps": mine[0]["steps"], "seeds": len(mine), **mean,
+                    "top1_each": [r["top1"] for r in mine]}
+
+        for f in SCRATCH_FRACTIONS:  # the curve at one seed; the reference at every seed
+            curves["scratch"].append(point("scratch", f, seeds if f == 1.0 else seeds[:1]))
+        target = curves["scratch"][-1]
+        for f in ADAPT_FRACTIONS:
+            curves["adapted"].append(point("adapted", f, seeds))
+            if curves["adapted"][-1]["top1"] >= target["top1"]:
+                break  # the larger budgets would only cost time
     reached = next((p for p in curves["adapted"] if p["top1"] >= target["top1"]), None)
     ratio_cpu = reached["cpu_s"] / target["cpu_s"] if reached else None
     ratio_wall = reached["wall_s"] / target["wall_s"] if reached else None
@@ -235,13 +267,16 @@ def main() -> None:
     rows = []
     for kind in ("scratch", "adapted"):
         for p in curves[kind]:
-            rows.append([kind, p["epochs"], p["steps"], p["cpu_s"], p["wall_s"],
-                         f"{p['top1_min']:.1%}", f"{p['top1_max']:.1%}", f"{p['top1']:.1%}"])
-    print(table(["run", "epochs", "steps", "cpu s", "wall s", "min", "max", "mean"], rows))
+            rows.append([kind, p["epochs"], p["seeds"], p["steps"], p["cpu_s"], p["wall_s"],
+                         f"{p['top1_min']:.1%}", f"{p['top1_max']:.1%}", f"{p['top1']:.1%}",
+                         " ".join(f"{a:.1%}" for a in p["top1_each"])])
+    print(table(["run", "epochs", "seeds", "steps", "cpu s", "wall s", "min", "max", "mean",
+                 "each seed"], rows))
     if reached:
         print(f"adapted reaches the from-scratch accuracy ({target['top1']:.1%} after "
-              f"{target['cpu_s']:.0f} CPU s) after {reached['cpu_s']:.0f} CPU s: "
-              f"{ratio_cpu:.3f}x the time (wall {ratio_wall:.3f}x, epochs {ratio_epochs:.3f}x)")
+              f"{target['cpu_s']:.0f} CPU s, mean of {target['seeds']} seeds) after "
+              f"{reached['cpu_s']:.0f} CPU s: {ratio_cpu:.3f}x the time (wall {ratio_wall:.3f}x, "
+              f"epochs {ratio_epochs:.3f}x)")
     else:
         print(f"adapted did not reach the from-scratch accuracy {target['top1']:.1%} within "
               f"{max(ADAPT_FRACTIONS):.0%} of its budget")
@@ -249,12 +284,14 @@ def main() -> None:
     result = {
         "what": (f"mbv3-tiny pretrained on {PRETRAIN_SETS[args.source]}, adapted to digits 5-9 "
                  "with train --init (its default adaptation schedule), against "
-                 "training from scratch on 5-9: each row is one complete run at that budget; top1 "
-                 "is the mean of the smallest and largest subnets' BN-recalibrated top-1 on the "
-                 "5-9 validation images; cpu_s is process CPU seconds to the last step"),
+                 "training from scratch on 5-9: each row is one budget, run once per seed (the "
+                 "from-scratch curve's shorter budgets at the first seed only), its columns the "
+                 "seeds' means; top1 is the mean of the smallest and largest subnets' "
+                 "BN-recalibrated top-1 on the 179 validation images of 5-9; cpu_s is process CPU "
+                 "seconds to the last step"),
         "space": SPACE, "source": args.source, "schedule": [asdict(p) for p in ADAPT_SCHEDULE],
         "data": "digits split by class into ImageFolders", "images": counts,
-        "threads": args.threads, "seed": args.seed, "reference_epochs": args.epochs,
+        "threads": args.threads, "reference_epochs": args.epochs,
         "pretrain": pre, "scratch_top1": target["top1"], "scratch_cpu_s": target["cpu_s"],
         "adapted_reaches_at_cpu_s": reached["cpu_s"] if reached else None,
         "time_ratio_cpu": round(ratio_cpu, 4) if ratio_cpu is not None else None,
@@ -269,7 +306,9 @@ def main() -> None:
         "torch": torch.__version__, "load_avg_at_start": list(load_start),
         "load_avg_at_end": list(load_end),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seeds": seeds,
         "rows": [p for kind in ("scratch", "adapted") for p in curves[kind]],
+        "runs": runs,
     }
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)
