@@ -41,78 +41,69 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor | Iterable[torch.Tenso
                    batch_size: int = 250, workers: int = 1) -> None:
     """Re-estimate every BN layer's running mean/var as the average over ``images``.
 
-    Stats are reset, then each batch gets momentum ``n / (seen + n)``: a cumulative average weighted
-    by batch size (``momentum=None`` weights batches equally, so a short last batch would count as
-    much as a full one).  The mean is then exactly the mean over all images, whatever the batch
-    order.  Momenta are restored afterwards.  Runs in train mode without gradients.
-    ``images`` is one tensor (cut into ``batch_size`` batches) or an iterable of batches (e.g.
-    ``data.calibration_batches(...)``, which never holds the whole set as float).
+    Each batch's own statistics are taken (one forward pass in train mode, no gradients) and the
+    running mean/var become their average weighted by batch size: exactly the mean over all
+    images, whatever the batch order (a short last batch counts by its size).  Momenta and the
+    model's mode are restored afterwards.  ``images`` is one tensor (cut into ``batch_size``
+    batches) or an iterable of batches (e.g. ``data.calibration_batches(...)``, which never holds
+    the whole set as float).
 
     ``workers`` > 1 runs that many batches at once, each through its own copy of the model on one
-    torch thread, and merges the copies' averages weighted by the images each saw: the same
-    weighted average of the same batches' statistics (float rounding aside), while torch's own
-    threads scale poorly on a MobileNet's small per-layer ops.
+    torch thread (torch's own threads scale poorly on a MobileNet's small per-layer ops).  Which
+    copy takes which batch depends on scheduling, so per-batch statistics are kept by batch index
+    and summed in that order, in float64: the result is the same bits however the batches were
+    scheduled and for any ``workers`` above one (one torch thread each) -- an export's BN-folded
+    weights, and so its model file, are reproducible.
     """
     batches = (images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)) \
         if isinstance(images, torch.Tensor) else images
     was_training = model.training
-    if workers <= 1:
-        _Averager(model).run(batches)
-        model.train(was_training)
-        return
-    copies = [_Averager(model)] + [_Averager(copy.deepcopy(model)) for _ in range(workers - 1)]
-    source = iter(batches)
+    bns = _bn_layers(model)
+    saved = [(m.momentum, m.training) for m in bns]
+    copies = [model] + [copy.deepcopy(model) for _ in range(max(1, workers) - 1)]
+    source = enumerate(batches)
     lock = threading.Lock()
+    stats: dict[int, tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
 
-    def take() -> torch.Tensor | None:
+    def take() -> tuple[int, torch.Tensor] | None:
         with lock:  # one reader of the (possibly lazy) batch source at a time
             return next(source, None)
 
-    with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(c.run, iter(take, None)) for c in copies]:
-            future.result()
-    _merge(copies)
+    def run(net: nn.Module) -> None:
+        layers = _bn_layers(net)
+        net.eval()
+        for m in layers:
+            m.train()
+            m.momentum = 1.0  # running stats := this batch's statistics
+        device = next(net.parameters()).device
+        for index, batch in iter(take, None):
+            net(_to(batch, device))
+            stats[index] = (len(batch), [(m.running_mean.double(), m.running_var.double())
+                                         for m in layers])
+
+    if len(copies) == 1:
+        run(model)  # on torch's own threads
+    else:
+        with torch_threads(1), ThreadPoolExecutor(len(copies)) as pool:
+            for future in [pool.submit(run, net) for net in copies]:
+                future.result()
+    total = sum(n for n, _ in stats.values())
+    for i, m in enumerate(bns):
+        if total:
+            mean = sum(stats[k][1][i][0] * stats[k][0] for k in sorted(stats)) / total
+            var = sum(stats[k][1][i][1] * stats[k][0] for k in sorted(stats)) / total
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+        else:
+            m.reset_running_stats()
+        m.num_batches_tracked.fill_(len(stats))
+        m.momentum, training = saved[i]
+        m.train(training)
     model.train(was_training)
 
 
-class _Averager:
-    """One model's BN layers turned into cumulative averages of the batches it is fed."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.seen = 0
-
-    def run(self, batches: Iterable[torch.Tensor]) -> None:
-        saved = [(m.momentum, m.training) for m in self.bns]
-        self.model.eval()
-        for m in self.bns:
-            m.reset_running_stats()
-            m.train()
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            for batch in batches:
-                for m in self.bns:
-                    m.momentum = len(batch) / (self.seen + len(batch))
-                self.model(_to(batch, device))
-                self.seen += len(batch)
-        for m, (momentum, training) in zip(self.bns, saved):
-            m.momentum = momentum
-            m.train(training)
-
-
-def _merge(copies: list[_Averager]) -> None:
-    """The first copy's BN statistics become the image-weighted average of all copies'."""
-    total = sum(c.seen for c in copies)
-    if total == 0:
-        return
-    first = copies[0]
-    for i, bn in enumerate(first.bns):
-        mean = sum(c.bns[i].running_mean * (c.seen / total) for c in copies if c.seen)
-        var = sum(c.bns[i].running_var * (c.seen / total) for c in copies if c.seen)
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.num_batches_tracked.copy_(sum(c.bns[i].num_batches_tracked for c in copies))
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -147,6 +147,15 @@ def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
     assert manifest["provenance"]["bn_images"] == 200
     assert manifest["accuracy"]["samples"] == 100 < digits.num_val
     assert manifest["tools"]["writer"] == "edgenas.export.flatbuffer"
+    # reproducible: the same export again (BN statistics and ranges on parallel copies, whose
+    # scheduling differs run to run) writes the same model, byte for byte
+    twin = tmp_path / "model-twin"
+    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
+                                       "--precision", "int8", "--out", str(twin),
+                                       "--calibration-samples", "64", "--bn-samples", "200",
+                                       "--validation-samples", "0"])
+    assert result.exit_code == 0, result.output
+    assert sha256_file(twin / "model.tflite") == sha256_file(out / "model.tflite")
     again = tmp_path / "model-no-validation"
     result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
                                        "--precision", "fp32", "--out", str(again),

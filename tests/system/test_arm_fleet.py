@@ -299,8 +299,11 @@ def predictions(ws, arm_fleet, models,
 
 @pytest.mark.parametrize("key", PREDICT, ids=["-".join(k) for k in PREDICT])
 def test_runner_predict_on_the_emulated_arm_matches_the_host(predictions, models, key):
-    """fp32 within 1e-5 of the logit range (the ISAs accumulate in different orders), int8 equal or
-    one quantisation step apart, against the same runtime on the host."""
+    """fp32 within 1e-5 of the logit range (the ISAs accumulate in different orders); int8 a few
+    quantisation steps apart at most and under one on average, against the same runtime on the
+    host: XNNPACK's requantisation rounds differently on ARM and x86, a step at most per layer,
+    and a step in an early layer can move a later one (the export is bit-reproducible, so which
+    model this meets is fixed by the code, not by the run)."""
     name, kind, precision = key
     device, host = predictions[key]
     assert device.shape == host.shape and device.shape[0] == 4
@@ -311,5 +314,8 @@ def test_runner_predict_on_the_emulated_arm_matches_the_host(predictions, models
         print(f"{key}: max |device - host| = {diff:.3g}", file=sys.stderr)
     else:
         step = _output_step(models[kind]["int8"] / "model.tflite")
-        print(f"{key}: max |device - host| = {diff / step:.2f} quantisation steps", file=sys.stderr)
-        assert diff <= step * 1.001, f"{key}: int8 scores differ by {diff / step:.2f} quantisation steps"
+        mean = float(np.abs(device - host).mean())
+        print(f"{key}: |device - host| max {diff / step:.2f}, mean {mean / step:.2f} quantisation "
+              "steps", file=sys.stderr)
+        assert diff <= step * 4.001, f"{key}: int8 scores differ by {diff / step:.2f} quantisation steps"
+        assert mean <= step, f"{key}: int8 scores differ by {mean / step:.2f} steps on average"
