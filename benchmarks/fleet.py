@@ -191,10 +191,11 @@ def main() -> None:
         results["goal_met"] = ratio <= 2.0
 
         from edgenas.fleet.bench import fleet_bench
+        from edgenas.measure.bench import BenchSettings
 
         t0, (c0, _m) = time.perf_counter(), cpu_seconds()
         rows, outcome = fleet_bench(home, [devices[d] for d in order], None, "bench",
-                                    runs=args.bench_runs, min_secs=0.2)
+                                    settings=BenchSettings(runs=args.bench_runs, min_secs=0.2))
         bench_cpu = cpu_seconds()[0] - c0
         results["fleet_bench"] = {
             "devices": len(order), "runs": args.bench_runs, "min_secs": 0.2,

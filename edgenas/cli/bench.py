@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgenas.cli.common import Workspace, cpu_set, echo, echo_json, table
+from edgenas.cli.common import CV_THRESHOLD, WARMUP_SECS, Workspace, cpu_set, echo, echo_json, table
 from edgenas.measure.bench import bench_model
 from edgenas.records.store import open_store
 
@@ -20,8 +20,8 @@ from edgenas.records.store import open_store
               help="At least this many timed runs.")
 @click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="And at least this many seconds of timed runs.")
-@click.option("--cv-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
-              help="Re-run once when the coefficient of variation is above this; flag if still above.")
+@WARMUP_SECS
+@CV_THRESHOLD
 @click.option("--cpus", default=None, metavar="SET", callback=cpu_set,
               help="Pin the benchmark to these CPUs (4-7, 0,2-3): big.LITTLE cores run a model 2-4x "
               "apart. The set is stored with the row and makes another device class [default: the "
@@ -29,7 +29,8 @@ from edgenas.records.store import open_store
 @click.option("--json", "as_json", is_flag=True, help="Print the stored record as JSON.")
 @click.pass_obj
 def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, runs: int,
-              min_secs: float, cv_threshold: float, cpus: str | None, as_json: bool) -> None:
+              min_secs: float, warmup_secs: float, cv_threshold: float, cpus: str | None,
+              as_json: bool) -> None:
     """Benchmark the model in MODEL_DIR (model.tflite + manifest.json) on a device.
 
     The runner and the model are copied only when the device does not already have them (by
@@ -39,7 +40,8 @@ def bench_cmd(ws: Workspace, model_dir: Path, device_name: str, threads: int, ru
 
     with open_store(ws.ensure()) as store:
         rec = bench_model(store, ws.home, device_name, model_dir, threads=threads, runs=runs,
-                          min_secs=min_secs, cv_threshold=cv_threshold, cpus=cpus)
+                          min_secs=min_secs, warmup_secs=warmup_secs, cv_threshold=cv_threshold,
+                          cpus=cpus)
     if as_json:
         echo_json({k: v for k, v in rec.items() if k != "result_json"})
         return

@@ -156,3 +156,14 @@ def cpu_set(_ctx: click.Context | None, _param: click.Parameter | None, value: s
         return parse_cpu_set(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+# The bench protocol's options, one definition for every command that benchmarks (`bench`, `fleet
+# bench`, `fleet specialize`); the defaults are the runner's own (docs/runner.md).
+WARMUP_SECS = click.option(
+    "--warmup-secs", type=click.FloatRange(min=0), default=0.5, show_default=True,
+    help="Untimed runs for this long first (XNNPACK packs its weights at load time; 0.1 s is enough "
+         "for small models).")
+CV_THRESHOLD = click.option(
+    "--cv-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
+    help="Re-run once when the coefficient of variation is above this; flag if still above.")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.cli.common import CV_THRESHOLD, WARMUP_SECS, Workspace, echo, echo_json, table
 from edgenas.device import registry
 from edgenas.device.fanout import DEFAULT_MAX_FAIL_PERCENT, DEFAULT_PARALLEL, FanOut
 from edgenas.device.registry import Device
@@ -22,6 +22,7 @@ from edgenas.fleet.predict import predict
 from edgenas.fleet.push import push
 from edgenas.fleet.rollback import rollback
 from edgenas.fleet.status import status_rows
+from edgenas.measure.bench import BenchSettings
 from edgenas.records.deployments import history
 from edgenas.records.store import Store, open_store
 
@@ -252,6 +253,8 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
 @click.option("--runs", type=int, default=50, show_default=True, help="At least this many timed runs.")
 @click.option("--min-secs", type=float, default=1.0, show_default=True,
               help="And at least this many seconds of timed runs.")
+@WARMUP_SECS
+@CV_THRESHOLD
 @click.option("--parallel", type=int, default=DEFAULT_PARALLEL, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Bar plot PNG [default: <home>/reports/<campaign>.png].")
@@ -262,8 +265,8 @@ def predict_cmd(ws: Workspace, input_path: Path, groups: tuple[str, ...], names:
 @click.pass_obj
 def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], names: tuple[str, ...],
               name: str | None, per_class: int | None, seed: int | None, threads: int, runs: int,
-              min_secs: float, parallel: int, plot_path: Path | None, fail_on_drift: bool,
-              as_json: bool) -> None:
+              min_secs: float, warmup_secs: float, cv_threshold: float, parallel: int,
+              plot_path: Path | None, fail_on_drift: bool, as_json: bool) -> None:
     """Benchmark MODEL_DIR (or each device's current model) on every device in parallel.
 
     Stores one measurement per device, prints device, class, runtime, precision, median, p90 and CV
@@ -284,8 +287,10 @@ def bench_cmd(ws: Workspace, model_dir: Path | None, groups: tuple[str, ...], na
         seed = random.SystemRandom().randrange(2**31)  # printed, so that a draw can be repeated
     with _store(ws) as store:
         devices = _select(store, groups, names, required=True)
-    rows, outcome = fleet_bench(ws.home, devices, model_dir, name, threads=threads, runs=runs,
-                                min_secs=min_secs, parallel=parallel, per_class=per_class, seed=seed)
+    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs, warmup_secs=warmup_secs,
+                             cv_threshold=cv_threshold)
+    rows, outcome = fleet_bench(ws.home, devices, model_dir, name, settings=settings,
+                                parallel=parallel, per_class=per_class, seed=seed)
     summary = class_summary(rows, devices)
     campaign = rows[0]["campaign"] if rows else "fleet-bench"
     png = None
@@ -405,14 +410,17 @@ def history_cmd(ws: Workspace, device_name: str | None, name: str | None, limit:
               help="Bench protocol of the campaigns and the final benchmark: timed runs ...")
 @click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="... and at least this many seconds of them.")
+@WARMUP_SECS
+@CV_THRESHOLD
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Probe and print the plan; measure and push nothing.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | None,
                    max_memory_mb: float | None, precision: str, name: str | None, samples: int,
-                   canary: int, per_class: int, threads: int, runs: int, min_secs: float, seed: int,
-                   dry_run: bool, as_json: bool) -> None:
+                   canary: int, per_class: int, threads: int, runs: int, min_secs: float,
+                   warmup_secs: float, cv_threshold: float, seed: int, dry_run: bool,
+                   as_json: bool) -> None:
     """Give every class of device in GROUP its own best subnet of the supernet CKPT.
 
     Per class (devices whose latency is the same: see `device list`): a few-shot latency campaign
@@ -434,8 +442,10 @@ def specialize_cmd(ws: Workspace, ckpt: Path, group: str, latency_ms: float | No
                 echo_json(plan.to_dict())
             return
         outcomes = sp.run(store, home, plan, samples=samples, canary=canary, per_class=per_class,
-                          seed=seed, runs=runs, min_secs=min_secs,
-                          say=lambda m: echo(m, err=True))
+                          seed=seed, say=lambda m: echo(m, err=True),
+                          protocol=BenchSettings(runs=runs, min_secs=min_secs,
+                                                 warmup_secs=warmup_secs,
+                                                 cv_threshold=cv_threshold))
     if as_json:
         echo_json({"plan": plan.to_dict(), "classes": [vars(o) for o in outcomes]})
     else:

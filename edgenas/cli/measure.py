@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgenas.cli.common import Workspace, echo, echo_json, table
+from edgenas.cli.common import WARMUP_SECS, Workspace, echo, echo_json, table
 from edgenas.device.cancel import raise_from_signal
 
 if TYPE_CHECKING:
@@ -49,9 +49,7 @@ def _install_sigterm() -> Any:
               help="At least this many timed runs per benchmark.")
 @click.option("--min-secs", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="And at least this many seconds per benchmark.")
-@click.option("--warmup-secs", type=click.FloatRange(min=0), default=0.5, show_default=True,
-              help="Untimed runs for this long first (XNNPACK packs its weights at load time; "
-                   "0.1 s is enough for small models).")
+@WARMUP_SECS
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure every subnet this many times, in successive passes over the list, so a "
                    "device that drifts for a while spoils one measurement of a subnet, not all "

@@ -213,9 +213,7 @@ def spot_check(
     name: str | None,
     *,
     per_class: int = DEFAULT_PER_CLASS,
-    threads: int = 1,
-    runs: int = 50,
-    min_secs: float = 1.0,
+    settings: BenchSettings | None = None,
     seed: int | None = None,
     parallel: int = DEFAULT_PARALLEL,
     campaign: str | None = None,
@@ -228,9 +226,8 @@ def spot_check(
     that promise's band or off its class's median in this run (``class_drift``).  Summarise the rows
     per class with :func:`class_summary`.  Failed devices are rows with an ``error``; nothing raises
     for one device's failure."""
-    return fleet_bench(home, devices, None, name, threads=threads, runs=runs, min_secs=min_secs,
-                       parallel=parallel, campaign=campaign, opener=opener, per_class=per_class,
-                       seed=seed)
+    return fleet_bench(home, devices, None, name, settings=settings, parallel=parallel,
+                       campaign=campaign, opener=opener, per_class=per_class, seed=seed)
 
 
 def fleet_bench(
@@ -239,9 +236,7 @@ def fleet_bench(
     model_dir: Path | None = None,
     name: str | None = None,
     *,
-    threads: int = 1,
-    runs: int = 50,
-    min_secs: float = 1.0,
+    settings: BenchSettings | None = None,
     parallel: int = DEFAULT_PARALLEL,
     campaign: str | None = None,
     predictors: Mapping[str, LatencyPredictor] | None = None,
@@ -254,9 +249,10 @@ def fleet_bench(
     ``model_dir``: benchmark this folder everywhere (its manifest also gets each device's measured
     latency, as ``edgenas bench`` does); otherwise each device's current model of ``name``, timed in
     place on the device (read, sha256-checked and benchmarked under one hold of the device lock).
+    ``settings``: the bench protocol and thread count [default: the runner's own protocol, 1 thread].
     ``per_class``: only a sample of that many devices of each class (``seed`` draws it).
     ``predictors``: latency predictors by device name; a device without one is held to its class's
-    saved predictor (for the model's precision and ``threads``) when the manifest promises nothing.
+    saved predictor (for the model's precision and thread count) when the manifest promises nothing.
     """
 
     if not devices:
@@ -265,7 +261,7 @@ def fleet_bench(
         devices = sample_per_class(devices, per_class, seed)
     classes = {d.name: class_of(d) for d in devices}
     campaign = campaign or f"fleet-bench-{time.strftime('%Y%m%d-%H%M%S')}"
-    settings = BenchSettings(threads=threads, runs=runs, min_secs=min_secs)
+    settings = settings or BenchSettings()
     local = ModelPackage.open(model_dir) if model_dir is not None else None
 
     def work(dev: Device, cancel: Cancel) -> DeviceResult:
@@ -292,7 +288,7 @@ def fleet_bench(
                             extra={"record": record, "manifest": target.data})
 
     outcome = fan_out(devices, work, parallel=parallel, max_fail_percent=100.0)
-    class_predictor = _class_predictors(home, threads)
+    class_predictor = _class_predictors(home, settings.threads)
     by_name = {d.name: d for d in devices}
     rows = []
     for r in outcome.results:

@@ -44,7 +44,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -298,12 +298,14 @@ class ClassOutcome:
 
 def run(store: Store, home: Path, plan: Plan, *, samples: int = DEFAULT_SAMPLES, canary: int = 0,
         per_class: int = DEFAULT_PER_CLASS, verify_top: int = 2, seed: int = 0,
-        runs: int = 50, min_secs: float = 1.0, say: Callable[[str], None] = log.info,
+        protocol: BenchSettings | None = None, say: Callable[[str], None] = log.info,
         opener: Callable[[Device, Path], Transport] = open_transport) -> list[ClassOutcome]:
     """Carry out ``plan`` class by class; one failing class does not stop the others.
 
-    ``runs``/``min_secs``: the bench protocol of the campaigns and of the final benchmark (the
-    search verifies with each predictor's own protocol)."""
+    ``protocol``: the bench protocol of the campaigns and of the final benchmark [default: the
+    runner's own], run at the plan's thread count (the search verifies with each predictor's own
+    protocol)."""
+    protocol = replace(protocol or BenchSettings(), threads=plan.threads)
     missing = [cp.key for cp in plan.classes if cp.budget_ms is None]
     if missing:
         raise SpecializeError(f"no latency budget for class(es) {', '.join(missing)}: give "
@@ -331,7 +333,7 @@ def run(store: Store, home: Path, plan: Plan, *, samples: int = DEFAULT_SAMPLES,
                 try:
                     _run_class(store, home, plan, cp, entry, out, samples=samples, canary=canary,
                                per_class=per_class, verify_top=verify_top, seed=seed, say=say,
-                               protocol=(runs, min_secs), exporters=exporters,
+                               protocol=protocol, exporters=exporters,
                                save=lambda: _save_state(home, plan.group, state), opener=opener)
                 except EdgeNASError as exc:
                     out.status, out.reason = "failed", str(exc)
@@ -345,7 +347,7 @@ def run(store: Store, home: Path, plan: Plan, *, samples: int = DEFAULT_SAMPLES,
 def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[str, Any],
                out: ClassOutcome, *, samples: int, canary: int, per_class: int, verify_top: int,
                seed: int, say: Callable[[str], None], save: Callable[[], None],
-               protocol: tuple[int, float], opener: Callable[[Device, Path], Transport],
+               protocol: BenchSettings, opener: Callable[[Device, Path], Transport],
                exporters: ExportWorkers | None = None) -> None:
     steps: dict[str, Any] = entry["steps"]
 
@@ -411,11 +413,10 @@ def _run_class(store: Store, home: Path, plan: Plan, cp: ClassPlan, entry: dict[
 
 
 def _measure(store: Store, home: Path, plan: Plan, cp: ClassPlan, precision: str, samples: int,
-             seed: int, protocol: tuple[int, float], exporters: ExportWorkers | None = None) -> None:
+             seed: int, protocol: BenchSettings, exporters: ExportWorkers | None = None) -> None:
 
-    settings = BenchSettings(threads=plan.threads, runs=protocol[0], min_secs=protocol[1])
     rep = measure_adaptive(store, home, plan.ckpt, cp.representative, samples, precision,
-                           plan.threads, seed=seed, progress=False, settings=settings,
+                           plan.threads, seed=seed, progress=False, settings=protocol,
                            export_workers=exporters)
     if not rep.measured and rep.errors:
         raise SpecializeError(f"measuring {precision} on {cp.representative} failed: {rep.errors[0]}")
@@ -516,7 +517,7 @@ def _push(store: Store, home: Path, plan: Plan, cp: ClassPlan, model_dir: Path, 
 
 
 def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
-           protocol: tuple[int, float], opener: Callable[[Device, Path], Transport]
+           protocol: BenchSettings, opener: Callable[[Device, Path], Transport]
            ) -> tuple[dict[str, float], list[str], dict[str, float], list[str]]:
     """Spot-check the deployed model on a sample of the class (:func:`edgenas.fleet.bench.spot_check`:
     seeded sample; each device held to the class's promise in the manifest and to the class's median
@@ -525,8 +526,8 @@ def _bench(home: Path, plan: Plan, cp: ClassPlan, per_class: int, seed: int,
 
     with open_store(home) as store:
         devices = select_devices(store, cp.devices)
-    rows, _ = spot_check(home, devices, plan.name, per_class=per_class, threads=plan.threads,
-                         runs=protocol[0], min_secs=protocol[1], seed=seed, opener=opener)
+    rows, _ = spot_check(home, devices, plan.name, per_class=per_class, settings=protocol, seed=seed,
+                         opener=opener)
     failed = [f"{r['device']} ({r['error']})" for r in rows if r.get("error")]
     if failed:
         raise SpecializeError("bench failed on " + ", ".join(failed))

@@ -44,7 +44,8 @@ HOST_PYTHON = {"litert": REPO / ".venv" / "bin" / "python",
                "tflite_runtime": REPO / ".venv-tflite" / "bin" / "python"}
 RUNTIME = {"pi64": ("litert", "2.3.0"), "pi5": ("litert", "2.3.0"), "pi32": ("tflite_runtime", "2.14.0")}
 NUMPY_MAJOR_MINOR = {"pi64": "2.4", "pi5": "2.4", "pi32": "1.24"}
-BENCH = ("--runs", "5", "--min-secs", "0.1", "--cv-threshold", "1")  # short: emulated runs are slow
+# Short: emulated runs are slow (one warm-up run still precedes the timed ones).
+BENCH = ("--runs", "5", "--min-secs", "0.1", "--warmup-secs", "0", "--cv-threshold", "1")
 MODEL_KINDS = ("mbv3", "small")
 # (device, model, precision) whose predictions are compared with the host's.  pi5 runs int8 only: its
 # dot-product kernels are what differs from pi64.  pi32 (tflite-runtime 2.14 on armv7) runs the small

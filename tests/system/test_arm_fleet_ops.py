@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "arm-fleet-ops"
 HOST_PYTHON = REPO / ".venv" / "bin" / "python"
 SAMPLES = "8"  # a latency predictor's minimum (edgenas.predictors.latency.MIN_SAMPLES)
-SHORT = ("--runs", "3", "--min-secs", "0")  # emulated runs are slow; orderings survive 3 runs
+# Emulated runs are slow; orderings survive 3 runs (after one warm-up run, however short the time).
+SHORT = ("--runs", "3", "--min-secs", "0", "--warmup-secs", "0")
 RUNTIME = {"host": "litert", "pi64": "litert", "pi32": "tflite_runtime", "adb1": "tflite_runtime"}
 
 

@@ -31,7 +31,7 @@ from tests.support.cli_runner import Cli
 
 PYTHON = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python")
 QEMU = shutil.which("qemu-x86_64")
-FAST = ("--runs", "20", "--min-secs", "0.2")
+FAST = ("--runs", "20", "--min-secs", "0.2", "--warmup-secs", "0.05")
 SPACE = "mbv3-tiny"
 
 
