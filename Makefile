@@ -18,10 +18,11 @@ WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 # run after the parallel pass, alone.  PYTEST_ARGS prints the slowest tests so a run shows where the
 # budget goes.
 TEST_SELECTION ?= not campaign
-# The malloc the heavy commands re-execute under (edgenas/cli/allocator.py), for the tests that train,
-# export and evaluate in the pytest process itself: large activation buffers on huge pages instead
-# of a page fault per 4 KB (the memory-limit training test: 60 -> 42 s).
-TEST_ENV := GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+# The state a heavy command re-executes itself into (edgenas/cli/allocator.py), for the tests that
+# train, export and evaluate in the pytest process itself: large activation buffers on huge pages
+# instead of a page fault per 4 KB (the memory-limit training test: 60 -> 42 s).  As in the CLI,
+# local devices' runners are started without it (edgenas/core/malloc.py).
+TEST_ENV := GLIBC_TUNABLES=glibc.malloc.hugetlb=1 EDGENAS_MALLOC=tuned
 
 .PHONY: demo check test test-all lint setup system-packages bench clean
 

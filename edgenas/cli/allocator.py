@@ -7,6 +7,7 @@ returns them on ``free``, so every batch pays a page fault per 4 KB: an int8 exp
 kernel.  With ``glibc.malloc.hugetlb=1`` malloc asks for transparent huge pages (``madvise``), which
 this kernel setting (``transparent_hugepage=madvise``, the common default) grants only to those who
 ask: the same export took 0.2 million faults and 21 % less wall time (benchmarks/export.py).
+A local device's runner is started without it (edgenas.core.malloc.untuned).
 
 glibc reads its tunables once, when the process starts, so the command re-executes itself with
 ``GLIBC_TUNABLES`` set, before any heavy import; the process keeps its pid, arguments and open
@@ -23,8 +24,8 @@ import platform
 import sys
 from collections.abc import Sequence
 
-TUNABLE = "glibc.malloc.hugetlb=1"
-MARK = "EDGENAS_MALLOC"  # set to "tuned" in the re-executed process; "system" opts out
+from edgenas.core.malloc import MARK, TUNABLE
+
 # the commands that train, export or run networks (the first word after the global options)
 HEAVY = frozenset({"export", "supernet", "subnet", "measure", "search", "quickstart", "evaluate",
                    "fleet", "proxies"})

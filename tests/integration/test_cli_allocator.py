@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgenas.cli.allocator import TUNABLE, _glibc_knows_tunable, command_of, tuned_environment
+from edgenas.cli.allocator import _glibc_knows_tunable, command_of, tuned_environment
+from edgenas.core.malloc import MARK, TUNABLE, untuned
 
 # prints the tunables this interpreter started with, then runs the CLI: a re-executed process
 # prints twice, the second time with the tunable set
@@ -51,3 +52,30 @@ def test_a_heavy_command_restarts_itself_once_with_huge_pages(tmp_path: Path) ->
     assert _probe(tmp_path, "export", "--help") == ["TUNABLES="]  # help runs no network
     assert _probe(tmp_path, "device", code=2) == ["TUNABLES="]
     assert _probe(tmp_path, "export", code=2, EDGENAS_MALLOC="system") == ["TUNABLES="]
+
+
+def test_untuned_removes_only_what_the_re_execution_added() -> None:
+    tuned = {"GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{TUNABLE}", MARK: "tuned", "PATH": "/bin"}
+    assert untuned(tuned) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "PATH": "/bin"}
+    assert untuned({"GLIBC_TUNABLES": TUNABLE, MARK: "tuned"}) == {}
+    # the user's own huge pages (no mark: edgenas did not re-execute) stay
+    assert untuned({"GLIBC_TUNABLES": TUNABLE}) == {"GLIBC_TUNABLES": TUNABLE}
+    assert untuned({MARK: "system"}) == {MARK: "system"}
+
+
+def test_a_local_device_runs_under_the_users_malloc_not_edgenas_tuning(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """A heavy command runs tuned, and a local device's runner is a child of it: the device's peak
+    memory and latency must be measured as the user's own program would run, so the tunable the
+    re-execution added is not passed on (a search's memory verification measured 16.5 MiB against
+    14.9 MiB predicted with it inherited)."""
+    from edgenas.device.transports.local import LocalTransport
+
+    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{TUNABLE}")
+    monkeypatch.setenv(MARK, "tuned")
+    work = tmp_path / "dev"
+    res = LocalTransport("here", workdir=str(work)).run(
+        [sys.executable, "-c", "import os; print(repr(os.environ.get('GLIBC_TUNABLES')), "
+         f"repr(os.environ.get({MARK!r})))"])
+    assert res.rc == 0, res.stderr
+    assert res.stdout.strip() == "'glibc.malloc.arena_max=2' None"

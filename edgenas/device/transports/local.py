@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edgenas.core.errors import DeviceError, TransportError
 from edgenas.core.files import sha256_file, unsafe_path_reason
+from edgenas.core.malloc import untuned
 from edgenas.device.transports.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_MAX_GET_BYTES,
@@ -102,6 +103,7 @@ class LocalTransport(Transport):
                 stderr=subprocess.PIPE,
                 cwd=self.remote_path(cwd) if cwd else None,
                 start_new_session=True,
+                env=untuned(os.environ),  # the device's malloc, not edgenas' own tuning
             )
         except FileNotFoundError as exc:
             # Same meaning as on a remote shell: "command not found" is exit status 127.
