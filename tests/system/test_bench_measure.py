@@ -259,8 +259,8 @@ def test_device_killed_mid_benchmark_gives_a_clear_error_and_no_row(fleet, works
 def _measure_cmd(home: Path, tiny: dict) -> list[str]:
     return [sys.executable, "-c", "from edgenas.cli import main; main()", "--home", str(home),
             "measure", str(tiny["ckpt"]), "--device", "here", "--device", "ssh1",
-            "--samples", str(CAMPAIGN_SAMPLES), "--runs", "10", "--min-secs", "0.15", "--workers", "2",
-            "--export-cache", str(tiny["cache"])]
+            "--samples", str(CAMPAIGN_SAMPLES), "--runs", "10", "--min-secs", "0.15", "--warmup-secs",
+            "0.05", "--workers", "2", "--export-cache", str(tiny["cache"])]
 
 
 def _count_readonly(db: Path) -> int:

@@ -369,8 +369,8 @@ def campaign(tmp_path_factory, request) -> dict:
 
 def measure_args(campaign: dict, *devices: str, min_secs: str = "0.05") -> list[str]:
     return ["measure", str(campaign["ckpt"]), *(a for d in devices for a in ("--device", d)),
-            "--samples", str(SAMPLES), "--runs", "5", "--min-secs", min_secs, "--workers", "0",
-            "--export-cache", str(campaign["cache"]), "--json"]
+            "--samples", str(SAMPLES), "--runs", "5", "--min-secs", min_secs, "--warmup-secs", "0",
+            "--workers", "0", "--export-cache", str(campaign["cache"]), "--json"]
 
 
 def add_here(cli: Cli, tmp_path: Path) -> Path:
