@@ -1,10 +1,10 @@
 """Shared fixtures.  The device fleet (real sshd and adb devices) is one session fixture, built on first
 use by a ``@pytest.mark.fleet`` test and torn down at the end of the session (under pytest-xdist, once
-per worker that runs such a test: the fleets of two workers share nothing).
+per worker that runs such a test: the workers' fleets share nothing).
 
-``make test`` runs two xdist workers, handing out whole modules (``--dist loadfile``).  The modules
+``make test`` runs three xdist workers, handing out whole modules (``--dist loadfile``).  The modules
 that take longest are collected first (:data:`LONGEST_FIRST`) so that no long module starts last while
-the other worker sits idle."""
+the other workers sit idle."""
 
 from __future__ import annotations
 
@@ -27,31 +27,33 @@ TFLITE_PYTHON = REPO / ".venv-tflite" / "bin" / "python"  # tflite-runtime 2.14,
 SLOW_QUOTA = 0.15
 
 # The modules with the longest run, longest first (the rest keep their order after them).  A wrong or
-# stale entry costs only balance between the two workers, never a test.
+# stale entry costs only balance between the workers, never a test.
 LONGEST_FIRST = (
-    "integration/test_fleet_specialize.py",
     "system/test_faults.py",
-    "integration/test_quickstart.py",
     "system/test_arm_fleet.py",
-    "system/test_bench_measure.py",
     "integration/test_train.py",
+    "integration/test_quickstart.py",
+    "integration/test_fleet_specialize.py",
     "integration/test_train_memory_limit.py",
+    "system/test_bench_measure.py",
     "system/test_arm_fleet_ops.py",
-    "integration/test_export.py",
     "integration/test_pretrained_path.py",
-    "system/test_fleet.py",
-    "integration/test_accuracy_predictor.py",
-    "integration/test_train_torchrun.py",
-    "integration/test_transfer_predictor.py",
     "integration/test_measure_resume.py",
+    "integration/test_export.py",
+    "integration/test_accuracy_predictor.py",
     "integration/test_evaluate.py",
+    "integration/test_transfer_predictor.py",
+    "integration/test_train_torchrun.py",
+    "system/test_fleet.py",
+    "integration/test_memory_budget.py",
+    "integration/test_train_stream_scale.py",
     "integration/test_data_stream.py",
 )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """One compute thread per process for torch (OpenMP), MKL and OpenBLAS, here and in every process
-    a test starts: two workers share two cores with device processes, and OpenMP threads that spin
+    a test starts: the workers share two cores with device processes, and OpenMP threads that spin
     while they wait for a core turn a module's seconds into minutes.  Runs before collection imports
     torch.  A test about threads passes them explicitly (``bench --threads``, TFLite's thread pool)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
