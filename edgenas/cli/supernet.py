@@ -129,12 +129,16 @@ def _load_eval_data(source: str | None, net, limit: int | None = None):  # noqa:
 @click.option("--activation-checkpointing", is_flag=True,
               help="Recompute the elastic blocks' activations in the backward pass: less "
                    "training memory (about a quarter at 224 px) for more step time; same result.")
+@click.option("--calib", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Training images that re-estimate BN before the final evaluation of the "
+                   "smallest and largest subnets (as `supernet eval --calib`): fewer shortens "
+                   "the wind-down on large images.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | None,
               epochs: float | None, batch_size: int, device: str, resume: bool, seed: int,
               kd_ratio: float, limit: int | None, save_every: float, threads: int | None,
               data_mode: str, workers: int | None, init: Path | None,
-              activation_checkpointing: bool, quiet: bool) -> None:
+              activation_checkpointing: bool, calib: int, quiet: bool) -> None:
     """Train a supernet by progressive shrinking with distillation (Ctrl-C saves; --resume)."""
     from edgenas.training.train import TrainConfig, TrainingInterrupted, train_supernet
 
@@ -142,7 +146,7 @@ def train_cmd(space_name: str, data_source: str, out: Path, minutes: float | Non
                       epochs=epochs, batch_size=batch_size, seed=seed, kd_ratio=kd_ratio,
                       limit=limit, data_mode=data_mode, workers=workers,
                       activation_checkpointing=activation_checkpointing,
-                      init=str(init) if init is not None else None)
+                      init=str(init) if init is not None else None, calib_images=calib)
     try:
         train_supernet(cfg, device=device, resume=resume, progress=not quiet,
                        save_seconds=save_every, threads=threads)

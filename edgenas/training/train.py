@@ -51,7 +51,7 @@ from edgenas.supernets.checkpoint import apply_state_dict, atomic_torch_save, re
 from edgenas.supernets.mbv3 import MobileNetV3Supernet, build_supernet
 from edgenas.supernets.static import MobileNetV3, fold_batchnorm
 from edgenas.training.adapt import adopt_init, load_init
-from edgenas.training.data import AnyImageData, load_data
+from edgenas.training.data import CALIBRATION_IMAGES, AnyImageData, load_data
 from edgenas.training.data.stream import BatchOrder, StepBatchSampler
 from edgenas.training.evaluate import evaluate_archs
 from edgenas.training.schedule import (
@@ -93,6 +93,9 @@ class TrainConfig:
     workers: int | None = None  # decoding processes when streaming [default: spare cores]
     activation_checkpointing: bool = False  # recompute elastic blocks in backward (less memory)
     init: str | None = None  # start from this supernet (edgenas or OFA state dict), new head
+    # training images that re-estimate BN before the final evaluation of the smallest and largest
+    # subnets (once-for-all's protocol: 2000); it costs the wind-down that many forward passes each
+    calib_images: int = CALIBRATION_IMAGES
     # None: progressive shrinking from scratch, or the shorter adaptation schedule with ``init``
     schedule: list[dict[str, Any]] | None = None
 
@@ -722,7 +725,7 @@ def _plan(cfg: TrainConfig, net: MobileNetV3Supernet, data: AnyImageData, dist: 
     step_seconds = estimate_step_seconds(net, data, cfg.batch_size, dist.device)
     spent = time.monotonic() - started
     # keep time for the final evaluation of min and max (calibration + validation passes)
-    reserve = 2 + 0.02 * min(data.num_train, 2000) / 50 + 0.01 * data.num_val / 50
+    reserve = 2 + 0.02 * min(data.num_train, cfg.calib_images) / 50 + 0.01 * data.num_val / 50
     seconds = max(10.0, cfg.minutes * 60 - spent - reserve)
     return (make_plan(cfg.phases(), data.num_train, gb, seconds=seconds,
                       step_seconds=step_seconds), seconds)
@@ -783,7 +786,7 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
         wind_t0 = time.monotonic()
         release_memory(trainer)
         results = evaluate_archs(net, [space.smallest(), space.largest()], data,
-                                 device=dist.device)
+                                 calib_images=cfg.calib_images, device=dist.device)
         net.to("cpu").to(memory_format=torch.contiguous_format)
         val = {"min": results[0].top1, "max": results[1].top1}
         meta = {
@@ -791,6 +794,7 @@ def _finish(trainer: Trainer, cfg: TrainConfig, data: AnyImageData, out: Path, l
             "dataset": {k: v for k, v in data.describe().items() if k != "normalization"},
             **({"init": net.meta["init"]} if "init" in net.meta else {}),
             "val_top1": {k: round(v, 5) for k, v in val.items()},
+            "val_calib_images": min(cfg.calib_images, data.num_train),
             "val_archs": {"min": space.smallest().to_string(), "max": space.largest().to_string()},
             "training": {
                 "complete": True, "seed": cfg.seed, "batch_size": trainer.global_batch,

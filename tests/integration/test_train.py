@@ -210,7 +210,8 @@ def test_cli_progress_off_a_terminal_is_a_few_plain_lines(tmp_path: Path) -> Non
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", "from edgenas.cli import main; main()", "supernet",
                            "train", "--out", str(tmp_path / "net.pt"), "--data", "digits", "--limit",
-                           "48", "--batch-size", "16", "--epochs", "4", "--threads", "1"],
+                           "48", "--batch-size", "16", "--epochs", "4", "--threads", "1",
+                           "--calib", "32"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
@@ -220,3 +221,5 @@ def test_cli_progress_off_a_terminal_is_a_few_plain_lines(tmp_path: Path) -> Non
     total = int(steps[-1].split()[1].split("/")[1])
     assert steps[-1].split()[1] == f"{total}/{total}"  # the last step is always shown
     assert total > 10 and len(steps) < total  # throttled: not one line per step
+    # --calib: the final evaluation re-estimated BN on 32 of the 48 training images
+    assert load_supernet(tmp_path / "net.pt").meta["val_calib_images"] == 32

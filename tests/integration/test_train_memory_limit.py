@@ -4,8 +4,10 @@ not fit, and training runs to its saved checkpoint inside the limit.
 A child process caps its data segment (``RLIMIT_DATA``, what ``ulimit -d`` sets: heap and anonymous
 mappings, so every tensor) at what it already uses plus 2.7 GB.  The folder holds 10 000 small
 JPEGs (9 800 in train/, 200 in val/), 1.4 GB once decoded at the space's 224 px; with the final BN
-recalibration (250 images at 224 px, 1.2 GB, on top of training's 0.35 GB) the in-memory path needs
-about 2.9 GB and cannot fit; streaming (about 2.2 GB) can.  A narrow space (the MobileNetV3 layout
+recalibration (a batch of 250 images at 224 px, 1.2 GB, on top of training's 0.35 GB) the in-memory
+path needs about 2.9 GB and cannot fit; streaming (about 2.2 GB) can.  The recalibration takes one
+such batch (``calib_images=250``, `supernet train --calib`), not the default 2000 images' eight:
+the peak is the same, the wind-down an eighth.  A narrow space (the MobileNetV3 layout
 with small widths, 192–224 px) and a small val/ folder keep the run cheap — every phase, the final
 BN recalibration and evaluation, the checkpoint; if the trainer held more than the limit it would
 die with a MemoryError.
@@ -54,10 +56,13 @@ def vm(key):
             return int(line.split()[1]) * 1024
 limit = vm("VmData") + headroom
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-cfg = TrainConfig(out=out, space=space, data=root, epochs=0.005, batch_size=8, workers=1)
+cfg = TrainConfig(out=out, space=space, data=root, epochs=0.005, batch_size=8, workers=1,
+                  calib_images=250)
 result = train_supernet(cfg, progress=False, handle_signals=False, threads=1)
 start = [json.loads(l) for l in open(out + ".log.jsonl") if '"start"' in l][-1]
-print(json.dumps({"steps": result.steps, "val": result.val_top1, "data": start["data"],
+from edgenas.supernets.mbv3 import load_supernet
+calib = load_supernet(out).meta["val_calib_images"]
+print(json.dumps({"steps": result.steps, "val": result.val_top1, "data": start["data"], "calib": calib,
                   "limit_growth": headroom,
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 """
@@ -97,3 +102,4 @@ def test_auto_streams_a_folder_that_does_not_fit_and_trains_within_the_limit(
     assert need > HEADROOM / 2**20  # holding it decoded cannot fit
     assert "streaming" in plan["reason"] and plan["reason"].endswith("and fits")
     assert (tmp_path / "n.pt").exists() and result["steps"] >= 6
+    assert result["calib"] == 250  # one recalibration batch: the peak above, an eighth of the time
