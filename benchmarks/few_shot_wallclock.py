@@ -225,6 +225,10 @@ def run(args: argparse.Namespace) -> dict:
         **({"fit_campaign_data_one_prior_groups_only":
             score(transfer.fit_transfer(space, ca, y_campaign, src_a, mixes=(True,)))}
            if hasattr(transfer, "MIXES") else {}),
+        # the one prior's correction by the ridge alone (the code before the pooled correction)
+        **({"fit_campaign_data_one_prior_no_pooling":
+            score(transfer.fit_transfer(space, ca, y_campaign, src_a, pool_weights=()))}
+           if hasattr(transfer, "POOL_WEIGHTS") else {}),
         "fit_alone_full_data_several_priors":
             score(transfer.fit_transfer(space, ca, y_alone, src_a + extra)),
     }

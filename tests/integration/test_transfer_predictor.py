@@ -284,9 +284,16 @@ def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_its
 
 
 # A shorter full protocol than `bench`'s default (1 s, 0.5 s warm-up) keeps this test near a minute
-# and a half; the campaign learns from it (and from the trimmed one while that agrees) and is judged by
-# it.
-JUDGED = {"runs": 30, "min_secs": 0.4, "warmup_secs": 0.2}
+# (it was 84-127 s with the retry); the campaign learns from it (and from the trimmed one while that
+# agrees) and is judged by it.
+JUDGED = {"runs": 30, "min_secs": 0.4, "warmup_secs": 0.2,
+          # One attempt per benchmark, no retry above 5 % CV: here the CV is the per-run jitter of a
+          # sub-millisecond model (median 8 %), so `bench`'s retry re-ran 33 of 40 benchmarks and
+          # bought no repeatability.  The same 20 unseen subnets benchmarked twice, interleaved, on
+          # this VM: with the retry 90 % of pairs within ±10 % (72 s for 40 benchmarks), without it
+          # 100 % (44 s), medians 0.997× (p10-p90 0.93-1.03).  Retries never change how a run is
+          # timed, and the campaign learns from the same settings it is judged by.
+          "retries": 0}
 UNSEEN = 20  # subnets neither device has seen: the noise floor and the judgement each from 20 pairs
 # The judgement is a one-sided binomial test: the predictor fails when its count of unseen subnets
 # within ±10 % is significantly (at ALPHA) below the device's own floor less 10 points.  Asking
@@ -338,6 +345,8 @@ def store_loaded_prior(home: Path, device: str = "a") -> None:
 # 85 % floor), 3 passed (17/20 at 95 %, 19/20 at 100 %, 10/20 at 70 %), 1 skipped.  A one-prior
 # predictor at 87.5 % (the old code's replayed average) against one at 92.7 % (the new) is beyond
 # what 20 subnets can tell apart; the test fails a predictor as far off as issue 29's (7 of 15).
+# With the pooled correction (96.6 % replayed) and no retries (JUDGED): 84 s with the retry (19/20 at
+# 100 %), then 71 s (20/20 at 95 %, pooled) and 81 s (skipped: the VM busy) without it.
 @pytest.mark.quiet
 @pytest.mark.usefixtures("user_home")
 def test_a_second_local_device_from_16_adaptive_measurements_holds_its_own_noise_floor(tmp_path):
@@ -347,8 +356,10 @@ def test_a_second_local_device_from_16_adaptive_measurements_holds_its_own_noise
     repeatability less 10 points (one-sided binomial test at ALPHA, see UNSEEN).  It did not while
     the prior was fitted from the loaded profile's medians (they carry the load, unevenly by subnet:
     a 16-subnet transfer held 13 of 15 unseen subnets, ±10 % misses up to 16 %); it is fitted from
-    the profile's minima now, and one prior of the same kind of device is mixed with one weight
-    where four (one per group of kinds) only fit noise.  On a host busy with other work (more
+    the profile's minima now, one prior of the same kind of device is mixed with one weight where
+    four (one per group of kinds) only fit noise, and the correction may pool the prior's own
+    measurements with the new ones (the per-stage costs its per-kind fit lost; 96.6 % of unseen
+    subnets within ±10 % in replays, 92.9 % without).  On a host busy with other work (more
     runnable tasks than cores), or one whose own re-benchmarks agree less than half the time, it
     skips: no predictor can be judged there."""
     import torch
