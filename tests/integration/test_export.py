@@ -130,17 +130,22 @@ def test_parity_failure_names_the_diverging_block(trained) -> None:
 def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
     net, arch, _ = trained
     ckpt = net.save(tmp_path / "supernet.pt", meta={"data": {"source": "digits"}})
+
+    def export(out: Path, precision: str, calibration: int, bn: int, validation: int) -> str:
+        result = CliRunner().invoke(main, [
+            "export", str(ckpt), "--arch", arch.to_string(), "--precision", precision, "--out",
+            str(out), "--calibration-samples", str(calibration), "--bn-samples", str(bn),
+            "--validation-samples", str(validation)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
     out = tmp_path / "model"
-    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
-                                       "--precision", "int8", "--out", str(out),
-                                       "--calibration-samples", "64", "--bn-samples", "200",
-                                       "--validation-samples", "100"])
-    assert result.exit_code == 0, result.output
-    assert "parity" in result.output and "sha256" in result.output
+    output = export(out, "int8", 64, 200, 100)
+    assert "parity" in output and "sha256" in output
     # each long phase is announced (stderr; CliRunner mixes it in)
     for phase in ("BN statistics", "on 200 training images", "calibrating int8 ranges on 64",
                   "on 100 validation images"):
-        assert phase in result.output, phase
+        assert phase in output, phase
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["provenance"]["source_sha256"] == sha256_file(ckpt)
     assert manifest["provenance"]["bn_recalibrated"] is True
@@ -150,18 +155,10 @@ def test_cli_export_and_runner_predict_agree(trained, digits, tmp_path) -> None:
     # reproducible: the same export again (BN statistics and ranges on parallel copies, whose
     # scheduling differs run to run) writes the same model, byte for byte
     twin = tmp_path / "model-twin"
-    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
-                                       "--precision", "int8", "--out", str(twin),
-                                       "--calibration-samples", "64", "--bn-samples", "200",
-                                       "--validation-samples", "0"])
-    assert result.exit_code == 0, result.output
+    export(twin, "int8", 64, 200, 0)
     assert sha256_file(twin / "model.tflite") == sha256_file(out / "model.tflite")
     again = tmp_path / "model-no-validation"
-    result = CliRunner().invoke(main, ["export", str(ckpt), "--arch", arch.to_string(),
-                                       "--precision", "fp32", "--out", str(again),
-                                       "--calibration-samples", "16", "--bn-samples", "50",
-                                       "--validation-samples", "0"])
-    assert result.exit_code == 0, result.output
+    export(again, "fp32", 16, 50, 0)
     assert json.loads((again / "manifest.json").read_text())["accuracy"] == {}
     # one validation image through the real runner, in its own process
     x, y = _val(digits, arch.resolution)
