@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,20 @@ def test_digits_split_is_deterministic_and_disjoint(digits) -> None:
     assert not digits.flip  # a mirrored digit is not the same digit
     # every class is in both splits (stratified)
     assert set(digits.val_y.tolist()) == set(range(10))
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch) -> None:
+    """The default data is read from scikit-learn's data file directly (its import was 2 s of every
+    training command's start-up): the same images and labels as its own loader, in the same order."""
+    from sklearn.datasets import load_digits
+
+    from edgenas.training.data.sources import _digits_table, load_digits_data
+
+    bunch = load_digits()
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # its loader cannot be imported now
+    table = _digits_table()
+    assert np.array_equal(table[:, :64], bunch.data) and np.array_equal(table[:, 64], bunch.target)
+    assert load_digits_data(8).train_x.shape[0] + load_digits_data(8).val_x.shape[0] == 1797
 
 
 def test_normalization_is_computed_from_training_images(digits) -> None:

@@ -59,17 +59,37 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int = SPLIT_SEE
 # ------------------------------------------------------------------------------------------ digits
 
 
+def _digits_table() -> np.ndarray:
+    """The digits as scikit-learn ships them: 1797 rows of 64 pixels (0..16) and the label.
+
+    Read from the package's data file without importing scikit-learn, whose import (2 s of CPU) was
+    most of the data step of every command that trains or evaluates on the default data; the
+    package's own loader is the fallback should the file move."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    origin = Path(spec.origin).parent if spec is not None and spec.origin else None
+    path = origin / "datasets" / "data" / "digits.csv.gz" if origin else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",")
+        if table.shape == (1797, 65):
+            return table
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.column_stack([bunch.data, bunch.target])
+
+
 def load_digits_data(size: int, val_fraction: float = 0.2) -> RawData:
     """scikit-learn's 8×8 handwritten digits (1797 images, grey 0..16), upsampled and made RGB.
 
     No horizontal flip: a mirrored digit is a different (or no) digit.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    grey = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
+    table = _digits_table()
+    pixels = table[:, :64].reshape(-1, 8, 8)
+    grey = torch.from_numpy((pixels * (255.0 / 16.0)).round().astype(np.uint8))
     images = square_uint8(grey.unsqueeze(1).repeat(1, 3, 1, 1), size)
-    y = np.asarray(bunch.target, dtype=np.int64)
+    y = table[:, 64].astype(np.int64)
     tr, va = split_indices(y, val_fraction)
     yt = torch.from_numpy(y)
     return RawData("digits", [str(i) for i in range(10)], images[tr], yt[tr], images[va], yt[va],
