@@ -17,7 +17,7 @@ from edgenas.records.store import open_store
 from tests.support.cli_runner import Cli
 
 EDGENAS = str(Path(sys.executable).parent / "edgenas")
-ARGS = ["quickstart", "--minutes", "0.2", "--samples", "8", "--accuracy-samples", "8",
+ARGS = ["quickstart", "--minutes", "0.1", "--samples", "8", "--accuracy-samples", "8",
         "--limit", "300", "--json"]
 
 
