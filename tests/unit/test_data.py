@@ -42,7 +42,8 @@ def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch) -> None
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # its loader cannot be imported now
     table = _digits_table()
     assert np.array_equal(table[:, :64], bunch.data) and np.array_equal(table[:, 64], bunch.target)
-    assert load_digits_data(8).train_x.shape[0] + load_digits_data(8).val_x.shape[0] == 1797
+    loaded = load_digits_data(8)
+    assert loaded.train_x.shape[0] + loaded.val_x.shape[0] == 1797
 
 
 def test_normalization_is_computed_from_training_images(digits) -> None:
