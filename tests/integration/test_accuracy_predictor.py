@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,21 @@ def test_evaluations_are_stored_and_never_repeated(tmp_path) -> None:
         assert stored_evaluations(store, "b" * 64, "digits") == {}
 
 
+def _image_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
+    """A small ImageFolder: the split, the resume and the gather do not depend on its size, and an
+    evaluation on it is a fraction of a second where one on the digits takes seconds."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
+            img[..., c] += 150
+            Image.fromarray(img).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
 @pytest.mark.slow
 def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> None:
     """A single-process run stores 8 evaluations; `torchrun --nproc-per-node 2` asked for 12
@@ -77,7 +94,6 @@ def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> Non
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     from click.testing import CliRunner
 
@@ -85,16 +101,17 @@ def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> Non
     from edgenas.core.files import sha256_file
     from edgenas.predictors.accuracy import predictor_path
 
-    data = load_data("digits", size=32, limit=300)
-    net = build_supernet(SPACE, 10, data.labels, data.normalization)
-    ckpt = net.save(tmp_path / "sn.pt", {"data": "digits"})
+    source = str(_image_folder(tmp_path / "images"))
+    data = load_data(source, size=32)
+    net = build_supernet(SPACE, len(data.labels), data.labels, data.normalization)
+    ckpt = net.save(tmp_path / "sn.pt", {"data": source})
     home = tmp_path / "home"
     first = CliRunner().invoke(main, ["--home", str(home), "predictor", "fit-accuracy", str(ckpt),
                                       "--samples", "8"])
     assert first.exit_code == 0, first.output
     sha = sha256_file(ckpt)
     with open_store(home) as store:
-        before = stored_evaluations(store, sha, "digits")
+        before = stored_evaluations(store, sha, source)
     assert len(before) == 8
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     edgenas = shutil.which("edgenas", path=str(Path(sys.executable).parent)) or "edgenas"
@@ -106,7 +123,7 @@ def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> Non
     assert "evaluated in 2 processes: 2+2 new subnets" in proc.stdout
     assert proc.stdout.count("accuracy predictor from 12 subnets") == 1  # rank 0 reports
     with open_store(home) as store:
-        after = stored_evaluations(store, sha, "digits")
+        after = stored_evaluations(store, sha, source)
     assert len(after) == 12 and all(after[k] == v for k, v in before.items())
     saved = AccuracyPredictor.load(predictor_path(home, sha))
     assert saved.samples == 12
