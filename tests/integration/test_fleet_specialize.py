@@ -152,7 +152,7 @@ def test_specialize_gives_each_class_its_model_and_a_rerun_does_nothing(setup):
     assert "nothing to do" in table
 
 
-@pytest.mark.campaign  # 2.5 min on a 2-core machine: outside the CI suite's time budget
+@pytest.mark.campaign  # a second full specialize: outside the CI suite's time budget
 def test_a_changed_budget_redoes_search_export_push_and_bench_not_the_campaign(setup):
     """Resumable step by step: a step is skipped when its inputs are unchanged, so a new budget keeps
     every class's measurements and predictors and redoes only what depends on the budget."""

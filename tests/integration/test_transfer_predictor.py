@@ -283,16 +283,13 @@ def test_measure_adaptive_trims_the_protocol_until_the_device_disagrees_with_its
     assert rows[3]["arch"] == rows[0]["arch"] and rows[6]["arch"] == rows[1]["arch"], rows
 
 
-# A shorter full protocol than `bench`'s default (1 s, 0.5 s warm-up) keeps this test near a minute
-# (it was 84-127 s with the retry); the campaign learns from it (and from the trimmed one while that
-# agrees) and is judged by it.
+# A shorter full protocol than `bench`'s default (1 s, 0.5 s warm-up); the campaign learns from it
+# (and from the trimmed one while that agrees) and is judged by it.
 JUDGED = {"runs": 30, "min_secs": 0.4, "warmup_secs": 0.2,
-          # One attempt per benchmark, no retry above 5 % CV: here the CV is the per-run jitter of a
-          # sub-millisecond model (median 8 %), so `bench`'s retry re-ran 33 of 40 benchmarks and
-          # bought no repeatability.  The same 20 unseen subnets benchmarked twice, interleaved, on
-          # this VM: with the retry 90 % of pairs within ±10 % (72 s for 40 benchmarks), without it
-          # 100 % (44 s), medians 0.997× (p10-p90 0.93-1.03).  Retries never change how a run is
-          # timed, and the campaign learns from the same settings it is judged by.
+          # One attempt per benchmark, no retry above 5 % CV: the CV of a sub-millisecond model is
+          # its per-run jitter, which a retry re-measures without making the median repeat better
+          # (the retry never changes how a run is timed).  The campaign learns from the same
+          # settings it is judged by.
           "retries": 0}
 UNSEEN = 20  # subnets neither device has seen: the noise floor and the judgement each from 20 pairs
 # The judgement is a one-sided binomial test: the predictor fails when its count of unseen subnets
@@ -335,18 +332,9 @@ def store_loaded_prior(home: Path, device: str = "a") -> None:
 
 # Quiet: a wall-clock judgement against the host's own noise floor, so it runs alone after the
 # parallel pass, never beside another worker's tests.  One thread: on a 2-core host a 2-thread
-# benchmark competes with everything else on the machine (this VM's own 2-thread re-benchmarks agree
-# within ±10 % on 12-50 % of subnets even idle), a 1-thread one has a core to itself (100 %).
-# In make test since the mix is cross-validated (one weight per profile or one per group of kinds)
-# and the judgement is the binomial test above.  Its record on this 2-core VM (88-127 s each): 12
-# runs, 8 judged and all 8 passed — 17-19 of 20 within ±10 % at floors of 90-95 % (6), 11/20 at 65 %
-# and 15/20 at 70 % — and 4 skipped (floors of 40-45 % after the VM itself turned noisy).  With the
-# code before 5ff179d (prior from the loaded medians, "×0.84"-"×1.14"): 5 runs, 1 failed (10/20 at an
-# 85 % floor), 3 passed (17/20 at 95 %, 19/20 at 100 %, 10/20 at 70 %), 1 skipped.  A one-prior
-# predictor at 87.5 % (the old code's replayed average) against one at 92.7 % (the new) is beyond
-# what 20 subnets can tell apart; the test fails a predictor as far off as issue 29's (7 of 15).
-# With the pooled correction (96.6 % replayed) and no retries (JUDGED): 84 s with the retry (19/20 at
-# 100 %), then 71 s (20/20 at 95 %, pooled) and 81 s (skipped: the VM busy) without it.
+# benchmark competes with everything else on the machine, a 1-thread one has a core to itself.  Its
+# pass records (pytest -rP) and its skips are in the issue 29 notes; benchmarks/few_shot_wallclock.py
+# runs the issue's own scenario.
 @pytest.mark.quiet
 @pytest.mark.usefixtures("user_home")
 def test_a_second_local_device_from_16_adaptive_measurements_holds_its_own_noise_floor(tmp_path):
