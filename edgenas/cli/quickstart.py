@@ -21,7 +21,7 @@ from edgenas.workflows.report import write_report
               help="Subnets to evaluate for the accuracy predictor.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--limit", type=click.IntRange(min=2), default=None, hidden=True,
-              help="Train on the first N images only (tests).")
+              help="Train and calibrate on the first N training images only (tests).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
 def quickstart_cmd(ws: Workspace, minutes: float, samples: int, accuracy_samples: int,

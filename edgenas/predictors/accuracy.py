@@ -219,7 +219,8 @@ def predictor_path(home: Path, source_sha256: str) -> Path:
 
 def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None = None,
                  seed: int = 0, progress: Callable[[int, int, Arch, float], None] | None = None,
-                 stats: dict[str, Any] | None = None) -> tuple[AccuracyPredictor, Path]:
+                 stats: dict[str, Any] | None = None, limit: int | None = None
+                 ) -> tuple[AccuracyPredictor, Path]:
     """Evaluate ``samples`` archs of ``ckpt`` (resuming stored ones), fit, save to the workspace.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the archs still to evaluate are split between the
@@ -228,6 +229,10 @@ def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None =
     job resumes and loses at most one evaluation per rank), and the results are gathered once at
     the end.  Every rank fits the same predictor; only rank 0 writes it.  ``stats``, when given,
     receives ``world`` and ``per_rank`` (evaluations done by each rank in this run).
+
+    ``limit`` recalibrates on the first ``limit`` training images only (quick trials, as
+    ``load_data``'s); such evaluations are stored and fitted under a data name of their own, so
+    they are never mistaken for (or reused as) evaluations calibrated on the whole set.
     """
     from edgenas.core.files import sha256_file
     from edgenas.export.api import training_data_source
@@ -241,8 +246,10 @@ def fit_and_save(home: Path, ckpt: Path, samples: int, data_source: str | None =
     source = data_source or training_data_source(net.meta)
     if source is None:
         raise PredictorError(f"{ckpt} does not record its data set; pass --data")
-    data = load_data(source, size=net.space.resolutions[-1])
+    data = load_data(source, size=net.space.resolutions[-1], limit=limit)
     data.normalization = dict(net.normalization)
+    if limit is not None:  # the name its evaluations are stored under (see above)
+        data.source = f"{data.source} (first {limit} training images)"
     sha = sha256_file(ckpt)
     archs = sample_for_accuracy(net.space, samples, seed)
     with open_store(home) as store:

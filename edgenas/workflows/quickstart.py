@@ -299,7 +299,7 @@ def run_quickstart(cfg: QuickstartConfig, progress: bool | ProgressFn = True) ->
             echo(f"      latency {precision}: {100 * q['within_10']:.0f} % within ±10 %, "
                  f"Spearman {q['spearman']:.3f}, p90 error ±{100 * pred.error:.1f} %")
         acc, _ = fit_and_save(cfg.home, cfg.ckpt, cfg.accuracy_samples, cfg.data, cfg.seed,
-                              None)
+                              None, limit=cfg.limit)
         echo(f"      accuracy: held-out RMSE {100 * acc.rmse:.2f} points, Spearman "
              f"{acc.quality['spearman']:.3f} over {acc.samples} subnets")
 

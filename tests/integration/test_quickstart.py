@@ -61,6 +61,9 @@ def test_artifacts_exist_and_agree(first_run) -> None:
         measured = {p for p, _ in rows}
         assert {"int8", "fp32"} <= measured  # the chosen arch's latency is stored
         deployed = store.query("SELECT status, sha256 FROM deployments WHERE device = 'local'")
+        evaluated = store.query("SELECT DISTINCT data FROM accuracy_evals")
+    # --limit reached the accuracy evaluations, which say so: never reused as full-set ones
+    assert [d for d, in evaluated] == ["digits (first 300 training images)"], evaluated
     assert deployed and deployed[-1][0] in ("ok", "unchanged")
     assert deployed[-1][1] == summary["int8"]["manifest"]["model"]["sha256"]
     report = (home / "report.html").read_text()
