@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,6 +18,7 @@ from edgenas.predictors.accuracy import (
 )
 from edgenas.records.store import open_store
 from edgenas.training.data import load_data
+from tests.integration.test_data_stream import make_folder
 
 SPACE = SearchSpace.load("mbv3-tiny")
 
@@ -71,21 +70,6 @@ def test_evaluations_are_stored_and_never_repeated(tmp_path) -> None:
         assert stored_evaluations(store, "b" * 64, "digits") == {}
 
 
-def _image_folder(root: Path, classes: int = 3, per_class: int = 12) -> Path:
-    """A small ImageFolder: the split, the resume and the gather do not depend on its size, and an
-    evaluation on it is a fraction of a second where one on the digits takes seconds."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(per_class):
-            img = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
-            img[..., c] += 150
-            Image.fromarray(img).save(root / f"c{c}" / f"{i}.png")
-    return root
-
-
 @pytest.mark.slow
 def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> None:
     """A single-process run stores 8 evaluations; `torchrun --nproc-per-node 2` asked for 12
@@ -94,6 +78,7 @@ def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> Non
     import shutil
     import subprocess
     import sys
+    from pathlib import Path
 
     from click.testing import CliRunner
 
@@ -101,7 +86,9 @@ def test_fit_accuracy_under_torchrun_splits_resumes_and_gathers(tmp_path) -> Non
     from edgenas.core.files import sha256_file
     from edgenas.predictors.accuracy import predictor_path
 
-    source = str(_image_folder(tmp_path / "images"))
+    # A 36-image folder: the split, the resume and the gather do not depend on the data's size, and
+    # an evaluation on it takes a fraction of a second where one on the digits takes seconds.
+    source = str(make_folder(tmp_path / "images", classes=3, per_class=12, size=(32, 32)))
     data = load_data(source, size=32)
     net = build_supernet(SPACE, len(data.labels), data.labels, data.normalization)
     ckpt = net.save(tmp_path / "sn.pt", {"data": source})
